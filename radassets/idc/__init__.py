@@ -1,0 +1,1 @@
+"""IDC access: the index (bundled or a stand-in laid out the same way), cohorts, downloads."""
