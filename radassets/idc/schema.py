@@ -89,7 +89,7 @@ INSTANCES_SCHEMA = pa.schema(
         ("crdc_series_uuid", pa.string()),
         ("SeriesInstanceUID", pa.string()),
         ("SOPInstanceUID", pa.string()),
-        ("path", pa.string()),  # relative to the index folder's parent (the source root)
+        ("path", pa.string()),  # relative to the source root (demo), or absolute (local folders)
         ("size_bytes", pa.int64()),
     ]
 )

@@ -1,0 +1,52 @@
+# radassets: `make demo` runs the pipeline on the embedded demo collection, `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch that pip finds on our machines. Elsewhere, bring your own:
+#   make install TORCH_SPEC='torch==2.5.1'   (pyproject only asks for torch>=2.2)
+TORCH_SPEC ?= torch==2.13.0
+UI_PORT ?= 3000
+
+# Generated data and the Dagster instance live outside git (var/ is ignored).
+export RADASSETS_HOME ?= $(CURDIR)/var/data
+export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
+
+STAMP := $(VENV)/.radassets-installed
+
+.PHONY: install demo test test-ui ui clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml $(STAMP)
+	@mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+	$(BIN)/dagster instance concurrency set gpu 1 >/dev/null
+
+install: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+
+demo: install
+	$(BIN)/radassets demo generate
+	$(BIN)/radassets pipeline run demo_v1 demo_v2
+	@$(BIN)/radassets cohort diff demo_v1 demo_v2 | head -n 1
+	@echo
+	@echo "Outputs are under $(RADASSETS_HOME):"
+	@echo "  cohort/<dataset_version>/cohort.lock.json   the pinned series list (radassets cohort show demo_v1)"
+	@echo "  dicom/<dataset_version>/manifest.json       every series, verified, with its files"
+	@echo "Next: 'make ui' and open http://127.0.0.1:$(UI_PORT) to see the assets and their runs."
+
+test: install
+	$(BIN)/python -m pytest
+
+test-ui: install
+	$(BIN)/python -m pytest -m ui
+
+ui: install
+	$(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
+
+clean:
+	rm -rf var .pytest_cache

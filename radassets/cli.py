@@ -1,0 +1,215 @@
+"""The ``radassets`` command line. Every command calls the same library functions as the assets.
+
+Errors a user can fix (unknown dataset version, bad definition, unreachable bucket...) print one
+line naming the item and the cause, and exit with status 2; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from radassets.datasets import DatasetDefinitionError
+    from radassets.idc.cohort import CohortError
+    from radassets.idc.download import BucketUnreachableError, DownloadError
+    from radassets.idc.index import IndexError_
+    from radassets.idc.local import LocalIndexError
+
+    return (DatasetDefinitionError, CohortError, IndexError_, BucketUnreachableError, DownloadError,
+            LocalIndexError)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- datasets ---------------------------------------------------------------------------------
+
+def cmd_datasets_list(args: argparse.Namespace) -> None:
+    from radassets import datasets
+
+    defs = datasets.load_all()
+    if args.json:
+        _print_json({name: d.model_dump() for name, d in defs.items()})
+        return
+    for name, d in defs.items():
+        print(f"{name:40s} {d.source.kind:6s} v{d.source.idc_version:<3d} {d.title}")
+
+
+def cmd_datasets_add_local(args: argparse.Namespace) -> None:
+    from radassets.idc.local import add_local_dataset
+
+    result = add_local_dataset(args.name, Path(args.path), title=args.title, segment_labels=args.segment_label)
+    print(f"indexed {result.series} series ({result.instances} files) of {result.patients} patients from {args.path}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} files that are not readable DICOM (first: {result.skipped[0]})")
+    print(f"definition: {result.definition_path}")
+    print(f"index:      {result.index_root / 'index'}")
+    print(f"next:       radassets cohort show {args.name}")
+
+
+# -- cohorts ----------------------------------------------------------------------------------
+
+def _cohort(name: str, rebuild: bool):
+    from radassets import datasets
+    from radassets.idc.cohort import Cohort, lockfile_path
+    from radassets.idc.cohorts import cohort_for
+
+    definition = datasets.get(name)
+    path = lockfile_path(name)
+    if path.is_file() and not rebuild:
+        return Cohort.read(path), f"lockfile {path}"
+    return cohort_for(definition), "computed from the index (not materialized yet)"
+
+
+def cmd_cohort_show(args: argparse.Namespace) -> None:
+    cohort, origin = _cohort(args.dataset_version, args.rebuild)
+    stats = cohort.stats()
+    if args.json:
+        _print_json(dict(stats, collections=cohort.collections, origin=origin))
+        return
+    print(f"{cohort.dataset_version}: IDC release {cohort.idc_version} ({cohort.idc_release_date}), {origin}")
+    for key in ("patients", "studies", "series", "instances", "size_gb", "modalities", "index", "hash"):
+        print(f"  {key:10s} {stats[key]}")
+    print("  cite:")
+    for c in cohort.collections:
+        print(f"    {c['collection_id']}: DOI {c['source_DOI']} ({c['license_short_name']}), {c['series']} series")
+
+
+def cmd_cohort_build(args: argparse.Namespace) -> None:
+    from radassets import datasets
+    from radassets.idc.cohorts import cohort_for, write_cohort
+
+    cohort = cohort_for(datasets.get(args.dataset_version))
+    path = write_cohort(cohort)
+    print(f"wrote {path} ({len(cohort.series)} series, hash {cohort.content_hash[:12]})")
+
+
+def cmd_cohort_diff(args: argparse.Namespace) -> None:
+    from radassets.idc.cohort import diff_cohorts
+
+    a, _ = _cohort(args.a, args.rebuild)
+    b, _ = _cohort(args.b, args.rebuild)
+    diff = diff_cohorts(a, b)
+    if args.json:
+        _print_json({"summary": diff.summary(), "added": diff.added, "removed": diff.removed, "revised": diff.revised})
+        return
+    s = diff.summary()
+    print(f"{a.dataset_version} (IDC v{a.idc_version}) -> {b.dataset_version} (IDC v{b.idc_version}): "
+          f"{s['added']} added, {s['removed']} removed, {s['revised']} revised")
+    for label, rows in (("added", diff.added), ("removed", diff.removed)):
+        for r in rows:
+            print(f"  {label:8s} {r['PatientID']:16s} {r['Modality']:9s} {r['SeriesInstanceUID']}")
+    for r in diff.revised:
+        print(f"  revised  {r['PatientID']:16s} {r['Modality']:9s} {r['SeriesInstanceUID']} "
+              f"({r['crdc_series_uuid_a']} -> {r['crdc_series_uuid_b']})")
+
+
+# -- demo and DICOM -----------------------------------------------------------------------------
+
+def cmd_demo_generate(args: argparse.Namespace) -> None:
+    from radassets.demo import DemoSpec, ensure_demo_collection, generate_demo_collection
+    from radassets.idc.index import demo_root
+
+    root = Path(args.root) if args.root else demo_root()
+    spec = DemoSpec()
+    collection = (generate_demo_collection(root, spec, progress=_progress) if args.force
+                  else ensure_demo_collection(root, spec, progress=_progress))
+    print(f"demo collection at {collection.root}")
+
+
+def cmd_dicom_fetch(args: argparse.Namespace) -> None:
+    from radassets import datasets
+    from radassets.idc.cohort import Cohort, lockfile_path
+    from radassets.idc.dicom import fetch_dataset_dicom
+
+    definition = datasets.get(args.dataset_version)
+    cohort = Cohort.read(lockfile_path(args.dataset_version))
+    report = fetch_dataset_dicom(definition, cohort, progress=lambda done, total, msg: _progress(f"[{done}/{total}] {msg}"))
+    _print_json(report.summary())
+    if report.failed:
+        sys.exit(1)
+
+
+# -- pipeline -----------------------------------------------------------------------------------
+
+def cmd_pipeline_run(args: argparse.Namespace) -> None:
+    from radassets.defs.run import materialize_dataset_versions
+
+    ok = materialize_dataset_versions(args.dataset_version, selection=args.select, progress=_progress)
+    if not ok:
+        sys.exit(1)
+
+
+# -- parser ---------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="radassets", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="group", required=True)
+
+    def command(group: argparse._SubParsersAction, name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
+        c = group.add_parser(name, help=help, description=help)
+        c.set_defaults(fn=fn)
+        return c
+
+    ds = sub.add_parser("datasets", help="dataset versions").add_subparsers(dest="cmd", required=True)
+    c = command(ds, "list", cmd_datasets_list, "list the dataset versions defined in data/datasets")
+    c.add_argument("--json", action="store_true")
+    c = command(ds, "add-local", cmd_datasets_add_local,
+                "index a folder of your own CT plus SEG/RTSTRUCT files as a new dataset version")
+    c.add_argument("name", help="new dataset version name, [a-z0-9_]")
+    c.add_argument("path", help="folder of DICOM files (any names, any nesting)")
+    c.add_argument("--title", default=None)
+    c.add_argument("--segment-label", action="append", default=None,
+                   help="segment label (regex) to take seeds from; repeatable; default: every segment")
+
+    co = sub.add_parser("cohort", help="cohort lockfiles").add_subparsers(dest="cmd", required=True)
+    c = command(co, "show", cmd_cohort_show, "summarise a dataset version's cohort")
+    c.add_argument("dataset_version")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--rebuild", action="store_true", help="recompute from the index even if a lockfile exists")
+    c = command(co, "build", cmd_cohort_build, "write a dataset version's cohort lockfile")
+    c.add_argument("dataset_version")
+    c = command(co, "diff", cmd_cohort_diff, "series added, removed and revised between two dataset versions")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--rebuild", action="store_true")
+
+    de = sub.add_parser("demo", help="the generated demo collection").add_subparsers(dest="cmd", required=True)
+    c = command(de, "generate", cmd_demo_generate, "generate the demo collection (skipped if already current)")
+    c.add_argument("--root", default=None, help="output folder (default: $RADASSETS_HOME/demo)")
+    c.add_argument("--force", action="store_true", help="regenerate even if present")
+
+    di = sub.add_parser("dicom", help="DICOM files").add_subparsers(dest="cmd", required=True)
+    c = command(di, "fetch", cmd_dicom_fetch, "download and verify a dataset version's series")
+    c.add_argument("dataset_version")
+
+    pi = sub.add_parser("pipeline", help="run assets through Dagster").add_subparsers(dest="cmd", required=True)
+    c = command(pi, "run", cmd_pipeline_run,
+                "materialize assets for dataset versions in the Dagster instance at $DAGSTER_HOME")
+    c.add_argument("dataset_version", nargs="+")
+    c.add_argument("--select", default="*", help="Dagster asset selection (default: every asset)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except _user_errors() as e:
+        print(f"radassets: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""The Dagster code location: ``dagster dev -m radassets.definitions`` (or ``make ui``)."""
+
+from __future__ import annotations
+
+from dagster import Definitions
+
+from radassets.defs import ingest
+from radassets.defs.resources import IdcResource, bigquery_resource
+
+defs = Definitions(
+    assets=[ingest.cohort, ingest.dicom],
+    resources={"idc": IdcResource(), "bigquery": bigquery_resource()},
+)

@@ -1,0 +1,1 @@
+"""The Dagster layer: partitions, resources and thin assets over the library layers."""

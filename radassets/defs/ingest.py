@@ -1,0 +1,121 @@
+"""Ingest assets: the cohort lockfile and its verified DICOM files, per dataset version."""
+
+from __future__ import annotations
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from dagster_gcp import BigQueryResource
+
+from radassets import datasets
+from radassets.defs.partitions import dataset_version_partitions
+from radassets.defs.resources import IdcResource
+from radassets.idc.cohort import Cohort, lockfile_path
+from radassets.idc.cohorts import cohort_for, write_cohort
+from radassets.idc.dicom import fetch_dataset_dicom
+
+
+def _markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+@asset(
+    partitions_def=dataset_version_partitions,
+    group_name="ingest",
+    kinds={"duckdb", "json"},
+    code_version="cohort-1",
+    description=(
+        "Cohort lockfile of one dataset version: every series (SeriesInstanceUID and crdc_series_uuid) "
+        "as the pinned IDC release served it, with the query, the index version and a content hash. "
+        "Read from the IDC index bundled in idc-index-data, or from BigQuery when "
+        "RADASSETS_GCP_PROJECT is set."
+    ),
+)
+def cohort(context: AssetExecutionContext, bigquery: BigQueryResource) -> MaterializeResult:
+    definition = datasets.get(context.partition_key)
+    if bigquery.project and definition.source.kind == "idc":
+        with bigquery.get_client() as client:
+            result = cohort_for(definition, bigquery_client=client)
+    else:
+        result = cohort_for(definition)
+    path = write_cohort(result)
+    stats = result.stats()
+    context.log.info(f"{definition.name}: {stats['series']} series of {stats['patients']} patients at IDC v{result.idc_version}")
+    return MaterializeResult(
+        metadata={
+            "idc_version": result.idc_version,
+            "idc_release_date": result.idc_release_date or "",
+            "patients": stats["patients"],
+            "series": stats["series"],
+            "instances": stats["instances"],
+            "size_gb": stats["size_gb"],
+            "content_hash": result.content_hash,
+            "index": stats["index"],
+            "lockfile": MetadataValue.path(str(path)),
+            "collections (cite these)": MetadataValue.md(
+                _markdown_table(result.collections, ["collection_id", "source_DOI", "license_short_name", "series"])
+            ),
+        },
+        data_version=DataVersion(result.content_hash),
+    )
+
+
+@asset(
+    partitions_def=dataset_version_partitions,
+    deps=[cohort],
+    group_name="ingest",
+    kinds={"dicom", "s3"},
+    code_version="dicom-1",
+    check_specs=[AssetCheckSpec("all_series_verified", asset="dicom",
+                                description="every series of the cohort is present and verified")],
+    description=(
+        "The cohort's DICOM files, downloaded with s5cmd (or copied from a local mirror) and verified "
+        "against the cohort: instance count, SeriesInstanceUID, unique SOP Instance UIDs. Series that "
+        "cannot be completed are recorded with their cause; the rest proceeds."
+    ),
+)
+def dicom(context: AssetExecutionContext, idc: IdcResource) -> MaterializeResult:
+    definition = datasets.get(context.partition_key)
+    lock = Cohort.read(lockfile_path(definition.name))
+    report = fetch_dataset_dicom(
+        definition, lock, mirror=idc.mirror, attempts=idc.attempts,
+        progress=lambda done, total, msg: context.log.info(f"[{done}/{total}] {msg}"),
+    )
+    summary = report.summary()
+    failures = _markdown_table(report.failures(), ["PatientID", "Modality", "SeriesInstanceUID", "reason"])
+    if summary["failed_fraction"] > idc.max_failed_fraction:
+        raise Failure(
+            description=(f"{summary['failed']} of {summary['series']} series could not be completed "
+                         f"(more than the allowed {idc.max_failed_fraction:.0%})"),
+            metadata={"failures": MetadataValue.md(failures), "manifest": MetadataValue.path(str(report.manifest_path))},
+        )
+    return MaterializeResult(
+        metadata={
+            "series": summary["series"],
+            "verified": summary["verified"],
+            "failed": summary["failed"],
+            "files": summary["files"],
+            "size_gb": summary["size_gb"],
+            "manifest": MetadataValue.path(str(report.manifest_path)),
+            **({"failures": MetadataValue.md(failures)} if summary["failed"] else {}),
+        },
+        data_version=DataVersion(report.content_hash),
+        check_results=[
+            AssetCheckResult(
+                check_name="all_series_verified",
+                passed=summary["failed"] == 0,
+                severity=AssetCheckSeverity.WARN,
+                metadata={"failed": summary["failed"], "verified": summary["verified"]},
+            )
+        ],
+    )

@@ -1,0 +1,12 @@
+"""Partition dimensions: dataset versions (static, from data/datasets) and models (dynamic)."""
+
+from __future__ import annotations
+
+from dagster import DynamicPartitionsDefinition, StaticPartitionsDefinition
+
+from radassets import datasets
+
+dataset_version_partitions = StaticPartitionsDefinition(sorted(datasets.load_all()))
+
+# Keys are model-registry names; a sensor keeps them in sync with the registry.
+model_partitions = DynamicPartitionsDefinition(name="model")
