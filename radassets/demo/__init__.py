@@ -1,0 +1,5 @@
+"""The deterministic demo collection: real DICOM files of synthetic chest CT, with known answers."""
+
+from radassets.demo.generator import DemoCollection, DemoSpec, ensure_demo_collection, generate_demo_collection
+
+__all__ = ["DemoCollection", "DemoSpec", "ensure_demo_collection", "generate_demo_collection"]
