@@ -310,9 +310,13 @@ def _write_scan(root: Path, spec: DemoSpec, plan: PatientPlan, scan: str, versio
     return index_rows, instance_rows, truth_rows
 
 
-def _csv_text(rows: list[dict]) -> str:
+RETEST_COLUMNS = ["PatientID", "test_SeriesInstanceUID", "retest_SeriesInstanceUID", "shift_x_mm", "shift_y_mm",
+                  "shift_z_mm"]
+
+
+def _csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns or list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
@@ -407,7 +411,7 @@ def generate_demo_collection(root: Path, spec: DemoSpec | None = None,
     (work / "truth").mkdir()
     (work / "clinical.csv").write_text(_csv_text(clinical))
     (work / "truth" / "lesions.csv").write_text(_csv_text(truth))
-    (work / "truth" / "test_retest.csv").write_text(_csv_text(retest))
+    (work / "truth" / "test_retest.csv").write_text(_csv_text(retest, RETEST_COLUMNS))
     (work / "truth" / "survival_model.csv").write_text(_csv_text(linear_predictors))
     (work / "README.md").write_text(_readme(spec))
     counts = {
