@@ -32,7 +32,7 @@ install: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 demo: install
 	$(BIN)/radassets demo generate
 	$(BIN)/radassets pipeline run demo_v1 demo_v2
-	@$(BIN)/radassets cohort diff demo_v1 demo_v2 | head -n 1
+	@$(BIN)/radassets cohort diff demo_v1 demo_v2
 	@echo
 	@echo "Outputs are under $(RADASSETS_HOME):"
 	@echo "  cohort/<dataset_version>/cohort.lock.json   the pinned series list (radassets cohort show demo_v1)"

@@ -1,6 +1,7 @@
-"""Ingest assets: the cohort lockfile and its verified DICOM files, per dataset version."""
+"""Ingest assets: the cohort lockfile and its verified DICOM files, per dataset version.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: Dagster inspects the context annotation at runtime.
+"""
 
 from dagster import (
     AssetCheckResult,
@@ -87,10 +88,12 @@ def cohort(context: AssetExecutionContext, bigquery: BigQueryResource) -> Materi
 def dicom(context: AssetExecutionContext, idc: IdcResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
     lock = Cohort.read(lockfile_path(definition.name))
-    report = fetch_dataset_dicom(
-        definition, lock, mirror=idc.mirror, attempts=idc.attempts,
-        progress=lambda done, total, msg: context.log.info(f"[{done}/{total}] {msg}"),
-    )
+    def progress(done: int, total: int, message: str) -> None:
+        # Every failure, and about ten progress lines per partition.
+        if message.startswith("failed") or done == total or done % max(1, total // 10) == 0:
+            context.log.info(f"[{done}/{total}] {message}")
+
+    report = fetch_dataset_dicom(definition, lock, mirror=idc.mirror, attempts=idc.attempts, progress=progress)
     summary = report.summary()
     failures = _markdown_table(report.failures(), ["PatientID", "Modality", "SeriesInstanceUID", "reason"])
     if summary["failed_fraction"] > idc.max_failed_fraction:

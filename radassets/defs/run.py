@@ -23,7 +23,8 @@ def materialize_dataset_versions(names: Sequence[str], *, selection: str = "*",
     for name in names:
         progress(f"materializing {selection!r} for dataset version {name} ...")
         result = materialize(assets, instance=instance, partition_key=name, selection=selection,
-                             resources=defs.resources, raise_on_error=False)
+                             resources=defs.resources, raise_on_error=False,
+                             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
         status = "succeeded" if result.success else "FAILED"
         progress(f"{name}: run {result.run_id} {status}")
         ok &= result.success

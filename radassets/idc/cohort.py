@@ -288,11 +288,14 @@ def diff_cohorts(a: Cohort, b: Cohort) -> CohortDiff:
     sa, sb = by_uid(a), by_uid(b)
     out = CohortDiff(a.dataset_version, b.dataset_version)
     brief = ("PatientID", "Modality", "SeriesInstanceUID", "crdc_series_uuid")
-    for uid in sorted(sb.keys() - sa.keys()):
+    def order(uids, series):  # by patient and modality, as a reader scans the list
+        return sorted(uids, key=lambda u: (series[u]["PatientID"], series[u]["Modality"], u))
+
+    for uid in order(sb.keys() - sa.keys(), sb):
         out.added.append({k: sb[uid][k] for k in brief})
-    for uid in sorted(sa.keys() - sb.keys()):
+    for uid in order(sa.keys() - sb.keys(), sa):
         out.removed.append({k: sa[uid][k] for k in brief})
-    for uid in sorted(sa.keys() & sb.keys()):
+    for uid in order(sa.keys() & sb.keys(), sb):
         if sa[uid]["crdc_series_uuid"] != sb[uid]["crdc_series_uuid"]:
             out.revised.append({
                 "PatientID": sb[uid]["PatientID"], "Modality": sb[uid]["Modality"], "SeriesInstanceUID": uid,

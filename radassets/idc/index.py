@@ -8,6 +8,7 @@ Three kinds of index share one layout (``radassets.idc.schema``):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from radassets.datasets import SOURCE_PREFIX, DatasetDefinitionError, DatasetVer
 from radassets.storage import storage_root
 
 BUNDLED_PACKAGE = "idc-index-data"
+log = logging.getLogger(__name__)
 
 
 class IndexError_(RuntimeError):
@@ -106,7 +108,7 @@ def index_for(definition: DatasetVersion, *, generate_demo: bool = True) -> Inde
         if generate_demo:
             from radassets.demo import ensure_demo_collection
 
-            ensure_demo_collection(root)
+            ensure_demo_collection(root, progress=log.info)
         return folder_index(root, "radassets-demo")
     root = local_root(definition.name)
     if not (root / "index").is_dir():

@@ -1,0 +1,118 @@
+"""The DICOM step of one dataset version: fetch (or verify in place) every series of its cohort.
+
+Series folders are keyed by ``crdc_series_uuid`` under ``$RADASSETS_HOME/dicom/series/``:
+IDC series versions are immutable, so dataset versions that share a series share one copy
+and a rerun skips what is already verified. The partition's manifest
+(``$RADASSETS_HOME/dicom/<dataset_version>/manifest.json``) lists every series with its
+status, folder, file count, size and, for failures, the cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from radassets.datasets import DatasetVersion
+from radassets.idc import download
+from radassets.idc.cohort import Cohort
+from radassets.idc.index import demo_root, local_root
+from radassets.storage import atomic_write_json, sha256_json, storage_root
+
+Progress = Callable[[int, int, str], None]
+
+
+def series_root() -> Path:
+    return storage_root() / "dicom" / "series"
+
+
+def manifest_path(dataset_version: str) -> Path:
+    return storage_root() / "dicom" / dataset_version / "manifest.json"
+
+
+@dataclass
+class DicomReport:
+    dataset_version: str
+    manifest_path: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] == "failed"]
+
+    def failures(self) -> list[dict[str, Any]]:
+        return [{k: r[k] for k in ("PatientID", "Modality", "SeriesInstanceUID", "crdc_series_uuid", "reason")}
+                for r in self.failed]
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.rows)
+        failed = len(self.failed)
+        return {
+            "dataset_version": self.dataset_version,
+            "series": n,
+            "verified": n - failed,
+            "failed": failed,
+            "failed_fraction": failed / n if n else 0.0,
+            "files": sum(r["files"] or 0 for r in self.rows),
+            "size_gb": round(sum(r["bytes"] or 0 for r in self.rows) / 1e9, 4),
+            "manifest": str(self.manifest_path),
+        }
+
+    @property
+    def content_hash(self) -> str:
+        """Identity of what is on disk: which series versions are verified, and which failed."""
+        return sha256_json(sorted((r["crdc_series_uuid"], r["status"]) for r in self.rows))
+
+
+def mirror_for(definition: DatasetVersion, configured: str | None) -> download.Mirror:
+    """The demo is served from its generated bucket folder; IDC from the configured mirror or AWS."""
+    if definition.source.kind == "demo":
+        return download.Mirror.local_folder(demo_root() / "bucket")
+    if configured:
+        return download.Mirror.parse(configured)
+    return download.Mirror.from_env()
+
+
+def _local_files(definition: DatasetVersion) -> dict[str, list[Path]]:
+    """crdc_series_uuid -> files, from the index written by ``add-local``."""
+    table = local_root(definition.name) / "index" / "instances.parquet"
+    with duckdb.connect() as con:
+        rows = con.execute("SELECT crdc_series_uuid, path FROM read_parquet(?) ORDER BY path", [str(table)]).fetchall()
+    files: dict[str, list[Path]] = {}
+    for uuid, path in rows:
+        files.setdefault(uuid, []).append(Path(path))
+    return files
+
+
+def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, *, mirror: str | None = None,
+                        attempts: int = 3, progress: Progress | None = None) -> DicomReport:
+    """Fetch or verify every series of ``cohort``; failures are recorded, never raised per series.
+
+    Raises ``download.BucketUnreachableError`` before doing anything when the source cannot be
+    reached at all: that is not a property of any one series.
+    """
+    if definition.source.kind == "local":
+        files = _local_files(definition)
+        results = [download.verify_in_place(row, files.get(row["crdc_series_uuid"], [])) for row in cohort.series]
+        if progress:
+            progress(len(results), len(results), f"verified {len(results)} local series in place")
+    else:
+        results = download.fetch_series(cohort.series, series_root(), mirror_for(definition, mirror),
+                                        attempts=attempts, progress=progress)
+    by_uuid = {r.crdc_series_uuid: r for r in results}
+    rows = []
+    for s in cohort.series:
+        r = by_uuid[s["crdc_series_uuid"]]
+        rows.append({
+            "PatientID": s["PatientID"], "Modality": s["Modality"], "SeriesInstanceUID": s["SeriesInstanceUID"],
+            "crdc_series_uuid": s["crdc_series_uuid"], "status": "failed" if r.status == "failed" else "verified",
+            "how": r.status, "folder": str(r.folder) if r.folder else None, "files": r.files, "bytes": r.bytes,
+            "reason": r.reason,
+        })
+    report = DicomReport(definition.name, manifest_path(definition.name), rows)
+    atomic_write_json(report.manifest_path, {"summary": report.summary(), "cohort_hash": cohort.content_hash,
+                                             "content_hash": report.content_hash, "series": rows})
+    return report

