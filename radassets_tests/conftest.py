@@ -30,3 +30,14 @@ def storage(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "radassets_home"
     monkeypatch.setenv("RADASSETS_HOME", str(root))
     return root
+
+
+SMALL_DEMO_SPEC = dict(n_patients=6, n_added_in_release_2=2, n_revised_in_release_2=2, n_test_retest=2)
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory) -> Path:
+    """A small demo collection (8 patients, both releases), generated once per test session."""
+    from radassets.demo import DemoSpec, generate_demo_collection
+
+    return generate_demo_collection(tmp_path_factory.mktemp("small_demo") / "demo", DemoSpec(**SMALL_DEMO_SPEC)).root

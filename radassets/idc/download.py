@@ -291,7 +291,9 @@ def fetch_series(rows: Sequence[dict[str, Any]], dest_root: Path, mirror: Mirror
     Raises BucketUnreachableError first if a bucket cannot be reached at all.
     """
     dest_root = Path(dest_root)
-    for bucket in sorted({_bucket_and_prefix(r["series_aws_url"])[0] for r in rows if r.get("series_aws_url")}):
+    # Only a series still to fetch needs the mirror: a rerun with everything present works offline.
+    missing = [r for r in rows if r.get("series_aws_url") and not _present(dest_root / r["crdc_series_uuid"], r, False)]
+    for bucket in sorted({_bucket_and_prefix(r["series_aws_url"])[0] for r in missing}):
         check_reachable(mirror, bucket)
     results = []
     for i, row in enumerate(rows, start=1):
