@@ -68,11 +68,12 @@ class DicomReport:
 
 
 def mirror_for(definition: DatasetVersion, configured: str | None) -> download.Mirror:
-    """The demo is served from its generated bucket folder; IDC from the configured mirror or AWS."""
-    if definition.source.kind == "demo":
-        return download.Mirror.local_folder(demo_root() / "bucket")
+    """A configured mirror wins; otherwise the demo comes from its generated bucket folder and
+    IDC from ``$RADASSETS_IDC_MIRROR`` or the public buckets."""
     if configured:
         return download.Mirror.parse(configured)
+    if definition.source.kind == "demo":
+        return download.Mirror.local_folder(demo_root() / "bucket")
     return download.Mirror.from_env()
 
 
