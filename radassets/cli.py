@@ -122,7 +122,7 @@ def cmd_demo_generate(args: argparse.Namespace) -> None:
     from radassets.idc.index import demo_root
 
     root = Path(args.root) if args.root else demo_root()
-    spec = DemoSpec()
+    spec = DemoSpec.from_env()
     collection = (generate_demo_collection(root, spec, progress=_progress) if args.force
                   else ensure_demo_collection(root, spec, progress=_progress))
     print(f"demo collection at {collection.root}")

@@ -46,6 +46,7 @@ from radassets.demo.phantom import Body, Lesion, Phantom, random_lesion
 from radassets.idc import schema
 
 GENERATOR_VERSION = 1
+SPEC_ENV = "RADASSETS_DEMO_SPEC"
 COLLECTION_ID = "radassets_demo"
 BUCKET = "radassets-demo-data"
 DEMO_DOI = "10.0000/radassets.demo"  # not a real DOI: the demo is generated, nothing to cite
@@ -73,6 +74,17 @@ class DemoSpec:
     n_revised_in_release_2: int = 4
     n_test_retest: int = 12
     seed: int = 20261123
+
+    @classmethod
+    def from_env(cls) -> DemoSpec:
+        """The default spec, or the one given as JSON in ``$RADASSETS_DEMO_SPEC`` (e.g. a larger demo)."""
+        text = os.environ.get(SPEC_ENV)
+        if not text:
+            return cls()
+        try:
+            return cls(**json.loads(text))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{SPEC_ENV} is not a valid demo spec ({e}): {text!r}") from None
 
     def __post_init__(self) -> None:
         if self.n_patients < 1 or self.n_test_retest + self.n_revised_in_release_2 > self.n_patients:

@@ -106,9 +106,9 @@ def index_for(definition: DatasetVersion, *, generate_demo: bool = True) -> Inde
     if kind == "demo":
         root = demo_root()
         if generate_demo:
-            from radassets.demo import ensure_demo_collection
+            from radassets.demo import DemoSpec, ensure_demo_collection
 
-            ensure_demo_collection(root, progress=log.info)
+            ensure_demo_collection(root, DemoSpec.from_env(), progress=log.info)
         return folder_index(root, "radassets-demo")
     root = local_root(definition.name)
     if not (root / "index").is_dir():
