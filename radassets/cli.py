@@ -18,10 +18,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from radassets.datasets import DatasetDefinitionError
     from radassets.idc.cohort import CohortError
     from radassets.idc.download import BucketUnreachableError, DownloadError
-    from radassets.idc.index import IndexError_
+    from radassets.idc.index import IndexMissingError
     from radassets.idc.local import LocalIndexError
 
-    return (DatasetDefinitionError, CohortError, IndexError_, BucketUnreachableError, DownloadError,
+    return (DatasetDefinitionError, CohortError, IndexMissingError, BucketUnreachableError, DownloadError,
             LocalIndexError)
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID_dictionary, CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
@@ -251,7 +250,3 @@ def write_rtstruct(path: Path, ct_folder: Path, geom: Geometry, masks: dict[str,
     ds.save_as(path, enforce_file_format=True)
     return ds
 
-
-def read_series_geometry(files: list[Path]) -> list[pydicom.Dataset]:
-    """Headers of a series, for tests and verification (no pixel data)."""
-    return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]

@@ -42,7 +42,7 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from radassets.demo.dicom_writer import Geometry, SeriesIds, write_ct_series, write_rtstruct, write_seg
-from radassets.demo.phantom import Body, Lesion, Phantom, random_lesion
+from radassets.demo.phantom import Body, Phantom, random_lesion
 from radassets.idc import schema
 
 GENERATOR_VERSION = 1
@@ -131,7 +131,7 @@ def _geometry(rng: np.random.Generator, number: int) -> Geometry:
     slice_spacing = float(rng.choice([1.5, 2.0, 2.5, 3.0, 5.0]))
     n_slices = int(min(64, max(30, round(130.0 / slice_spacing))))
     kind = number % 6
-    if kind == 1:  # flipped: columns run right-to-left, so slices stack feet-to-head... reversed normal
+    if kind == 1:  # flipped: columns run towards patient right (-x), so the slice normal points to the feet (-z)
         row_dir, col_dir = (-1.0, 0.0, 0.0), (0.0, 1.0, 0.0)
     elif kind == 4:  # oblique: rotated about the z axis by a few degrees
         a = np.deg2rad(rng.uniform(3.0, 8.0) * rng.choice([-1, 1]))

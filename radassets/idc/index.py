@@ -21,7 +21,7 @@ BUNDLED_PACKAGE = "idc-index-data"
 log = logging.getLogger(__name__)
 
 
-class IndexError_(RuntimeError):
+class IndexMissingError(RuntimeError):
     """An index is missing or cannot answer the question asked of it."""
 
 
@@ -69,7 +69,7 @@ def bundled_index() -> IndexSource:
     }
     missing = [str(p) for p in tables.values() if not p.is_file()]
     if missing:
-        raise IndexError_(f"{BUNDLED_PACKAGE} {idc_index_data.__version__} lacks index tables: {missing}")
+        raise IndexMissingError(f"{BUNDLED_PACKAGE} {idc_index_data.__version__} lacks index tables: {missing}")
     return IndexSource(BUNDLED_PACKAGE, idc_index_data.__version__, tables)
 
 
@@ -80,7 +80,7 @@ def folder_index(root: Path, package: str) -> IndexSource:
     tables = {name: folder / f"{name}.parquet" for name in names}
     missing = [name for name, p in tables.items() if not p.is_file()]
     if missing:
-        raise IndexError_(f"index at {folder} is incomplete: missing {missing}")
+        raise IndexMissingError(f"index at {folder} is incomplete: missing {missing}")
     from radassets import __version__
 
     return IndexSource(package, __version__, tables, source_root=Path(root))
@@ -112,7 +112,7 @@ def index_for(definition: DatasetVersion, *, generate_demo: bool = True) -> Inde
         return folder_index(root, "radassets-demo")
     root = local_root(definition.name)
     if not (root / "index").is_dir():
-        raise IndexError_(
+        raise IndexMissingError(
             f"dataset version {definition.name!r} is a local source but has no index at {root / 'index'}; "
             f"run: radassets datasets add-local {definition.name} {definition.source.path}"
         )

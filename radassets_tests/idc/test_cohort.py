@@ -192,7 +192,7 @@ def dicom_all_from_history(con: duckdb.DuckDBPyConnection) -> None:
         for series, uuid, releases, bucket, modality, doi in HISTORY:
             if version in releases:
                 for i in range(INSTANCES[uuid]):
-                    rows.append((f"toy", _patient(series), "ST-" + series, series, f"{uuid}.{i}", uuid, modality,
+                    rows.append(("toy", _patient(series), "ST-" + series, series, f"{uuid}.{i}", uuid, modality,
                                  1_500_000 / INSTANCES[uuid], "CC BY 4.0", doi.upper(), f"s3://{bucket}/{uuid}/{i}.dcm"))
         con.execute(f"""CREATE TABLE dicom_all_v{version} (collection_id TEXT, PatientID TEXT, StudyInstanceUID TEXT,
             SeriesInstanceUID TEXT, SOPInstanceUID TEXT, crdc_series_uuid TEXT, Modality TEXT, instance_size DOUBLE,
