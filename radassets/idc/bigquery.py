@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from radassets.datasets import DatasetVersion
-from radassets.idc.cohort import Cohort, CohortError, _make_cohort
+from radassets.idc.cohort import Cohort, CohortError, make_cohort
 from radassets.idc.index import resolve_table
 
 PUBLIC_PROJECT = "bigquery-public-data"
@@ -96,5 +96,5 @@ def build_cohort_bigquery(definition: DatasetVersion, client: QueryClient, *, pr
         rows = [dict(row.items()) for row in client.query(sql, job_config=_job_config(params)).result()]
     except Exception as e:  # google.api_core raises many types; the message is what matters
         raise CohortError(f"{definition.name}: BigQuery cohort query failed: {e}") from e
-    return _make_cohort(definition, rows, backend="bigquery", index=None,
+    return make_cohort(definition, rows, backend="bigquery", index=None,
                         query={"sql": sql, "parameters": params}, tables=tables)

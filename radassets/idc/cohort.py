@@ -208,11 +208,11 @@ def build_cohort(definition: DatasetVersion, index: IndexSource) -> Cohort:
             raise CohortError(f"{definition.name}: cohort query failed: {e}") from e
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, r)) for r in cursor.fetchall()]
-    return _make_cohort(definition, rows, backend="duckdb", index=index,
+    return make_cohort(definition, rows, backend="duckdb", index=index,
                         query={"sql": sql, "parameters": params}, tables=tables)
 
 
-def _make_cohort(definition: DatasetVersion, rows: list[dict[str, Any]], *, backend: str,
+def make_cohort(definition: DatasetVersion, rows: list[dict[str, Any]], *, backend: str,
                  index: IndexSource | None, query: dict[str, Any], tables: dict[str, Path],
                  release_date: str | None = None) -> Cohort:
     if not rows:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import duckdb
@@ -15,6 +14,7 @@ from radassets.idc import schema
 from radassets.idc.bigquery import build_cohort_bigquery
 from radassets.idc.cohort import Cohort, CohortError, build_cohort, diff_cohorts
 from radassets.idc.index import bundled_index, folder_index
+from radassets_tests.standins import DuckDBBigQueryStandIn
 
 # A small IDC history with every case the reconstruction rule must handle. (series, crdc uuid,
 # releases that served that version, bucket per release)
@@ -163,28 +163,6 @@ def test_nsclc_radiomics_v16_matches_the_published_cohort():
 
 
 # -- BigQuery, through a stand-in client --------------------------------------------------------
-
-class DuckDBBigQueryStandIn:
-    """Answers radassets' BigQuery cohort query from DuckDB tables shaped like idc_vN.dicom_all.
-
-    Translates only what the query uses: the table name, array parameters and raw strings.
-    """
-
-    def __init__(self, con: duckdb.DuckDBPyConnection):
-        self.con = con
-        self.queries: list[str] = []
-
-    def query(self, query: str, job_config=None):
-        self.queries.append(query)
-        sql = re.sub(r"`bigquery-public-data\.idc_v(\d+)\.dicom_all`", r"dicom_all_v\1", query)
-        sql = re.sub(r"IN UNNEST\(@(\w+)\)", r"IN (SELECT unnest($\1))", sql)
-        sql = re.sub(r"\br'", "'", sql)
-        params = {p.name: p.values for p in job_config.query_parameters}
-        cursor = self.con.execute(sql, params)
-        names = [d[0] for d in cursor.description]
-        rows = [dict(zip(names, r)) for r in cursor.fetchall()]
-        return type("Job", (), {"result": lambda self: iter(rows)})()
-
 
 def dicom_all_from_history(con: duckdb.DuckDBPyConnection) -> None:
     for version in range(1, LATEST + 1):
