@@ -1,57 +1,76 @@
 """Writing the demo's CT series, SEG (highdicom) and RTSTRUCT (rt-utils) as real DICOM files.
 
-CT: one CT Image Storage file per slice, Explicit VR Little Endian, signed 16-bit stored values
-with ``HU = stored * RescaleSlope + RescaleIntercept``; geometry as in ``radassets.demo.geometry``.
+Geometry follows DICOM PS3.3 C.7.6.2.1.1: the pixel at row r, column c of slice k lies at
+``IPP_k + c * PixelSpacing[1] * X + r * PixelSpacing[0] * Y`` where X and Y are the first and
+last three values of ImageOrientationPatient, and ``IPP_k = IPP_0 + k * spacing * (X × Y)``.
 
-SEG: a BINARY Segmentation (highdicom) over the CT's slices, one segment per lesion label
-(``GTV-1``, ``GTV-2``), coded as Morphologically abnormal structure / Neoplasm.
+RTSTRUCT limit: rt-utils 1.2.7 scales the row direction by PixelSpacing[0] instead of
+PixelSpacing[1], which is only right for square pixels; the generator therefore gives RTSTRUCT
+masks only to series with square pixels (non-square ones get SEG).
 
-RTSTRUCT: one ROI per lesion label (rt-utils), contoured on the CT slices. rt-utils 1.2.7
-handles oblique and flipped orientations (it maps contours with the full 3-D direction
-vectors and sorts slices along the normal), but it is only right for square pixels on square
-images: it scales the column index by PixelSpacing[0] (the row spacing) instead of
-PixelSpacing[1], and allocates its masks as (Columns, Rows). The generator therefore gives
-RTSTRUCT masks only to series with square pixels and Rows == Columns; ``write_rtstruct``
-refuses anything else. Its output is re-encoded as Explicit VR Little Endian, like the rest.
-
-Determinism: highdicom and rt-utils put the current time and random UIDs into what they
-write (creation dates and times, DimensionOrganizationUID, rt-utils' SOP and series UIDs);
-each such value is overwritten with one derived from the demo seed, so files are
-byte-identical from one generation to the next.
+highdicom and rt-utils put the current time and random UIDs into what they write; every such
+value is replaced by one derived from the demo seed, so the collection is byte-identical from
+one generation to the next.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import UID_dictionary, CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
-from radassets.demo.geometry import Geometry
-
+DEMO_DATE = "20200101"
+DEMO_TIME = "120000"
 MANUFACTURER = "radassets"
 MODEL_NAME = "radassets demo phantom"
-SOFTWARE_VERSION = "radassets demo generator"
-STUDY_DESCRIPTION = "Demo chest CT"
-# ROI display colours (RGB) by label, so RTSTRUCT viewers show GTV-1 and GTV-2 apart.
-ROI_COLORS = {"GTV-1": [255, 0, 0], "GTV-2": [0, 160, 255]}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    rows: int
+    cols: int
+    row_spacing: float  # PixelSpacing[0]: distance between rows (along Y)
+    col_spacing: float  # PixelSpacing[1]: distance between columns (along X)
+    slice_spacing: float
+    n_slices: int
+    row_dir: tuple[float, float, float]  # X: direction of increasing column index
+    col_dir: tuple[float, float, float]  # Y: direction of increasing row index
+    origin: tuple[float, float, float]  # ImagePositionPatient of slice k = 0
+    descending_instances: bool  # InstanceNumber 1 at the last slice instead of the first
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.row_dir, self.col_dir)
+
+    @property
+    def square_pixels(self) -> bool:
+        return abs(self.row_spacing - self.col_spacing) < 1e-9
+
+    def slice_position(self, k: int) -> np.ndarray:
+        return np.asarray(self.origin) + k * self.slice_spacing * self.normal
+
+    def points(self) -> np.ndarray:
+        """Physical LPS coordinates of every voxel centre, shape (slices, rows, cols, 3)."""
+        k = np.arange(self.n_slices)[:, None, None, None]
+        r = np.arange(self.rows)[None, :, None, None]
+        c = np.arange(self.cols)[None, None, :, None]
+        X, Y = np.asarray(self.row_dir), np.asarray(self.col_dir)
+        return (np.asarray(self.origin) + k * self.slice_spacing * self.normal
+                + c * self.col_spacing * X + r * self.row_spacing * Y)
 
 
 @dataclass(frozen=True)
 class SeriesIds:
-    """Identity and dates of one CT series and of the study it belongs to."""
-
     patient_id: str
     patient_sex: str
-    patient_age: str  # DICOM AS, e.g. "063Y"
+    patient_age: str
     study_uid: str
-    study_date: str  # DICOM DA (YYYYMMDD); also the series, acquisition and content date
-    study_time: str  # DICOM TM (HHMMSS)
     series_uid: str
     frame_of_reference_uid: str
     series_number: int
@@ -59,45 +78,33 @@ class SeriesIds:
     sop_uids: tuple[str, ...]  # one per slice k
 
 
-@dataclass(frozen=True)
-class Rescale:
-    """Stored value to HU: ``HU = stored * slope + intercept``."""
-
-    intercept: float = -1024.0
-    slope: float = 1.0
-
-    def to_stored(self, hu: np.ndarray) -> np.ndarray:
-        """HU rounded to the nearest representable value, as int16 stored values."""
-        stored = np.rint((hu - self.intercept) / self.slope)
-        return np.clip(stored, -32768, 32767).astype("<i2")
-
-
-def _ct_template(geom: Geometry, ids: SeriesIds, rescale: Rescale) -> Dataset:
-    """Every attribute that is the same for all slices of the series."""
+def _ct_dataset(geom: Geometry, ids: SeriesIds, k: int, pixels: np.ndarray, intercept: float,
+                slope: float) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = ids.sop_uids[k]
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()
     ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = ids.sop_uids[k]
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.Modality = "CT"
     ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName = MODEL_NAME
-    ds.SoftwareVersions = SOFTWARE_VERSION
     ds.PatientName = f"Demo^{ids.patient_id}"
     ds.PatientID = ids.patient_id
-    ds.PatientBirthDate = ""
     ds.PatientSex = ids.patient_sex
     ds.PatientAge = ids.patient_age
+    ds.PatientBirthDate = ""
     ds.StudyInstanceUID = ids.study_uid
     ds.StudyID = "1"
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
-    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = ids.study_date
-    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = ids.study_time
-    ds.StudyDescription = STUDY_DESCRIPTION
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = DEMO_DATE
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = DEMO_TIME
+    ds.StudyDescription = "Demo chest CT"
     ds.SeriesInstanceUID = ids.series_uid
     ds.SeriesNumber = ids.series_number
     ds.SeriesDescription = ids.series_description
@@ -105,12 +112,15 @@ def _ct_template(geom: Geometry, ids: SeriesIds, rescale: Rescale) -> Dataset:
     ds.PatientPosition = "HFS"
     ds.FrameOfReferenceUID = ids.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
+    ds.InstanceNumber = (geom.n_slices - k) if geom.descending_instances else (k + 1)
+    position = geom.slice_position(k)
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
     ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*geom.row_dir, *geom.col_dir)]
-    ds.PixelSpacing = [f"{geom.row_spacing:g}", f"{geom.col_spacing:g}"]
-    ds.SliceThickness = f"{geom.slice_thickness:g}"
-    ds.SpacingBetweenSlices = f"{geom.slice_spacing:g}"
+    ds.SliceLocation = f"{float(position @ geom.normal):.6f}"
+    ds.PixelSpacing = [f"{geom.row_spacing:.6f}", f"{geom.col_spacing:.6f}"]
+    ds.SliceThickness = f"{geom.slice_spacing:.6f}"
+    ds.SpacingBetweenSlices = f"{geom.slice_spacing:.6f}"
     ds.KVP = "120"
-    ds.ConvolutionKernel = "STANDARD"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = geom.rows, geom.cols
@@ -118,55 +128,73 @@ def _ct_template(geom: Geometry, ids: SeriesIds, rescale: Rescale) -> Dataset:
     ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 1
-    ds.RescaleIntercept = f"{rescale.intercept:g}"
-    ds.RescaleSlope = f"{rescale.slope:g}"
+    ds.RescaleIntercept = f"{intercept:g}"
+    ds.RescaleSlope = f"{slope:g}"
     ds.RescaleType = "HU"
     ds.WindowCenter = "-600"
     ds.WindowWidth = "1500"
+    ds.PixelData = pixels.astype("<i2").tobytes()
     return ds
 
 
 def write_ct_series(folder: Path, geom: Geometry, ids: SeriesIds, hu: np.ndarray, file_names: list[str],
-                    rescale: Rescale) -> list[Path]:
-    """Write slice k of ``hu`` (slices, rows, cols) to ``folder / file_names[k]``; returns the paths in k order."""
+                    intercept: float = -1024.0, slope: float = 1.0) -> list[Dataset]:
+    """Write one CT slice per file; returns the datasets (pixel data included) in slice order k."""
     folder.mkdir(parents=True, exist_ok=True)
-    stored = rescale.to_stored(hu)
-    ds = _ct_template(geom, ids, rescale)
-    paths = []
+    stored = np.clip(np.rint((hu - intercept) / slope), -32768, 32767).astype(np.int16)
+    datasets = []
     for k in range(geom.n_slices):
-        # The slice-specific attributes replace the previous slice's on the same dataset.
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = ids.sop_uids[k]
-        ds.InstanceNumber = geom.instance_number(k)
-        position = geom.slice_position(k)
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
-        ds.SliceLocation = f"{position[2]:.6f}"
-        ds.PixelData = stored[k].tobytes()
-        path = folder / file_names[k]
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+        ds = _ct_dataset(geom, ids, k, stored[k], intercept, slope)
+        ds.save_as(folder / file_names[k], enforce_file_format=True)
+        datasets.append(ds)
+    return datasets
 
 
-def _set_dates(ds: Dataset, ids: SeriesIds) -> None:
-    """Date every SEG/RTSTRUCT like its CT: the libraries would put the current time there."""
-    ds.InstanceCreationDate = ds.SeriesDate = ids.study_date
-    ds.InstanceCreationTime = ds.SeriesTime = ids.study_time
-    for name in ("Content", "StructureSet"):
-        if f"{name}Date" in ds:
-            setattr(ds, f"{name}Date", ids.study_date)
-            setattr(ds, f"{name}Time", ids.study_time)
+def _canonicalize(ds: Dataset, keep: set[str], make_uid: Callable[[int], str]) -> None:
+    """Replace generated UIDs and timestamps by deterministic ones (in place, recursively)."""
+    mapping: dict[str, str] = {}
+
+    def new_uid(old: str) -> str:
+        if old in keep or old in UID_dictionary:
+            return old
+        if old not in mapping:
+            mapping[old] = make_uid(len(mapping))
+        return mapping[old]
+
+    def walk(d: Dataset) -> None:
+        for elem in d:
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    walk(item)
+            elif elem.VR == "UI" and elem.value:
+                if elem.VM > 1:
+                    elem.value = [new_uid(str(v)) for v in elem.value]
+                else:
+                    elem.value = new_uid(str(elem.value))
+            elif elem.VR == "DA" and elem.value:
+                elem.value = DEMO_DATE
+            elif elem.VR == "TM" and elem.value:
+                elem.value = DEMO_TIME
+            elif elem.VR == "DT" and elem.value:
+                elem.value = DEMO_DATE + DEMO_TIME
+
+    walk(ds)
+    if hasattr(ds, "file_meta"):
+        walk(ds.file_meta)
 
 
-def write_seg(path: Path, ct_paths: list[Path], ids: SeriesIds, masks: dict[str, np.ndarray], series_uid: str,
-              sop_uid: str, dimension_organization_uid: str, series_number: int, series_description: str) -> Dataset:
-    """A BINARY DICOM SEG (highdicom) with one segment per label in ``masks``, on the CT files ``ct_paths``.
-
-    ``masks`` are boolean arrays (slices, rows, cols) in the CT's k order (``ct_paths`` order).
-    """
+def _label_frames(masks: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
     labels = sorted(masks)
-    label_map = np.zeros(masks[labels[0]].shape, dtype=np.uint8)
+    label_map = np.zeros(next(iter(masks.values())).shape, dtype=np.uint8)
     for number, label in enumerate(labels, start=1):
         label_map[masks[label]] = number
+    return label_map, labels
+
+
+def write_seg(path: Path, ct: list[Dataset], masks: dict[str, np.ndarray], series_uid: str, sop_uid: str,
+              keep: set[str], make_uid: Callable[[int], str]) -> Dataset:
+    """A binary DICOM SEG (highdicom) with one segment per lesion label, on the CT's frames."""
+    label_map, labels = _label_frames(masks)
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=number,
@@ -177,66 +205,48 @@ def write_seg(path: Path, ct_paths: list[Path], ids: SeriesIds, masks: dict[str,
         )
         for number, label in enumerate(labels, start=1)
     ]
-    source_images = [pydicom.dcmread(p, stop_before_pixels=True) for p in ct_paths]
     seg = hd.seg.Segmentation(
-        source_images=source_images,
+        source_images=ct,
         pixel_array=label_map,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=series_uid,
-        series_number=series_number,
+        series_number=100,
         sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=MODEL_NAME,
-        software_versions=SOFTWARE_VERSION,
+        software_versions="radassets demo",
         device_serial_number="0",
-        content_description="Lesion segmentation",
+        content_description="Demo lesion segmentation",
         content_creator_name="radassets^demo",
-        series_description=series_description,
-        content_date=ids.study_date,
-        content_time=ids.study_time,
-        series_date=ids.study_date,
-        series_time=ids.study_time,
+        series_description="Lesion SEG",
     )
-    _set_dates(seg, ids)
-    seg.BodyPartExamined = "CHEST"
-    for item in [*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence]:
-        item.DimensionOrganizationUID = dimension_organization_uid
-    for item in seg.get("ContributingEquipmentSequence", []):
-        if "ContributionDateTime" in item:
-            item.ContributionDateTime = ids.study_date + ids.study_time
+    _canonicalize(seg, keep | {series_uid, sop_uid}, make_uid)
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path, enforce_file_format=True)
     return seg
 
 
-def write_rtstruct(path: Path, ct_folder: Path, geom: Geometry, ids: SeriesIds, masks: dict[str, np.ndarray],
-                   series_uid: str, sop_uid: str, series_number: int, series_description: str) -> Dataset:
-    """An RTSTRUCT (rt-utils) with one ROI per label in ``masks``, contoured on the CT in ``ct_folder``.
-
-    ``masks`` are boolean arrays (slices, rows, cols) in the CT's k order. rt-utils sorts the
-    slices by position along the normal too (its slice i is our k) but wants (rows, cols, slices).
-    """
+def write_rtstruct(path: Path, ct_folder: Path, geom: Geometry, masks: dict[str, np.ndarray], series_uid: str,
+                   sop_uid: str, keep: set[str], make_uid: Callable[[int], str]) -> Dataset:
+    """An RTSTRUCT (rt-utils) with one ROI per lesion label, contoured on the CT slices."""
     from rt_utils import RTStructBuilder
 
-    if not geom.square_pixels or geom.rows != geom.cols:
-        raise ValueError("rt-utils writes wrong contours unless pixels and images are square (see module docstring)")
+    if not geom.square_pixels:
+        raise ValueError("rt-utils needs square pixels (see module docstring)")
     rt = RTStructBuilder.create_new(dicom_series_path=str(ct_folder))
+    # rt-utils sorts slices by position along the normal, i.e. by our k; it wants (rows, cols, slices).
     for label in sorted(masks):
-        rt.add_roi(mask=np.moveaxis(masks[label], 0, -1), color=ROI_COLORS[label], name=label)
+        rt.add_roi(mask=np.moveaxis(masks[label], 0, -1), color=[255, 0, 0], name=label)
     ds = rt.ds
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = sop_uid
+    ds.SeriesDescription = "Lesion RTSTRUCT"
+    ds.Manufacturer = MANUFACTURER
+    _canonicalize(ds, keep, make_uid)
     ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = series_description
-    ds.StructureSetLabel = "GTV"
-    ds.BodyPartExamined = "CHEST"
-    ds.Manufacturer = ds.InstitutionName = MANUFACTURER
-    ds.ManufacturerModelName = MODEL_NAME
-    ds.SoftwareVersions = SOFTWARE_VERSION
-    _set_dates(ds, ids)
+    ds.SOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    ds.save_as(path, enforce_file_format=True)
     return ds
+
