@@ -172,6 +172,7 @@ class ReferenceSeeds(_Strict):
     id_column: str = Field(description="PatientID or SeriesInstanceUID column")
     id_kind: Literal["PatientID", "SeriesInstanceUID"] = "PatientID"
     coord_columns: list[str] = Field(default=["coordX", "coordY", "coordZ"], min_length=3, max_length=3)
+    label_column: str | None = Field(default=None, description="segment label of each point, matched to mask labels")
 
 
 Seeds.model_rebuild()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from radassets.defs import ingest
+from radassets.defs import imaging, ingest
 from radassets.defs.resources import IdcResource, bigquery_resource
 
 defs = Definitions(
-    assets=[ingest.cohort, ingest.dicom],
-    resources={"idc": IdcResource(), "bigquery": bigquery_resource()},
+    assets=[ingest.cohort, ingest.dicom, imaging.volumes, imaging.seeds, imaging.patches],
+    resources={"idc": IdcResource(), "bigquery": bigquery_resource(), "imaging": imaging.ImagingResource()},
 )

@@ -45,7 +45,7 @@ from radassets.demo.dicom_writer import Geometry, SeriesIds, write_ct_series, wr
 from radassets.demo.phantom import Body, Phantom, random_lesion
 from radassets.idc import schema
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: RTSTRUCT contours on the mask boundary
 SPEC_ENV = "RADASSETS_DEMO_SPEC"
 COLLECTION_ID = "radassets_demo"
 BUCKET = "radassets-demo-data"
@@ -286,7 +286,7 @@ def _write_scan(root: Path, spec: DemoSpec, plan: PatientPlan, scan: str, versio
         write_seg(mask_path, ct, masks, mask_series_uid, mask_sop, keep, make_uid)
         sop_class, sop_name = "1.2.840.10008.5.1.4.1.1.66.4", "Segmentation Storage"
     else:
-        write_rtstruct(mask_path, ct_folder, geom, masks, mask_series_uid, mask_sop, keep, make_uid)
+        write_rtstruct(mask_path, ct, ct_folder, geom, masks, mask_series_uid, mask_sop, keep, make_uid)
         sop_class, sop_name = "1.2.840.10008.5.1.4.1.1.481.3", "RT Structure Set Storage"
 
     init = plan.release

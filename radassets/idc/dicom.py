@@ -9,6 +9,7 @@ status, folder, file count, size and, for failures, the cause.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,21 @@ def _local_files(definition: DatasetVersion) -> dict[str, list[Path]]:
     for uuid, path in rows:
         files.setdefault(uuid, []).append(Path(path))
     return files
+
+
+def series_files(definition: DatasetVersion, row: dict[str, Any]) -> list[Path]:
+    """The DICOM files of one verified series of a ``dicom`` manifest, wherever they lie."""
+    if definition.source.kind == "local":
+        return _local_files(definition).get(row["crdc_series_uuid"], [])
+    return download.dicom_files(Path(row["folder"])) if row.get("folder") else []
+
+
+def read_manifest(dataset_version: str) -> dict[str, Any]:
+    """The ``dicom`` partition's manifest (written by ``fetch_dataset_dicom``)."""
+    path = manifest_path(dataset_version)
+    if not path.is_file():
+        raise FileNotFoundError(f"no DICOM manifest for {dataset_version!r} at {path}: materialize 'dicom' first")
+    return json.loads(path.read_text())
 
 
 def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, *, mirror: str | None = None,

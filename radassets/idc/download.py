@@ -206,7 +206,7 @@ def verify_files(files: Sequence[Path], row: dict[str, Any], *, hash_files: bool
     return Verification(True, False, None, records)
 
 
-def _dicom_files(folder: Path) -> list[Path]:
+def dicom_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.dcm") if not p.name.startswith("."))
 
 
@@ -216,7 +216,7 @@ def _present(folder: Path, row: dict[str, Any], deep: bool) -> bool:
         return False
     record = json.loads(record_path.read_text())
     files = {r["file"]: r for r in record["instances"]}
-    on_disk = _dicom_files(folder)
+    on_disk = dicom_files(folder)
     if sorted(files) != [p.name for p in on_disk] or record["SeriesInstanceUID"] != row["SeriesInstanceUID"]:
         return False
     for p in on_disk:
@@ -252,7 +252,7 @@ def fetch_one(row: dict[str, Any], dest_root: Path, mirror: Mirror, *, attempts:
     started = time.monotonic()
     final = Path(dest_root) / uuid
     if _present(final, row, deep):
-        files = _dicom_files(final)
+        files = dicom_files(final)
         return SeriesResult(uuid, uid, "present", final, len(files), sum(f.stat().st_size for f in files),
                             time.monotonic() - started)
     partial = Path(dest_root) / ".partial" / uuid
@@ -263,7 +263,7 @@ def fetch_one(row: dict[str, Any], dest_root: Path, mirror: Mirror, *, attempts:
             code, error = _copy_from_folder(mirror, row["series_aws_url"], partial)
         else:
             code, error = _s5cmd_copy(mirror, row["series_aws_url"], partial, retry_count, workers)
-        files = _dicom_files(partial)
+        files = dicom_files(partial)
         check = verify_files(files, row)
         if check.ok:
             _finalize(partial, final, row, check.records)
@@ -278,7 +278,7 @@ def fetch_one(row: dict[str, Any], dest_root: Path, mirror: Mirror, *, attempts:
             break  # the source has what it has: retrying cannot complete the series
         if attempt < attempts:
             time.sleep(backoff_s * 2 ** (attempt - 1))
-    n = len(_dicom_files(partial))
+    n = len(dicom_files(partial))
     return SeriesResult(uuid, uid, "failed", partial, n, 0, time.monotonic() - started,
                         f"incomplete after {attempts} attempt(s) ({n} files kept for resume): {reason}")
 

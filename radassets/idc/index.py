@@ -119,6 +119,15 @@ def index_for(definition: DatasetVersion, *, generate_demo: bool = True) -> Inde
     return folder_index(root, "radassets-local")
 
 
+def source_root(definition: DatasetVersion) -> Path | None:
+    """The folder that ``source:`` table paths of a definition are relative to (as ``index_for`` sets it)."""
+    if definition.source.kind == "demo":
+        return demo_root()
+    if definition.source.kind == "local":
+        return local_root(definition.name)
+    return None
+
+
 def resolve_table(table: str, source_root: Path | None, data_root: Path | None = None) -> Path:
     """The file behind a table reference of a definition (``data/`` relative, or ``source:``)."""
     if table.startswith(SOURCE_PREFIX):

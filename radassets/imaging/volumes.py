@@ -1,38 +1,268 @@
-"""Convert many CT series to volumes: one QC row per series; a bad series never stops the rest.
+"""One dataset version's series → CT volumes and tumour masks, with one QC row per series.
 
-Volumes are written as NRRD (``space: left-posterior-superior``, gzip), which keeps the ITK/LPS
-geometry exactly and opens in 3D Slicer; every file is written to a temporary name and renamed.
+A bad series never stops the rest: its QC row carries a failure ``code`` and a message naming
+the series and the cause, and the caller decides (by the failed fraction) whether the partition
+fails. Each mask (SEG or RTSTRUCT) is placed on the grid of the CT it references; only the
+segments the dataset version selects are written.
+
+Files (every one written to a temporary name and renamed):
+- ``ct/<crdc_series_uuid>.nrrd``: int16 HU, ``space: left-posterior-superior``, gzip. NRRD keeps
+  the ITK/LPS geometry exactly and opens in 3D Slicer.
+- ``masks/<crdc_series_uuid of the mask>/<segment number>.nrrd``: uint8 0/1 on the CT's grid.
+- ``qc.parquet`` (one row per series), ``segments.parquet`` (one row per written segment) and
+  ``manifest.json`` (settings, both tables, content hash), written last.
+
+A rerun with the same settings reuses every volume whose file still has its recorded sha256:
+IDC series versions (crdc_series_uuid) are immutable, so the same settings give the same volume.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pydicom
 import SimpleITK as sitk
 
 from radassets.imaging.ct import SeriesError, Tolerances, failure_qc, read_ct_series
-from radassets.storage import atomic_path
+from radassets.imaging.masks import MaskError, read_mask_header, read_mask_segments, select_segments
+from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha256_json
+
+MASK_MODALITIES = ("SEG", "RTSTRUCT")
+Progress = Callable[[int, int, str], None]
+FilesOf = Callable[[dict], Sequence[Path]]
+
+# Columns of qc.parquet: a stable schema, so partitions can be compared and queried together.
+QC_COLUMNS = {
+    "PatientID": pa.string(), "Modality": pa.string(), "SeriesInstanceUID": pa.string(),
+    "crdc_series_uuid": pa.string(), "status": pa.string(), "code": pa.string(), "message": pa.string(),
+    "reused": pa.bool_(), "slices": pa.int64(), "rows": pa.int64(), "columns": pa.int64(),
+    "spacing_x": pa.float64(), "spacing_y": pa.float64(), "spacing_z": pa.float64(),
+    "transfer_syntax": pa.string(), "hu_min": pa.int64(), "hu_max": pa.int64(),
+    "FrameOfReferenceUID": pa.string(), "referenced_ct": pa.string(), "labels": pa.string(),
+    "selected_labels": pa.string(), "path": pa.string(), "sha256": pa.string(), "seconds": pa.float64(),
+}
+SEGMENT_COLUMNS = {
+    "PatientID": pa.string(), "SeriesInstanceUID": pa.string(), "crdc_series_uuid": pa.string(),
+    "mask_SeriesInstanceUID": pa.string(), "mask_crdc_series_uuid": pa.string(), "mask_Modality": pa.string(),
+    "segment_number": pa.int64(), "segment_label": pa.string(), "voxels": pa.int64(), "volume_ml": pa.float64(),
+    "ct_path": pa.string(), "mask_path": pa.string(),
+}
 
 
-def write_volume(image: sitk.Image, path: Path) -> Path:
+@dataclass(frozen=True)
+class SegmentSelection:
+    """Which segments of a mask are kept: labels (regular expressions) and a rule."""
+
+    labels: tuple[str, ...] | None = None
+    rule: str = "all"  # labels | largest | all
+
+
+@dataclass(frozen=True)
+class ConversionSettings:
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    selection: SegmentSelection = field(default_factory=SegmentSelection)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tolerances": asdict(self.tolerances), "selection": asdict(self.selection),
+                "ct_reader": f"pydicom {pydicom.__version__} + SimpleITK {sitk.Version.VersionString()}",
+                "volume_format": "NRRD int16 HU, LPS, gzip", "mask_resampling": "nearest neighbour onto the CT grid"}
+
+    @property
+    def hash(self) -> str:
+        return sha256_json(self.as_dict())
+
+
+@dataclass
+class VolumesReport:
+    out_dir: Path
+    settings: dict[str, Any]
+    qc: list[dict[str, Any]]
+    segments: list[dict[str, Any]]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.qc if r["status"] == "failed"]
+
+    def summary(self) -> dict[str, Any]:
+        n, failed = len(self.qc), len(self.failed)
+        ct = [r for r in self.qc if r["Modality"] == "CT"]
+        return {
+            "series": n, "failed": failed, "failed_fraction": failed / n if n else 0.0,
+            "ct_converted": sum(r["status"] == "ok" for r in ct), "ct_failed": sum(r["status"] == "failed" for r in ct),
+            "masks_converted": sum(r["status"] == "ok" for r in self.qc if r["Modality"] in MASK_MODALITIES),
+            "segments": len(self.segments), "reused": sum(bool(r.get("reused")) for r in self.qc),
+            "failures_by_code": _count(r["code"] for r in self.failed),
+        }
+
+    @property
+    def content_hash(self) -> str:
+        return sha256_json({"settings": self.settings,
+                            "qc": sorted((r["crdc_series_uuid"], r["status"], r.get("sha256")) for r in self.qc),
+                            "segments": sorted((r["mask_crdc_series_uuid"], r["segment_number"]) for r in self.segments)})
+
+
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def write_image(image: sitk.Image, path: Path) -> Path:
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True, imageIO="NrrdImageIO")
     return path
 
 
-def convert_series(series: Mapping[str, Sequence[Path]], out_dir: Path, tol: Tolerances = Tolerances(),
-                   progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
-    """``series``: SeriesInstanceUID → its files. Returns one QC row per series, in input order."""
-    rows = []
-    for i, (uid, files) in enumerate(series.items(), start=1):
-        try:
-            volume = read_ct_series(files, tol)
-            path = write_volume(volume.image, Path(out_dir) / f"{uid}.nrrd")
-            row = dict(volume.qc, path=str(path))
-        except SeriesError as e:
-            row = failure_qc(files, SeriesError(e.code, uid, str(e).split(": ", 1)[-1]))
-        rows.append(row)
+def write_table(rows: list[dict], columns: dict[str, pa.DataType], path: Path) -> Path:
+    schema = pa.schema(list(columns.items()))
+    table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows], schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def _previous(out_dir: Path, settings_hash: str) -> dict[str, dict]:
+    """QC rows of the last run with the same settings whose file is intact, by crdc_series_uuid."""
+    manifest = out_dir / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    old = json.loads(manifest.read_text())
+    if old.get("settings_hash") != settings_hash:
+        return {}
+    return {r["crdc_series_uuid"]: r for r in old["qc"]
+            if r["Modality"] == "CT" and r["status"] == "ok" and r.get("path") and Path(r["path"]).is_file()
+            and sha256_file(Path(r["path"])) == r.get("sha256")}
+
+
+def _base(row: dict) -> dict[str, Any]:
+    return {k: row[k] for k in ("PatientID", "Modality", "SeriesInstanceUID", "crdc_series_uuid")}
+
+
+def _convert_ct(row: dict, files: Sequence[Path], out_dir: Path, tol: Tolerances) -> dict[str, Any]:
+    try:
+        volume = read_ct_series(files, tol)
+    except SeriesError as e:
+        return dict(failure_qc(files, e), **_base(row))
+    path = write_image(volume.image, out_dir / "ct" / f"{row['crdc_series_uuid']}.nrrd")
+    frame = str(pydicom.dcmread(files[0], stop_before_pixels=True).get("FrameOfReferenceUID", "")) or None
+    qc = {k: v for k, v in volume.qc.items() if k in QC_COLUMNS}
+    return dict(qc, **_base(row), FrameOfReferenceUID=frame, path=str(path), sha256=sha256_file(path), reused=False)
+
+
+def _find_ct(header, row: dict, cts: list[dict]) -> dict:
+    """The CT a mask belongs to: the series it references, else the patient's only CT on its frame."""
+    by_uid = {c["SeriesInstanceUID"]: c for c in cts}
+    for uid in header.referenced_series:
+        if uid in by_uid:
+            return by_uid[uid]
+    same_frame = [c for c in cts if c["PatientID"] == row["PatientID"]
+                  and header.frame_of_reference and c.get("FrameOfReferenceUID") == header.frame_of_reference]
+    if len(same_frame) == 1:
+        return same_frame[0]
+    refs = ", ".join(header.referenced_series) or "none"
+    raise MaskError("no_reference", header.series_uid,
+                    f"references CT series {refs}, none of which is in this dataset version"
+                    + (f" ({len(same_frame)} CT series share its frame of reference)" if same_frame else ""))
+
+
+def _convert_mask(row: dict, files: Sequence[Path], cts: list[dict], out_dir: Path,
+                  selection: SegmentSelection) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    qc = dict(_base(row), status="failed", reused=False)
+    started = time.monotonic()
+    try:
+        if len(files) != 1:
+            raise MaskError("mask_unreadable", row["SeriesInstanceUID"], f"{len(files)} files; one SEG/RTSTRUCT object expected")
+        header = read_mask_header(files[0])
+        ct = _find_ct(header, row, cts)
+        qc["referenced_ct"] = ct["SeriesInstanceUID"]
+        if ct["status"] != "ok":
+            raise MaskError("no_reference", header.series_uid,
+                            f"its CT {ct['SeriesInstanceUID']} could not be converted ({ct['code']})")
+        image = sitk.ReadImage(ct["path"])
+        segments = read_mask_segments(files[0], image, ct.get("FrameOfReferenceUID"))
+    except MaskError as e:
+        return dict(qc, code=e.code, message=str(e)), []
+    chosen = select_segments(segments, list(selection.labels) if selection.labels else None, selection.rule)
+    qc.update(labels=json.dumps([s.label for s in segments]), selected_labels=json.dumps([s.label for s in chosen]))
+    empty = [s.label for s in chosen if s.voxels == 0]
+    if empty:
+        return dict(qc, code="empty_mask", message=f"mask {row['SeriesInstanceUID']}: segment(s) {empty} have no voxel "
+                                                      f"on the CT grid"), []
+    voxel_ml = float(image.GetSpacing()[0] * image.GetSpacing()[1] * image.GetSpacing()[2]) / 1000.0
+    segment_rows = []
+    for s in chosen:
+        path = write_image(s.image, out_dir / "masks" / row["crdc_series_uuid"] / f"{s.number}.nrrd")
+        segment_rows.append({
+            "PatientID": row["PatientID"], "SeriesInstanceUID": ct["SeriesInstanceUID"],
+            "crdc_series_uuid": ct["crdc_series_uuid"], "mask_SeriesInstanceUID": row["SeriesInstanceUID"],
+            "mask_crdc_series_uuid": row["crdc_series_uuid"], "mask_Modality": row["Modality"],
+            "segment_number": s.number, "segment_label": s.label, "voxels": s.voxels,
+            "volume_ml": round(s.voxels * voxel_ml, 4), "ct_path": ct["path"], "mask_path": str(path),
+        })
+    return dict(qc, status="ok", seconds=round(time.monotonic() - started, 3)), segment_rows
+
+
+def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,
+                    settings: ConversionSettings = ConversionSettings(),
+                    progress: Progress | None = None) -> VolumesReport:
+    """Convert every series of a ``dicom`` manifest (rows with PatientID, Modality, SeriesInstanceUID,
+    crdc_series_uuid, status). CTs first, then each mask on its CT's grid."""
+    out_dir = Path(out_dir)
+    reusable = _previous(out_dir, settings.hash)
+    cts = [r for r in series if r["Modality"] == "CT"]
+    masks = [r for r in series if r["Modality"] in MASK_MODALITIES]
+    others = [r for r in series if r["Modality"] != "CT" and r["Modality"] not in MASK_MODALITIES]
+    total = len(cts) + len(masks)
+    done = 0
+
+    def tick(qc: dict) -> None:
+        nonlocal done
+        done += 1
         if progress:
-            progress(i, len(series), f"{row['status']}: {uid}" + (f" ({row['code']})" if row["code"] else ""))
-    return rows
+            what = f"failed ({qc['code']}): {qc['message']}" if qc["status"] == "failed" else \
+                f"{'reused' if qc.get('reused') else 'ok'}: {qc['Modality']} {qc['SeriesInstanceUID']}"
+            progress(done, total, what)
+
+    ct_rows = []
+    for row in cts:
+        if row.get("status") == "failed":
+            qc = dict(_base(row), status="failed", code="not_downloaded",
+                      message=f"series {row['SeriesInstanceUID']}: DICOM not available ({row.get('reason')})")
+        elif row["crdc_series_uuid"] in reusable:
+            qc = dict(reusable[row["crdc_series_uuid"]], reused=True)
+        else:
+            qc = _convert_ct(row, files_of(row), out_dir, settings.tolerances)
+        ct_rows.append(qc)
+        tick(qc)
+    mask_rows, segments = [], []
+    for row in masks:
+        if row.get("status") == "failed":
+            qc = dict(_base(row), status="failed", code="not_downloaded",
+                      message=f"mask {row['SeriesInstanceUID']}: DICOM not available ({row.get('reason')})")
+            found: list[dict] = []
+        else:
+            qc, found = _convert_mask(row, files_of(row), ct_rows, out_dir, settings.selection)
+        mask_rows.append(qc)
+        segments += found
+        tick(qc)
+    for row in others:  # e.g. SR or PT series that a selection let through: recorded, not converted
+        mask_rows.append(dict(_base(row), status="skipped", code=None,
+                              message=f"series {row['SeriesInstanceUID']}: modality {row['Modality']} is not converted"))
+    report = VolumesReport(out_dir, settings.as_dict(), ct_rows + mask_rows, segments)
+    write_table(report.qc, QC_COLUMNS, out_dir / "qc.parquet")
+    write_table(report.segments, SEGMENT_COLUMNS, out_dir / "segments.parquet")
+    # The manifest is written last: it marks a complete partition and is what a rerun trusts.
+    atomic_write_json(out_dir / "manifest.json", {
+        "settings": report.settings, "settings_hash": settings.hash, "summary": report.summary(),
+        "content_hash": report.content_hash, "qc": report.qc, "segments": report.segments,
+    })
+    return report
+

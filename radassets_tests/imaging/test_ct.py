@@ -16,7 +16,6 @@ from pydicom.uid import RLELossless
 from radassets.demo import DemoSpec
 from radassets.demo.generator import BUCKET, plan_patients
 from radassets.imaging.ct import SeriesError, read_ct_series
-from radassets.imaging.volumes import convert_series
 from radassets_tests.conftest import SMALL_DEMO_SPEC
 
 
@@ -148,17 +147,6 @@ def test_malformed_series_fail_with_their_cause(good_series, code):
         read_ct_series(sorted(files[0].parent.glob("*.dcm")))
     assert err.value.code == code, str(err.value)
     assert uid in str(err.value)
-
-
-def test_one_bad_series_is_recorded_and_the_rest_converts(good_series, tmp_path):
-    (bad_uid, bad_files), (good_uid, good_files) = good_series["DEMO-002"], good_series["DEMO-006"]
-    _edit(bad_files, tilt)
-    rows = convert_series({bad_uid: bad_files, good_uid: good_files}, tmp_path / "volumes")
-    assert [(r["status"], r["code"]) for r in rows] == [("failed", "gantry_tilt"), ("ok", None)]
-    written = sitk.ReadImage(rows[1]["path"])
-    assert written.GetSize() == (rows[1]["columns"], rows[1]["rows"], rows[1]["slices"])
-    assert not (tmp_path / "volumes" / f"{bad_uid}.nrrd").exists()
-    assert sorted(p.name for p in (tmp_path / "volumes").iterdir()) == [f"{good_uid}.nrrd"]  # no temp files
 
 
 def test_compressed_series_decode_to_the_same_volume(good_series):

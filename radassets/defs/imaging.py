@@ -1,0 +1,184 @@
+"""Imaging assets: CT volumes and tumour masks, seed points, canonical patches, per dataset version.
+
+Thin: each asset calls one step of ``radassets.imaging.pipeline`` and turns its report into
+metadata, a data version and asset checks. No ``from __future__ import annotations`` here:
+Dagster inspects the context annotation at runtime.
+"""
+
+import base64
+import json
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    ConfigurableResource,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from radassets import datasets
+from radassets.defs.ingest import dicom
+from radassets.defs.partitions import dataset_version_partitions
+from radassets.imaging import pipeline
+from radassets.imaging.ct import Tolerances
+from radassets.imaging.patches import PatchSpec
+from radassets.imaging.seeds import DISAGREEMENT_MM
+
+
+class ImagingResource(ConfigurableResource):
+    """Conversion tolerances, failure threshold, seed disagreement threshold and patch geometry."""
+
+    max_failed_fraction: float = Field(
+        default=0.1, ge=0.0, le=1.0,
+        description="the volumes partition fails when more than this fraction of series cannot be converted",
+    )
+    spacing_tolerance: float = Field(default=0.01, gt=0, description="max |slice gap - median| / median")
+    tilt_tolerance_mm_per_mm: float = Field(default=1e-3, gt=0, description="max in-plane drift of slice origins")
+    seed_disagreement_mm: float = Field(default=DISAGREEMENT_MM, gt=0,
+                                        description="flag a mask seed further than this from its published point")
+    patch_size: int = Field(default=64, ge=8, description="patch edge in voxels (every model crops its own from it)")
+    patch_spacing_mm: float = Field(default=1.0, gt=0)
+    patch_interpolator: str = Field(default="linear", description="linear, bspline or nearest")
+
+    def tolerances(self) -> Tolerances:
+        return Tolerances(spacing_relative=self.spacing_tolerance, tilt_mm_per_mm=self.tilt_tolerance_mm_per_mm)
+
+    def patch_spec(self) -> PatchSpec:
+        return PatchSpec(self.patch_size, self.patch_spacing_mm, self.patch_interpolator)
+
+
+def _table(rows: list[dict], columns: list[str], limit: int = 50) -> MetadataValue:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "") if r.get(c) is not None else "") for c in columns) + " |"
+              for r in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"\n… {len(rows) - limit} more rows")
+    return MetadataValue.md("\n".join(lines))
+
+
+def _progress(context: AssetExecutionContext):
+    def progress(done: int, total: int, message: str) -> None:
+        if message.startswith("failed") or "border" in message or done == total or done % max(1, total // 10) == 0:
+            context.log.info(f"[{done}/{total}] {message}")
+    return progress
+
+
+@asset(
+    partitions_def=dataset_version_partitions,
+    deps=[dicom],
+    group_name="imaging",
+    kinds={"dicom", "nrrd"},
+    code_version="volumes-1",
+    check_specs=[AssetCheckSpec("all_series_converted", asset="volumes",
+                                description="every CT and mask series became a volume on its CT grid")],
+    description=(
+        "CT series as int16 HU volumes (NRRD, LPS) and the selected tumour segments of each SEG / RTSTRUCT "
+        "on its CT's grid. Every series is validated first (spacing, missing or duplicate slices, gantry tilt, "
+        "orientation, SOP class, rescale, decodability); each failure is a QC row with its cause, and the "
+        "partition fails only above the configured failure ratio."
+    ),
+)
+def volumes(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
+    definition = datasets.get(context.partition_key)
+    report = pipeline.run_volumes(definition, imaging.tolerances(), _progress(context))
+    summary = report.summary()
+    failures = _table(report.failed, ["PatientID", "Modality", "SeriesInstanceUID", "code", "message"])
+    if summary["failed_fraction"] > imaging.max_failed_fraction:
+        raise Failure(
+            description=(f"{summary['failed']} of {summary['series']} series could not be converted "
+                         f"(more than the allowed {imaging.max_failed_fraction:.0%}): {summary['failures_by_code']}"),
+            metadata={"failures": failures, "qc": MetadataValue.path(str(report.out_dir / "qc.parquet"))},
+        )
+    return MaterializeResult(
+        metadata={
+            "series": summary["series"], "ct_converted": summary["ct_converted"],
+            "masks_converted": summary["masks_converted"], "segments": summary["segments"],
+            "failed": summary["failed"], "reused": summary["reused"],
+            "failures_by_code": MetadataValue.json(summary["failures_by_code"]),
+            "conversion_settings": MetadataValue.json(report.settings),
+            "qc_table": MetadataValue.path(str(report.out_dir / "qc.parquet")),
+            **({"failures": failures} if summary["failed"] else {}),
+        },
+        data_version=DataVersion(report.content_hash),
+        check_results=[AssetCheckResult(
+            check_name="all_series_converted", passed=summary["failed"] == 0, severity=AssetCheckSeverity.WARN,
+            metadata={"failed": summary["failed"], "failures_by_code": MetadataValue.json(summary["failures_by_code"])},
+        )],
+    )
+
+
+@asset(
+    partitions_def=dataset_version_partitions,
+    deps=[volumes],
+    group_name="imaging",
+    kinds={"parquet"},
+    code_version="seeds-1",
+    check_specs=[AssetCheckSpec("seeds_agree_with_reference", asset="seeds",
+                                description="mask seeds lie within the threshold of their published points")],
+    description=(
+        "One seed point per lesion in physical LPS millimetres: the centroid of the selected mask segment, or "
+        "a published point. Where both exist, the distance between them is recorded and disagreements over "
+        "the threshold (10 mm) are flagged."
+    ),
+)
+def seeds(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
+    definition = datasets.get(context.partition_key)
+    report = pipeline.run_seeds(definition, imaging.seed_disagreement_mm)
+    summary = report.summary()
+    context.log.info(f"{summary['seeds']} seeds of {summary['patients']} patients; {summary}")
+    disagreeing = [s for s in report.seeds if s.get("reference_disagrees")]
+    return MaterializeResult(
+        metadata={
+            **{k: v for k, v in summary.items() if v is not None},
+            "seeds_table": MetadataValue.path(str(report.out_dir / "seeds.csv")),
+            "preview": _table(report.seeds, ["PatientID", "segment_label", "coordX", "coordY", "coordZ", "volume_ml",
+                                             "source", "reference_distance_mm"], limit=20),
+            **({"failures": _table(report.failures, ["id", "reason"])} if report.failures else {}),
+            **({"disagreements": _table(disagreeing, ["PatientID", "SeriesInstanceUID", "segment_label",
+                                                      "reference_distance_mm"])} if disagreeing else {}),
+        },
+        data_version=DataVersion(report.content_hash),
+        check_results=[AssetCheckResult(
+            check_name="seeds_agree_with_reference", passed=not disagreeing, severity=AssetCheckSeverity.WARN,
+            metadata={"disagreements": len(disagreeing), "compared": summary["compared_with_reference"],
+                      "threshold_mm": imaging.seed_disagreement_mm},
+        )],
+    )
+
+
+@asset(
+    partitions_def=dataset_version_partitions,
+    deps=[seeds],
+    group_name="imaging",
+    kinds={"numpy"},
+    code_version="patches-1",
+    description=(
+        "One canonical patch per seed: 1 mm isotropic, 64³ voxels, int16 HU, LPS axes, centred on the seed, "
+        "cropped before resampling; the seed's mask alongside. Memory-mappable .npy arrays. Patches at the "
+        "volume border are padded with air (-1024 HU) and flagged. A QC montage shows every patch."
+    ),
+)
+def patches(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
+    definition = datasets.get(context.partition_key)
+    report, montage = pipeline.run_patches(definition, imaging.patch_spec(), _progress(context))
+    summary = report.summary()
+    image = base64.b64encode(montage.read_bytes()).decode("ascii")
+    border = [r for r in report.rows if r["at_border"]]
+    return MaterializeResult(
+        metadata={
+            **summary,
+            "patch_spec": MetadataValue.json(report.spec),
+            "patches_npy": MetadataValue.path(str(report.out_dir / "patches.npy")),
+            "montage_png": MetadataValue.path(str(montage)),
+            "montage": MetadataValue.md(f"![QC montage](data:image/png;base64,{image})"),
+            **({"at_border": _table(border, ["PatientID", "segment_label", "padded_fraction"])} if border else {}),
+            "sha256": MetadataValue.json(json.loads(json.dumps(report.sha256))),
+        },
+        data_version=DataVersion(report.content_hash),
+    )

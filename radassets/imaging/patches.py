@@ -1,0 +1,203 @@
+"""Canonical tumour patches: one cube per seed, 1 mm isotropic, HU as int16, stored once.
+
+Every model crops its own input from this patch (FMCIB takes 50³ at 1 mm, others more), so the
+patch is large enough for all of them (64³ by default) and nothing reads a volume twice.
+
+Geometry: the patch grid has identity direction (axes along L, P, S), ``spacing_mm`` spacing and
+its centre at the seed: voxel (i, j, k) lies at ``seed + (index - (size - 1) / 2) * spacing``
+in LPS millimetres, so for an even size the seed falls between the two middle voxels. Arrays
+are indexed ``[k, j, i]`` (S, P, L), as SimpleITK's ``GetArrayFromImage`` returns them.
+
+Crop first, then resample: the region of the volume that the patch's corners map to (plus a
+margin of 3 voxels for the interpolator's support) is cut out, and only that is resampled. This
+gives the same values as resampling the whole volume (the interpolator sees the same
+neighbours), at a fraction of the cost. Patch voxels outside the volume are air (−1024 HU) and
+the patch is flagged ``at_border`` with the fraction of voxels that were padded: never shifted
+back inside, which would move the lesion off-centre.
+
+Storage (``patches/<dataset_version>/``): ``patches.npy`` (N, S, S, S) int16 and ``masks.npy``
+(N, S, S, S) uint8 (the seed's own segment, zeros for published seeds without a mask), opened
+with ``numpy.load(..., mmap_mode="r")``; ``patches.parquet`` gives row ``i`` of both arrays.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import SimpleITK as sitk
+
+from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha256_json
+
+AIR_HU = -1024
+MARGIN_VOXELS = 3  # B-spline (order 3) support; linear needs 1
+INTERPOLATORS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline, "nearest": sitk.sitkNearestNeighbor}
+PATCH_COLUMNS = {
+    "index": pa.int64(), "seed_id": pa.string(), "PatientID": pa.string(), "SeriesInstanceUID": pa.string(),
+    "crdc_series_uuid": pa.string(), "segment_label": pa.string(), "source": pa.string(),
+    "coordX": pa.float64(), "coordY": pa.float64(), "coordZ": pa.float64(),
+    "origin_x": pa.float64(), "origin_y": pa.float64(), "origin_z": pa.float64(),
+    "at_border": pa.bool_(), "padded_fraction": pa.float64(), "has_mask": pa.bool_(), "mask_voxels": pa.int64(),
+}
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    size: int = 64
+    spacing_mm: float = 1.0
+    interpolator: str = "linear"
+    pad_hu: int = AIR_HU
+
+    def __post_init__(self) -> None:
+        if self.size < 8 or self.spacing_mm <= 0 or self.interpolator not in INTERPOLATORS:
+            raise ValueError(f"invalid patch spec {self}")
+
+    def origin(self, center: Sequence[float]) -> np.ndarray:
+        """LPS position of voxel (0, 0, 0) of the patch centred at ``center``."""
+        return np.asarray(center, dtype=float) - (self.size - 1) / 2 * self.spacing_mm
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(asdict(self), direction="identity (L, P, S)", crop_margin_voxels=MARGIN_VOXELS,
+                    mask_interpolator="nearest", storage="patches.npy int16 HU, masks.npy uint8")
+
+
+def _to_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:
+    """Continuous (i, j, k) indices of LPS ``points`` (..., 3) in ``image``."""
+    matrix = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    return (points - np.array(image.GetOrigin())) @ np.linalg.inv(matrix).T
+
+
+def padded_fraction(image: sitk.Image, center: Sequence[float], spec: PatchSpec) -> float:
+    """Fraction of patch voxels whose centre falls outside the volume (ITK's half-voxel rule)."""
+    axis = np.arange(spec.size) * spec.spacing_mm
+    origin = spec.origin(center)
+    grid = np.stack(np.meshgrid(axis + origin[0], axis + origin[1], axis + origin[2], indexing="ij"), axis=-1)
+    index = _to_index(image, grid.reshape(-1, 3))
+    inside = ((index >= -0.5) & (index <= np.array(image.GetSize()) - 0.5)).all(axis=1)
+    return float(1.0 - inside.mean())
+
+
+def crop_for_patch(image: sitk.Image, center: Sequence[float], spec: PatchSpec) -> sitk.Image | None:
+    """The part of ``image`` that a patch at ``center`` samples (None if the patch misses the volume)."""
+    half = (spec.size - 1) / 2 * spec.spacing_mm
+    corners = np.asarray(center, float) + np.array(list(itertools.product((-half, half), repeat=3)))
+    index = _to_index(image, corners)
+    size = np.array(image.GetSize())
+    lo = np.clip(np.floor(index.min(axis=0)).astype(int) - MARGIN_VOXELS, 0, size)
+    hi = np.clip(np.ceil(index.max(axis=0)).astype(int) + MARGIN_VOXELS + 1, 0, size)
+    if (hi <= lo).any():
+        return None
+    return image[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), int(lo[2]):int(hi[2])]
+
+
+def sample(image: sitk.Image, center: Sequence[float], spec: PatchSpec, interpolator: int, default: float,
+           pixel_type: int) -> np.ndarray:
+    """Resample ``image`` onto the patch grid at ``center``: an array [k, j, i]."""
+    source = crop_for_patch(image, center, spec)
+    if source is None:
+        return np.full((spec.size,) * 3, default, dtype=sitk.GetArrayViewFromImage(sitk.Image(1, 1, 1, pixel_type)).dtype)
+    out = sitk.Resample(source, [spec.size] * 3, sitk.Transform(), interpolator, spec.origin(center).tolist(),
+                        [spec.spacing_mm] * 3, np.eye(3).ravel().tolist(), default, pixel_type)
+    return sitk.GetArrayFromImage(out)
+
+
+def extract_patch(image: sitk.Image, center: Sequence[float], spec: PatchSpec = PatchSpec()) -> np.ndarray:
+    """The int16 HU patch at ``center`` (crop, then resample; outside the volume is ``pad_hu``)."""
+    values = sample(image, center, spec, INTERPOLATORS[spec.interpolator], float(spec.pad_hu), sitk.sitkFloat32)
+    return np.clip(np.rint(values), -32768, 32767).astype(np.int16)
+
+
+def extract_mask_patch(mask: sitk.Image, center: Sequence[float], spec: PatchSpec = PatchSpec()) -> np.ndarray:
+    """The uint8 0/1 mask patch at ``center`` (nearest neighbour)."""
+    return sample(mask, center, spec, sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
+
+
+@dataclass
+class PatchesReport:
+    out_dir: Path
+    spec: dict[str, Any]
+    rows: list[dict[str, Any]]
+    sha256: dict[str, str]
+
+    def summary(self) -> dict[str, Any]:
+        return {"patches": len(self.rows), "at_border": sum(r["at_border"] for r in self.rows),
+                "with_mask": sum(r["has_mask"] for r in self.rows), "size": self.spec["size"],
+                "spacing_mm": self.spec["spacing_mm"]}
+
+    @property
+    def content_hash(self) -> str:
+        return sha256_json({"spec": self.spec, "files": self.sha256})
+
+
+def write_patches(seeds: Sequence[dict[str, Any]], out_dir: Path, spec: PatchSpec = PatchSpec(),
+                  progress: Progress | None = None) -> PatchesReport:
+    """Extract every seed's patch (and mask patch) into memory-mappable arrays under ``out_dir``.
+
+    Seeds are grouped by CT volume so each volume is read once.
+    """
+    from radassets.imaging.volumes import write_table
+
+    out_dir = Path(out_dir)
+    n = len(seeds)
+    shape = (n, spec.size, spec.size, spec.size)
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    order = sorted(range(n), key=lambda i: seeds[i]["ct_path"])
+
+    def fill(patches: np.memmap, masks: np.memmap) -> None:
+        current_path, image = None, None
+        for done, i in enumerate(order, start=1):
+            seed = seeds[i]
+            if seed["ct_path"] != current_path:
+                current_path, image = seed["ct_path"], sitk.ReadImage(seed["ct_path"])
+            center = (seed["coordX"], seed["coordY"], seed["coordZ"])
+            patches[i] = extract_patch(image, center, spec)
+            has_mask = bool(seed.get("mask_path"))
+            masks[i] = extract_mask_patch(sitk.ReadImage(seed["mask_path"]), center, spec) if has_mask else 0
+            padded = padded_fraction(image, center, spec)
+            origin = spec.origin(center)
+            rows[i] = {"index": i, "seed_id": seed["seed_id"], "PatientID": seed["PatientID"],
+                       "SeriesInstanceUID": seed["SeriesInstanceUID"], "crdc_series_uuid": seed["crdc_series_uuid"],
+                       "segment_label": seed.get("segment_label"), "source": seed["source"],
+                       "coordX": center[0], "coordY": center[1], "coordZ": center[2],
+                       "origin_x": float(origin[0]), "origin_y": float(origin[1]), "origin_z": float(origin[2]),
+                       "at_border": padded > 0, "padded_fraction": round(padded, 5), "has_mask": has_mask,
+                       "mask_voxels": int(masks[i].sum())}
+            if progress:
+                progress(done, n, f"{seed['PatientID']} {seed.get('segment_label') or ''}"
+                                  + (f" at the volume border ({padded:.1%} padded with air)" if padded > 0 else ""))
+
+    # Both arrays are filled in one pass; each is renamed into place only when complete.
+    with atomic_path(out_dir / "patches.npy") as tmp_patches, atomic_path(out_dir / "masks.npy") as tmp_masks:
+        patches = np.lib.format.open_memmap(tmp_patches, mode="w+", dtype=np.int16, shape=shape)
+        masks = np.lib.format.open_memmap(tmp_masks, mode="w+", dtype=np.uint8, shape=shape)
+        fill(patches, masks)
+        patches.flush()
+        masks.flush()
+        del patches, masks
+    write_table(rows, PATCH_COLUMNS, out_dir / "patches.parquet")
+    sha = {name: sha256_file(out_dir / name) for name in ("patches.npy", "masks.npy", "patches.parquet")}
+    report = PatchesReport(out_dir, spec.as_dict(), rows, sha)
+    atomic_write_json(out_dir / "manifest.json", {"spec": report.spec, "summary": report.summary(), "sha256": sha,
+                                                  "content_hash": report.content_hash})
+    return report
+
+
+def load_patches(out_dir: Path) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Memory-mapped patches and masks, and their rows, of one ``patches`` partition."""
+    import pyarrow.parquet as pq
+
+    out_dir = Path(out_dir)
+    if not (out_dir / "manifest.json").is_file():  # written last: its absence means an unfinished partition
+        raise FileNotFoundError(f"no complete patches partition at {out_dir}")
+    patches = np.load(out_dir / "patches.npy", mmap_mode="r")
+    masks = np.load(out_dir / "masks.npy", mmap_mode="r")
+    rows = pq.read_table(out_dir / "patches.parquet").to_pylist()
+    if patches.shape[0] != len(rows) or masks.shape != patches.shape:
+        raise ValueError(f"patches at {out_dir} are inconsistent: {patches.shape}, {masks.shape}, {len(rows)} rows")
+    return patches, masks, rows

@@ -1,0 +1,158 @@
+"""The imaging steps of one dataset version: volumes → seeds → patches, each reading the step before.
+
+Shared by the Dagster assets and the CLI (no Dagster imports). Outputs live under
+``$RADASSETS_HOME/{volumes,seeds,patches}/<dataset_version>/``; each step writes its manifest
+last, so a partition without one is unfinished and is never read by the next step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from radassets.datasets import DatasetVersion
+from radassets.idc.dicom import read_manifest, series_files
+from radassets.idc.index import resolve_table, source_root
+from radassets.imaging.ct import Tolerances
+from radassets.imaging.montage import write_montage
+from radassets.imaging.patches import PatchesReport, PatchSpec, load_patches, write_patches
+from radassets.imaging.seeds import (DISAGREEMENT_MM, SEED_COLUMNS, ReferenceTable, compare_with_reference,
+                                     outside_volume, seeds_from_reference, seeds_from_segments)
+from radassets.imaging.volumes import ConversionSettings, SegmentSelection, VolumesReport, convert_dataset
+from radassets.storage import atomic_path, atomic_write_json, sha256_json, storage_root
+
+Progress = Callable[[int, int, str], None]
+
+
+class StepInputMissing(RuntimeError):
+    """The step before has not been materialized for this dataset version."""
+
+
+def step_dir(step: str, dataset_version: str) -> Path:
+    return storage_root() / step / dataset_version
+
+
+def _manifest(step: str, dataset_version: str, needed_by: str) -> dict[str, Any]:
+    path = step_dir(step, dataset_version) / "manifest.json"
+    if not path.is_file():
+        raise StepInputMissing(f"{needed_by} of {dataset_version!r} needs '{step}', which is not materialized "
+                               f"(no {path}); materialize '{step}' first")
+    return json.loads(path.read_text())
+
+
+# -- volumes --------------------------------------------------------------------------------------
+
+def conversion_settings(definition: DatasetVersion, tolerances: Tolerances = Tolerances()) -> ConversionSettings:
+    """Which segments to keep: those the seeds come from; every segment when seeds are published points."""
+    seeds = definition.seeds
+    if seeds.source == "mask":
+        labels = tuple(seeds.segment_labels) if seeds.segment_labels else None
+        selection = SegmentSelection(labels, seeds.segment_rule)
+    else:
+        selection = SegmentSelection(None, "all")
+    return ConversionSettings(tolerances, selection)
+
+
+def run_volumes(definition: DatasetVersion, tolerances: Tolerances = Tolerances(),
+                progress: Progress | None = None) -> VolumesReport:
+    try:
+        manifest = read_manifest(definition.name)
+    except FileNotFoundError as e:
+        raise StepInputMissing(str(e)) from None
+    return convert_dataset(manifest["series"], lambda row: series_files(definition, row),
+                           step_dir("volumes", definition.name), conversion_settings(definition, tolerances), progress)
+
+
+# -- seeds ----------------------------------------------------------------------------------------
+
+@dataclass
+class SeedsReport:
+    out_dir: Path
+    seeds: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    reference: dict[str, Any] | None
+
+    def summary(self) -> dict[str, Any]:
+        distances = [s["reference_distance_mm"] for s in self.seeds if s.get("reference_distance_mm") is not None]
+        return {
+            "seeds": len(self.seeds), "patients": len({s["PatientID"] for s in self.seeds}),
+            "from_mask": sum(s["source"] == "mask" for s in self.seeds),
+            "from_reference": sum(s["source"] == "reference" for s in self.seeds),
+            "failures": len(self.failures),
+            "compared_with_reference": len(distances),
+            "reference_disagreements": sum(bool(s.get("reference_disagrees")) for s in self.seeds),
+            "reference_distance_median_mm": round(float(np.median(distances)), 3) if distances else None,
+            "reference_distance_max_mm": round(float(np.max(distances)), 3) if distances else None,
+        }
+
+    @property
+    def content_hash(self) -> str:
+        return sha256_json(sorted((s["seed_id"], round(s["coordX"], 4), round(s["coordY"], 4), round(s["coordZ"], 4))
+                                  for s in self.seeds))
+
+
+def _reference_table(definition: DatasetVersion) -> ReferenceTable | None:
+    ref = definition.seeds.reference
+    if ref is None:
+        return None
+    path = resolve_table(ref.table, source_root(definition))
+    return ReferenceTable.read(path, ref.id_column, ref.id_kind, ref.coord_columns, ref.label_column)
+
+
+def run_seeds(definition: DatasetVersion, threshold_mm: float = DISAGREEMENT_MM) -> SeedsReport:
+    volumes = _manifest("volumes", definition.name, "seeds")
+    reference = _reference_table(definition)
+    failures: list[dict[str, Any]] = []
+    if definition.seeds.source == "mask":
+        seeds = seeds_from_segments(volumes["segments"])
+        if reference is not None:
+            compare_with_reference(seeds, reference, threshold_mm)
+    else:
+        cts = [r for r in volumes["qc"] if r["Modality"] == "CT"]
+        seeds, failures = seeds_from_reference(reference, cts)
+    for seed in outside_volume(seeds):
+        seeds.remove(seed)
+        failures.append({"seed_id": seed["seed_id"], "id": seed["SeriesInstanceUID"],
+                         "reason": f"point ({seed['coordX']:.1f}, {seed['coordY']:.1f}, {seed['coordZ']:.1f}) LPS mm "
+                                   f"lies outside its CT volume"})
+    out_dir = step_dir("seeds", definition.name)
+    frame = pd.DataFrame(seeds, columns=SEED_COLUMNS)
+    with atomic_path(out_dir / "seeds.parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+    with atomic_path(out_dir / "seeds.csv") as tmp:
+        frame.drop(columns=["ct_path", "mask_path"]).to_csv(tmp, index=False)
+    ref_info = None
+    if reference is not None:
+        ref_info = {"table": definition.seeds.reference.table, "path": str(reference.path), "rows": len(reference.points),
+                    "id_kind": reference.id_kind, "threshold_mm": threshold_mm}
+    report = SeedsReport(out_dir, seeds, failures, ref_info)
+    atomic_write_json(out_dir / "manifest.json", {
+        "source": definition.seeds.source, "reference": ref_info, "volumes_content_hash": volumes["content_hash"],
+        "summary": report.summary(), "failures": failures, "content_hash": report.content_hash,
+    })
+    return report
+
+
+def read_seeds(dataset_version: str, needed_by: str = "patches") -> list[dict[str, Any]]:
+    _manifest("seeds", dataset_version, needed_by)
+    frame = pd.read_parquet(step_dir("seeds", dataset_version) / "seeds.parquet")
+    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+            for r in frame.to_dict("records")]
+
+
+# -- patches --------------------------------------------------------------------------------------
+
+def run_patches(definition: DatasetVersion, spec: PatchSpec = PatchSpec(),
+                progress: Progress | None = None) -> tuple[PatchesReport, Path]:
+    """Extract the patches and write the QC montage; returns the report and the montage path."""
+    seeds = read_seeds(definition.name)
+    out_dir = step_dir("patches", definition.name)
+    report = write_patches(seeds, out_dir, spec, progress)
+    patches, masks, rows = load_patches(out_dir)
+    montage = write_montage(patches, masks, rows, out_dir / "montage.png", title=definition.name)
+    return report, montage
