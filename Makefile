@@ -37,6 +37,9 @@ demo: install
 	@echo "Outputs are under $(RADASSETS_HOME):"
 	@echo "  cohort/<dataset_version>/cohort.lock.json   the pinned series list (radassets cohort show demo_v1)"
 	@echo "  dicom/<dataset_version>/manifest.json       every series, verified, with its files"
+	@echo "  volumes/<dataset_version>/qc.parquet        one QC row per series; ct/ and masks/ hold the NRRDs"
+	@echo "  seeds/<dataset_version>/seeds.csv           one seed per lesion, LPS mm, with its distance to the reference"
+	@echo "  patches/<dataset_version>/montage.png       the QC montage of patches.npy (also in the UI)"
 	@echo "Next: 'make ui' and open http://127.0.0.1:$(UI_PORT) to see the assets and their runs."
 
 test: install

@@ -20,9 +20,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from radassets.idc.download import BucketUnreachableError, DownloadError
     from radassets.idc.index import IndexMissingError
     from radassets.idc.local import LocalIndexError
+    from radassets.imaging.folder import FolderError
+    from radassets.imaging.pipeline import StepInputMissing
 
     return (DatasetDefinitionError, CohortError, IndexMissingError, BucketUnreachableError, DownloadError,
-            LocalIndexError)
+            LocalIndexError, FolderError, StepInputMissing)
 
 
 def _print_json(obj: Any) -> None:
@@ -141,6 +143,33 @@ def cmd_dicom_fetch(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+# -- imaging ------------------------------------------------------------------------------------
+
+def cmd_imaging_seeds(args: argparse.Namespace) -> None:
+    import csv
+    import io
+
+    from radassets.imaging.folder import SEED_CSV_COLUMNS, seeds_from_folder
+    from radassets.storage import atomic_write_text
+
+    rows, failures, scan = seeds_from_folder(Path(args.dicom_dir), args.label, progress=_progress)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SEED_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    if args.out == "-":
+        sys.stdout.write(buffer.getvalue())
+    else:
+        atomic_write_text(Path(args.out), buffer.getvalue())
+    for failure in failures:
+        _progress(f"failed: {failure}")
+    _progress(f"{len(rows)} lesion(s) from {len(scan.masks)} mask file(s) on {len(scan.ct_series)} CT series; "
+              f"{len(failures)} failure(s); {scan.skipped} other file(s) skipped"
+              + ("" if args.out == "-" else f"; wrote {args.out}"))
+    if failures:
+        sys.exit(1)
+
+
 # -- pipeline -----------------------------------------------------------------------------------
 
 def cmd_pipeline_run(args: argparse.Namespace) -> None:
@@ -194,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     di = sub.add_parser("dicom", help="DICOM files").add_subparsers(dest="cmd", required=True)
     c = command(di, "fetch", cmd_dicom_fetch, "download and verify a dataset version's series")
     c.add_argument("dataset_version")
+
+    im = sub.add_parser("imaging", help="volumes, masks and seed points").add_subparsers(dest="cmd", required=True)
+    c = command(im, "seeds", cmd_imaging_seeds,
+                "one seed per lesion (LPS mm centroid) from a folder of your own CT plus SEG/RTSTRUCT files")
+    c.add_argument("dicom_dir", help="folder of DICOM files (any names, any nesting)")
+    c.add_argument("--out", required=True, help="CSV to write ('-' for standard output)")
+    c.add_argument("--label", action="append", default=None,
+                   help="keep segments whose label matches this regular expression; repeatable; default: all")
 
     pi = sub.add_parser("pipeline", help="run assets through Dagster").add_subparsers(dest="cmd", required=True)
     c = command(pi, "run", cmd_pipeline_run,

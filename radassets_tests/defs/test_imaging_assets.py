@@ -1,0 +1,115 @@
+"""volumes, seeds and patches materialized through Dagster on the small demo, in a real instance."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dagster import AssetKey, DagsterInstance, materialize
+
+from radassets.defs.imaging import ImagingResource
+from radassets.definitions import defs
+from radassets.idc.dicom import read_manifest
+from radassets.imaging.patches import load_patches
+from radassets.imaging.pipeline import step_dir
+from radassets_tests.conftest import REPO, SMALL_DEMO_SPEC
+from radassets_tests.imaging.test_ct import _edit, tilt
+
+pytestmark = pytest.mark.integration
+IMAGING = ["volumes", "seeds", "patches"]
+
+
+@pytest.fixture
+def instance(tmp_path):
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    with DagsterInstance.from_config(str(tmp_path)) as inst:
+        yield inst
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, small_demo) -> Path:
+    """A private RADASSETS_HOME whose demo is the session's small demo collection."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "demo").symlink_to(small_demo)
+    monkeypatch.setenv("RADASSETS_HOME", str(home))
+    monkeypatch.setenv("RADASSETS_DEMO_SPEC", json.dumps(SMALL_DEMO_SPEC))
+    return home
+
+
+def run(instance, selection: list[str] | None = None, resources: dict | None = None, raise_on_error: bool = True):
+    return materialize(list(defs.assets), instance=instance, partition_key="demo_v1", selection=selection,
+                       resources={**defs.resources, **(resources or {})}, raise_on_error=raise_on_error)
+
+
+def metadata(instance, key: str) -> dict:
+    return instance.get_latest_materialization_event(AssetKey(key)).asset_materialization.metadata
+
+
+def test_demo_v1_volumes_seeds_patches(instance, home):
+    result = run(instance)
+    assert result.success
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"all_series_verified": True, "all_series_converted": True, "seeds_agree_with_reference": True}
+    n_ct = 6 + 2  # six patients and two re-scans in release 1 of the small demo
+    volumes = metadata(instance, "volumes")
+    assert volumes["ct_converted"].value == n_ct and volumes["failed"].value == 0
+    seeds = metadata(instance, "seeds")
+    assert seeds["seeds"].value == n_ct and seeds["reference_disagreements"].value == 0
+    assert seeds["reference_distance_max_mm"].value < 1.0  # GTV-1 centroids against the analytic centres
+    patches_meta = metadata(instance, "patches")
+    assert patches_meta["montage"].value.startswith("![QC montage](data:image/png;base64,")
+    patches, masks, rows = load_patches(step_dir("patches", "demo_v1"))
+    assert isinstance(patches, np.memmap) and patches.shape == (n_ct, 64, 64, 64) and patches.dtype == np.int16
+    for i, row in enumerate(rows):
+        k, j, l = np.nonzero(masks[i])
+        assert np.abs(np.array([l.mean(), j.mean(), k.mean()]) - 31.5).max() < 1.0, row  # lesion at the centre
+        assert patches[i][masks[i] > 0].mean() > -200  # soft tissue inside the mask, not lung or air
+    assert (step_dir("patches", "demo_v1") / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Data versions chain: the same inputs give the same versions on a rerun.
+    versions = {k: instance.get_latest_materialization_event(AssetKey(k)).asset_materialization.tags["dagster/data_version"]
+                for k in IMAGING}
+    assert run(instance, IMAGING).success
+    assert versions == {k: instance.get_latest_materialization_event(AssetKey(k)).asset_materialization
+                        .tags["dagster/data_version"] for k in IMAGING}
+    assert metadata(instance, "volumes")["reused"].value == n_ct
+
+
+def _break_one_ct(home: Path) -> str:
+    """Tilt one downloaded CT series. The local mirror hard-links files, so each is first replaced by
+    a copy of its own: the shared demo collection must stay intact."""
+    series = next(r for r in read_manifest("demo_v1")["series"] if r["Modality"] == "CT")
+    files = sorted(Path(series["folder"]).glob("*.dcm"))
+    for f in files:
+        shutil.copy(f, f.with_suffix(".tmp"))
+        f.with_suffix(".tmp").replace(f)
+    _edit(files, tilt)
+    return series["SeriesInstanceUID"]
+
+
+def test_one_bad_series_is_quarantined_and_the_partition_completes(instance, home):
+    assert run(instance, ["cohort", "dicom"]).success
+    victim = _break_one_ct(home)
+    # 2 of 16 series (the CT and its mask) fail: above the default 10 %, within 20 %.
+    result = run(instance, IMAGING, {"imaging": ImagingResource(max_failed_fraction=0.2)})
+    assert result.success
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["all_series_converted"].passed and checks["all_series_converted"].severity.value == "WARN"
+    volumes = metadata(instance, "volumes")
+    assert volumes["failed"].value == 2  # the CT and the mask drawn on it
+    assert victim in volumes["failures"].value and "gantry_tilt" in volumes["failures"].value
+    assert metadata(instance, "seeds")["seeds"].value == 7
+    assert load_patches(step_dir("patches", "demo_v1"))[0].shape[0] == 7
+
+
+def test_volumes_fail_above_the_failure_ratio(instance, home):
+    assert run(instance, ["cohort", "dicom"]).success
+    _break_one_ct(home)
+    result = run(instance, IMAGING, {"imaging": ImagingResource(max_failed_fraction=0.0)}, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "2 of 16 series could not be converted" in failure.event_specific_data.error.message
+    assert instance.get_latest_materialization_event(AssetKey("patches")) is None
