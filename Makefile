@@ -14,7 +14,7 @@ export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
 
 STAMP := $(VENV)/.radassets-installed
 
-.PHONY: install demo test test-ui ui clean
+.PHONY: install demo test test-ui ui bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,8 +45,18 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-test-ui: install
+test-# Timings against peer tools (dcm2niix from Debian: apt-get install dcm2niix; plastimatch from PyPI).
+bench: install
+	$(BIN)/python -m pip install --quiet "plastimatch==1.10.0"
+	$(BIN)/python bench/imaging.py
+
+ui: install
 	$(BIN)/python -m pytest -m ui
+
+# Timings against peer tools (dcm2niix from Debian: apt-get install dcm2niix; plastimatch from PyPI).
+bench: install
+	$(BIN)/python -m pip install --quiet "plastimatch==1.10.0"
+	$(BIN)/python bench/imaging.py
 
 ui: install
 	$(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml

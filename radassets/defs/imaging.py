@@ -24,6 +24,7 @@ from pydantic import Field
 
 from radassets import datasets
 from radassets.defs.ingest import dicom
+from radassets.defs.metadata import markdown_table, progress_logger
 from radassets.defs.partitions import dataset_version_partitions
 from radassets.imaging import pipeline
 from radassets.imaging.ct import Tolerances
@@ -54,19 +55,7 @@ class ImagingResource(ConfigurableResource):
 
 
 def _table(rows: list[dict], columns: list[str], limit: int = 50) -> MetadataValue:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(c, "") if r.get(c) is not None else "") for c in columns) + " |"
-              for r in rows[:limit]]
-    if len(rows) > limit:
-        lines.append(f"\n… {len(rows) - limit} more rows")
-    return MetadataValue.md("\n".join(lines))
-
-
-def _progress(context: AssetExecutionContext):
-    def progress(done: int, total: int, message: str) -> None:
-        if message.startswith("failed") or "border" in message or done == total or done % max(1, total // 10) == 0:
-            context.log.info(f"[{done}/{total}] {message}")
-    return progress
+    return MetadataValue.md(markdown_table(rows, columns, limit))
 
 
 @asset(
@@ -86,7 +75,7 @@ def _progress(context: AssetExecutionContext):
 )
 def volumes(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
-    report = pipeline.run_volumes(definition, imaging.tolerances(), _progress(context))
+    report = pipeline.run_volumes(definition, imaging.tolerances(), progress_logger(context))
     summary = report.summary()
     failures = _table(report.failed, ["PatientID", "Modality", "SeriesInstanceUID", "code", "message"])
     if summary["failed_fraction"] > imaging.max_failed_fraction:
@@ -166,7 +155,8 @@ def seeds(context: AssetExecutionContext, imaging: ImagingResource) -> Materiali
 )
 def patches(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
-    report, montage = pipeline.run_patches(definition, imaging.patch_spec(), _progress(context))
+    report, montage = pipeline.run_patches(definition, imaging.patch_spec(),
+                                            progress_logger(context, flag=("border",)))
     summary = report.summary()
     image = base64.b64encode(montage.read_bytes()).decode("ascii")
     border = [r for r in report.rows if r["at_border"]]

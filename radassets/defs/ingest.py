@@ -17,17 +17,12 @@ from dagster import (
 from dagster_gcp import BigQueryResource
 
 from radassets import datasets
+from radassets.defs.metadata import markdown_table, progress_logger
 from radassets.defs.partitions import dataset_version_partitions
 from radassets.defs.resources import IdcResource
 from radassets.idc.cohort import Cohort, lockfile_path
 from radassets.idc.cohorts import cohort_for, write_cohort
 from radassets.idc.dicom import fetch_dataset_dicom
-
-
-def _markdown_table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 @asset(
@@ -64,7 +59,7 @@ def cohort(context: AssetExecutionContext, bigquery: BigQueryResource) -> Materi
             "index": stats["index"],
             "lockfile": MetadataValue.path(str(path)),
             "collections (cite these)": MetadataValue.md(
-                _markdown_table(result.collections, ["collection_id", "source_DOI", "license_short_name", "series"])
+                markdown_table(result.collections, ["collection_id", "source_DOI", "license_short_name", "series"])
             ),
         },
         data_version=DataVersion(result.content_hash),
@@ -88,14 +83,10 @@ def cohort(context: AssetExecutionContext, bigquery: BigQueryResource) -> Materi
 def dicom(context: AssetExecutionContext, idc: IdcResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
     lock = Cohort.read(lockfile_path(definition.name))
-    def progress(done: int, total: int, message: str) -> None:
-        # Every failure, and about ten progress lines per partition.
-        if message.startswith("failed") or done == total or done % max(1, total // 10) == 0:
-            context.log.info(f"[{done}/{total}] {message}")
-
-    report = fetch_dataset_dicom(definition, lock, mirror=idc.mirror, attempts=idc.attempts, progress=progress)
+    report = fetch_dataset_dicom(definition, lock, mirror=idc.mirror, attempts=idc.attempts,
+                                 progress=progress_logger(context))
     summary = report.summary()
-    failures = _markdown_table(report.failures(), ["PatientID", "Modality", "SeriesInstanceUID", "reason"])
+    failures = markdown_table(report.failures(), ["PatientID", "Modality", "SeriesInstanceUID", "reason"])
     if summary["failed_fraction"] > idc.max_failed_fraction:
         raise Failure(
             description=(f"{summary['failed']} of {summary['series']} series could not be completed "

@@ -27,18 +27,26 @@ from pydicom.errors import InvalidDicomError
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
-class SeriesError(ValueError):
-    """A series cannot become a volume. ``code`` is one of the QC failure codes below."""
+class QCError(ValueError):
+    """A failure recorded in a QC table: a short ``code`` (one of ``CODES``) and a message naming the item."""
 
-    CODES = ("unreadable", "not_ct", "missing_geometry", "missing_rescale", "mixed_orientation",
-             "duplicate_positions", "gantry_tilt", "missing_slices", "non_uniform_spacing", "undecodable",
-             "too_few_slices", "geometry_mismatch")
+    CODES: tuple[str, ...] = ()
+    NOUN = "item"
 
     def __init__(self, code: str, series: str, message: str):
         assert code in self.CODES, code
         self.code = code
         self.series = series
-        super().__init__(f"series {series}: {message}")
+        super().__init__(f"{self.NOUN} {series}: {message}")
+
+
+class SeriesError(QCError):
+    """A series cannot become a volume."""
+
+    CODES = ("unreadable", "not_ct", "missing_geometry", "missing_rescale", "mixed_orientation",
+             "duplicate_positions", "gantry_tilt", "missing_slices", "non_uniform_spacing", "undecodable",
+             "too_few_slices", "geometry_mismatch")
+    NOUN = "series"
 
 
 @dataclass(frozen=True)

@@ -31,21 +31,18 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
+from radassets.imaging.ct import QCError
+
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 
 
-class MaskError(ValueError):
-    """A mask cannot be placed on its CT. ``code`` is one of the QC failure codes below."""
+class MaskError(QCError):
+    """A mask cannot be placed on its CT."""
 
     CODES = ("mask_unreadable", "not_a_mask", "frame_of_reference", "no_regular_volume", "contour_out_of_bounds",
              "no_reference", "empty_mask")
-
-    def __init__(self, code: str, series: str, message: str):
-        assert code in self.CODES, code
-        self.code = code
-        self.series = series
-        super().__init__(f"mask {series}: {message}")
+    NOUN = "mask"
 
 
 @dataclass

@@ -8,25 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, materialize
 
 from radassets.defs.imaging import ImagingResource
 from radassets.definitions import defs
 from radassets.idc.dicom import read_manifest
 from radassets.imaging.patches import load_patches
 from radassets.imaging.pipeline import step_dir
-from radassets_tests.conftest import REPO, SMALL_DEMO_SPEC
+from radassets_tests.conftest import SMALL_DEMO_SPEC
 from radassets_tests.imaging.test_ct import _edit, tilt
 
 pytestmark = pytest.mark.integration
 IMAGING = ["volumes", "seeds", "patches"]
-
-
-@pytest.fixture
-def instance(tmp_path):
-    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
-    with DagsterInstance.from_config(str(tmp_path)) as inst:
-        yield inst
 
 
 @pytest.fixture

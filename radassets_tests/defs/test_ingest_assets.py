@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, materialize
 
 from radassets.defs.resources import IdcResource
 from radassets.definitions import defs
@@ -16,7 +16,6 @@ from radassets.demo import ensure_demo_collection
 from radassets.idc.cohort import Cohort, lockfile_path
 from radassets.idc.dicom import manifest_path
 from radassets.idc.index import demo_root
-from radassets_tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -25,13 +24,6 @@ pytestmark = pytest.mark.integration
 def demo_collection() -> Path:
     """The default demo collection, generated once under the session's RADASSETS_HOME."""
     return ensure_demo_collection(demo_root()).root
-
-
-@pytest.fixture
-def instance(tmp_path):
-    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
-    with DagsterInstance.from_config(str(tmp_path)) as inst:
-        yield inst
 
 
 @pytest.fixture

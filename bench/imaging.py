@@ -1,0 +1,464 @@
+"""Benchmark: radassets' CT conversion and patch extraction against the usual peer tools.
+
+What is compared, on the same N current CT series of a demo collection (default N=20; the
+"retest" scans are left out):
+
+1. DICOM series → volume file, per tool, on identical copies of each series' folder:
+   - radassets: ``read_ct_series`` (validates every header: slice spacing, gantry tilt,
+     orientation, rescale; cross-checks ITK's geometry) then ``write_image`` (gzip NRRD, atomic);
+   - dcm2niix: ``dcm2niix -z n`` (uncompressed NIfTI) and ``-z y`` (gzip NIfTI, pigz if present);
+   - plastimatch: ``plastimatch convert --input DIR --output-img OUT.nrrd``.
+   One warm-up series per tool is converted first and not counted. Reported: series/s, MB/s of
+   input DICOM, and radassets' throughput ÷ the peer's (> 1: radassets is faster).
+2. Seed → 64³ patch at 1 mm (the GTV-1 centres of ``truth/lesions.csv``), from the NRRD volumes of
+   step 1:
+   - radassets: each volume read once, then ``extract_patch`` (crop, then resample) per seed;
+   - the FMCIB reference loader: per seed, re-read the volume and resample the WHOLE volume to
+     1 mm with MONAI (the transforms of FMCIB's ``get_transforms``), then crop around the seed.
+   Reported: patches/s, the ratio, and a sanity check that both sample the same place: the
+   distance between the two patches' centres, and the mean |ΔHU| in the central 16³ (the lesion),
+   for the same seed and with radassets' patch taken on the reference's own grid.
+
+Run it (2 threads everywhere, so numbers are comparable across machines):
+
+    .venv/bin/python bench/imaging.py                      # demo at $RADASSETS_HOME/demo, made if missing
+    .venv/bin/python bench/imaging.py --demo /tmp/demo_small --series 20 --json out.json
+
+A missing peer tool is skipped with a line saying how to install it. Every output goes to a
+temporary folder, removed at the end. Timings belong here, not in the tests: they depend on the
+machine, and the test suite checks only correctness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from anywhere, with or without an installed package
+    sys.path.insert(0, str(REPO))
+
+# Heavy imports (SimpleITK, torch, MONAI, radassets) happen inside the functions: demo generation
+# uses multiprocessing "spawn", whose workers re-import this file, and must not pay for them.
+
+THREADS = 2
+PATCH_SIZE = 64
+CENTRAL = 16  # side of the central cube (the lesion) where both patch methods are compared
+AIR_HU = -1024
+MB = 1e6
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def default_demo_root() -> Path:
+    home = os.environ.get("RADASSETS_HOME")
+    return (Path(home).expanduser() if home else REPO / "var" / "data") / "demo"
+
+
+def select_series(demo: Path, n: int) -> list[dict]:
+    """The first ``n`` current, non-retest CT series (by PatientID), each with its files and seeds."""
+    import pandas as pd
+
+    index = pd.read_parquet(demo / "index" / "idc_index.parquet",
+                            columns=["PatientID", "Modality", "SeriesInstanceUID", "crdc_series_uuid",
+                                     "SeriesDescription", "aws_bucket"])
+    ct = index[(index.Modality == "CT")
+               & ~index.SeriesDescription.fillna("").str.contains("retest", case=False)]
+    ct = ct.sort_values(["PatientID", "SeriesInstanceUID"]).head(n)
+
+    # Seeds: GTV-1 centres (LPS mm) of the "test" scan, from the latest version of each series.
+    lesions = pd.read_csv(demo / "truth" / "lesions.csv")
+    lesions = lesions[(lesions.scan == "test") & (lesions.segment_label == "GTV-1")]
+    latest = lesions.groupby("SeriesInstanceUID").series_version.transform("max")
+    lesions = lesions[lesions.series_version == latest]
+
+    out = []
+    for i, row in enumerate(ct.itertuples()):
+        bucket = demo / "bucket" / row.aws_bucket  # laid out as bucket/<bucket>/<crdc_series_uuid>/*.dcm
+        files = sorted((bucket / row.crdc_series_uuid).glob("*.dcm"))
+        if not files:
+            raise SystemExit(f"no DICOM files for series {row.crdc_series_uuid} under {bucket}")
+        seeds = lesions[lesions.SeriesInstanceUID == row.SeriesInstanceUID][["coordX", "coordY", "coordZ"]]
+        out.append({"name": f"s{i:03d}_{row.PatientID}", "PatientID": row.PatientID, "files": files,
+                    "bytes": sum(f.stat().st_size for f in files),
+                    "seeds": [tuple(map(float, s)) for s in seeds.itertuples(index=False)]})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Conversion
+
+
+def find_tool(name: str) -> str | None:
+    """A tool on PATH, or beside this Python (a virtualenv's bin/, not on PATH when run directly)."""
+    found = shutil.which(name)
+    beside = Path(sys.executable).parent / name
+    return found or (str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None)
+
+
+def run_quiet(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+
+
+def converters() -> tuple[dict[str, tuple[str, Callable[[Path, Path, str], None]]], list[str]]:
+    """name → (output description, convert(folder, out_dir, name)); and lines for missing tools."""
+    from radassets.imaging.ct import read_ct_series
+    from radassets.imaging.volumes import write_image
+
+    def radassets(folder: Path, out: Path, name: str) -> None:
+        write_image(read_ct_series(sorted(folder.glob("*.dcm"))).image, out / f"{name}.nrrd")
+
+    tools: dict = {"radassets": ("NRRD int16, gzip", radassets)}
+    missing = []
+    dcm2niix = find_tool("dcm2niix")
+    if dcm2niix:
+        # -v 0: quiet; the JSON sidecar (-b y) is dcm2niix's default output and is kept.
+        def dcm2niix_z(z: str) -> Callable[[Path, Path, str], None]:
+            return lambda folder, out, name: run_quiet(
+                [dcm2niix, "-z", z, "-v", "0", "-f", name, "-o", str(out), str(folder)])
+        tools["dcm2niix"] = ("NIfTI, uncompressed (-z n)", dcm2niix_z("n"))
+        gz = "pigz" if shutil.which("pigz") else "internal zlib"
+        tools["dcm2niix-gz"] = (f"NIfTI, gzip (-z y, {gz})", dcm2niix_z("y"))
+    else:
+        missing.append("dcm2niix not found: skipped (install: apt-get install dcm2niix)")
+    plastimatch = find_tool("plastimatch")
+    if plastimatch:
+        tools["plastimatch"] = ("NRRD", lambda folder, out, name: run_quiet(
+            [plastimatch, "convert", "--input", str(folder), "--output-img", str(out / f"{name}.nrrd")]))
+    else:
+        missing.append("plastimatch not found: skipped (install: pip install plastimatch)")
+    return tools, missing
+
+
+def nrrd_encoding(path: Path) -> str:
+    """The ``encoding:`` field of a NRRD header (raw, gzip, ...)."""
+    with open(path, "rb") as f:
+        for line in f.read(4096).split(b"\n"):
+            if line.lower().startswith(b"encoding:"):
+                return line.split(b":", 1)[1].strip().decode()
+            if not line.strip():
+                break
+    return "?"
+
+
+def bench_conversion(series: list[dict], work: Path) -> tuple[list[dict], list[str]]:
+    # Each series in its own folder, copied once: every tool reads the same files (page cache warm).
+    for s in series:
+        s["folder"] = work / "dicom" / s["name"]
+        s["folder"].mkdir(parents=True)
+        for f in s["files"]:
+            shutil.copy2(f, s["folder"] / f.name)
+    in_bytes = sum(s["bytes"] for s in series)
+    tools, missing = converters()
+    results = []
+    for tool, (output, convert) in tools.items():
+        warm, out = work / "warmup" / tool, work / "out" / tool
+        warm.mkdir(parents=True)
+        out.mkdir(parents=True)
+        try:
+            convert(series[0]["folder"], warm, series[0]["name"])  # not counted: imports, caches, first exec
+            started = time.perf_counter()
+            for s in series:
+                convert(s["folder"], out, s["name"])
+            seconds = time.perf_counter() - started
+        except (RuntimeError, OSError) as e:
+            if tool == "radassets":
+                raise
+            missing.append(f"{tool} failed, skipped: {e}")  # a broken peer install must not stop the benchmark
+            continue
+        written = [p for p in out.iterdir() if p.is_file()]
+        if tool == "plastimatch":  # say what it actually wrote rather than assume
+            output += f", {nrrd_encoding(next(p for p in written if p.suffix == '.nrrd'))}"
+        results.append({"tool": tool, "output": output, "seconds": seconds, "series": len(series),
+                        "series_per_s": len(series) / seconds, "mb_per_s": in_bytes / MB / seconds,
+                        "out_mb": sum(p.stat().st_size for p in written) / MB, "out_dir": str(out)})
+    return results, missing
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Patches
+
+
+def sitk_reader_like_itkreader():
+    """A MONAI ImageReader giving what ``ITKReader`` gives, read through SimpleITK.
+
+    Used only when the ``itk`` package is absent (it is not a radassets dependency). SimpleITK
+    wraps the same ITK NRRD reader; the array and meta follow ``ITKReader.get_data`` (MONAI 1.x):
+    array indexed [x, y, z] (a transposed view, reverse_indexing=False) and an affine built from
+    direction·spacing and origin, then converted LPS → RAS (x and y negated), space "RAS".
+    """
+    import numpy as np
+    import SimpleITK as sitk
+    from monai.data import ImageReader
+    from monai.utils import MetaKeys, SpaceKeys
+
+    class SimpleITKAsITKReader(ImageReader):
+        def verify_suffix(self, filename) -> bool:
+            return True
+
+        def read(self, data, **kwargs):
+            (path,) = data if isinstance(data, (list, tuple)) else (data,)  # LoadImage passes a tuple
+            return sitk.ReadImage(str(path))
+
+        def get_data(self, img):
+            array = sitk.GetArrayViewFromImage(img).T
+            spacing = np.asarray(img.GetSpacing())
+            affine = np.eye(4)
+            affine[:3, :3] = np.array(img.GetDirection()).reshape(3, 3) @ np.diag(spacing)
+            affine[:3, 3] = img.GetOrigin()
+            affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS → RAS
+            meta = {"spacing": spacing, MetaKeys.ORIGINAL_AFFINE: affine, MetaKeys.AFFINE: affine.copy(),
+                    MetaKeys.SPACE: SpaceKeys.RAS, MetaKeys.SPATIAL_SHAPE: np.asarray(img.GetSize()),
+                    MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan")}
+            return array, meta
+
+    return SimpleITKAsITKReader()
+
+
+def fmcib_reference():
+    """(load_and_resample(path) → MetaTensor, crop(image, seed_lps) → array [S, P, L], reader name).
+
+    Matched to FMCIB's ``fmcib.preprocessing.get_transforms`` (AIM-Harvard/foundation-cancer-image-
+    biomarker) and its ``SeedBasedPatchCropd(coord_orientation="LPS", global_coordinates=True)``:
+    - LoadImaged(reader="ITKReader", image_only=True) → EnsureChannelFirstd → Spacingd(pixdim=1,
+      mode="bilinear", align_corners=True, diagonal=True) → Orientationd(axcodes="LPS"), in FMCIB's
+      order (resample, then reorient). Spacingd's padding_mode is left at MONAI's default
+      ("border"), as FMCIB leaves it, rather than "zeros": it only touches voxels at the volume's
+      edge, never the lesion;
+    - the seed (LPS mm) becomes RAS by negating x and y (ITKReader's affines are RAS), then a voxel
+      index through the inverse affine, truncated with int() as FMCIB does; the crop spans
+      [c - 32, c + 32) on each axis; then the axes are transposed to [S, P, L] as FMCIB's
+      Transposed(indices=(0, 3, 2, 1)) does.
+    Not matched, on purpose or for lack of the package:
+    - FMCIB's intensity scaling (ScaleIntensityRanged / NormalizeIntensityd) is left out, to compare
+      HU with radassets; it costs one more pass over the whole volume, so the reference measured
+      here is, if anything, faster than FMCIB's;
+    - FMCIB clamps the crop to the volume and then SpatialPadd pads symmetrically (with 0, i.e.
+      -1024 HU after its scaling), which moves a border lesion off-centre; here the crop is padded
+      where it leaves the volume (-1024 HU), so the seed stays at the centre;
+    - the fmcib package itself is not installed (heavy dependencies); its crop arithmetic is
+      re-implemented in a few lines below, and when the ``itk`` package is missing the volume is
+      read through SimpleITK into the same MetaTensor that ITKReader builds.
+    """
+    import importlib.util
+    import logging
+    import warnings
+
+    import numpy as np
+    import torch
+
+    # MONAI's import-time notices (no GPU decoder; a future default of Orientationd) are noise here.
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
+    from monai import transforms as mt
+
+    if importlib.util.find_spec("itk"):
+        reader, reader_name = "ITKReader", "MONAI ITKReader"
+    else:
+        reader = sitk_reader_like_itkreader()
+        reader_name = "SimpleITK emulating MONAI ITKReader (pip install itk for the real one)"
+    if importlib.util.find_spec("nibabel"):
+        orient, orient_name = mt.Orientationd(keys="image", axcodes="LPS"), "MONAI Orientationd(LPS)"
+    else:
+        # Orientationd needs nibabel (not a radassets dependency). After Spacingd(diagonal=True) the
+        # affine is diagonal and positive (RAS+), so reorienting to LPS is exactly flipping the first
+        # two axes; Flipd does that and updates the affine the same way (checked in crop()).
+        orient = mt.Flipd(keys="image", spatial_axis=(0, 1))
+        orient_name = "MONAI Flipd(0, 1), i.e. Orientationd(LPS) here (pip install nibabel for Orientationd)"
+    load_and_resample = mt.Compose([
+        mt.LoadImaged(keys="image", reader=reader, image_only=True),
+        mt.EnsureChannelFirstd(keys="image"),
+        mt.Spacingd(keys="image", pixdim=1, mode="bilinear", align_corners=True, diagonal=True),
+        orient,
+    ])
+    half = PATCH_SIZE // 2
+
+    def crop(image, seed_lps) -> tuple[np.ndarray, np.ndarray]:
+        """The [S, P, L] patch, and the LPS position of its voxel (32, 32, 32)."""
+        affine = np.asarray(image.affine, dtype=float)
+        # LPS orientation: the affine's diagonal is (-1, -1, +1) mm (RAS coordinates of an LPS grid).
+        assert np.allclose(affine[:3, :3], np.diag([-1.0, -1.0, 1.0]), atol=1e-4), affine
+        ras = np.array([-seed_lps[0], -seed_lps[1], seed_lps[2], 1.0])
+        centre = np.array([int(v) for v in (np.linalg.inv(affine) @ ras)[:3]])
+        lo, hi = centre - half, centre + half
+        shape = np.array(image.shape[1:])
+        src_lo, src_hi = np.clip(lo, 0, shape), np.clip(hi, 0, shape)
+        patch = torch.full((PATCH_SIZE,) * 3, float(AIR_HU))
+        if (src_hi > src_lo).all():
+            dst_lo = src_lo - lo
+            dst_hi = dst_lo + (src_hi - src_lo)
+            patch[dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = torch.as_tensor(
+                image[0, src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]])
+        centre_ras = affine @ np.append(centre, 1.0)
+        centre_lps = np.array([-centre_ras[0], -centre_ras[1], centre_ras[2]])
+        return patch.permute(2, 1, 0).numpy(), centre_lps  # [L, P, S] → [S, P, L]
+
+    return (lambda path: load_and_resample({"image": str(path)})["image"]), crop, f"{reader_name}; {orient_name}"
+
+
+def bench_patches(series: list[dict], volumes: dict[str, Path]) -> dict:
+    import numpy as np
+    import SimpleITK as sitk
+    from radassets.imaging.patches import PatchSpec, extract_patch
+
+    spec = PatchSpec(size=PATCH_SIZE)
+    jobs = [(s["name"], volumes[s["name"]], seed) for s in series for seed in s["seeds"]]
+    if not jobs:
+        return {"patches": 0}
+    load_and_resample, crop, reader_name = fmcib_reference()
+    # Warm-up (not counted): first MONAI/torch calls and the first read of each method.
+    extract_patch(sitk.ReadImage(str(jobs[0][1])), jobs[0][2], spec)
+    crop(load_and_resample(jobs[0][1]), jobs[0][2])
+
+    ours, started = [], time.perf_counter()
+    for s in series:  # each volume read once, however many seeds it has
+        if s["seeds"]:
+            image = sitk.ReadImage(str(volumes[s["name"]]))
+            ours += [extract_patch(image, seed, spec) for seed in s["seeds"]]
+    ours_s = time.perf_counter() - started
+
+    ref, centres, started = [], [], time.perf_counter()
+    for _, path, seed in jobs:  # per seed: re-read and resample the whole volume, as FMCIB does
+        patch, centre = crop(load_and_resample(path), seed)
+        ref.append(patch)
+        centres.append(centre)
+    ref_s = time.perf_counter() - started
+
+    # Sanity: both patches must show the same place (not timed).
+    # - radassets' voxel (32, 32, 32) lies at seed + 0.5 mm on each axis (for an even size the seed
+    #   falls between voxels 31 and 32); FMCIB's lies on its 1 mm grid, which is anchored on the
+    #   volume's corner, at the seed's index truncated by int(): up to ~1.5 mm per axis away. A
+    #   wrong LPS/RAS conversion would put the two ~100 mm apart.
+    # - Over a small lesion's edge (the central 16^3 holds lesion and lung, HU std ~200-300), that
+    #   sub-voxel offset alone makes |dHU| large. So radassets' patch is also taken on the
+    #   reference's exact grid (centred so that its voxel 32 falls on FMCIB's): both then sample the
+    #   same points and must agree to interpolation round-off (< 1 HU).
+    lo, hi = (PATCH_SIZE - CENTRAL) // 2, (PATCH_SIZE + CENTRAL) // 2
+
+    def mad(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a[lo:hi, lo:hi, lo:hi].astype(float) - b[lo:hi, lo:hi, lo:hi]).mean())
+
+    half_voxel = 0.5 * spec.spacing_mm
+    same_seed = [mad(a, b) for a, b in zip(ours, ref)]
+    offsets = [float(np.linalg.norm(c - (np.asarray(seed) + half_voxel))) for c, (_, _, seed) in zip(centres, jobs)]
+    images: dict[Path, sitk.Image] = {}
+    same_grid = [mad(extract_patch(images.setdefault(path, sitk.ReadImage(str(path))), c - half_voxel, spec), b)
+                 for (_, path, _), c, b in zip(jobs, centres, ref)]
+    n = len(jobs)
+    return {"patches": n, "volumes": len({j[0] for j in jobs}), "reader": reader_name,
+            "radassets_s": ours_s, "radassets_per_s": n / ours_s, "reference_s": ref_s, "reference_per_s": n / ref_s,
+            "mad_hu_mean": float(np.mean(same_seed)), "mad_hu_max": float(np.max(same_seed)),
+            "offset_mm_mean": float(np.mean(offsets)), "offset_mm_max": float(np.max(offsets)),
+            "mad_same_grid_hu_mean": float(np.mean(same_grid)), "mad_same_grid_hu_max": float(np.max(same_grid))}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--demo", type=Path, default=None,
+                        help="demo collection (default: $RADASSETS_HOME/demo, generated if missing; "
+                             "RADASSETS_HOME defaults to var/data in the repository)")
+    parser.add_argument("--series", type=int, default=20, help="number of CT series (default 20)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.series < 1:
+        parser.error("--series must be at least 1")
+
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(THREADS)
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(THREADS)
+
+    demo = args.demo
+    if demo is None:
+        from radassets.demo import DemoSpec, ensure_demo_collection
+
+        demo = default_demo_root()
+        print(f"demo collection: {demo} (generated if missing)", flush=True)
+        ensure_demo_collection(Path(demo), DemoSpec())
+    demo = Path(demo)
+    if not (demo / "index" / "idc_index.parquet").is_file():
+        parser.error(f"{demo} is not a demo collection (no index/idc_index.parquet)")
+
+    series = select_series(demo, args.series)
+    if len(series) < args.series:
+        print(f"note: only {len(series)} CT series available (asked for {args.series})")
+    slices = sum(len(s["files"]) for s in series)
+    in_mb = sum(s["bytes"] for s in series) / MB
+    wall = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="radassets-bench-") as tmp:
+        work = Path(tmp)
+        conversion, missing = bench_conversion(series, work)
+        ours = next(r for r in conversion if r["tool"] == "radassets")
+        volumes = {s["name"]: Path(ours["out_dir"]) / f"{s['name']}.nrrd" for s in series}
+        patches = bench_patches(series, volumes)
+    total = time.perf_counter() - wall
+
+    print(f"\nCONVERSION  {len(series)} CT series, {slices} slices, {in_mb:.1f} MB of DICOM "
+          f"({THREADS} threads; 1 warm-up series per tool, not counted)")
+    print(f"{'tool':<13} {'output':<34} {'seconds':>8} {'series/s':>9} {'MB/s':>7} {'out MB':>7}")
+    for r in conversion:
+        print(f"{r['tool']:<13} {r['output']:<34} {r['seconds']:>8.2f} {r['series_per_s']:>9.2f} "
+              f"{r['mb_per_s']:>7.1f} {r['out_mb']:>7.1f}")
+    for line in missing:
+        print(line)
+    print("note: radassets also validates every header (slice spacing, gantry tilt, orientation, rescale),\n"
+          "      cross-checks ITK's geometry, and writes gzip-compressed NRRD atomically; the peers only\n"
+          "      convert, and write uncompressed files unless the output column says gzip.")
+
+    if patches["patches"]:
+        print(f"\nPATCHES  {patches['patches']} GTV-1 seeds in {patches['volumes']} volumes, "
+              f"{PATCH_SIZE}^3 at 1 mm (1 warm-up, not counted)")
+        print(f"{'method':<58} {'seconds':>8} {'patches/s':>10}")
+        print(f"{'radassets: read volume once, crop then resample':<58} "
+              f"{patches['radassets_s']:>8.2f} {patches['radassets_per_s']:>10.2f}")
+        print(f"{'FMCIB reference: per seed, read + resample whole volume':<58} "
+              f"{patches['reference_s']:>8.2f} {patches['reference_per_s']:>10.2f}")
+        print(f"reference: {patches['reader']}")
+        print(f"sanity, central {CENTRAL}^3 (lesion): patch centres {patches['offset_mm_mean']:.2f} mm apart "
+              f"(max {patches['offset_mm_max']:.2f}; FMCIB's grid is anchored on the volume and int()-truncated)")
+        print(f"  mean |dHU| same seed:          {patches['mad_hu_mean']:6.1f} (max {patches['mad_hu_max']:.1f})"
+              f"  <- that offset across the lesion's edge")
+        print(f"  mean |dHU| on FMCIB's grid:    {patches['mad_same_grid_hu_mean']:6.1f} "
+              f"(max {patches['mad_same_grid_hu_max']:.1f})  <- same points sampled: geometry agrees")
+    else:
+        print("\nPATCHES  no GTV-1 seeds for the selected series: skipped")
+    print(f"\ntotal {total:.1f} s")
+
+    ratios = {}
+    for r in conversion:
+        if r["tool"] != "radassets":
+            ratios[f"conversion radassets/{r['tool']}"] = ours["series_per_s"] / r["series_per_s"]
+    if patches["patches"]:
+        ratios["patches radassets/fmcib_reference"] = patches["radassets_per_s"] / patches["reference_per_s"]
+    for name, value in ratios.items():
+        print(f"RATIO {name} = {value:.2f}")
+
+    if args.json:
+        for r in conversion:
+            r.pop("out_dir", None)  # a temporary folder, gone now
+        args.json.write_text(json.dumps({
+            "demo": str(demo), "series": len(series), "slices": slices, "input_mb": in_mb, "threads": THREADS,
+            "conversion": conversion, "missing_tools": missing, "patches": patches, "ratios": ratios,
+            "total_s": total}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Helpers shared by the assets: Markdown tables for metadata, and progress lines in the run log."""
+
+from dagster import AssetExecutionContext
+
+
+def markdown_table(rows: list[dict], columns: list[str], limit: int | None = None) -> str:
+    """A Markdown table of ``rows`` (missing and null cells left empty), cut after ``limit`` rows."""
+    shown = rows if limit is None else rows[:limit]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join("" if r.get(c) is None else str(r[c]) for c in columns) + " |" for r in shown]
+    if len(rows) > len(shown):
+        lines.append(f"\n… {len(rows) - len(shown)} more rows")
+    return "\n".join(lines)
+
+
+def progress_logger(context: AssetExecutionContext, flag: tuple[str, ...] = ("failed",)):
+    """A ``progress(done, total, message)`` callback: every message starting with or containing a
+    ``flag`` word, and about ten progress lines per partition."""
+    def progress(done: int, total: int, message: str) -> None:
+        if any(word in message for word in flag) or done == total or done % max(1, total // 10) == 0:
+            context.log.info(f"[{done}/{total}] {message}")
+    return progress
