@@ -18,7 +18,7 @@ import numpy as np
 from radassets.storage import atomic_path
 
 WINDOW = (-1350, 150)  # lung window: level -600, width 1500
-SEEDS_PER_ROW = 4
+SEEDS_PER_ROW = 3  # 9 panels a row: about 1,200 px, the width of the UI's metadata dialog
 
 
 def views(patch: np.ndarray) -> list[tuple[str, np.ndarray]]:
