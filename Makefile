@@ -45,12 +45,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-test-# Timings against peer tools (dcm2niix from Debian: apt-get install dcm2niix; plastimatch from PyPI).
-bench: install
-	$(BIN)/python -m pip install --quiet "plastimatch==1.10.0"
-	$(BIN)/python bench/imaging.py
-
-ui: install
+test-ui: install
 	$(BIN)/python -m pytest -m ui
 
 # Timings against peer tools (dcm2niix from Debian: apt-get install dcm2niix; plastimatch from PyPI).
