@@ -16,9 +16,13 @@ STAMP := $(VENV)/.radassets-installed
 
 .PHONY: install demo test test-ui ui bench clean
 
+# pyradiomics 3.0.1 ships only an sdist whose setup imports numpy: it is built against ours,
+# without build isolation, before the project's own install.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet numpy setuptools wheel
+	$(BIN)/python -m pip install --quiet --no-build-isolation "pyradiomics==3.0.1"
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
 

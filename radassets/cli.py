@@ -22,9 +22,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from radassets.idc.local import LocalIndexError
     from radassets.imaging.folder import FolderError
     from radassets.imaging.pipeline import StepInputMissing
+    from radassets.models.preprocessing import PreprocessingError
+    from radassets.models.registry import RegistryError
+    from radassets.models.table import TableError
+    from radassets.models.weights import WeightsError
 
     return (DatasetDefinitionError, CohortError, IndexMissingError, BucketUnreachableError, DownloadError,
-            LocalIndexError, FolderError, StepInputMissing)
+            LocalIndexError, FolderError, StepInputMissing, RegistryError, WeightsError, TableError,
+            PreprocessingError)
 
 
 def _print_json(obj: Any) -> None:
@@ -175,8 +180,62 @@ def cmd_imaging_seeds(args: argparse.Namespace) -> None:
 def cmd_pipeline_run(args: argparse.Namespace) -> None:
     from radassets.defs.run import materialize_dataset_versions
 
-    ok = materialize_dataset_versions(args.dataset_version, selection=args.select, progress=_progress)
+    models = args.models.split(",") if args.models else None
+    ok = materialize_dataset_versions(args.dataset_version, selection=args.select, models=models, progress=_progress)
     if not ok:
+        sys.exit(1)
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+def cmd_models_list(args: argparse.Namespace) -> None:
+    from radassets.models import registry
+    from radassets.models.pipeline import runnable_here
+
+    entries = registry.load_registry()
+    if args.json:
+        _print_json({name: e.model_dump(mode="json") for name, e in entries.items()})
+        return
+    for name, e in entries.items():
+        ok, why = runnable_here(e)
+        pinned = "" if e.weights is None or e.weights.sha256 else "  (weights sha256 not pinned)"
+        print(f"{name:16s} {e.kind:11s} {e.embedding_dim or '?':>5} {'ready' if ok else 'needs weights':13s} "
+              f"{e.title}{pinned}")
+
+
+def cmd_models_add(args: argparse.Namespace) -> None:
+    from radassets.models.add import add_model
+
+    entry, path = add_model(args.name, torchscript=args.torchscript, onnx=args.onnx, table=args.table,
+                            preprocessing=args.preprocessing, id_column=args.id_column, id_kind=args.id_kind,
+                            title=args.title, licence=args.licence)
+    print(f"registered {entry.name} ({entry.kind}, {entry.embedding_dim}-d) in {path}")
+    _sync_partitions()
+    print(f"next: radassets models backfill {entry.name}   (or launch a backfill of its partitions in the UI)")
+
+
+def _sync_partitions() -> None:
+    import os
+
+    if not os.environ.get("DAGSTER_HOME"):
+        print("DAGSTER_HOME is not set: the sensor model_registry_sensor adds the partition when the UI runs")
+        return
+    from dagster import DagsterInstance
+
+    from radassets.defs.run import sync_model_partitions
+
+    added = sync_model_partitions(DagsterInstance.get())
+    print(f"model partitions added: {', '.join(added)}" if added else "model partitions already match the registry")
+
+
+def cmd_models_sync(args: argparse.Namespace) -> None:
+    _sync_partitions()
+
+
+def cmd_models_backfill(args: argparse.Namespace) -> None:
+    from radassets.defs.run import backfill_model
+
+    if not backfill_model(args.name, args.dataset_version or None, progress=_progress):
         sys.exit(1)
 
 
@@ -237,6 +296,31 @@ def build_parser() -> argparse.ArgumentParser:
                 "materialize assets for dataset versions in the Dagster instance at $DAGSTER_HOME")
     c.add_argument("dataset_version", nargs="+")
     c.add_argument("--select", default="*", help="Dagster asset selection (default: every asset)")
+    c.add_argument("--models", default=None,
+                   help="comma-separated models for the assets partitioned by model "
+                        "(default: every registered model that runs without a download)")
+
+    mo = sub.add_parser("models", help="the model registry (data/models)").add_subparsers(dest="cmd", required=True)
+    c = command(mo, "list", cmd_models_list, "registered models, and whether each can run here")
+    c.add_argument("--json", action="store_true")
+    c = command(mo, "add", cmd_models_add,
+                "register your own model: a TorchScript or ONNX file with a preprocessing spec, or a table of "
+                "precomputed embeddings")
+    c.add_argument("name", help="model name, [a-z0-9_]: its partition key")
+    c.add_argument("--torchscript", type=Path, default=None, help="a TorchScript file (torch.jit.save)")
+    c.add_argument("--onnx", type=Path, default=None, help="an ONNX file")
+    c.add_argument("--table", type=Path, default=None, help="a CSV or parquet table of embeddings")
+    c.add_argument("--preprocessing", type=Path, default=None,
+                   help="YAML: spacing_mm, input_size, axes, intensity (for --torchscript and --onnx)")
+    c.add_argument("--id-column", default=None, help="--table: the id column")
+    c.add_argument("--id-kind", default="PatientID", choices=["PatientID", "SeriesInstanceUID", "seed_id"])
+    c.add_argument("--title", default=None)
+    c.add_argument("--licence", default="as stated by the model's authors")
+    c = command(mo, "sync", cmd_models_sync, "add a 'model' partition for every registered model (what the sensor does)")
+    c = command(mo, "backfill", cmd_models_backfill,
+                "materialize a model's embeddings for every dataset version with patches; nothing upstream reruns")
+    c.add_argument("name")
+    c.add_argument("--dataset-version", action="append", default=None, help="only these (repeatable)")
     return p
 
 

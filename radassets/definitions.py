@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from radassets.defs import imaging, ingest
+from radassets.defs import imaging, ingest, models
 from radassets.defs.resources import IdcResource, bigquery_resource
 
 defs = Definitions(
-    assets=[ingest.cohort, ingest.dicom, imaging.volumes, imaging.seeds, imaging.patches],
-    resources={"idc": IdcResource(), "bigquery": bigquery_resource(), "imaging": imaging.ImagingResource()},
+    assets=[ingest.cohort, ingest.dicom, imaging.volumes, imaging.seeds, imaging.patches, models.embeddings],
+    sensors=[models.model_registry_sensor],
+    resources={"idc": IdcResource(), "bigquery": bigquery_resource(), "imaging": imaging.ImagingResource(),
+               "models": models.ModelsResource()},
 )

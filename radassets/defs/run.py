@@ -1,31 +1,106 @@
-"""Materialize assets for dataset versions in the instance at $DAGSTER_HOME, from the command line.
+"""Materialize assets in the instance at $DAGSTER_HOME from the command line (``make demo``, the CLI).
 
-The runs are recorded in the same instance the UI shows, so `make demo` and the UI agree.
+The runs are recorded in the same instance the UI shows, so `make demo` and the UI agree. A
+selection is split by partitioning: assets partitioned by dataset version run once per dataset
+version; assets partitioned by (dataset version × model) run once per model, after the ``model``
+partitions have been synced with the registry (what the sensor does when the daemon runs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from dagster import DagsterInstance, materialize
+from dagster import AssetKey, AssetSelection, DagsterInstance, MultiPartitionKey, MultiPartitionsDefinition, materialize
 
 
-def materialize_dataset_versions(names: Sequence[str], *, selection: str = "*",
-                                 progress: Callable[[str], None] = print) -> bool:
-    from radassets import datasets
+def sync_model_partitions(instance: DagsterInstance) -> list[str]:
+    """Add a ``model`` partition for every registered model (the sensor's job, done at once)."""
+    from radassets.defs.models import registry_partition_changes
+
+    added, _ = registry_partition_changes(set(instance.get_dynamic_partitions("model")))
+    if added:
+        instance.add_dynamic_partitions("model", added)
+    return added
+
+
+def _split(selection: str) -> tuple[list[AssetKey], list[AssetKey]]:
+    """Keys of the selection partitioned by dataset version only, and by dataset version × model."""
     from radassets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = AssetSelection.from_string(selection).resolve(graph)
+    single, multi = [], []
+    for key in sorted(keys, key=lambda k: k.to_user_string()):
+        (multi if isinstance(graph.get(key).partitions_def, MultiPartitionsDefinition) else single).append(key)
+    return single, multi
+
+
+def _materialize(keys: list[AssetKey], partition_key, instance: DagsterInstance) -> tuple[bool, str]:
+    from radassets.definitions import defs
+
+    result = materialize(list(defs.assets), instance=instance, partition_key=partition_key, selection=keys,
+                         resources=defs.resources, raise_on_error=False,
+                         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+    return result.success, result.run_id
+
+
+def materialize_dataset_versions(names: Sequence[str], *, selection: str = "*", models: Sequence[str] | None = None,
+                                 progress: Callable[[str], None] = print) -> bool:
+    """Materialize ``selection`` for each dataset version, and for each model where partitioned by model.
+
+    ``models``: default, every registered model that can run here without a download.
+    """
+    from radassets import datasets
+    from radassets.models import registry
+    from radassets.models.pipeline import default_models
 
     for name in names:
         datasets.get(name)  # unknown names fail before anything runs
+    if models is None:
+        models, skipped = default_models()
+        for model, why in skipped.items():
+            progress(f"model {model} skipped: {why}")
+    for model in models:
+        registry.get(model)  # unknown models too
     instance = DagsterInstance.get()
-    assets = list(defs.assets)
+    added = sync_model_partitions(instance)
+    if added:
+        progress(f"model partitions added: {', '.join(added)}")
+    single, multi = _split(selection)
     ok = True
     for name in names:
-        progress(f"materializing {selection!r} for dataset version {name} ...")
-        result = materialize(assets, instance=instance, partition_key=name, selection=selection,
-                             resources=defs.resources, raise_on_error=False,
-                             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
-        status = "succeeded" if result.success else "FAILED"
-        progress(f"{name}: run {result.run_id} {status}")
-        ok &= result.success
+        runs = ([(single, name, "")] if single else []) + \
+               [(multi, MultiPartitionKey({"dataset_version": name, "model": m}), f" × {m}") for m in models if multi]
+        for keys, partition_key, label in runs:
+            what = ", ".join(k.to_user_string() for k in keys)
+            progress(f"materializing {what} for {name}{label} ...")
+            success, run_id = _materialize(keys, partition_key, instance)
+            progress(f"{name}{label}: run {run_id} {'succeeded' if success else 'FAILED'}")
+            ok &= success
+            if not success and keys is single:
+                break  # the model steps need this dataset version's patches
+    return ok
+
+
+def backfill_model(model: str, dataset_versions: Sequence[str] | None = None,
+                   progress: Callable[[str], None] = print) -> bool:
+    """Materialize one model's assets (embeddings and what depends on them) for every dataset version
+    whose patches are materialized: nothing upstream is recomputed."""
+    from radassets import datasets
+    from radassets.imaging.pipeline import step_dir
+    from radassets.models import registry
+
+    registry.get(model)
+    names = list(dataset_versions) if dataset_versions else sorted(datasets.load_all())
+    ready = [n for n in names if (step_dir("patches", n) / "manifest.json").is_file()]
+    for n in sorted(set(names) - set(ready)):
+        progress(f"{n}: skipped, its patches are not materialized")
+    instance = DagsterInstance.get()
+    sync_model_partitions(instance)
+    _, multi = _split("key:embeddings+")
+    ok = True
+    for name in ready:
+        success, run_id = _materialize(multi, MultiPartitionKey({"dataset_version": name, "model": model}), instance)
+        progress(f"{name} × {model}: run {run_id} {'succeeded' if success else 'FAILED'}")
+        ok &= success
     return ok

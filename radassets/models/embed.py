@@ -1,0 +1,139 @@
+"""Embeddings of one dataset version's patches by one model: batched, deterministic, every failure recorded.
+
+The model is loaded once per run; patches are read from the memory-mapped arrays of the
+``patches`` step in batches (``batch_size``), on the device chosen (CUDA when present, unless
+told otherwise). A vector with NaN or infinite values is a recorded failure of that seed, not an
+embedding. The output (``embeddings.parquet``) has one row per seed: identifiers, the vector
+(float32), the model, the weights' sha256 and the preprocessing hash; ``manifest.json`` is
+written last.
+
+Determinism: the model runs in eval mode under ``torch.inference_mode`` with deterministic
+algorithms requested, so the same patches give the same bytes on the same machine and settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from radassets.models.registry import ModelEntry
+from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha256_json
+
+Progress = Callable[[int, int, str], None]
+
+
+class Extractor(Protocol):
+    """What the runner needs of a model: its entry, weights identity and a batch → vectors function."""
+
+    entry: ModelEntry
+    weights_sha256: str | None
+    dim: int
+
+    def embed(self, patches: np.ndarray, masks: np.ndarray, rows: Sequence[dict[str, Any]]) -> np.ndarray:
+        """(B, S, S, S) int16 HU patches, their masks and rows → (B, dim) float32."""
+
+
+def choose_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {requested!r} requested but CUDA is not available here")
+    return torch.device(requested)
+
+
+@dataclass
+class EmbeddingsReport:
+    out_dir: Path
+    model: str
+    rows: list[dict[str, Any]]
+    dim: int
+    weights_sha256: str | None
+    preprocessing_hash: str
+    device: str
+    seconds: float
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] == "failed"]
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.rows)
+        return {"model": self.model, "seeds": n, "embedded": n - len(self.failures), "failed": len(self.failures),
+                "dim": self.dim, "device": self.device, "seconds": round(self.seconds, 2),
+                "patches_per_second": round(n / self.seconds, 2) if self.seconds > 0 else None}
+
+    @property
+    def content_hash(self) -> str:
+        return sha256_json({"model": self.model, "weights": self.weights_sha256, "preprocessing": self.preprocessing_hash,
+                            "file": sha256_file(self.out_dir / "embeddings.parquet")})
+
+
+def run_embeddings(extractor: Extractor, patches: np.ndarray, masks: np.ndarray, rows: Sequence[dict[str, Any]],
+                   out_dir: Path, batch_size: int = 8, device: str = "cpu",
+                   progress: Progress | None = None) -> EmbeddingsReport:
+    """Embed every patch; write ``embeddings.parquet`` and ``manifest.json`` under ``out_dir``."""
+    started = time.monotonic()
+    entry = extractor.entry
+    n = len(rows)
+    vectors = np.zeros((n, extractor.dim), dtype=np.float32)
+    status: list[tuple[str, str | None]] = [("ok", None)] * n
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        batch = extractor.embed(np.asarray(patches[start:stop]), np.asarray(masks[start:stop]), rows[start:stop])
+        if batch.shape != (stop - start, extractor.dim):
+            raise RuntimeError(f"model {entry.name!r} returned shape {batch.shape}, expected {(stop - start, extractor.dim)}")
+        vectors[start:stop] = batch
+        for i in range(start, stop):
+            bad = ~np.isfinite(vectors[i])
+            if bad.any():
+                status[i] = ("failed", f"{int(np.isnan(vectors[i]).sum())} NaN and "
+                                       f"{int(np.isinf(vectors[i]).sum())} infinite values in the embedding")
+        if progress:
+            progress(stop, n, f"{entry.name}: {stop}/{n} patches")
+    preprocessing_hash = entry.preprocessing_hash
+    out_rows = []
+    for i, row in enumerate(rows):
+        ok = status[i][0] == "ok"
+        out_rows.append({
+            "seed_id": row["seed_id"], "PatientID": row["PatientID"], "SeriesInstanceUID": row["SeriesInstanceUID"],
+            "crdc_series_uuid": row["crdc_series_uuid"], "segment_label": row.get("segment_label"),
+            "patch_index": int(row["index"]), "status": status[i][0], "reason": status[i][1],
+            "vector": vectors[i].tolist() if ok else None, "model": entry.name,
+            "weights_sha256": extractor.weights_sha256, "preprocessing_hash": preprocessing_hash,
+        })
+    schema = pa.schema([
+        ("seed_id", pa.string()), ("PatientID", pa.string()), ("SeriesInstanceUID", pa.string()),
+        ("crdc_series_uuid", pa.string()), ("segment_label", pa.string()), ("patch_index", pa.int64()),
+        ("status", pa.string()), ("reason", pa.string()), ("vector", pa.list_(pa.float32(), extractor.dim)),
+        ("model", pa.string()), ("weights_sha256", pa.string()), ("preprocessing_hash", pa.string()),
+    ])
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "embeddings.parquet") as tmp:
+        pq.write_table(pa.Table.from_pylist(out_rows, schema=schema), tmp)
+    report = EmbeddingsReport(out_dir, entry.name, out_rows, extractor.dim, extractor.weights_sha256,
+                              preprocessing_hash, device, time.monotonic() - started)
+    atomic_write_json(out_dir / "manifest.json", {
+        "model": entry.model_dump(mode="json"), "weights_sha256": extractor.weights_sha256,
+        "preprocessing_hash": preprocessing_hash, "batch_size": batch_size, "device": device,
+        "torch": torch.__version__, "summary": report.summary(), "content_hash": report.content_hash,
+        "failures": [{k: r[k] for k in ("seed_id", "PatientID", "reason")} for r in report.failures],
+    })
+    return report
+
+
+def read_embeddings(out_dir: Path) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Rows (without vectors) and the (N, D) float32 matrix of the successfully embedded seeds."""
+    table = pq.read_table(Path(out_dir) / "embeddings.parquet")
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    dim = ok.schema.field("vector").type.list_size
+    matrix = ok.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return ok.drop(["vector"]).to_pylist(), matrix.reshape(ok.num_rows, dim).astype(np.float32, copy=False)

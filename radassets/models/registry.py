@@ -1,0 +1,182 @@
+"""The model registry: one YAML file per model under ``data/models/``; its name is the ``model`` partition key.
+
+An entry says everything that makes an embedding reproducible: which architecture (``family``,
+a builder in ``radassets.models.families``), the embedding dimension, the preprocessing from the
+canonical patch to the model's input (spacing, input size, axis order, intensity transform), the
+weights (URI, file name, sha256, key prefixes the published file adds) and their licence.
+
+``kind`` says how the model runs:
+- ``torch``: a built-in architecture with published weights (FMCIB, CT-FM, ...);
+- ``untrained``: a built-in architecture, randomly initialised with a fixed seed (a control);
+- ``radiomics``: IBSI features computed by pyradiomics from the patch and its mask;
+- ``torchscript`` / ``onnx``: a user's exported network file, with the preprocessing in YAML; the
+  file is treated like published weights (``weights.uri`` may be ``file://``), pinned by sha256;
+- ``table``: precomputed embeddings (CSV or parquet keyed by patient or series) imported as is.
+
+Definitions are validated strictly, like dataset versions: an unknown key or a missing field is
+an error naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from radassets.datasets import NAME_RE, data_dir
+from radassets.storage import sha256_json
+
+MODELS_DIR_ENV = "RADASSETS_MODELS_DIR"
+Axes = Literal["SPL", "LPS", "RAS", "SAR"]
+
+
+class RegistryError(ValueError):
+    """A model definition is missing, malformed or refers to something that does not exist."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Intensity(_Strict):
+    """HU → network input: ``clip`` to [a_min, a_max] (optional), then ``(HU - a_min) / (a_max - a_min)``
+    mapped onto [b_min, b_max] (MONAI's ScaleIntensityRange), or z-scored with ``mean``/``std``."""
+
+    kind: Literal["scale_range", "zscore", "none"] = "scale_range"
+    a_min: float | None = None
+    a_max: float | None = None
+    b_min: float = 0.0
+    b_max: float = 1.0
+    clip: bool = False
+    mean: float | None = None
+    std: float | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Intensity:
+        if self.kind == "scale_range" and (self.a_min is None or self.a_max is None or self.a_max <= self.a_min):
+            raise ValueError("scale_range needs a_min < a_max")
+        if self.kind == "zscore" and (self.mean is None or not self.std):
+            raise ValueError("zscore needs mean and a non-zero std")
+        return self
+
+
+class Preprocessing(_Strict):
+    """From the canonical patch (1 mm, axes S, P, L) to the network's input tensor."""
+
+    spacing_mm: float = Field(default=1.0, gt=0, description="isotropic input spacing")
+    input_size: tuple[int, int, int] = Field(description="voxels along the tensor's three spatial axes")
+    axes: Axes = Field(default="SPL", description="anatomical direction of increasing index on each tensor axis")
+    intensity: Intensity
+
+    def field_of_view_mm(self) -> float:
+        return max(self.input_size) * self.spacing_mm
+
+
+class Weights(_Strict):
+    uri: str = Field(description="where the published file is downloaded from")
+    file: str = Field(description="file name in the weights cache")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                               description="required to load; null while the published file's hash is unconfirmed")
+    state_dict_key: str | None = Field(default=None, description="top-level key holding the state dict, if any")
+    strip_prefixes: list[str] = Field(default_factory=list,
+                                      description="prefixes the published keys carry (e.g. 'module.')")
+    select_prefix: str | None = Field(default=None, description="keep only keys under this prefix (e.g. an encoder)")
+    unused_prefixes: list[str] = Field(default_factory=list,
+                                       description="parts of the published network not used for embeddings (e.g. "
+                                                   "a decoder): named here, so any other unexpected key is an error")
+
+
+class TableSource(_Strict):
+    path: str = Field(description="CSV or parquet of precomputed embeddings (relative to data/ or absolute)")
+    id_column: str
+    id_kind: Literal["PatientID", "SeriesInstanceUID", "seed_id"] = "PatientID"
+    vector_columns: list[str] | None = Field(default=None, description="default: every other numeric column")
+
+
+class ModelEntry(_Strict):
+    name: str
+    title: str
+    kind: Literal["torch", "untrained", "radiomics", "torchscript", "onnx", "table"]
+    family: str | None = Field(default=None, description="builder in radassets.models.families (torch, untrained)")
+    embedding_dim: int | None = Field(default=None, gt=0)
+    preprocessing: Preprocessing | None = None
+    weights: Weights | None = None
+    table: TableSource | None = None
+    seed: int | None = Field(default=None, description="untrained: the initialisation seed")
+    settings: dict | None = Field(default=None, description="radiomics: pyradiomics extractor settings")
+    licence: str
+    citation: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"model name {v!r} must match [a-z0-9_]+ (it is a partition key)")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> ModelEntry:
+        need = {"torch": ("family", "embedding_dim", "preprocessing", "weights"),
+                "untrained": ("family", "embedding_dim", "preprocessing", "seed"),
+                "radiomics": ("settings",),
+                "torchscript": ("weights", "embedding_dim", "preprocessing"),
+                "onnx": ("weights", "embedding_dim", "preprocessing"),
+                "table": ("table",)}[self.kind]
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} model needs {missing}")
+        return self
+
+    @property
+    def preprocessing_hash(self) -> str:
+        """Identity of everything between the canonical patch and the vector, other than the weights."""
+        return sha256_json({"kind": self.kind, "family": self.family, "settings": self.settings,
+                            "preprocessing": self.preprocessing.model_dump() if self.preprocessing else None})
+
+
+def models_dir(data_root: Path | None = None) -> Path:
+    env = os.environ.get(MODELS_DIR_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    return (data_root or data_dir()) / "models"
+
+
+def load_entry(path: Path) -> ModelEntry:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise RegistryError(f"{path}: cannot read model definition: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise RegistryError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise RegistryError(f"{path}: a model definition must be a mapping, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    try:
+        entry = ModelEntry.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+                             for err in e.errors())
+        raise RegistryError(f"{path}: invalid model definition: {problems}") from None
+    if entry.name != path.stem:
+        raise RegistryError(f"{path}: name {entry.name!r} differs from the file name {path.stem!r}; they must match")
+    return entry
+
+
+def load_registry(data_root: Path | None = None) -> dict[str, ModelEntry]:
+    """Every registered model, by name. Any invalid entry fails the whole load, loudly."""
+    folder = models_dir(data_root)
+    if not folder.is_dir():
+        raise RegistryError(f"no model registry folder at {folder}")
+    return {e.name: e for e in (load_entry(p) for p in sorted(folder.glob("*.yaml")))}
+
+
+def get(name: str, data_root: Path | None = None) -> ModelEntry:
+    path = models_dir(data_root) / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(load_registry(data_root))) or "none"
+        raise RegistryError(f"unknown model {name!r}; registered: {known}")
+    return load_entry(path)
