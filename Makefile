@@ -44,6 +44,7 @@ demo: install
 	@echo "  volumes/<dataset_version>/qc.parquet        one QC row per series; ct/ and masks/ hold the NRRDs"
 	@echo "  seeds/<dataset_version>/seeds.csv           one seed per lesion, LPS mm, with its distance to the reference"
 	@echo "  patches/<dataset_version>/montage.png       the QC montage of patches.npy (also in the UI)"
+	@echo "  embeddings/<dataset_version>/<model>/       one vector per seed (radassets models list)"
 	@echo "Next: 'make ui' and open http://127.0.0.1:$(UI_PORT) to see the assets and their runs."
 
 test: install

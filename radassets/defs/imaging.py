@@ -75,7 +75,10 @@ def _table(rows: list[dict], columns: list[str], limit: int = 50) -> MetadataVal
 )
 def volumes(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
-    report = pipeline.run_volumes(definition, imaging.tolerances(), progress_logger(context))
+    try:
+        report = pipeline.run_volumes(definition, imaging.tolerances(), progress_logger(context))
+    except pipeline.StepInputMissing as e:
+        raise Failure(description=str(e)) from None
     summary = report.summary()
     failures = _table(report.failed, ["PatientID", "Modality", "SeriesInstanceUID", "code", "message"])
     if summary["failed_fraction"] > imaging.max_failed_fraction:
@@ -118,7 +121,10 @@ def volumes(context: AssetExecutionContext, imaging: ImagingResource) -> Materia
 )
 def seeds(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
-    report = pipeline.run_seeds(definition, imaging.seed_disagreement_mm)
+    try:
+        report = pipeline.run_seeds(definition, imaging.seed_disagreement_mm)
+    except pipeline.StepInputMissing as e:
+        raise Failure(description=str(e)) from None
     summary = report.summary()
     context.log.info(f"{summary['seeds']} seeds of {summary['patients']} patients; {summary}")
     disagreeing = [s for s in report.seeds if s.get("reference_disagrees")]
@@ -155,8 +161,11 @@ def seeds(context: AssetExecutionContext, imaging: ImagingResource) -> Materiali
 )
 def patches(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
-    report, montage = pipeline.run_patches(definition, imaging.patch_spec(),
-                                            progress_logger(context, flag=("border",)))
+    try:
+        report, montage = pipeline.run_patches(definition, imaging.patch_spec(),
+                                                progress_logger(context, flag=("border",)))
+    except pipeline.StepInputMissing as e:
+        raise Failure(description=str(e)) from None
     summary = report.summary()
     image = base64.b64encode(montage.read_bytes()).decode("ascii")
     border = [r for r in report.rows if r["at_border"]]

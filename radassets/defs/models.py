@@ -33,12 +33,19 @@ from pydantic import Field
 from radassets.defs.imaging import patches
 from radassets.defs.metadata import markdown_table, progress_logger
 from radassets.defs.partitions import dataset_version_partitions, model_partitions
+from radassets.imaging.pipeline import StepInputMissing
 from radassets.models import registry
 from radassets.models.pipeline import run_model
+from radassets.models.preprocessing import PreprocessingError
+from radassets.models.registry import RegistryError
+from radassets.models.table import TableError
+from radassets.models.weights import WeightsError
 
 with warnings.catch_warnings():  # the mapping is marked beta; it is the documented way for multi → single
     warnings.simplefilter("ignore", BetaWarning)
     PATCHES_OF_DATASET_VERSION = MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset_version")
+
+USER_ERRORS = (WeightsError, PreprocessingError, RegistryError, TableError, StepInputMissing)
 
 embeddings_partitions = MultiPartitionsDefinition({"dataset_version": dataset_version_partitions,
                                                    "model": model_partitions})
@@ -73,8 +80,11 @@ class ModelsResource(ConfigurableResource):
 def embeddings(context: AssetExecutionContext, models: ModelsResource) -> MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     dataset_version, model = keys["dataset_version"], keys["model"]
-    report = run_model(dataset_version, model, batch_size=models.batch_size, device=models.device,
-                       download=models.download_weights, progress=progress_logger(context))
+    try:
+        report = run_model(dataset_version, model, batch_size=models.batch_size, device=models.device,
+                           download=models.download_weights, progress=progress_logger(context))
+    except USER_ERRORS as e:  # a cause the user can fix: shown as the failure's message, without a traceback
+        raise Failure(description=str(e)) from None
     summary = report.summary()
     failures = MetadataValue.md(markdown_table(report.failures, ["PatientID", "segment_label", "reason"], 50))
     if summary["seeds"] and summary["failed"] / summary["seeds"] > models.max_failed_fraction:

@@ -8,9 +8,11 @@ partitions have been synced with the registry (what the sensor does when the dae
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
-from dagster import AssetKey, AssetSelection, DagsterInstance, MultiPartitionKey, MultiPartitionsDefinition, materialize
+from dagster import (AssetKey, AssetSelection, BetaWarning, DagsterInstance, MultiPartitionKey,
+                     MultiPartitionsDefinition, materialize)
 
 
 def sync_model_partitions(instance: DagsterInstance) -> list[str]:
@@ -28,7 +30,9 @@ def _split(selection: str) -> tuple[list[AssetKey], list[AssetKey]]:
     from radassets.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    keys = AssetSelection.from_string(selection).resolve(graph)
+    with warnings.catch_warnings():  # Dagster's selection parser calls one of its own beta APIs
+        warnings.simplefilter("ignore", BetaWarning)
+        keys = AssetSelection.from_string(selection).resolve(graph)
     single, multi = [], []
     for key in sorted(keys, key=lambda k: k.to_user_string()):
         (multi if isinstance(graph.get(key).partitions_def, MultiPartitionsDefinition) else single).append(key)

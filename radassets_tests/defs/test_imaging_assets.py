@@ -34,7 +34,9 @@ def home(tmp_path, monkeypatch, small_demo) -> Path:
 
 
 def run(instance, selection: list[str] | None = None, resources: dict | None = None, raise_on_error: bool = True):
-    return materialize(list(defs.assets), instance=instance, partition_key="demo_v1", selection=selection,
+    """Materialize demo_v1's assets partitioned by dataset version (by default ingest and imaging)."""
+    return materialize(list(defs.assets), instance=instance, partition_key="demo_v1",
+                       selection=selection or ["cohort", "dicom", *IMAGING],
                        resources={**defs.resources, **(resources or {})}, raise_on_error=raise_on_error)
 
 

@@ -1,0 +1,1 @@
+"""Models: registry, weights, architectures, preprocessing and embedding (no Dagster imports)."""

@@ -1,0 +1,108 @@
+"""The new-model journey through Dagster: the sensor adds model partitions; a model added with
+`radassets models add` and backfilled over every dataset version materializes embeddings only,
+nothing upstream (counted in the instance)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from dagster import AssetKey, MultiPartitionKey, SensorResult, SkipReason, build_sensor_context, materialize
+
+from radassets.cli import main as cli_main
+from radassets.definitions import defs
+from radassets.defs.models import ModelsResource, model_registry_sensor
+from radassets.defs.run import materialize_dataset_versions
+from radassets.models.embed import read_embeddings
+from radassets.models.pipeline import embeddings_dir
+from radassets_tests.conftest import REPO, SMALL_DEMO_SPEC
+
+pytestmark = pytest.mark.integration
+ASSETS = ["cohort", "dicom", "volumes", "seeds", "patches", "embeddings"]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, small_demo, instance) -> Path:
+    """Private storage (the session's small demo), registry copy with radiomics only, and DAGSTER_HOME =
+    the test instance, so the CLI and the library use the same instance as the assertions."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "demo").symlink_to(small_demo)
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(REPO / "data" / "models" / "radiomics.yaml", models)
+    monkeypatch.setenv("RADASSETS_HOME", str(home))
+    monkeypatch.setenv("RADASSETS_DEMO_SPEC", json.dumps(SMALL_DEMO_SPEC))
+    monkeypatch.setenv("RADASSETS_MODELS_DIR", str(models))
+    monkeypatch.setenv("DAGSTER_HOME", instance.root_directory)
+    return home
+
+
+def counts(instance) -> dict[str, int]:
+    return {k: len(instance.fetch_materializations(AssetKey(k), limit=1000).records) for k in ASSETS}
+
+
+def test_sensor_adds_a_partition_per_registered_model(instance, home):
+    result = model_registry_sensor(build_sensor_context(instance=instance))
+    assert isinstance(result, SensorResult)
+    [request] = result.dynamic_partitions_requests
+    assert request.partitions_def_name == "model" and list(request.partition_keys) == ["radiomics"]
+    instance.add_dynamic_partitions("model", list(request.partition_keys))
+    assert isinstance(model_registry_sensor(build_sensor_context(instance=instance)), SkipReason)
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv3d(1, 4, 3, stride=2)
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool3d(torch.relu(self.conv(x)), 1).flatten(1)
+
+
+def test_a_new_model_is_backfilled_without_recomputing_anything_upstream(instance, home, tmp_path, capsys):
+    assert materialize_dataset_versions(["demo_v1", "demo_v2"], progress=lambda m: None)
+    before = counts(instance)
+    assert before == {"cohort": 2, "dicom": 2, "volumes": 2, "seeds": 2, "patches": 2, "embeddings": 2}
+    upstream_versions = {k: instance.get_latest_materialization_event(AssetKey(k)).asset_materialization
+                         .tags["dagster/data_version"] for k in ASSETS[:-1]}
+
+    torch.jit.trace(Tiny().eval(), torch.zeros(1, 1, 32, 32, 32)).save(str(tmp_path / "tiny.pt"))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"spacing_mm": 1.0, "input_size": [32, 32, 32], "axes": "SPL",
+                                    "intensity": {"kind": "scale_range", "a_min": -1024, "a_max": 2048}}))
+    cli_main(["models", "add", "tiny", "--torchscript", str(tmp_path / "tiny.pt"), "--preprocessing", str(spec)])
+    assert "model partitions added: tiny" in capsys.readouterr().out
+    assert set(instance.get_dynamic_partitions("model")) == {"radiomics", "tiny"}
+
+    cli_main(["models", "backfill", "tiny"])
+    after = counts(instance)
+    assert after == dict(before, embeddings=before["embeddings"] + 2)  # two dataset versions, nothing upstream
+    assert {k: instance.get_latest_materialization_event(AssetKey(k)).asset_materialization
+            .tags["dagster/data_version"] for k in ASSETS[:-1]} == upstream_versions
+    for dataset_version in ("demo_v1", "demo_v2"):
+        key = MultiPartitionKey({"dataset_version": dataset_version, "model": "tiny"})
+        assert instance.get_materialized_partitions(AssetKey("embeddings")) >= {key}
+        rows, matrix = read_embeddings(embeddings_dir(dataset_version, "tiny"))
+        assert matrix.shape == (len(rows), 4) and {r["model"] for r in rows} == {"tiny"}
+    # The existing model's partitions were not touched.
+    materialized = instance.get_materialized_partitions(AssetKey("embeddings"))
+    assert sorted(k for k in materialized if k.endswith("|radiomics")) == ["demo_v1|radiomics", "demo_v2|radiomics"]
+
+    # A registered model without its weights: the partition fails with the cause as its message.
+    shutil.copy(REPO / "data" / "models" / "fmcib.yaml", Path(os.environ["RADASSETS_MODELS_DIR"]))
+    instance.add_dynamic_partitions("model", ["fmcib"])
+    result = materialize(list(defs.assets), instance=instance, selection=["embeddings"],
+                         partition_key=MultiPartitionKey({"dataset_version": "demo_v1", "model": "fmcib"}),
+                         resources={**defs.resources, "models": ModelsResource(download_weights=False)},
+                         raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.event_specific_data.error.message
+    assert "model 'fmcib': no weights at" in message and "model_weights.torch" in message and "8cc92ec4" in message
