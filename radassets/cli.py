@@ -26,10 +26,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from radassets.models.registry import RegistryError
     from radassets.models.table import TableError
     from radassets.models.weights import WeightsError
+    from radassets.evaluation.labels import LabelError
+    from radassets.evaluation.scores import ScoreInputError
 
     return (DatasetDefinitionError, CohortError, IndexMissingError, BucketUnreachableError, DownloadError,
             LocalIndexError, FolderError, StepInputMissing, RegistryError, WeightsError, TableError,
-            PreprocessingError)
+            PreprocessingError, ScoreInputError, LabelError)
 
 
 def _print_json(obj: Any) -> None:
@@ -186,6 +188,29 @@ def cmd_pipeline_run(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+# -- evaluation -----------------------------------------------------------------------------------
+
+def cmd_evaluate_scores(args: argparse.Namespace) -> None:
+    from radassets.evaluation.scores import evaluate_scores
+
+    if args.threshold is not None and args.threshold_from is not None:
+        raise SystemExit("radassets: error: give --threshold or --threshold-from, not both")
+    metrics = evaluate_scores(
+        Path(args.scores), args.id_column, args.score_column, Path(args.clinical), args.clinical_id_column,
+        args.time_column, args.event_column, args.horizon_days, args.censored_before_horizon, Path(args.out),
+        event_values=tuple(args.event_value or ["1"]), threshold=args.threshold,
+        threshold_from=Path(args.threshold_from) if args.threshold_from else None,
+        threshold_column=args.threshold_column, time_unit=args.time_unit, seed=args.seed)
+    keys = ["n", "n_events_before_horizon", "auc", "auc_ci_low", "auc_ci_high", "threshold", "hazard_ratio",
+            "hr_ci_low", "hr_ci_high", "cox_p", "logrank_p", "c_index"]
+    for key in keys:
+        value = metrics[key]
+        print(f"{key:24s} {value:.4g}" if isinstance(value, float) else f"{key:24s} {value}")
+    for cause, n in metrics["excluded"].items():
+        print(f"excluded: {cause}: {n}")
+    print(f"wrote {Path(args.out) / 'metrics.json'}, roc.png, km.png (lineage id {metrics['lineage_id']})")
+
+
 # -- models ---------------------------------------------------------------------------------------
 
 def cmd_models_list(args: argparse.Namespace) -> None:
@@ -299,6 +324,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--models", default=None,
                    help="comma-separated models for the assets partitioned by model "
                         "(default: every registered model that runs without a download)")
+
+    ev = sub.add_parser("evaluate", help="evaluation").add_subparsers(dest="cmd", required=True)
+    c = command(ev, "scores", cmd_evaluate_scores,
+                "evaluate a per-patient score table (higher = higher risk) against clinical follow-up")
+    c.add_argument("--scores", required=True, help="CSV or parquet of scores")
+    c.add_argument("--id-column", required=True)
+    c.add_argument("--score-column", required=True)
+    c.add_argument("--clinical", required=True, help="CSV or parquet of follow-up")
+    c.add_argument("--clinical-id-column", required=True)
+    c.add_argument("--time-column", required=True)
+    c.add_argument("--time-unit", default="days", choices=["days", "months"])
+    c.add_argument("--event-column", required=True)
+    c.add_argument("--event-value", action="append", default=None,
+                   help="value of the event column that means the event happened (repeatable; default 1)")
+    c.add_argument("--horizon-days", type=int, required=True)
+    c.add_argument("--censored-before-horizon", required=True, choices=["alive", "drop"],
+                   help="patients censored before the horizon: survivors (alive, Hosny 2018) or excluded (drop)")
+    c.add_argument("--threshold", type=float, default=None, help="high risk above this score")
+    c.add_argument("--threshold-from", default=None, help="table whose column's median is the threshold")
+    c.add_argument("--threshold-column", default=None)
+    c.add_argument("--seed", type=int, default=20261124, help="bootstrap seed (recorded)")
+    c.add_argument("--out", required=True, help="output folder")
 
     mo = sub.add_parser("models", help="the model registry (data/models)").add_subparsers(dest="cmd", required=True)
     c = command(mo, "list", cmd_models_list, "registered models, and whether each can run here")

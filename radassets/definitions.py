@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from radassets.defs import imaging, ingest, models
+from radassets.defs import evaluation, imaging, ingest, models
 from radassets.defs.resources import IdcResource, bigquery_resource
 
 defs = Definitions(
-    assets=[ingest.cohort, ingest.dicom, imaging.volumes, imaging.seeds, imaging.patches, models.embeddings],
+    assets=[ingest.cohort, ingest.dicom, imaging.volumes, imaging.seeds, imaging.patches, models.embeddings,
+            evaluation.hosny2018_figure2],
     sensors=[models.model_registry_sensor],
     resources={"idc": IdcResource(), "bigquery": bigquery_resource(), "imaging": imaging.ImagingResource(),
                "models": models.ModelsResource()},

@@ -25,18 +25,20 @@ def sync_model_partitions(instance: DagsterInstance) -> list[str]:
     return added
 
 
-def _split(selection: str) -> tuple[list[AssetKey], list[AssetKey]]:
-    """Keys of the selection partitioned by dataset version only, and by dataset version × model."""
+def _split(selection: str) -> tuple[list[AssetKey], list[AssetKey], list[AssetKey]]:
+    """Keys of the selection: unpartitioned, partitioned by dataset version, by dataset version × model."""
     from radassets.definitions import defs
 
     graph = defs.resolve_asset_graph()
     with warnings.catch_warnings():  # Dagster's selection parser calls one of its own beta APIs
         warnings.simplefilter("ignore", BetaWarning)
         keys = AssetSelection.from_string(selection).resolve(graph)
-    single, multi = [], []
+    unpartitioned, single, multi = [], [], []
     for key in sorted(keys, key=lambda k: k.to_user_string()):
-        (multi if isinstance(graph.get(key).partitions_def, MultiPartitionsDefinition) else single).append(key)
-    return single, multi
+        partitions = graph.get(key).partitions_def
+        (unpartitioned if partitions is None else multi if isinstance(partitions, MultiPartitionsDefinition)
+         else single).append(key)
+    return unpartitioned, single, multi
 
 
 def _materialize(keys: list[AssetKey], partition_key, instance: DagsterInstance) -> tuple[bool, str]:
@@ -70,8 +72,13 @@ def materialize_dataset_versions(names: Sequence[str], *, selection: str = "*", 
     added = sync_model_partitions(instance)
     if added:
         progress(f"model partitions added: {', '.join(added)}")
-    single, multi = _split(selection)
+    unpartitioned, single, multi = _split(selection)
     ok = True
+    if unpartitioned:  # e.g. reproductions of published analyses: once, not per dataset version
+        success, run_id = _materialize(unpartitioned, None, instance)
+        progress(f"{', '.join(k.to_user_string() for k in unpartitioned)}: run {run_id} "
+                 f"{'succeeded' if success else 'FAILED'}")
+        ok &= success
     for name in names:
         runs = ([(single, name, "")] if single else []) + \
                [(multi, MultiPartitionKey({"dataset_version": name, "model": m}), f" × {m}") for m in models if multi]
@@ -101,7 +108,7 @@ def backfill_model(model: str, dataset_versions: Sequence[str] | None = None,
         progress(f"{n}: skipped, its patches are not materialized")
     instance = DagsterInstance.get()
     sync_model_partitions(instance)
-    _, multi = _split("key:embeddings+")
+    _, _, multi = _split("key:embeddings+")
     ok = True
     for name in ready:
         success, run_id = _materialize(multi, MultiPartitionKey({"dataset_version": name, "model": model}), instance)

@@ -1,0 +1,1 @@
+"""Evaluation: labels, probes, survival statistics, stability, comparison and figures (no Dagster imports)."""

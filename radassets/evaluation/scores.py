@@ -1,0 +1,155 @@
+"""Evaluating any per-patient score table against clinical follow-up (``radassets evaluate scores``).
+
+A higher score means a higher risk (event before the horizon). The binary label at the horizon
+follows the recorded convention for patients censored before it (``alive`` or ``drop``, see
+``labels``); the hazard ratio, log-rank test and C-index use the full follow-up of every matched
+patient. The high-risk threshold is given, or the median of a column of another table (Hosny et
+al. 2018 took the median score of their tuning cohort), or the median of the scores evaluated.
+
+Bad input is an error naming the file, column and rows: a missing column, ids that match
+nothing, non-numeric scores, negative times, duplicated ids. Rows that merely cannot be used (no
+score, no clinical row, no follow-up) are counted by cause in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lifelines
+import pandas as pd
+import sklearn
+
+from radassets.datasets import Endpoint
+from radassets.evaluation.figures import km_figure, roc_figure
+from radassets.evaluation.labels import survival_labels
+from radassets.evaluation.survival import N_BOOT, auc_with_bootstrap_ci, c_index, risk_groups
+from radassets.storage import atomic_write_json, sha256_file, sha256_json
+
+DEFAULT_SEED = 20261124
+
+
+class ScoreInputError(ValueError):
+    """A score or clinical table cannot be evaluated as given."""
+
+
+@dataclass(frozen=True)
+class Table:
+    path: Path
+    frame: pd.DataFrame
+
+    @classmethod
+    def read(cls, path: Path, id_column: str, columns: list[str], what: str) -> Table:
+        path = Path(path)
+        try:
+            frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={id_column: str})
+        except (OSError, ValueError) as e:
+            raise ScoreInputError(f"{what} {path}: cannot read it: {e}") from None
+        missing = [c for c in [id_column, *columns] if c not in frame]
+        if missing:
+            raise ScoreInputError(f"{what} {path}: no column(s) {missing}; it has {list(frame.columns)}")
+        frame[id_column] = frame[id_column].astype(str).str.strip()
+        return cls(path, frame)
+
+
+def _numeric(table: Table, column: str, what: str, allow_missing: bool = True) -> pd.Series:
+    raw = table.frame[column]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+    if bad.any():
+        examples = raw[bad].astype(str).head(3).tolist()
+        raise ScoreInputError(f"{what} {table.path}: column {column!r} has {int(bad.sum())} non-numeric value(s), "
+                              f"e.g. {examples} (rows {list(bad[bad].index[:3] + 2)})")
+    return values
+
+
+def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: Path, clinical_id_column: str,
+                    time_column: str, event_column: str, horizon_days: int, censored_before_horizon: str,
+                    out_dir: Path, *, event_values: tuple[str, ...] = ("1",), threshold: float | None = None,
+                    threshold_from: Path | None = None, threshold_column: str | None = None,
+                    time_unit: str = "days", seed: int = DEFAULT_SEED, n_boot: int = N_BOOT,
+                    title: str | None = None) -> dict[str, Any]:
+    """Evaluate, write ``metrics.json``, ``roc.png`` and ``km.png`` under ``out_dir``; return the metrics."""
+    score_table = Table.read(scores, id_column, [score_column], "scores")
+    clinical_table = Table.read(clinical, clinical_id_column, [time_column, event_column], "clinical table")
+    score = _numeric(score_table, score_column, "scores")
+    time = _numeric(clinical_table, time_column, "clinical table")
+    if (time < 0).any():
+        ids = clinical_table.frame.loc[time < 0, clinical_id_column].head(3).tolist()
+        raise ScoreInputError(f"clinical table {clinical}: {int((time < 0).sum())} negative time(s) in "
+                              f"{time_column!r}, e.g. patients {ids}")
+    duplicated = score_table.frame[id_column][score_table.frame[id_column].duplicated()]
+    if len(duplicated):
+        raise ScoreInputError(f"scores {scores}: ids listed more than once, e.g. {duplicated.head(3).tolist()}")
+
+    endpoint = Endpoint(name="score_evaluation", kind="survival", time_column=time_column, time_unit=time_unit,
+                        event_column=event_column, event_values=list(event_values), horizon_days=horizon_days,
+                        censored_before_horizon=censored_before_horizon)
+    labels = survival_labels(clinical_table.frame, clinical_id_column, endpoint)
+    excluded = {f"clinical: {k}": v for k, v in labels.excluded.items()}
+    scored = pd.DataFrame({"PatientID": score_table.frame[id_column], "score": score})
+    no_score = scored["score"].isna()
+    if no_score.any():
+        excluded["scores: missing score"] = int(no_score.sum())
+    scored = scored[~no_score]
+    outcome = labels.frame
+    matched = scored.merge(outcome, on="PatientID", how="inner")
+    if matched.empty:
+        raise ScoreInputError(f"no id of the scores ({id_column!r}, e.g. {scored['PatientID'].head(2).tolist()}) "
+                              f"matches the clinical table ({clinical_id_column!r}, e.g. "
+                              f"{outcome['PatientID'].head(2).tolist()})")
+    unmatched_scores = int((~scored["PatientID"].isin(outcome["PatientID"])).sum())
+    if unmatched_scores:
+        excluded["scores: no usable clinical row"] = unmatched_scores
+    unscored = int((~outcome["PatientID"].isin(scored["PatientID"])).sum())
+    if unscored:
+        excluded["clinical: no score"] = unscored
+
+    if threshold is not None:
+        threshold_source = "given"
+    elif threshold_from is not None:
+        if not threshold_column:
+            raise ScoreInputError("--threshold-from needs --threshold-column")
+        ref = Table.read(threshold_from, threshold_column, [], "threshold table")
+        values = _numeric(ref, threshold_column, "threshold table").dropna()
+        threshold = float(values.median())
+        threshold_source = f"median of {threshold_column!r} in {Path(threshold_from).name} (n={len(values)})"
+    else:
+        threshold = float(matched["score"].median())
+        threshold_source = "median of the scores evaluated"
+
+    binary = matched[matched["label"].notna()]
+    auc = auc_with_bootstrap_ci(binary["label"].to_numpy(int), binary["score"].to_numpy(float), seed, n_boot)
+    groups = risk_groups(matched["time_days"], matched["event"], matched["score"], threshold)
+    inputs = {"scores": {"path": str(scores), "sha256": sha256_file(scores), "id_column": id_column,
+                         "score_column": score_column},
+              "clinical": {"path": str(clinical), "sha256": sha256_file(clinical), "id_column": clinical_id_column,
+                           "time_column": time_column, "event_column": event_column,
+                           "event_values": list(event_values)}}
+    if threshold_from is not None:
+        inputs["threshold_from"] = {"path": str(threshold_from), "sha256": sha256_file(threshold_from),
+                                    "column": threshold_column}
+    metrics: dict[str, Any] = {
+        "n": int(len(matched)), "n_binary": int(len(binary)),
+        "n_events_before_horizon": int(binary["label"].sum()), "n_events": int(matched["event"].sum()),
+        **auc, **groups, "threshold_source": threshold_source,
+        "c_index": c_index(matched["time_days"], matched["event"], matched["score"]),
+        "label_definition": labels.definition, "excluded": excluded, "inputs": inputs,
+        "software": {"lifelines": lifelines.__version__, "scikit-learn": sklearn.__version__,
+                     "python": platform.python_version()},
+    }
+    lineage_id = sha256_json({"inputs": inputs, "horizon_days": horizon_days, "threshold": threshold,
+                              "convention": censored_before_horizon, "seed": seed})[:16]
+    metrics["lineage_id"] = lineage_id
+    out_dir = Path(out_dir)
+    name = title or f"{Path(scores).stem}: {score_column}"
+    roc_figure(binary["label"].to_numpy(int), binary["score"].to_numpy(float), auc,
+               f"{name}\n{horizon_days}-day label, censored early = {censored_before_horizon}",
+               out_dir / "roc.png", lineage_id)
+    km_figure(matched["time_days"], matched["event"], matched["score"].to_numpy() > threshold, groups,
+              f"{name}\nhigh vs low risk (threshold {threshold:.4g})", out_dir / "km.png", lineage_id)
+    atomic_write_json(out_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
+    return metrics
