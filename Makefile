@@ -45,6 +45,8 @@ demo: install
 	@echo "  seeds/<dataset_version>/seeds.csv           one seed per lesion, LPS mm, with its distance to the reference"
 	@echo "  patches/<dataset_version>/montage.png       the QC montage of patches.npy (also in the UI)"
 	@echo "  embeddings/<dataset_version>/<model>/       one vector per seed (radassets models list)"
+	@echo "  evaluation/<dataset_version>/<model>/report.html   probes, survival, stability, figures"
+	@echo "  reports/hosny2018_figure2/km.png            Hosny et al. 2018 Figure 2, reproduced"
 	@echo "Next: 'make ui' and open http://127.0.0.1:$(UI_PORT) to see the assets and their runs."
 
 test: install
@@ -57,6 +59,7 @@ test-ui: install
 bench: install
 	$(BIN)/python -m pip install --quiet "plastimatch==1.10.0"
 	$(BIN)/python bench/imaging.py
+	$(BIN)/python bench/embeddings.py
 
 ui: install
 	$(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml

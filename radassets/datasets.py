@@ -179,9 +179,21 @@ Seeds.model_rebuild()
 
 
 class TestRetest(_Strict):
+    """Pairs of same-day scans of one lesion: ids with a test/retest suffix (RIDER: ``pair_pattern``), or
+    a table giving each pair's two CT SeriesInstanceUIDs (``test_column`` and ``retest_column``)."""
+
     table: str
     id_column: str
-    pair_pattern: str = Field(description="regex with a group 'patient' and a group 'scan' (e.g. test/retest)")
+    pair_pattern: str | None = Field(default=None,
+                                     description="regex with a group 'patient' and a group 'scan' (e.g. test/retest)")
+    test_column: str | None = Field(default=None, description="SeriesInstanceUID of the first scan of each pair")
+    retest_column: str | None = Field(default=None, description="SeriesInstanceUID of the repeat scan")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> TestRetest:
+        if (self.pair_pattern is None) == (self.test_column is None or self.retest_column is None):
+            raise ValueError("give either 'pair_pattern', or both 'test_column' and 'retest_column'")
+        return self
 
 
 class DatasetVersion(_Strict):

@@ -1,15 +1,33 @@
-"""Evaluation assets. ``hosny2018_figure2``: the Figure 2 analysis of Hosny et al. 2018 (the study
+"""Evaluation assets: ``evaluation`` per (dataset version × model), and ``hosny2018_figure2``: the Figure 2 analysis of Hosny et al. 2018 (the study
 radassets builds on), reproduced from the published CNN scores on LUNG1 and the clinical table.
 
 No ``from __future__ import annotations`` here: Dagster inspects the context annotation at runtime.
 """
 
 import base64
+import warnings
 
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetDep,
+    AssetExecutionContext,
+    BetaWarning,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    MultiToSingleDimensionPartitionMapping,
+    asset,
+)
 
+from radassets import datasets
 from radassets.datasets import data_dir
+from radassets.defs.imaging import seeds
+from radassets.defs.metadata import markdown_table
+from radassets.defs.models import embeddings, embeddings_partitions
+from radassets.evaluation.report import evaluate_model
 from radassets.evaluation.scores import evaluate_scores
+from radassets.imaging.pipeline import step_dir
+from radassets.models.pipeline import embeddings_dir
 from radassets.storage import storage_root
 
 HOSNY = {
@@ -54,3 +72,58 @@ def hosny2018_figure2(context: AssetExecutionContext) -> MaterializeResult:
         },
         data_version=DataVersion(metrics["lineage_id"]),
     )
+
+
+with warnings.catch_warnings():  # the mapping is marked beta; it is the documented way for multi → single
+    warnings.simplefilter("ignore", BetaWarning)
+    SEEDS_OF_DATASET_VERSION = MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset_version")
+
+
+@asset(
+    partitions_def=embeddings_partitions,
+    deps=[embeddings, AssetDep(seeds, partition_mapping=SEEDS_OF_DATASET_VERSION)],
+    group_name="evaluation",
+    kinds={"scikitlearn", "png", "html"},
+    code_version="evaluation-1",
+    description=(
+        "Per endpoint of the dataset version: the recorded label definition (horizon, censoring convention), the "
+        "kNN protocol of TumorImagingBench (10 stratified 50/20/30 splits, cosine kNN, k by validation AUC), a "
+        "10-fold linear probe with a bootstrap CI, and survival on the probe's risk (Kaplan-Meier with numbers at "
+        "risk, log-rank, Cox hazard ratio, C-index); test-retest cosine stability. metrics.json, a Markdown and "
+        "HTML report, ROC and KM figures carrying the lineage id."
+    ),
+)
+def evaluation(context: AssetExecutionContext) -> MaterializeResult:
+    keys = context.partition_key.keys_by_dimension
+    dataset_version, model = keys["dataset_version"], keys["model"]
+    definition = datasets.get(dataset_version)
+    out = storage_root() / "evaluation" / dataset_version / model
+    try:
+        metrics = evaluate_model(definition, model, embeddings_dir(dataset_version, model),
+                                 step_dir("seeds", dataset_version) / "seeds.parquet", out)
+    except (ValueError, FileNotFoundError) as e:
+        raise Failure(description=f"{dataset_version} × {model}: {e}") from None
+    metadata: dict = {"lineage_id": metrics["lineage_id"], "patients": metrics["patients"],
+                      "report": MetadataValue.path(str(out / "report.html")),
+                      "metrics_json": MetadataValue.path(str(out / "metrics.json"))}
+    rows = []
+    for name, e in metrics["endpoints"].items():
+        row = {"endpoint": name, "kNN AUC": f"{e['knn']['auc_mean']:.3f} ({e['knn']['auc_ci_low']:.3f}-"
+                                           f"{e['knn']['auc_ci_high']:.3f})",
+               "probe AUC": f"{e['linear_probe']['auc']:.3f} ({e['linear_probe']['auc_ci_low']:.3f}-"
+                            f"{e['linear_probe']['auc_ci_high']:.3f})", "n": e["patients_evaluated"]}
+        if "survival" in e:
+            s = e["survival"]
+            row.update({"HR": f"{s['hazard_ratio']:.2f} ({s['hr_ci_low']:.2f}-{s['hr_ci_high']:.2f})",
+                        "log-rank p": f"{s['logrank_p']:.3g}", "C-index": f"{s['c_index']:.3f}"})
+            metadata[f"{name}: hazard ratio"] = s["hazard_ratio"]
+            metadata[f"{name}: kaplan_meier"] = _png(out / f"{name}_km.png")
+        metadata[f"{name}: knn auc"] = e["knn"]["auc_mean"]
+        metadata[f"{name}: probe auc"] = e["linear_probe"]["auc"]
+        rows.append(row)
+    metadata["results"] = MetadataValue.md(markdown_table(rows, list(rows[0])))
+    stability = metrics["stability"].get("test_retest")
+    if stability and stability["cosine_mean"] is not None:
+        metadata["test-retest cosine (mean)"] = stability["cosine_mean"]
+    context.log.info(f"{dataset_version} × {model}: " + "; ".join(f"{r['endpoint']} kNN {r['kNN AUC']}" for r in rows))
+    return MaterializeResult(metadata=metadata, data_version=DataVersion(metrics["lineage_id"]))

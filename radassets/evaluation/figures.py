@@ -72,6 +72,7 @@ def km_figure(time_days: np.ndarray, event: np.ndarray, high: np.ndarray, groups
                                    censor_styles={"ms": 4, "marker": "|"})
         fitters.append(kmf)
     ax.set(xlabel=f"time ({time_unit})", ylabel="survival probability", ylim=(0, 1.02), title=title)
+    ax.legend(loc="lower left", fontsize=8)  # the statistics sit top right
     ax.text(0.98, 0.96, f"log-rank p = {groups['logrank_p']:.3g}\nHR {groups['hazard_ratio']:.2f} "
                         f"({groups['hr_ci_low']:.2f}–{groups['hr_ci_high']:.2f}), p = {groups['cox_p']:.3g}",
             ha="right", va="top", fontsize=8, transform=ax.transAxes)

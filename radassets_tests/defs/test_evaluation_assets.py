@@ -29,3 +29,43 @@ def test_hosny2018_figure2_asset(instance, storage):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["label_definition"]["censored_before_horizon"] == "alive"
     assert lineage_id_of(out / "km.png") == lineage_id_of(out / "roc.png") == meta["lineage_id"].value
+
+
+@pytest.fixture
+def default_demo_home(tmp_path, monkeypatch, instance):
+    """A private RADASSETS_HOME over the session's default demo (60 patients), DAGSTER_HOME = the instance."""
+    from radassets.demo import ensure_demo_collection
+    from radassets.idc.index import demo_root
+
+    collection = ensure_demo_collection(demo_root()).root  # the session's, generated once
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "demo").symlink_to(collection)
+    monkeypatch.setenv("RADASSETS_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", instance.root_directory)
+    return home
+
+
+def test_radiomics_recovers_the_demo_hazard_model(instance, default_demo_home):
+    """The demo's survival follows exp(0.8 z_log_volume + 0.6 z_heterogeneity): the radiomics probe's risk
+    must find it (direction and rough size), through every asset from the cohort to the report."""
+    from radassets.defs.run import materialize_dataset_versions
+
+    assert materialize_dataset_versions(["demo_v1"], models=["radiomics"], progress=lambda m: None)
+    key = AssetKey("evaluation")
+    meta = instance.get_latest_materialization_event(key).asset_materialization.metadata
+    out = default_demo_home / "evaluation" / "demo_v1" / "radiomics"
+    metrics = json.loads((out / "metrics.json").read_text())
+    endpoint = metrics["endpoints"]["os_2y"]
+    assert endpoint["label_definition"]["censored_before_horizon"] == "drop"
+    assert endpoint["labels"]["excluded"]["censored before the horizon (drop)"] >= 1
+    survival = endpoint["survival"]
+    assert survival["hazard_ratio"] > 2.0 and survival["logrank_p"] < 0.01 and survival["c_index"] > 0.65
+    assert endpoint["linear_probe"]["auc"] > 0.7 and endpoint["knn"]["auc_mean"] > 0.6
+    assert metrics["stability"]["test_retest"]["pairs_embedded"] == 12
+    assert meta["os_2y: hazard ratio"].value == survival["hazard_ratio"]
+    assert meta["os_2y: kaplan_meier"].value.startswith("![os_2y_km.png](data:image/png;base64,")
+    for figure in ("os_2y_roc.png", "os_2y_km.png"):
+        assert lineage_id_of(out / figure) == metrics["lineage_id"]
+    report = (out / "report.html").read_text()
+    assert metrics["lineage_id"] in report and "data:image/png;base64," in report

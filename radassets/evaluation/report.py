@@ -1,0 +1,165 @@
+"""The evaluation of one (dataset version, model): inputs read from the earlier steps, figures, metrics.json,
+and a report in Markdown and HTML whose figures and footer carry the lineage id.
+
+Reads: the model's embeddings, the seeds (lesion volumes), the dataset version's clinical table
+and test-retest table. Writes under ``out_dir``: ``metrics.json``, ``report.md``, ``report.html``
+and per endpoint ``<endpoint>_roc.png`` and ``<endpoint>_km.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from radassets.datasets import DatasetVersion
+from radassets.evaluation.evaluate import (EndpointResult, SEED, cosine_stability, evaluate_endpoint,
+                                           patient_embeddings, test_retest_pairs)
+from radassets.evaluation.figures import km_figure, roc_figure
+from radassets.idc.index import resolve_table, source_root
+from radassets.storage import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+
+
+def _table(definition: DatasetVersion, table: str, id_column: str | None = None) -> tuple[pd.DataFrame, Path]:
+    path = resolve_table(table, source_root(definition))
+    return pd.read_csv(path, dtype={id_column: str} if id_column else None), path
+
+
+def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path, seeds_parquet: Path,
+                   out_dir: Path, seed: int = SEED) -> dict[str, Any]:
+    from radassets.models.embed import read_embeddings
+
+    if definition.clinical is None or not definition.endpoints:
+        raise ValueError(f"dataset version {definition.name!r} declares no clinical table or endpoint to evaluate")
+    rows, matrix = read_embeddings(embeddings_dir)
+    seeds = pd.read_parquet(seeds_parquet)
+    clinical, clinical_path = _table(definition, definition.clinical.table, definition.clinical.id_column)
+    pairs: list[tuple[str, str]] = []
+    inputs = {"embeddings": {"path": str(embeddings_dir / "embeddings.parquet"),
+                             "sha256": sha256_file(embeddings_dir / "embeddings.parquet")},
+              "clinical": {"path": str(clinical_path), "sha256": sha256_file(clinical_path)}}
+    if definition.test_retest is not None:
+        retest, retest_path = _table(definition, definition.test_retest.table)
+        pairs = test_retest_pairs(definition, retest)
+        inputs["test_retest"] = {"path": str(retest_path), "sha256": sha256_file(retest_path)}
+    patients, x = patient_embeddings(rows, matrix, seeds, {b for _, b in pairs})
+    manifest = json.loads((embeddings_dir / "manifest.json").read_text())
+    lineage_id = sha256_json({"inputs": inputs, "seed": seed, "dataset_version": definition.name,
+                              "model": model})[:16]
+    out_dir = Path(out_dir)
+    results: list[EndpointResult] = []
+    figures: dict[str, list[str]] = {}
+    for i, endpoint in enumerate(definition.endpoints):
+        result = evaluate_endpoint(definition, i, clinical, patients, x, seed)
+        results.append(result)
+        p = result.patients
+        labelled = p[p["label"].notna()]
+        title = f"{definition.name} × {model}: {endpoint.name}"
+        names = [roc_figure(labelled["label"].to_numpy(int), labelled["risk"].to_numpy(float),
+                            result.metrics["linear_probe"], f"{title}\nlinear probe, out-of-fold",
+                            out_dir / f"{endpoint.name}_roc.png", lineage_id).name]
+        if "survival" in result.metrics:
+            s = result.metrics["survival"]
+            names.append(km_figure(p["time_days"], p["event"], p["risk"].to_numpy() > s["threshold"], s,
+                                   f"{title}\nprobe risk, split at the median", out_dir / f"{endpoint.name}_km.png",
+                                   lineage_id).name)
+        figures[endpoint.name] = names
+    metrics = {
+        "dataset_version": definition.name, "model": model, "lineage_id": lineage_id, "seed": seed,
+        "weights_sha256": manifest.get("weights_sha256"), "preprocessing_hash": manifest.get("preprocessing_hash"),
+        "patients": int(len(patients)), "patient_rule": "first scan (re-scans kept for stability), largest lesion",
+        "endpoints": {r.endpoint: r.metrics for r in results},
+        "stability": {"test_retest": cosine_stability(rows, matrix, pairs)} if pairs else {},
+        "figures": figures, "inputs": inputs,
+    }
+    atomic_write_json(out_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
+    write_report(metrics, out_dir)
+    return metrics
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def report_markdown(metrics: dict[str, Any], embed_images: bool = False, folder: Path | None = None) -> str:
+    m = metrics
+    lines = [f"# Evaluation: {m['dataset_version']} × {m['model']}", "",
+             f"Patients: {m['patients']} ({m['patient_rule']}). Weights sha256: `{m['weights_sha256'] or 'none'}`; "
+             f"preprocessing `{m['preprocessing_hash'][:12]}`.", ""]
+    for name, e in m["endpoints"].items():
+        d = e["label_definition"]
+        lines += [f"## Endpoint `{name}`", "",
+                  "Label: " + ", ".join(f"{k} {v}" for k, v in d.items()) + f"; {e['patients_evaluated']} patients "
+                  f"with a label ({e['positives']} positive); excluded: {e['labels']['excluded'] or 'none'}.", "",
+                  "| measure | value | 95 % CI |", "|---|---|---|",
+                  f"| kNN (TumorImagingBench, 10 splits) test AUC | {_fmt(e['knn']['auc_mean'])} | "
+                  f"{_fmt(e['knn']['auc_ci_low'])}–{_fmt(e['knn']['auc_ci_high'])} |",
+                  f"| linear probe AUC (10-fold, out-of-fold) | {_fmt(e['linear_probe']['auc'])} | "
+                  f"{_fmt(e['linear_probe']['auc_ci_low'])}–{_fmt(e['linear_probe']['auc_ci_high'])} |"]
+        if "survival" in e:
+            s = e["survival"]
+            lines += [f"| hazard ratio, high vs low risk (n={s['n']}) | {_fmt(s['hazard_ratio'])} | "
+                      f"{_fmt(s['hr_ci_low'])}–{_fmt(s['hr_ci_high'])} |",
+                      f"| log-rank p | {_fmt(s['logrank_p'])} | |", f"| Cox p | {_fmt(s['cox_p'])} | |",
+                      f"| C-index of the probe's risk | {_fmt(s['c_index'])} | |"]
+        lines.append("")
+        for fig in m["figures"].get(name, []):
+            src = f"data:image/png;base64,{base64.b64encode((folder / fig).read_bytes()).decode()}" \
+                if embed_images and folder else fig
+            lines += [f"![{fig}]({src})", "", f"*{fig} · lineage id `{m['lineage_id']}`*", ""]
+    st = m.get("stability", {}).get("test_retest")
+    if st:
+        lines += ["## Stability", "", f"Test-retest: {st['pairs_embedded']} of {st['pairs_declared']} pairs embedded; "
+                  f"cosine similarity mean {_fmt(st['cosine_mean'])}, median {_fmt(st['cosine_median'])}, "
+                  f"min {_fmt(st['cosine_min'])}. (On unnormalised features such as radiomics, the cosine is "
+                  f"dominated by the largest-valued features.)", ""]
+    lines += ["---", f"radassets evaluation · lineage id `{m['lineage_id']}` (also in every figure's PNG metadata)"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(metrics: dict[str, Any], out_dir: Path) -> None:
+    atomic_write_text(out_dir / "report.md", report_markdown(metrics))
+    body = _markdown_to_html(report_markdown(metrics, embed_images=True, folder=out_dir))
+    atomic_write_text(out_dir / "report.html", "<!doctype html><meta charset='utf-8'><title>radassets evaluation"
+                      f"</title><style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}table"
+                      f"{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}img{{max-width:"
+                      f"560px}}</style>\n{body}")
+
+
+def _markdown_to_html(text: str) -> str:
+    """The small Markdown subset the report uses (headings, tables, images, paragraphs, code spans)."""
+    import re
+
+    def inline(s: str) -> str:
+        s = html.escape(s, quote=False)
+        s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+        return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", s)
+
+    out, table = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):
+                table.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if table:
+            head, *rest = table
+            out.append("<table><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rest)
+                       + "</table>")
+            table = []
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{inline(line.lstrip('# '))}</h{level}>")
+        elif line.startswith("![") and "](" in line:
+            alt, src = line[2:].split("](", 1)
+            out.append(f"<p><img alt='{html.escape(alt)}' src='{src.rstrip(')')}'></p>")
+        elif line == "---":
+            out.append("<hr>")
+        elif line:
+            out.append(f"<p>{inline(line)}</p>")
+    return "\n".join(out)
+

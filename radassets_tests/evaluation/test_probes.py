@@ -1,0 +1,77 @@
+"""Probes against scikit-learn used directly: the exact k search equals fitting KNeighborsClassifier for every
+k; the linear probe's out-of-fold scores equal cross_val_predict; a known signal is found, noise is not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from radassets.evaluation.probes import knn_probabilities, knn_protocol, linear_probe
+
+
+def data(n=160, d=24, signal=1.5, seed=3):
+    rng = np.random.default_rng(seed)
+    y = (rng.uniform(size=n) < 0.45).astype(int)
+    x = rng.normal(size=(n, d))
+    x[:, :3] += signal * y[:, None]  # the label shifts three dimensions
+    return x, y
+
+
+def test_one_ranking_gives_every_k_of_kneighborsclassifier():
+    x, y = data()
+    train, query = np.arange(100), np.arange(100, 160)
+    probs = knn_probabilities(x[train], y[train], x[query], 50)
+    for k in (1, 2, 7, 25, 50):
+        knn = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute").fit(x[train], y[train])
+        assert np.allclose(probs[k - 1], knn.predict_proba(x[query])[:, 1], atol=1e-12), k
+
+
+def reference_protocol(x, y, n_splits=10, k_max=50):
+    """TumorImagingBench's loop with the tuner replaced by trying every k: a classifier per k and split."""
+    aucs, ks = [], []
+    for seed in range(n_splits):
+        train_val, test = train_test_split(np.arange(len(y)), test_size=48, stratify=y, random_state=seed)
+        train, val = train_test_split(train_val, test_size=32, stratify=y[train_val], random_state=seed)
+        best_k, best = None, -1.0
+        for k in range(1, min(k_max, len(train)) + 1):
+            knn = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute").fit(x[train], y[train])
+            auc = roc_auc_score(y[val], knn.predict_proba(x[val])[:, 1])
+            if auc > best:
+                best_k, best = k, auc
+        knn = KNeighborsClassifier(n_neighbors=best_k, metric="cosine", algorithm="brute").fit(x[train], y[train])
+        aucs.append(roc_auc_score(y[test], knn.predict_proba(x[test])[:, 1]))
+        ks.append(best_k)
+    return aucs, ks
+
+
+def test_knn_protocol_equals_the_reference_loop_and_finds_the_signal():
+    x, y = data()
+    result = knn_protocol(x, y)
+    aucs, ks = reference_protocol(x, y)
+    assert [s["test_auc"] for s in result.splits] == pytest.approx(aucs, abs=1e-12)
+    assert [s["k"] for s in result.splits] == ks
+    assert [s["seed"] for s in result.splits] == list(range(10))
+    assert {(s["n_train"], s["n_val"], s["n_test"]) for s in result.splits} == {(80, 32, 48)}
+    sd = np.std(aucs, ddof=1)
+    assert result.auc_mean == pytest.approx(np.mean(aucs))
+    assert result.auc_ci_high - result.auc_mean == pytest.approx(1.96 * sd / np.sqrt(10))
+    assert result.auc_mean > 0.75
+    noise_x, _ = data(signal=0.0, seed=4)
+    assert abs(knn_protocol(noise_x, y).auc_mean - 0.5) < 0.1
+
+
+def test_linear_probe_is_cross_val_predict():
+    x, y = data()
+    oof, fitted = linear_probe(x, y, seed=11)
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+    expected = cross_val_predict(model, x, y, cv=StratifiedKFold(10, shuffle=True, random_state=11),
+                                 method="predict_proba")[:, 1]
+    assert np.allclose(oof, expected)
+    assert roc_auc_score(y, oof) > 0.8
+    assert fitted.predict_proba(x).shape == (len(y), 2)
