@@ -8,6 +8,9 @@ import base64
 import warnings
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     BetaWarning,
@@ -24,6 +27,8 @@ from radassets.datasets import data_dir
 from radassets.defs.imaging import seeds
 from radassets.defs.metadata import markdown_table
 from radassets.defs.models import embeddings, embeddings_partitions
+from radassets.defs.partitions import dataset_version_partitions
+from radassets.evaluation.compare_report import compare_models
 from radassets.evaluation.report import evaluate_model
 from radassets.evaluation.scores import evaluate_scores
 from radassets.imaging.pipeline import step_dir
@@ -76,15 +81,17 @@ def hosny2018_figure2(context: AssetExecutionContext) -> MaterializeResult:
 
 with warnings.catch_warnings():  # the mapping is marked beta; it is the documented way for multi → single
     warnings.simplefilter("ignore", BetaWarning)
-    SEEDS_OF_DATASET_VERSION = MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset_version")
+    OF_DATASET_VERSION = MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset_version")
 
 
 @asset(
     partitions_def=embeddings_partitions,
-    deps=[embeddings, AssetDep(seeds, partition_mapping=SEEDS_OF_DATASET_VERSION)],
+    deps=[embeddings, AssetDep(seeds, partition_mapping=OF_DATASET_VERSION)],
     group_name="evaluation",
     kinds={"scikitlearn", "png", "html"},
     code_version="evaluation-1",
+    check_specs=[AssetCheckSpec("endpoints_evaluated", asset="evaluation",
+                                description="every endpoint had enough patients of each class to evaluate")],
     description=(
         "Per endpoint of the dataset version: the recorded label definition (horizon, censoring convention), the "
         "kNN protocol of TumorImagingBench (10 stratified 50/20/30 splits, cosine kNN, k by validation AUC), a "
@@ -106,8 +113,11 @@ def evaluation(context: AssetExecutionContext) -> MaterializeResult:
     metadata: dict = {"lineage_id": metrics["lineage_id"], "patients": metrics["patients"],
                       "report": MetadataValue.path(str(out / "report.html")),
                       "metrics_json": MetadataValue.path(str(out / "metrics.json"))}
-    rows = []
+    rows, not_evaluable = [], {}
     for name, e in metrics["endpoints"].items():
+        if e["status"] != "evaluated":
+            not_evaluable[name] = e["reason"]
+            continue
         row = {"endpoint": name, "kNN AUC": f"{e['knn']['auc_mean']:.3f} ({e['knn']['auc_ci_low']:.3f}-"
                                            f"{e['knn']['auc_ci_high']:.3f})",
                "probe AUC": f"{e['linear_probe']['auc']:.3f} ({e['linear_probe']['auc_ci_low']:.3f}-"
@@ -121,9 +131,50 @@ def evaluation(context: AssetExecutionContext) -> MaterializeResult:
         metadata[f"{name}: knn auc"] = e["knn"]["auc_mean"]
         metadata[f"{name}: probe auc"] = e["linear_probe"]["auc"]
         rows.append(row)
-    metadata["results"] = MetadataValue.md(markdown_table(rows, list(rows[0])))
+    if rows:
+        metadata["results"] = MetadataValue.md(markdown_table(rows, list(rows[0])))
+    if not_evaluable:
+        metadata["not evaluable"] = MetadataValue.json(not_evaluable)
+        context.log.warning(f"{dataset_version} × {model}: not evaluable: {not_evaluable}")
     stability = metrics["stability"].get("test_retest")
     if stability and stability["cosine_mean"] is not None:
         metadata["test-retest cosine (mean)"] = stability["cosine_mean"]
     context.log.info(f"{dataset_version} × {model}: " + "; ".join(f"{r['endpoint']} kNN {r['kNN AUC']}" for r in rows))
+    return MaterializeResult(
+        metadata=metadata, data_version=DataVersion(metrics["lineage_id"]),
+        check_results=[AssetCheckResult(check_name="endpoints_evaluated", passed=not not_evaluable,
+                                        severity=AssetCheckSeverity.WARN,
+                                        metadata={"not evaluable": MetadataValue.json(not_evaluable)})])
+
+
+@asset(
+    partitions_def=dataset_version_partitions,
+    deps=[AssetDep(evaluation, partition_mapping=OF_DATASET_VERSION)],
+    group_name="evaluation",
+    kinds={"scipy", "png", "html"},
+    code_version="comparison-1",
+    description=(
+        "Every evaluated model of the dataset version side by side: AUCs with CIs and ranks per endpoint, DeLong "
+        "tests between models on the same patients, and a mutual-kNN (k = 10) embedding-similarity heatmap. "
+        "metrics.json, a Markdown and HTML report, figures carrying the lineage id."
+    ),
+)
+def comparison(context: AssetExecutionContext) -> MaterializeResult:
+    dataset_version = context.partition_key
+    out = storage_root() / "comparison" / dataset_version
+    try:
+        metrics = compare_models(dataset_version, storage_root() / "evaluation" / dataset_version,
+                                 step_dir("embeddings", dataset_version), out)
+    except ValueError as e:
+        raise Failure(description=str(e)) from None
+    metadata: dict = {"lineage_id": metrics["lineage_id"], "models": len(metrics["models"]),
+                      "report": MetadataValue.path(str(out / "report.html"))}
+    for endpoint, e in metrics["endpoints"].items():
+        if "models" in e:
+            rows = [{"rank": r["rank"], "model": m, "probe AUC": f"{r['probe_auc']:.3f}",
+                     "kNN AUC": f"{r['knn_auc']:.3f}"} for m, r in sorted(e["models"].items(), key=lambda kv: kv[1]["rank"])]
+            metadata[f"{endpoint}: ranking"] = MetadataValue.md(markdown_table(rows, list(rows[0])))
+            metadata[f"{endpoint}: auc_figure"] = _png(out / f"auc_{endpoint}.png")
+    if (out / "mutual_knn.png").is_file():
+        metadata["mutual_knn"] = _png(out / "mutual_knn.png")
     return MaterializeResult(metadata=metadata, data_version=DataVersion(metrics["lineage_id"]))

@@ -25,8 +25,9 @@ def sync_model_partitions(instance: DagsterInstance) -> list[str]:
     return added
 
 
-def _split(selection: str) -> tuple[list[AssetKey], list[AssetKey], list[AssetKey]]:
-    """Keys of the selection: unpartitioned, partitioned by dataset version, by dataset version × model."""
+def _split(selection: str) -> tuple[list[AssetKey], list[AssetKey], list[AssetKey], list[AssetKey]]:
+    """Keys of the selection: unpartitioned; by dataset version, upstream of the models; by dataset version ×
+    model; by dataset version, downstream of the models (e.g. the comparison of every model)."""
     from radassets.definitions import defs
 
     graph = defs.resolve_asset_graph()
@@ -38,7 +39,13 @@ def _split(selection: str) -> tuple[list[AssetKey], list[AssetKey], list[AssetKe
         partitions = graph.get(key).partitions_def
         (unpartitioned if partitions is None else multi if isinstance(partitions, MultiPartitionsDefinition)
          else single).append(key)
-    return unpartitioned, single, multi
+    all_multi = [k for k in graph.get_all_asset_keys() if isinstance(graph.get(k).partitions_def, MultiPartitionsDefinition)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)
+        after_models = AssetSelection.assets(*all_multi).downstream().resolve(graph) if all_multi else set()
+    before = [k for k in single if k not in after_models]
+    after = [k for k in single if k in after_models]
+    return unpartitioned, before, multi, after
 
 
 def _materialize(keys: list[AssetKey], partition_key, instance: DagsterInstance) -> tuple[bool, str]:
@@ -72,7 +79,7 @@ def materialize_dataset_versions(names: Sequence[str], *, selection: str = "*", 
     added = sync_model_partitions(instance)
     if added:
         progress(f"model partitions added: {', '.join(added)}")
-    unpartitioned, single, multi = _split(selection)
+    unpartitioned, single, multi, after = _split(selection)
     ok = True
     if unpartitioned:  # e.g. reproductions of published analyses: once, not per dataset version
         success, run_id = _materialize(unpartitioned, None, instance)
@@ -81,7 +88,8 @@ def materialize_dataset_versions(names: Sequence[str], *, selection: str = "*", 
         ok &= success
     for name in names:
         runs = ([(single, name, "")] if single else []) + \
-               [(multi, MultiPartitionKey({"dataset_version": name, "model": m}), f" × {m}") for m in models if multi]
+               [(multi, MultiPartitionKey({"dataset_version": name, "model": m}), f" × {m}") for m in models if multi] + \
+               ([(after, name, " (every model)")] if after else [])
         for keys, partition_key, label in runs:
             what = ", ".join(k.to_user_string() for k in keys)
             progress(f"materializing {what} for {name}{label} ...")
@@ -108,10 +116,14 @@ def backfill_model(model: str, dataset_versions: Sequence[str] | None = None,
         progress(f"{n}: skipped, its patches are not materialized")
     instance = DagsterInstance.get()
     sync_model_partitions(instance)
-    _, _, multi = _split("key:embeddings+")
+    _, _, multi, after = _split("key:embeddings+")
     ok = True
     for name in ready:
         success, run_id = _materialize(multi, MultiPartitionKey({"dataset_version": name, "model": model}), instance)
         progress(f"{name} × {model}: run {run_id} {'succeeded' if success else 'FAILED'}")
         ok &= success
+        if success and after:  # what compares every model of the dataset version, now with this one
+            success, run_id = _materialize(after, name, instance)
+            progress(f"{name} (every model): run {run_id} {'succeeded' if success else 'FAILED'}")
+            ok &= success
     return ok

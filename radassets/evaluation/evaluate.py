@@ -27,6 +27,8 @@ from radassets.evaluation.probes import knn_protocol, linear_probe
 from radassets.evaluation.survival import auc_with_bootstrap_ci, c_index, risk_groups
 
 SEED = 20261124
+# Each split's validation part (20 %) needs a patient of each class: 5 of the smaller class at least.
+MIN_PER_CLASS = 5
 
 
 @dataclass
@@ -86,11 +88,20 @@ def evaluate_endpoint(definition: DatasetVersion, endpoint_index: int, clinical:
     labelled = joined[joined["label"].notna()]
     y = labelled["label"].to_numpy(int)
     xl = x[labelled["index"].to_numpy()]
+    smaller = int(min(y.sum(), len(y) - y.sum())) if len(y) else 0
+    if smaller < MIN_PER_CLASS:
+        reason = (f"{int(y.sum())} positive and {int(len(y) - y.sum())} negative patients with a label; the "
+                  f"stratified protocols need at least {MIN_PER_CLASS} of each")
+        return EndpointResult(endpoint.name, {"status": "not evaluable", "reason": reason,
+                                              "label_definition": labels.definition, "labels": labels.summary(),
+                                              "patients_evaluated": int(len(y)), "positives": int(y.sum()),
+                                              "patients_without_clinical_row": no_clinical},
+                              joined.drop(columns=["index"]).assign(risk=np.nan))
     knn = knn_protocol(xl, y)
     oof, fitted = linear_probe(xl, y, seed)
     probe_auc = auc_with_bootstrap_ci(y, oof, seed)
     metrics: dict[str, Any] = {
-        "label_definition": labels.definition, "labels": labels.summary(),
+        "status": "evaluated", "label_definition": labels.definition, "labels": labels.summary(),
         "patients_evaluated": int(len(labelled)), "positives": int(y.sum()),
         "patients_without_clinical_row": no_clinical,
         "knn": knn.as_dict(),

@@ -21,7 +21,7 @@ from radassets.evaluation.evaluate import (EndpointResult, SEED, cosine_stabilit
                                            patient_embeddings, test_retest_pairs)
 from radassets.evaluation.figures import km_figure, roc_figure
 from radassets.idc.index import resolve_table, source_root
-from radassets.storage import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from radassets.storage import atomic_path, atomic_write_json, atomic_write_text, sha256_file, sha256_json
 
 
 def _table(definition: DatasetVersion, table: str, id_column: str | None = None) -> tuple[pd.DataFrame, Path]:
@@ -56,7 +56,12 @@ def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path,
     for i, endpoint in enumerate(definition.endpoints):
         result = evaluate_endpoint(definition, i, clinical, patients, x, seed)
         results.append(result)
+        if result.metrics["status"] != "evaluated":
+            continue
         p = result.patients
+        # Per-patient scores, for comparing models on the same patients (the comparison asset).
+        with atomic_path(out_dir / f"{endpoint.name}_predictions.parquet") as tmp:
+            p.to_parquet(tmp, index=False)
         labelled = p[p["label"].notna()]
         title = f"{definition.name} × {model}: {endpoint.name}"
         names = [roc_figure(labelled["label"].to_numpy(int), labelled["risk"].to_numpy(float),
@@ -92,6 +97,9 @@ def report_markdown(metrics: dict[str, Any], embed_images: bool = False, folder:
              f"preprocessing `{m['preprocessing_hash'][:12]}`.", ""]
     for name, e in m["endpoints"].items():
         d = e["label_definition"]
+        if e["status"] != "evaluated":
+            lines += [f"## Endpoint `{name}`", "", f"Not evaluable: {e['reason']}.", ""]
+            continue
         lines += [f"## Endpoint `{name}`", "",
                   "Label: " + ", ".join(f"{k} {v}" for k, v in d.items()) + f"; {e['patients_evaluated']} patients "
                   f"with a label ({e['positives']} positive); excluded: {e['labels']['excluded'] or 'none'}.", "",

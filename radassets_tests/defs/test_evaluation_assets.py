@@ -69,3 +69,8 @@ def test_radiomics_recovers_the_demo_hazard_model(instance, default_demo_home):
         assert lineage_id_of(out / figure) == metrics["lineage_id"]
     report = (out / "report.html").read_text()
     assert metrics["lineage_id"] in report and "data:image/png;base64," in report
+    # The comparison ran after the model partitions, over the one model evaluated.
+    comparison = json.loads((default_demo_home / "comparison" / "demo_v1" / "metrics.json").read_text())
+    assert list(comparison["models"]) == ["radiomics"]
+    assert comparison["endpoints"]["os_2y"]["models"]["radiomics"]["rank"] == 1
+    assert lineage_id_of(default_demo_home / "comparison" / "demo_v1" / "auc_os_2y.png") == comparison["lineage_id"]

@@ -81,9 +81,15 @@ def test_a_new_model_is_backfilled_without_recomputing_anything_upstream(instanc
     assert "model partitions added: tiny" in capsys.readouterr().out
     assert set(instance.get_dynamic_partitions("model")) == {"radiomics", "tiny"}
 
+    evaluations = len(instance.fetch_materializations(AssetKey("evaluation"), limit=1000).records)
     cli_main(["models", "backfill", "tiny"])
     after = counts(instance)
     assert after == dict(before, embeddings=before["embeddings"] + 2)  # two dataset versions, nothing upstream
+    # What depends on embeddings ran too: evaluation, which on 8 patients records why it cannot evaluate.
+    assert len(instance.fetch_materializations(AssetKey("evaluation"), limit=1000).records) == evaluations + 2
+    metrics = json.loads((home / "evaluation" / "demo_v1" / "tiny" / "metrics.json").read_text())
+    assert metrics["endpoints"]["os_2y"]["status"] == "not evaluable"
+    assert "the stratified protocols need at least 5 of each" in metrics["endpoints"]["os_2y"]["reason"]
     assert {k: instance.get_latest_materialization_event(AssetKey(k)).asset_materialization
             .tags["dagster/data_version"] for k in ASSETS[:-1]} == upstream_versions
     for dataset_version in ("demo_v1", "demo_v2"):

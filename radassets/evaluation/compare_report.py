@@ -1,0 +1,152 @@
+"""The comparison of one dataset version: every evaluated model read back, compared, drawn and reported.
+
+Reads ``evaluation/<dataset_version>/<model>/`` (metrics and per-patient predictions) and each
+model's embeddings (for the mutual kNN heatmap, on the patients all models embedded). Writes
+``metrics.json``, ``report.md``, ``report.html``, ``auc_<endpoint>.png`` (forest plot of AUCs with
+CIs) and ``mutual_knn.png``; every figure carries the lineage id.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from radassets.evaluation.comparison import MUTUAL_K, compare_endpoint, mutual_knn
+from radassets.evaluation.figures import _pyplot, save_figure
+from radassets.evaluation.report import _markdown_to_html
+from radassets.storage import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+
+
+def evaluated_models(evaluation_root: Path) -> dict[str, dict]:
+    """model → its evaluation metrics, for every complete evaluation partition of the dataset version."""
+    out = {}
+    for folder in sorted(p for p in Path(evaluation_root).glob("*") if (p / "metrics.json").is_file()):
+        out[folder.name] = json.loads((folder / "metrics.json").read_text())
+    return out
+
+
+def _forest(endpoint: str, table: dict[str, dict], path: Path, lineage_id: str, title: str) -> Path:
+    plt = _pyplot()
+    models = sorted(table, key=lambda m: table[m]["rank"])
+    fig, ax = plt.subplots(figsize=(6, 0.55 * len(models) + 1.4))
+    for y, m in enumerate(models):
+        for offset, key, color, name in ((-0.12, "probe", "#c0392b", "linear probe"), (0.12, "knn", "#2471a3", "kNN")):
+            auc, (lo, hi) = table[m][f"{key}_auc"], table[m][f"{key}_auc_ci"]
+            ax.errorbar(auc, y + offset, xerr=[[auc - lo], [hi - auc]], fmt="o", color=color, capsize=3,
+                        label=name if y == 0 else None)
+    ax.axvline(0.5, color="grey", ls="--", lw=1)
+    ax.set_yticks(range(len(models)), [f"{m} (#{table[m]['rank']})" for m in models])
+    ax.invert_yaxis()
+    ax.set(xlabel="AUC (95% CI)", title=title, xlim=(0.3, 1.0))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
+    return save_figure(fig, path, lineage_id)
+
+
+def _heatmap(models: list[str], matrix: np.ndarray, n: int, path: Path, lineage_id: str, title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.1 * len(models) + 2.2, 1.0 * len(models) + 1.6))
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(models)), models, rotation=40, ha="right")
+    ax.set_yticks(range(len(models)), models)
+    for i in range(len(models)):
+        for j in range(len(models)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if matrix[i, j] < 0.6 else "black")
+    fig.colorbar(image, ax=ax, label=f"mutual kNN (k={MUTUAL_K})")
+    ax.set_title(f"{title}\n{n} series; chance ≈ {MUTUAL_K / max(n - 1, 1):.2f}", fontsize=9)
+    return save_figure(fig, path, lineage_id)
+
+
+def compare_models(dataset_version: str, evaluation_root: Path, embeddings_root: Path, out_dir: Path) -> dict[str, Any]:
+    from radassets.models.embed import read_embeddings
+
+    evaluations = evaluated_models(evaluation_root)
+    if not evaluations:
+        raise ValueError(f"no evaluated model for {dataset_version!r} under {evaluation_root}: materialize "
+                         f"'evaluation' first")
+    models = sorted(evaluations)
+    inputs = {m: {"metrics_sha256": sha256_file(Path(evaluation_root) / m / "metrics.json"),
+                  "lineage_id": evaluations[m]["lineage_id"], "weights_sha256": evaluations[m]["weights_sha256"]}
+              for m in models}
+    lineage_id = sha256_json({"dataset_version": dataset_version, "inputs": inputs})[:16]
+    out_dir = Path(out_dir)
+    endpoints: dict[str, Any] = {}
+    figures: list[str] = []
+    for endpoint in sorted({e for m in models for e in evaluations[m]["endpoints"]}):
+        evaluated = [m for m in models if evaluations[m]["endpoints"].get(endpoint, {}).get("status") == "evaluated"]
+        if not evaluated:
+            endpoints[endpoint] = {"status": "no model could be evaluated"}
+            continue
+        predictions = {m: pd.read_parquet(Path(evaluation_root) / m / f"{endpoint}_predictions.parquet")
+                       for m in evaluated}
+        result = compare_endpoint(predictions, {m: evaluations[m]["endpoints"][endpoint] for m in evaluated})
+        endpoints[endpoint] = result
+        figures.append(_forest(endpoint, result["models"], out_dir / f"auc_{endpoint}.png", lineage_id,
+                               f"{dataset_version}: {endpoint}").name)
+    # Mutual kNN on the patients (first scan, largest lesion: the rows evaluated) that every model embedded.
+    vectors = {}
+    for m in models:
+        rows, matrix = read_embeddings(Path(embeddings_root) / m)
+        frame = pd.DataFrame(rows)
+        frame["row"] = np.arange(len(frame))
+        vectors[m] = frame.drop_duplicates("SeriesInstanceUID").set_index("SeriesInstanceUID")["row"], matrix
+    common = sorted(set.intersection(*(set(v[0].index) for v in vectors.values())))
+    similarity = np.eye(len(models))
+    for i, a in enumerate(models):
+        for j in range(i + 1, len(models)):
+            b = models[j]
+            xa = vectors[a][1][vectors[a][0].loc[common].to_numpy()]
+            xb = vectors[b][1][vectors[b][0].loc[common].to_numpy()]
+            similarity[i, j] = similarity[j, i] = mutual_knn(xa, xb)
+    if len(models) > 1 and len(common) > MUTUAL_K:
+        figures.append(_heatmap(models, similarity, len(common), out_dir / "mutual_knn.png", lineage_id,
+                                f"{dataset_version}: embedding similarity").name)
+    metrics = {"dataset_version": dataset_version, "lineage_id": lineage_id, "models": inputs,
+               "endpoints": endpoints, "mutual_knn": {"k": MUTUAL_K, "series": len(common), "models": models,
+                                                      "matrix": similarity.round(4).tolist()},
+               "figures": figures}
+    atomic_write_json(out_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
+    text = report_markdown(metrics)
+    atomic_write_text(out_dir / "report.md", text)
+    atomic_write_text(out_dir / "report.html", "<!doctype html><meta charset='utf-8'><title>radassets comparison"
+                      "</title><style>body{font-family:sans-serif;max-width:900px;margin:2em auto}table"
+                      "{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:640px}"
+                      f"</style>\n{_markdown_to_html(report_markdown(metrics, out_dir))}")
+    return metrics
+
+
+def report_markdown(m: dict[str, Any], embed_from: Path | None = None) -> str:
+    import base64
+
+    def image(name: str) -> str:
+        src = f"data:image/png;base64,{base64.b64encode((embed_from / name).read_bytes()).decode()}" \
+            if embed_from else name
+        return f"![{name}]({src})"
+
+    lines = [f"# Model comparison: {m['dataset_version']}", ""]
+    for endpoint, e in m["endpoints"].items():
+        lines += [f"## Endpoint `{endpoint}`", ""]
+        if "models" not in e:
+            lines += [e["status"], ""]
+            continue
+        lines += ["| rank | model | linear probe AUC (95 % CI) | kNN AUC (95 % CI) | patients |", "|---|---|---|---|---|"]
+        for model, r in sorted(e["models"].items(), key=lambda kv: kv[1]["rank"]):
+            lines.append(f"| {r['rank']} | {model} | {r['probe_auc']:.3f} ({r['probe_auc_ci'][0]:.3f}–"
+                         f"{r['probe_auc_ci'][1]:.3f}) | {r['knn_auc']:.3f} ({r['knn_auc_ci'][0]:.3f}–"
+                         f"{r['knn_auc_ci'][1]:.3f}) | {r['patients']} |")
+        if e["delong"]:
+            lines += ["", "DeLong tests of the linear-probe AUCs on the same patients:", "",
+                      "| model a | model b | patients | AUC a − AUC b | z | p |", "|---|---|---|---|---|---|"]
+            lines += [f"| {t['model_a']} | {t['model_b']} | {t['patients']} | {t['difference']:+.3f} | {t['z']:.2f} | "
+                      f"{t['p']:.3g} |" for t in e["delong"]]
+        lines += ["", image(f"auc_{endpoint}.png"), "", f"*auc_{endpoint}.png · lineage id `{m['lineage_id']}`*", ""]
+    if "mutual_knn.png" in m["figures"]:
+        lines += ["## Embedding similarity", "", f"Mutual kNN (k = {m['mutual_knn']['k']}) on "
+                  f"{m['mutual_knn']['series']} series embedded by every model.", "", image("mutual_knn.png"), "",
+                  f"*mutual_knn.png · lineage id `{m['lineage_id']}`*", ""]
+    lines += ["---", f"radassets comparison · lineage id `{m['lineage_id']}` (also in every figure's PNG metadata)"]
+    return "\n".join(lines) + "\n"
