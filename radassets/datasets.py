@@ -16,7 +16,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -228,30 +228,36 @@ class DatasetVersion(_Strict):
         return tables
 
 
-def load_definition(path: Path, data_root: Path | None = None) -> DatasetVersion:
-    """Read and validate one definition; the file name must equal its ``name``."""
+def load_named_yaml(path: Path, model: type[BaseModel], what: str, error: type[Exception]) -> Any:
+    """Read a YAML definition whose file name is its ``name`` and validate it as ``model``; every problem
+    is an ``error`` naming the file and the field. Shared by dataset versions and the model registry."""
     path = Path(path)
-    data_root = data_root or data_dir()
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as e:
-        raise DatasetDefinitionError(f"{path}: cannot read dataset definition: {e.strerror}") from e
+        raise error(f"{path}: cannot read {what}: {e.strerror}") from e
     except yaml.YAMLError as e:
-        raise DatasetDefinitionError(f"{path}: not valid YAML: {e}") from e
+        raise error(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
-        raise DatasetDefinitionError(f"{path}: a dataset definition must be a mapping, got {type(raw).__name__}")
+        raise error(f"{path}: a {what} must be a mapping, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
     try:
-        definition = DatasetVersion.model_validate(raw)
+        definition = model.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()
         )
-        raise DatasetDefinitionError(f"{path}: invalid dataset definition: {problems}") from None
+        raise error(f"{path}: invalid {what}: {problems}") from None
     if definition.name != path.stem:
-        raise DatasetDefinitionError(
-            f"{path}: name {definition.name!r} differs from the file name {path.stem!r}; they must match"
-        )
+        raise error(f"{path}: name {definition.name!r} differs from the file name {path.stem!r}; they must match")
+    return definition
+
+
+def load_definition(path: Path, data_root: Path | None = None) -> DatasetVersion:
+    """Read and validate one definition; the file name must equal its ``name``."""
+    path = Path(path)
+    data_root = data_root or data_dir()
+    definition = load_named_yaml(path, DatasetVersion, "dataset definition", DatasetDefinitionError)
     for table in definition.referenced_tables:
         if table.startswith(SOURCE_PREFIX):
             continue  # lives in the source folder, which may not be generated yet

@@ -23,10 +23,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from radassets.datasets import NAME_RE, data_dir
+from radassets.datasets import NAME_RE, data_dir, load_named_yaml
 from radassets.storage import sha256_json
 
 MODELS_DIR_ENV = "RADASSETS_MODELS_DIR"
@@ -145,25 +144,7 @@ def models_dir(data_root: Path | None = None) -> Path:
 
 
 def load_entry(path: Path) -> ModelEntry:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise RegistryError(f"{path}: cannot read model definition: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise RegistryError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise RegistryError(f"{path}: a model definition must be a mapping, got {type(raw).__name__}")
-    raw.setdefault("name", path.stem)
-    try:
-        entry = ModelEntry.model_validate(raw)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-                             for err in e.errors())
-        raise RegistryError(f"{path}: invalid model definition: {problems}") from None
-    if entry.name != path.stem:
-        raise RegistryError(f"{path}: name {entry.name!r} differs from the file name {path.stem!r}; they must match")
-    return entry
+    return load_named_yaml(path, ModelEntry, "model definition", RegistryError)
 
 
 def load_registry(data_root: Path | None = None) -> dict[str, ModelEntry]:
