@@ -60,6 +60,7 @@ bench: install
 	$(BIN)/python -m pip install --quiet "plastimatch==1.10.0"
 	$(BIN)/python bench/imaging.py
 	$(BIN)/python bench/embeddings.py
+	$(BIN)/python bench/evaluation.py
 
 ui: install
 	$(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
