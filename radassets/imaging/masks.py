@@ -11,8 +11,10 @@ dcmrtstruct2nii's ``DcmPatientCoords2Mask``: every contour point goes through Si
 slice by pixel-centre inclusion (scikit-image), and nested contours are XOR-ed (holes). Because
 the physical-to-index map is the image's own (direction and spacing of each axis), non-square
 pixels, flipped and oblique orientations are handled. Why not the alternatives:
-rt-utils 1.2.7 scales the column index by the row spacing (wrong for non-square pixels), and
-plastimatch 1.10 rasterized the demo RTSTRUCTs about 0.45 voxel off along x.
+rt-utils 1.2.7 scales the column index by the row spacing (wrong for non-square pixels);
+plastimatch 1.10 gives the same masks (centroids equal to 0.01 mm on the demo) but is a separate
+program with files in between, where this works in the process on the CT image already read.
+(An offset seen with plastimatch earlier came from the demo's old rt-utils contours, not from it.)
 
 A mask on another FrameOfReference than its CT is refused. Every failure is a ``MaskError``
 with a short ``code`` for the QC table and a message naming the mask series and the cause.
