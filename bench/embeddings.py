@@ -19,7 +19,7 @@ What is measured, on the CPU with 2 threads (``torch.set_num_threads(2)``):
    @ 4096 x 4096, 2 n^3 FLOPs, best of 3) with the same 2 threads, measured in the same run, at its
    start and at its end (the better of the two is the reference).
 3. The ``foundation-cancer-image-biomarker`` package (``fmcib``), when a virtualenv with it is
-   available (``--fmcib-python``; default ``/tmp/fmcib_venv/bin/python`` if it exists): its own
+   available (``--fmcib-python``; default ``var/bench/fmcib_venv/bin/python`` if it exists): its own
    extraction path on the same patches, run by that environment's Python in a subprocess
    (this same file with ``--fmcib-worker``). The patches are written as NRRD files (1 mm,
    LPS, the seed in a CSV as FMCIB expects), and the loop of ``fmcib.run.get_features`` is timed:
@@ -45,8 +45,8 @@ Run it:
 
 The FMCIB environment (separate from the project's, its pins clash with radassets'):
 
-    python3 -m venv /tmp/fmcib_venv
-    /tmp/fmcib_venv/bin/pip install --default-timeout=120 torch==2.13.0 foundation-cancer-image-biomarker
+    python3 -m venv var/bench/fmcib_venv
+    var/bench/fmcib_venv/bin/pip install --default-timeout=120 torch==2.13.0 foundation-cancer-image-biomarker
 
 Where pip finds only the CPU build of torch (as on a machine with the PyTorch index unreachable), it
 pairs it with PyPI's torchvision, a CUDA build that cannot load without CUDA's libraries
@@ -70,6 +70,8 @@ import time
 import traceback
 from pathlib import Path
 
+from peer import PeerUnavailable, PeerWorker  # bench/ is sys.path[0] when run as a script
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Heavy imports (numpy, torch, radassets) happen inside the functions: the same file runs as the
@@ -86,9 +88,9 @@ SEED = 20240501
 MATMUL_N = 4096
 MATMUL_REPEATS = 3
 SEED_INDEX = 32.25  # FMCIB: int(32.25) = 32, crop [32 - 25, 32 + 25) = radassets' central 50^3
-DEFAULT_FMCIB_PYTHON = Path("/tmp/fmcib_venv/bin/python")
+DEFAULT_FMCIB_PYTHON = Path(__file__).resolve().parents[1] / "var" / "bench" / "fmcib_venv" / "bin" / "python"
 WORKER_TAG = "FMCIB-WORKER "
-FMCIB_VENV_HELP = ("python3 -m venv /tmp/fmcib_venv && /tmp/fmcib_venv/bin/pip install torch==2.13.0 "
+FMCIB_VENV_HELP = ("python3 -m venv var/bench/fmcib_venv && var/bench/fmcib_venv/bin/pip install torch==2.13.0 "
                    "foundation-cancer-image-biomarker")
 
 
@@ -197,8 +199,7 @@ def time_radassets(extractor, patches, batch: int, min_seconds: float) -> dict:
 # FMCIB's own package, in its environment
 
 
-class FmcibUnavailable(Exception):
-    """The fmcib environment is missing or does not work: the comparison is skipped."""
+FmcibUnavailable = PeerUnavailable  # the peer environment is missing or cannot run
 
 
 def write_fmcib_inputs(patches, work: Path, rows: int) -> None:
@@ -222,56 +223,6 @@ def write_fmcib_inputs(patches, work: Path, rows: int) -> None:
 
     csv("all.csv", rows)
     csv("check.csv", CHECK_PATCHES)
-
-
-class FmcibWorker:
-    """This file run with ``--fmcib-worker`` by the fmcib environment's Python: JSON lines in and out."""
-
-    def __init__(self, python: Path, work: Path):
-        env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS),
-                   PYTHONNOUSERSITE="1", WANDB_MODE="disabled")
-        env.pop("PYTHONPATH", None)
-        self.log_path = work / "worker.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([str(python), str(Path(__file__).resolve()), "--fmcib-worker", str(work)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     cwd=work, env=env)
-
-    def last_log_line(self) -> str:
-        self.log.flush()
-        lines = [ln.strip() for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        return lines[-1] if lines else "(no output)"
-
-    def receive(self) -> dict:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                self.proc.wait()
-                raise FmcibUnavailable(f"the worker exited ({self.proc.returncode}): {self.last_log_line()}")
-            if line.startswith(WORKER_TAG):
-                reply = json.loads(line[len(WORKER_TAG):])
-                if "error" in reply:
-                    raise FmcibUnavailable(reply["error"])
-                return reply
-
-    def request(self, message: dict) -> dict:
-        try:
-            self.proc.stdin.write(json.dumps(message) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            pass  # receive() says why
-        return self.receive()
-
-    def close(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
-                self.proc.stdin.close()
-                self.proc.wait(timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 def check_fmcib_python(path: Path) -> None:
@@ -464,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_fmcib_inputs(patches, work, MAX_PATCHES)
                 torch.save({"trunk_state_dict": extractor.module.state_dict()}, work / "weights.torch")
                 print(f"fmcib package: starting its environment ({fmcib_python}) ...", flush=True)
-                worker = FmcibWorker(fmcib_python, work)
+                worker = PeerWorker(fmcib_python, Path(__file__), "--fmcib-worker", str(work), work, WORKER_TAG,
+                                    {"WANDB_MODE": "disabled"})
                 fmcib_info = worker.receive()
                 (work / "weights.torch").unlink()  # 0.7 GB, loaded by now
                 sanity = fmcib_sanity(extractor, patches, work)

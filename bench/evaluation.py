@@ -68,8 +68,8 @@ Run it:
 The Optuna environment (separate from the project's; the same scikit-learn and numpy versions are
 best, so that both paths compute the same floats; the output shows both):
 
-    python3 -m venv /tmp/optuna_venv
-    /tmp/optuna_venv/bin/pip install optuna scikit-learn numpy
+    python3 -m venv var/bench/optuna_venv
+    var/bench/optuna_venv/bin/pip install optuna scikit-learn numpy
 
 A missing or broken environment is skipped with one line saying why; the benchmark never fails
 for it, and never installs anything itself. The .npz goes to a temporary folder, removed at the
@@ -89,6 +89,8 @@ import time
 import traceback
 from pathlib import Path
 
+from peer import PeerUnavailable, PeerWorker  # bench/ is sys.path[0] when run as a script
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Heavy imports (numpy, scikit-learn, optuna, radassets) happen inside the functions: the same file
@@ -106,9 +108,9 @@ TRIALS = 50
 SAMPLERS = ("grid", "tpe-all", "tpe")
 DEFAULT_SAMPLERS = ("grid", "tpe-all")  # the exhaustive ones: same best validation AUC as the exact search
 REPEATS = 3
-DEFAULT_OPTUNA_PYTHON = Path("/tmp/optuna_venv/bin/python")
+DEFAULT_OPTUNA_PYTHON = Path(__file__).resolve().parents[1] / "var" / "bench" / "optuna_venv" / "bin" / "python"
 WORKER_TAG = "OPTUNA-WORKER "
-OPTUNA_VENV_HELP = ("python3 -m venv /tmp/optuna_venv && /tmp/optuna_venv/bin/pip install optuna "
+OPTUNA_VENV_HELP = ("python3 -m venv var/bench/optuna_venv && var/bench/optuna_venv/bin/pip install optuna "
                     "scikit-learn numpy")
 
 
@@ -215,8 +217,7 @@ def optuna_own_choice(x, y, splits: list[dict]) -> list[dict]:
     return out
 
 
-class OptunaUnavailable(Exception):
-    """The Optuna environment is missing or does not work: the comparison is skipped."""
+OptunaUnavailable = PeerUnavailable  # the peer environment is missing or cannot run
 
 
 def optuna_worker(data: Path) -> int:
@@ -265,56 +266,6 @@ def optuna_worker(data: Path) -> int:
         traceback.print_exc()
         send({"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"})
         return 1
-
-
-class OptunaWorker:
-    """This file run with ``--optuna-worker`` by the Optuna environment's Python: JSON lines in and out."""
-
-    def __init__(self, python: Path, data: Path, work: Path):
-        env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), OPENBLAS_NUM_THREADS=str(THREADS),
-                   MKL_NUM_THREADS=str(THREADS), PYTHONNOUSERSITE="1")
-        env.pop("PYTHONPATH", None)
-        self.log_path = work / "worker.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([str(python), str(Path(__file__).resolve()), "--optuna-worker", str(data)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     cwd=work, env=env)
-
-    def last_log_line(self) -> str:
-        self.log.flush()
-        lines = [ln.strip() for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        return lines[-1] if lines else "(no output)"
-
-    def receive(self) -> dict:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                self.proc.wait()
-                raise OptunaUnavailable(f"the worker exited ({self.proc.returncode}): {self.last_log_line()}")
-            if line.startswith(WORKER_TAG):
-                reply = json.loads(line[len(WORKER_TAG):])
-                if "error" in reply:
-                    raise OptunaUnavailable(reply["error"])
-                return reply
-
-    def request(self, message: dict) -> dict:
-        try:
-            self.proc.stdin.write(json.dumps(message) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            pass  # receive() says why
-        return self.receive()
-
-    def close(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
-                self.proc.stdin.close()
-                self.proc.wait(timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 def check_optuna_python(path: Path) -> None:
@@ -439,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 npz = work / "embeddings.npz"
                 np.savez(npz, **{f"x_{k}": v[0] for k, v in data.items()}, **{f"y_{k}": v[1] for k, v in data.items()})
                 print(f"optuna: starting its environment ({optuna_python}) ...", flush=True)
-                worker = OptunaWorker(optuna_python, npz, work)
+                worker = PeerWorker(optuna_python, Path(__file__), "--optuna-worker", str(npz), work, WORKER_TAG)
                 optuna_info = worker.receive()
             except (OptunaUnavailable, OSError, subprocess.SubprocessError) as e:
                 optuna_status = f"optuna: not measured: {e}"

@@ -22,7 +22,7 @@ What is compared, on the same N current CT series of a demo collection (default 
 Run it (2 threads everywhere, so numbers are comparable across machines):
 
     .venv/bin/python bench/imaging.py                      # demo at $RADASSETS_HOME/demo, made if missing
-    .venv/bin/python bench/imaging.py --demo /tmp/demo_small --series 20 --json out.json
+    .venv/bin/python bench/imaging.py --demo var/data/demo --series 20 --json out.json
 
 A missing peer tool is skipped with a line saying how to install it. Every output goes to a
 temporary folder, removed at the end. Timings belong here, not in the tests: they depend on the

@@ -15,7 +15,6 @@ from dagster import (
     AssetExecutionContext,
     BetaWarning,
     DataVersion,
-    Failure,
     MaterializeResult,
     MetadataValue,
     MultiToSingleDimensionPartitionMapping,
@@ -25,11 +24,12 @@ from dagster import (
 from radassets import datasets
 from radassets.datasets import data_dir
 from radassets.defs.imaging import seeds
-from radassets.defs.metadata import markdown_table
+from radassets.defs.metadata import failure_on, markdown_table
 from radassets.defs.models import embeddings, embeddings_partitions
 from radassets.defs.partitions import dataset_version_partitions
 from radassets.evaluation.compare_report import compare_models
-from radassets.evaluation.report import evaluate_model
+from radassets.evaluation.labels import LabelError
+from radassets.evaluation.report import EvaluationInputError, evaluate_model
 from radassets.evaluation.scores import evaluate_scores
 from radassets.imaging.pipeline import step_dir
 from radassets.models.pipeline import embeddings_dir
@@ -105,11 +105,9 @@ def evaluation(context: AssetExecutionContext) -> MaterializeResult:
     dataset_version, model = keys["dataset_version"], keys["model"]
     definition = datasets.get(dataset_version)
     out = storage_root() / "evaluation" / dataset_version / model
-    try:
+    with failure_on(EvaluationInputError, LabelError):
         metrics = evaluate_model(definition, model, embeddings_dir(dataset_version, model),
                                  step_dir("seeds", dataset_version) / "seeds.parquet", out)
-    except (ValueError, FileNotFoundError) as e:
-        raise Failure(description=f"{dataset_version} × {model}: {e}") from None
     metadata: dict = {"lineage_id": metrics["lineage_id"], "patients": metrics["patients"],
                       "report": MetadataValue.path(str(out / "report.html")),
                       "metrics_json": MetadataValue.path(str(out / "metrics.json"))}
@@ -162,11 +160,9 @@ def evaluation(context: AssetExecutionContext) -> MaterializeResult:
 def comparison(context: AssetExecutionContext) -> MaterializeResult:
     dataset_version = context.partition_key
     out = storage_root() / "comparison" / dataset_version
-    try:
+    with failure_on(EvaluationInputError):
         metrics = compare_models(dataset_version, storage_root() / "evaluation" / dataset_version,
                                  step_dir("embeddings", dataset_version), out)
-    except ValueError as e:
-        raise Failure(description=str(e)) from None
     metadata: dict = {"lineage_id": metrics["lineage_id"], "models": len(metrics["models"]),
                       "report": MetadataValue.path(str(out / "report.html"))}
     for endpoint, e in metrics["endpoints"].items():

@@ -6,7 +6,6 @@ Dagster inspects the context annotation at runtime.
 """
 
 import base64
-import json
 
 from dagster import (
     AssetCheckResult,
@@ -24,7 +23,7 @@ from pydantic import Field
 
 from radassets import datasets
 from radassets.defs.ingest import dicom
-from radassets.defs.metadata import markdown_table, progress_logger
+from radassets.defs.metadata import failure_on, markdown_table, progress_logger
 from radassets.defs.partitions import dataset_version_partitions
 from radassets.imaging import pipeline
 from radassets.imaging.ct import Tolerances
@@ -75,10 +74,8 @@ def _table(rows: list[dict], columns: list[str], limit: int = 50) -> MetadataVal
 )
 def volumes(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
-    try:
+    with failure_on(pipeline.StepInputMissing):
         report = pipeline.run_volumes(definition, imaging.tolerances(), progress_logger(context))
-    except pipeline.StepInputMissing as e:
-        raise Failure(description=str(e)) from None
     summary = report.summary()
     failures = _table(report.failed, ["PatientID", "Modality", "SeriesInstanceUID", "code", "message"])
     if summary["failed_fraction"] > imaging.max_failed_fraction:
@@ -121,10 +118,8 @@ def volumes(context: AssetExecutionContext, imaging: ImagingResource) -> Materia
 )
 def seeds(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
-    try:
+    with failure_on(pipeline.StepInputMissing):
         report = pipeline.run_seeds(definition, imaging.seed_disagreement_mm)
-    except pipeline.StepInputMissing as e:
-        raise Failure(description=str(e)) from None
     summary = report.summary()
     context.log.info(f"{summary['seeds']} seeds of {summary['patients']} patients; {summary}")
     disagreeing = [s for s in report.seeds if s.get("reference_disagrees")]
@@ -161,11 +156,9 @@ def seeds(context: AssetExecutionContext, imaging: ImagingResource) -> Materiali
 )
 def patches(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
-    try:
+    with failure_on(pipeline.StepInputMissing):
         report, montage = pipeline.run_patches(definition, imaging.patch_spec(),
                                                 progress_logger(context, flag=("border",)))
-    except pipeline.StepInputMissing as e:
-        raise Failure(description=str(e)) from None
     summary = report.summary()
     image = base64.b64encode(montage.read_bytes()).decode("ascii")
     border = [r for r in report.rows if r["at_border"]]
@@ -177,7 +170,7 @@ def patches(context: AssetExecutionContext, imaging: ImagingResource) -> Materia
             "montage_png": MetadataValue.path(str(montage)),
             "montage": MetadataValue.md(f"![QC montage](data:image/png;base64,{image})"),
             **({"at_border": _table(border, ["PatientID", "segment_label", "padded_fraction"])} if border else {}),
-            "sha256": MetadataValue.json(json.loads(json.dumps(report.sha256))),
+            "sha256": MetadataValue.json(report.sha256),
         },
         data_version=DataVersion(report.content_hash),
     )

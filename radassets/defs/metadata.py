@@ -1,6 +1,9 @@
-"""Helpers shared by the assets: Markdown tables for metadata, and progress lines in the run log."""
+"""Helpers shared by the assets: Markdown tables for metadata, progress lines in the run log, and user
+errors shown as a failure's message."""
 
-from dagster import AssetExecutionContext
+from contextlib import contextmanager
+
+from dagster import AssetExecutionContext, Failure
 
 
 def markdown_table(rows: list[dict], columns: list[str], limit: int | None = None) -> str:
@@ -20,3 +23,13 @@ def progress_logger(context: AssetExecutionContext, flag: tuple[str, ...] = ("fa
         if any(word in message for word in flag) or done == total or done % max(1, total // 10) == 0:
             context.log.info(f"[{done}/{total}] {message}")
     return progress
+
+
+@contextmanager
+def failure_on(*errors: type[Exception]):
+    """Turn ``errors`` (causes a user can fix: a missing step, weights, a bad definition) into a Dagster
+    Failure whose message is the cause, shown in the UI without a traceback. Anything else propagates."""
+    try:
+        yield
+    except errors as e:
+        raise Failure(description=str(e)) from None

@@ -31,7 +31,7 @@ from dagster import (
 from pydantic import Field
 
 from radassets.defs.imaging import patches
-from radassets.defs.metadata import markdown_table, progress_logger
+from radassets.defs.metadata import failure_on, markdown_table, progress_logger
 from radassets.defs.partitions import dataset_version_partitions, model_partitions
 from radassets.imaging.pipeline import StepInputMissing
 from radassets.models import registry
@@ -80,11 +80,9 @@ class ModelsResource(ConfigurableResource):
 def embeddings(context: AssetExecutionContext, models: ModelsResource) -> MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     dataset_version, model = keys["dataset_version"], keys["model"]
-    try:
+    with failure_on(*USER_ERRORS):
         report = run_model(dataset_version, model, batch_size=models.batch_size, device=models.device,
                            download=models.download_weights, progress=progress_logger(context))
-    except USER_ERRORS as e:  # a cause the user can fix: shown as the failure's message, without a traceback
-        raise Failure(description=str(e)) from None
     summary = report.summary()
     failures = MetadataValue.md(markdown_table(report.failures, ["PatientID", "segment_label", "reason"], 50))
     if summary["seeds"] and summary["failed"] / summary["seeds"] > models.max_failed_fraction:

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from radassets.evaluation.comparison import MUTUAL_K, compare_endpoint, mutual_knn
-from radassets.evaluation.figures import _pyplot, save_figure
-from radassets.evaluation.report import _markdown_to_html
+from radassets.evaluation.figures import pyplot, save_figure
+from radassets.evaluation.report import EvaluationInputError, write_html
 from radassets.storage import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 
 
@@ -30,7 +30,7 @@ def evaluated_models(evaluation_root: Path) -> dict[str, dict]:
 
 
 def _forest(endpoint: str, table: dict[str, dict], path: Path, lineage_id: str, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     models = sorted(table, key=lambda m: table[m]["rank"])
     fig, ax = plt.subplots(figsize=(6, 0.55 * len(models) + 1.4))
     for y, m in enumerate(models):
@@ -47,7 +47,7 @@ def _forest(endpoint: str, table: dict[str, dict], path: Path, lineage_id: str, 
 
 
 def _heatmap(models: list[str], matrix: np.ndarray, n: int, path: Path, lineage_id: str, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.1 * len(models) + 2.2, 1.0 * len(models) + 1.6))
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(len(models)), models, rotation=40, ha="right")
@@ -66,7 +66,7 @@ def compare_models(dataset_version: str, evaluation_root: Path, embeddings_root:
 
     evaluations = evaluated_models(evaluation_root)
     if not evaluations:
-        raise ValueError(f"no evaluated model for {dataset_version!r} under {evaluation_root}: materialize "
+        raise EvaluationInputError(f"no evaluated model for {dataset_version!r} under {evaluation_root}: materialize "
                          f"'evaluation' first")
     models = sorted(evaluations)
     inputs = {m: {"metrics_sha256": sha256_file(Path(evaluation_root) / m / "metrics.json"),
@@ -112,10 +112,7 @@ def compare_models(dataset_version: str, evaluation_root: Path, embeddings_root:
     atomic_write_json(out_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
     text = report_markdown(metrics)
     atomic_write_text(out_dir / "report.md", text)
-    atomic_write_text(out_dir / "report.html", "<!doctype html><meta charset='utf-8'><title>radassets comparison"
-                      "</title><style>body{font-family:sans-serif;max-width:900px;margin:2em auto}table"
-                      "{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:640px}"
-                      f"</style>\n{_markdown_to_html(report_markdown(metrics, out_dir))}")
+    write_html(out_dir / "report.html", report_markdown(metrics, out_dir), "radassets comparison", 640)
     return metrics
 
 

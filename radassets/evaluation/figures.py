@@ -17,7 +17,8 @@ from radassets.storage import atomic_path
 LINEAGE_KEY = "radassets:lineage_id"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +28,7 @@ def _pyplot():
 
 
 def save_figure(fig, path: Path, lineage_id: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight", metadata={LINEAGE_KEY: lineage_id})
     plt.close(fig)
@@ -43,7 +44,7 @@ def lineage_id_of(path: Path) -> str | None:
 def roc_figure(label: np.ndarray, score: np.ndarray, auc: dict, title: str, path: Path, lineage_id: str) -> Path:
     from sklearn.metrics import roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fpr, tpr, _ = roc_curve(np.asarray(label, int), np.asarray(score, float))
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     ax.plot(fpr, tpr, color="#c0392b", lw=2,
@@ -61,7 +62,7 @@ def km_figure(time_days: np.ndarray, event: np.ndarray, high: np.ndarray, groups
     from lifelines import KaplanMeierFitter
     from lifelines.plotting import add_at_risk_counts
 
-    plt = _pyplot()
+    plt = pyplot()
     time_days, event, high = np.asarray(time_days, float), np.asarray(event, bool), np.asarray(high, bool)
     fig, ax = plt.subplots(figsize=(5.4, 4.6))
     fitters = []

@@ -29,12 +29,21 @@ def _table(definition: DatasetVersion, table: str, id_column: str | None = None)
     return pd.read_csv(path, dtype={id_column: str} if id_column else None), path
 
 
+class EvaluationInputError(ValueError):
+    """What an evaluation needs is missing: a clinical table or endpoint, or the step before it."""
+
+
 def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path, seeds_parquet: Path,
                    out_dir: Path, seed: int = SEED) -> dict[str, Any]:
     from radassets.models.embed import read_embeddings
 
     if definition.clinical is None or not definition.endpoints:
-        raise ValueError(f"dataset version {definition.name!r} declares no clinical table or endpoint to evaluate")
+        raise EvaluationInputError(f"dataset version {definition.name!r} declares no clinical table or endpoint "
+                                   f"to evaluate")
+    for needed in (embeddings_dir / "manifest.json", seeds_parquet):
+        if not needed.is_file():
+            raise EvaluationInputError(f"{definition.name} × {model}: {needed} is missing; materialize the steps "
+                                       f"before 'evaluation' first")
     rows, matrix = read_embeddings(embeddings_dir)
     seeds = pd.read_parquet(seeds_parquet)
     clinical, clinical_path = _table(definition, definition.clinical.table, definition.clinical.id_column)
@@ -131,14 +140,19 @@ def report_markdown(metrics: dict[str, Any], embed_images: bool = False, folder:
 
 def write_report(metrics: dict[str, Any], out_dir: Path) -> None:
     atomic_write_text(out_dir / "report.md", report_markdown(metrics))
-    body = _markdown_to_html(report_markdown(metrics, embed_images=True, folder=out_dir))
-    atomic_write_text(out_dir / "report.html", "<!doctype html><meta charset='utf-8'><title>radassets evaluation"
-                      f"</title><style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}table"
-                      f"{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}img{{max-width:"
-                      f"560px}}</style>\n{body}")
+    write_html(out_dir / "report.html", report_markdown(metrics, embed_images=True, folder=out_dir),
+               "radassets evaluation")
 
 
-def _markdown_to_html(text: str) -> str:
+def write_html(path: Path, markdown: str, title: str, image_width_px: int = 560) -> None:
+    """A self-contained HTML page of a report's Markdown (images already embedded as data URIs)."""
+    style = ("body{font-family:sans-serif;max-width:900px;margin:2em auto}table{border-collapse:collapse}"
+             f"td,th{{border:1px solid #ccc;padding:4px 8px}}img{{max-width:{image_width_px}px}}")
+    atomic_write_text(path, f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                            f"<style>{style}</style>\n{markdown_to_html(markdown)}")
+
+
+def markdown_to_html(text: str) -> str:
     """The small Markdown subset the report uses (headings, tables, images, paragraphs, code spans)."""
     import re
 

@@ -89,11 +89,13 @@ def _local_files(definition: DatasetVersion) -> dict[str, list[Path]]:
     return files
 
 
-def series_files(definition: DatasetVersion, row: dict[str, Any]) -> list[Path]:
-    """The DICOM files of one verified series of a ``dicom`` manifest, wherever they lie."""
+def series_files(definition: DatasetVersion) -> Callable[[dict[str, Any]], list[Path]]:
+    """A lookup of the DICOM files of each verified series of a ``dicom`` manifest row, wherever they lie
+    (a local source's index is read once, not once per series)."""
     if definition.source.kind == "local":
-        return _local_files(definition).get(row["crdc_series_uuid"], [])
-    return download.dicom_files(Path(row["folder"])) if row.get("folder") else []
+        local = _local_files(definition)
+        return lambda row: local.get(row["crdc_series_uuid"], [])
+    return lambda row: download.dicom_files(Path(row["folder"])) if row.get("folder") else []
 
 
 def read_manifest(dataset_version: str) -> dict[str, Any]:

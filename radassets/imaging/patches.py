@@ -100,8 +100,8 @@ def sample(image: sitk.Image, center: Sequence[float], spec: PatchSpec, interpol
            pixel_type: int) -> np.ndarray:
     """Resample ``image`` onto the patch grid at ``center``: an array [k, j, i]."""
     source = crop_for_patch(image, center, spec)
-    if source is None:
-        return np.full((spec.size,) * 3, default, dtype=sitk.GetArrayViewFromImage(sitk.Image(1, 1, 1, pixel_type)).dtype)
+    if source is None:  # the patch misses the volume entirely: all padding
+        return np.full((spec.size,) * 3, default, dtype={sitk.sitkFloat32: np.float32, sitk.sitkUInt8: np.uint8}[pixel_type])
     out = sitk.Resample(source, [spec.size] * 3, sitk.Transform(), interpolator, spec.origin(center).tolist(),
                         [spec.spacing_mm] * 3, np.eye(3).ravel().tolist(), default, pixel_type)
     return sitk.GetArrayFromImage(out)

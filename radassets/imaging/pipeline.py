@@ -64,7 +64,7 @@ def run_volumes(definition: DatasetVersion, tolerances: Tolerances = Tolerances(
         manifest = read_manifest(definition.name)
     except FileNotFoundError as e:
         raise StepInputMissing(str(e)) from None
-    return convert_dataset(manifest["series"], lambda row: series_files(definition, row),
+    return convert_dataset(manifest["series"], series_files(definition),
                            step_dir("volumes", definition.name), conversion_settings(definition, tolerances), progress)
 
 

@@ -149,11 +149,15 @@ def seeds_from_reference(reference: ReferenceTable, cts: Sequence[dict[str, Any]
 
 def outside_volume(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Seeds whose point lies outside their CT volume (a wrong table or a wrong series): the failures."""
+    headers: dict[str, sitk.ImageFileReader] = {}  # one header read per volume, not per seed
     bad = []
     for seed in seeds:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(seed["ct_path"])
-        reader.ReadImageInformation()
+        if seed["ct_path"] not in headers:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(seed["ct_path"])
+            reader.ReadImageInformation()
+            headers[seed["ct_path"]] = reader
+        reader = headers[seed["ct_path"]]
         origin, spacing = np.array(reader.GetOrigin()), np.array(reader.GetSpacing())
         direction = np.array(reader.GetDirection()).reshape(3, 3)
         index = np.linalg.solve(direction * spacing, np.array([seed["coordX"], seed["coordY"], seed["coordZ"]]) - origin)

@@ -14,6 +14,7 @@ algorithms requested, so the same patches give the same bytes on the same machin
 from __future__ import annotations
 
 import time
+from functools import cached_property
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ class EmbeddingsReport:
                 "dim": self.dim, "device": self.device, "seconds": round(self.seconds, 2),
                 "patches_per_second": round(n / self.seconds, 2) if self.seconds > 0 else None}
 
-    @property
+    @cached_property  # hashes the parquet file: once per report
     def content_hash(self) -> str:
         return sha256_json({"model": self.model, "weights": self.weights_sha256, "preprocessing": self.preprocessing_hash,
                             "file": sha256_file(self.out_dir / "embeddings.parquet")})

@@ -31,21 +31,6 @@ def test_hosny2018_figure2_asset(instance, storage):
     assert lineage_id_of(out / "km.png") == lineage_id_of(out / "roc.png") == meta["lineage_id"].value
 
 
-@pytest.fixture
-def default_demo_home(tmp_path, monkeypatch, instance):
-    """A private RADASSETS_HOME over the session's default demo (60 patients), DAGSTER_HOME = the instance."""
-    from radassets.demo import ensure_demo_collection
-    from radassets.idc.index import demo_root
-
-    collection = ensure_demo_collection(demo_root()).root  # the session's, generated once
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "demo").symlink_to(collection)
-    monkeypatch.setenv("RADASSETS_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_HOME", instance.root_directory)
-    return home
-
-
 def test_radiomics_recovers_the_demo_hazard_model(instance, default_demo_home):
     """The demo's survival follows exp(0.8 z_log_volume + 0.6 z_heterogeneity): the radiomics probe's risk
     must find it (direction and rough size), through every asset from the cohort to the report."""

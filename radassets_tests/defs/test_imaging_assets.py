@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -15,22 +14,10 @@ from radassets.definitions import defs
 from radassets.idc.dicom import read_manifest
 from radassets.imaging.patches import load_patches
 from radassets.imaging.pipeline import step_dir
-from radassets_tests.conftest import SMALL_DEMO_SPEC
 from radassets_tests.imaging.test_ct import _edit, tilt
 
 pytestmark = pytest.mark.integration
 IMAGING = ["volumes", "seeds", "patches"]
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch, small_demo) -> Path:
-    """A private RADASSETS_HOME whose demo is the session's small demo collection."""
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "demo").symlink_to(small_demo)
-    monkeypatch.setenv("RADASSETS_HOME", str(home))
-    monkeypatch.setenv("RADASSETS_DEMO_SPEC", json.dumps(SMALL_DEMO_SPEC))
-    return home
 
 
 def run(instance, selection: list[str] | None = None, resources: dict | None = None, raise_on_error: bool = True):
@@ -44,7 +31,7 @@ def metadata(instance, key: str) -> dict:
     return instance.get_latest_materialization_event(AssetKey(key)).asset_materialization.metadata
 
 
-def test_demo_v1_volumes_seeds_patches(instance, home):
+def test_demo_v1_volumes_seeds_patches(instance, small_demo_home):
     result = run(instance)
     assert result.success
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
@@ -73,7 +60,7 @@ def test_demo_v1_volumes_seeds_patches(instance, home):
     assert metadata(instance, "volumes")["reused"].value == n_ct
 
 
-def _break_one_ct(home: Path) -> str:
+def _break_one_ct() -> str:
     """Tilt one downloaded CT series. The local mirror hard-links files, so each is first replaced by
     a copy of its own: the shared demo collection must stay intact."""
     series = next(r for r in read_manifest("demo_v1")["series"] if r["Modality"] == "CT")
@@ -85,9 +72,9 @@ def _break_one_ct(home: Path) -> str:
     return series["SeriesInstanceUID"]
 
 
-def test_one_bad_series_is_quarantined_and_the_partition_completes(instance, home):
+def test_one_bad_series_is_quarantined_and_the_partition_completes(instance, small_demo_home):
     assert run(instance, ["cohort", "dicom"]).success
-    victim = _break_one_ct(home)
+    victim = _break_one_ct()
     # 2 of 16 series (the CT and its mask) fail: above the default 10 %, within 20 %.
     result = run(instance, IMAGING, {"imaging": ImagingResource(max_failed_fraction=0.2)})
     assert result.success
@@ -100,9 +87,9 @@ def test_one_bad_series_is_quarantined_and_the_partition_completes(instance, hom
     assert load_patches(step_dir("patches", "demo_v1"))[0].shape[0] == 7
 
 
-def test_volumes_fail_above_the_failure_ratio(instance, home):
+def test_volumes_fail_above_the_failure_ratio(instance, small_demo_home):
     assert run(instance, ["cohort", "dicom"]).success
-    _break_one_ct(home)
+    _break_one_ct()
     result = run(instance, IMAGING, {"imaging": ImagingResource(max_failed_fraction=0.0)}, raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

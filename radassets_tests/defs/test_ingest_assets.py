@@ -12,28 +12,10 @@ from dagster import AssetKey, materialize
 
 from radassets.defs.resources import IdcResource
 from radassets.definitions import defs
-from radassets.demo import ensure_demo_collection
 from radassets.idc.cohort import Cohort, lockfile_path
 from radassets.idc.dicom import manifest_path
-from radassets.idc.index import demo_root
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def demo_collection() -> Path:
-    """The default demo collection, generated once under the session's RADASSETS_HOME."""
-    return ensure_demo_collection(demo_root()).root
-
-
-@pytest.fixture
-def fresh_home(tmp_path, monkeypatch, demo_collection) -> Path:
-    """A private RADASSETS_HOME sharing the (read-only) session demo collection."""
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "demo").symlink_to(demo_collection)
-    monkeypatch.setenv("RADASSETS_HOME", str(home))
-    return home
 
 
 def run(instance, partition: str, resources: dict | None = None, raise_on_error: bool = True):
@@ -46,7 +28,7 @@ def latest(instance, key: str, partition: str):
     return instance.get_latest_materialization_event(AssetKey(key)).asset_materialization
 
 
-def test_demo_v1_cohort_and_dicom(instance, fresh_home):
+def test_demo_v1_cohort_and_dicom(instance, default_demo_home):
     result = run(instance, "demo_v1")
     assert result.success
     cohort = Cohort.read(lockfile_path("demo_v1"))
@@ -82,9 +64,9 @@ def _broken_mirror(demo: Path, target: Path) -> tuple[Path, str]:
     return target, victim["SeriesInstanceUID"]
 
 
-def test_one_bad_series_is_recorded_and_the_partition_completes(instance, fresh_home, demo_collection, tmp_path):
+def test_one_bad_series_is_recorded_and_the_partition_completes(instance, default_demo_home, demo_collection, tmp_path):
     assert run(instance, "demo_v1").success  # the cohort lockfile, and a first verified copy
-    shutil.rmtree(fresh_home / "dicom")  # forget the verified copies
+    shutil.rmtree(default_demo_home / "dicom")  # forget the verified copies
     mirror, victim = _broken_mirror(demo_collection, tmp_path / "mirror")
     result = run(instance, "demo_v1", {"idc": IdcResource(mirror=str(mirror), attempts=1, max_failed_fraction=0.1)})
     assert result.success
@@ -95,9 +77,9 @@ def test_one_bad_series_is_recorded_and_the_partition_completes(instance, fresh_
     assert victim in meta["failures"].value and "unreadable DICOM" in meta["failures"].value
 
 
-def test_partition_fails_above_the_failure_ratio(instance, fresh_home, demo_collection, tmp_path):
+def test_partition_fails_above_the_failure_ratio(instance, default_demo_home, demo_collection, tmp_path):
     assert run(instance, "demo_v1").success
-    shutil.rmtree(fresh_home / "dicom")
+    shutil.rmtree(default_demo_home / "dicom")
     mirror, victim = _broken_mirror(demo_collection, tmp_path / "mirror")
     result = run(instance, "demo_v1", {"idc": IdcResource(mirror=str(mirror), attempts=1, max_failed_fraction=0.0)},
                  raise_on_error=False)

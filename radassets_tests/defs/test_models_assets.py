@@ -20,27 +20,20 @@ from radassets.defs.models import ModelsResource, model_registry_sensor
 from radassets.defs.run import materialize_dataset_versions
 from radassets.models.embed import read_embeddings
 from radassets.models.pipeline import embeddings_dir
-from radassets_tests.conftest import REPO, SMALL_DEMO_SPEC
+from radassets_tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 ASSETS = ["cohort", "dicom", "volumes", "seeds", "patches", "embeddings"]
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch, small_demo, instance) -> Path:
-    """Private storage (the session's small demo), registry copy with radiomics only, and DAGSTER_HOME =
-    the test instance, so the CLI and the library use the same instance as the assertions."""
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "demo").symlink_to(small_demo)
+def home(small_demo_home, tmp_path, monkeypatch) -> Path:
+    """The small demo, and a registry copy holding radiomics only."""
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(REPO / "data" / "models" / "radiomics.yaml", models)
-    monkeypatch.setenv("RADASSETS_HOME", str(home))
-    monkeypatch.setenv("RADASSETS_DEMO_SPEC", json.dumps(SMALL_DEMO_SPEC))
     monkeypatch.setenv("RADASSETS_MODELS_DIR", str(models))
-    monkeypatch.setenv("DAGSTER_HOME", instance.root_directory)
-    return home
+    return small_demo_home
 
 
 def counts(instance) -> dict[str, int]:
