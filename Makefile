@@ -46,6 +46,8 @@ demo: install
 	@echo "  patches/<dataset_version>/montage.png       the QC montage of patches.npy (also in the UI)"
 	@echo "  embeddings/<dataset_version>/<model>/       one vector per seed (radassets models list)"
 	@echo "  evaluation/<dataset_version>/<model>/report.html   probes, survival, stability, figures"
+	@echo "  stability/<dataset_version>/<model>/        seed-perturbation stability, opt-in (minutes per model):"
+	@echo "      $(BIN)/radassets pipeline run demo_v1 --select seed_stability --models radiomics"
 	@echo "  reports/hosny2018_figure2/km.png            Hosny et al. 2018 Figure 2, reproduced"
 	@echo "Next: 'make ui' and open http://127.0.0.1:$(UI_PORT) to see the assets and their runs."
 

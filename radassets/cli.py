@@ -320,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = command(pi, "run", cmd_pipeline_run,
                 "materialize assets for dataset versions in the Dagster instance at $DAGSTER_HOME")
     c.add_argument("dataset_version", nargs="+")
-    c.add_argument("--select", default="*", help="Dagster asset selection (default: every asset)")
+    c.add_argument("--select", default=None,
+                   help="Dagster asset selection (default: every asset but the opt-in ones, e.g. seed_stability, "
+                        "which run only when selected: --select seed_stability)")
     c.add_argument("--models", default=None,
                    help="comma-separated models for the assets partitioned by model "
                         "(default: every registered model that runs without a download)")

@@ -9,7 +9,8 @@ from radassets.defs.resources import IdcResource, bigquery_resource
 
 defs = Definitions(
     assets=[ingest.cohort, ingest.dicom, imaging.volumes, imaging.seeds, imaging.patches, models.embeddings,
-            evaluation.evaluation, evaluation.comparison, evaluation.hosny2018_figure2],
+            evaluation.evaluation, evaluation.comparison, evaluation.hosny2018_figure2,
+            evaluation.seed_stability],
     sensors=[models.model_registry_sensor],
     resources={"idc": IdcResource(), "bigquery": bigquery_resource(), "imaging": imaging.ImagingResource(),
                "models": models.ModelsResource()},

@@ -9,6 +9,7 @@ import warnings
 
 from dagster import (
     AssetCheckResult,
+    Config,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetDep,
@@ -23,17 +24,22 @@ from dagster import (
 
 from radassets import datasets
 from radassets.datasets import data_dir
-from radassets.defs.imaging import seeds
-from radassets.defs.metadata import failure_on, markdown_table
-from radassets.defs.models import embeddings, embeddings_partitions
+from radassets.defs.imaging import patches, seeds
+from radassets.defs.metadata import failure_on, markdown_table, progress_logger
+from radassets.defs.models import USER_ERRORS, ModelsResource, embeddings, embeddings_partitions
 from radassets.defs.partitions import dataset_version_partitions
 from radassets.evaluation.compare_report import compare_models
 from radassets.evaluation.labels import LabelError
+from radassets.evaluation.perturbation import SD_VOXELS, TRIALS, PerturbationError, run_seed_stability
 from radassets.evaluation.report import EvaluationInputError, evaluate_model
 from radassets.evaluation.scores import evaluate_scores
 from radassets.imaging.pipeline import step_dir
 from radassets.models.pipeline import embeddings_dir
 from radassets.storage import storage_root
+
+# Assets with this tag are left out of `radassets pipeline run` and `models backfill` unless selected by name
+# (they cost many times their upstream step); the UI shows and runs them as any other.
+OPT_IN = {"radassets/opt_in": "true"}
 
 HOSNY = {
     "scores": "reference/nsclc_radiomics/published_scores_hosny_subset.csv",
@@ -174,3 +180,54 @@ def comparison(context: AssetExecutionContext) -> MaterializeResult:
     if (out / "mutual_knn.png").is_file():
         metadata["mutual_knn"] = _png(out / "mutual_knn.png")
     return MaterializeResult(metadata=metadata, data_version=DataVersion(metrics["lineage_id"]))
+
+
+class SeedStabilityConfig(Config):
+    trials: int = TRIALS
+    sd_voxels: float = SD_VOXELS
+
+
+@asset(
+    partitions_def=embeddings_partitions,
+    deps=[embeddings, AssetDep(seeds, partition_mapping=OF_DATASET_VERSION),
+          AssetDep(patches, partition_mapping=OF_DATASET_VERSION)],
+    group_name="evaluation",
+    kinds={"pytorch", "scikitlearn", "png"},
+    tags=OPT_IN,
+    pool="gpu",
+    code_version="seed-stability-1",
+    description=(
+        "Seed-perturbation stability (the FMCIB protocol, opt-in: trials × patients forward passes): each "
+        "evaluated patient's seed moved 50 times by N(0, 16 voxel²) per axis, the patch extracted again and "
+        "embedded, scored by the linear probe of the evaluation fold that held the patient out; Cohen's kappa of "
+        "the high/low-risk predictions against the unperturbed ones, AUC per trial, embedding cosine similarity."
+    ),
+)
+def seed_stability(context: AssetExecutionContext, config: SeedStabilityConfig,
+                   models: ModelsResource) -> MaterializeResult:
+    keys = context.partition_key.keys_by_dimension
+    dataset_version, model = keys["dataset_version"], keys["model"]
+    out = storage_root() / "stability" / dataset_version / model
+    with failure_on(PerturbationError, EvaluationInputError, LabelError, *USER_ERRORS):
+        metrics = run_seed_stability(
+            datasets.get(dataset_version), model, embeddings_dir(dataset_version, model),
+            step_dir("seeds", dataset_version) / "seeds.parquet", step_dir("patches", dataset_version), out,
+            trials=config.trials, sd_voxels=config.sd_voxels, batch_size=models.batch_size, device=models.device,
+            download=models.download_weights, progress=progress_logger(context))
+    rows = [{"endpoint": name, "patients": e["patients"],
+             "kappa": f"{e['kappa_mean']:.3f} ± {e['kappa_sd']:.3f} (min {e['kappa_min']:.3f})",
+             "changed": f"{e['changed_mean']:.1%}",
+             "AUC": f"{e['unperturbed_auc']:.3f} → {e['auc_mean']:.3f} ± {e['auc_sd']:.3f}"}
+            for name, e in metrics["endpoints"].items()]
+    context.log.info(f"{dataset_version} × {model}: " + "; ".join(f"{r['endpoint']} kappa {r['kappa']}" for r in rows))
+    return MaterializeResult(
+        metadata={
+            "lineage_id": metrics["lineage_id"], "patients_perturbed": metrics["patients_perturbed"],
+            "trials": metrics["protocol"]["trials"], "sd_mm": metrics["protocol"]["sd_mm"],
+            **{f"{name}: kappa mean": e["kappa_mean"] for name, e in metrics["endpoints"].items()},
+            "results": MetadataValue.md(markdown_table(rows, list(rows[0]))),
+            "figure": _png(out / "seed_stability.png"),
+            "report": MetadataValue.path(str(out / "report.html")),
+        },
+        data_version=DataVersion(metrics["lineage_id"]),
+    )

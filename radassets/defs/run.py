@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dagster import (AssetKey, AssetSelection, BetaWarning, DagsterInstance, MultiPartitionKey,
                      MultiPartitionsDefinition, materialize)
 
+from radassets.defs.evaluation import OPT_IN
+
 
 def sync_model_partitions(instance: DagsterInstance) -> list[str]:
     """Add a ``model`` partition for every registered model (the sensor's job, done at once)."""
@@ -23,6 +25,10 @@ def sync_model_partitions(instance: DagsterInstance) -> list[str]:
     if added:
         instance.add_dynamic_partitions("model", added)
     return added
+
+
+[(_OPT_IN_KEY, _OPT_IN_VALUE)] = OPT_IN.items()
+DEFAULT_SELECTION = f"not tag:{_OPT_IN_KEY}={_OPT_IN_VALUE}"  # every asset but the opt-in ones
 
 
 def _split(selection: str) -> tuple[list[AssetKey], list[AssetKey], list[AssetKey], list[AssetKey]]:
@@ -57,10 +63,11 @@ def _materialize(keys: list[AssetKey], partition_key, instance: DagsterInstance)
     return result.success, result.run_id
 
 
-def materialize_dataset_versions(names: Sequence[str], *, selection: str = "*", models: Sequence[str] | None = None,
-                                 progress: Callable[[str], None] = print) -> bool:
+def materialize_dataset_versions(names: Sequence[str], *, selection: str | None = None,
+                                 models: Sequence[str] | None = None, progress: Callable[[str], None] = print) -> bool:
     """Materialize ``selection`` for each dataset version, and for each model where partitioned by model.
 
+    ``selection``: default, every asset but the opt-in ones (``OPT_IN``).
     ``models``: default, every registered model that can run here without a download.
     """
     from radassets import datasets
@@ -79,7 +86,7 @@ def materialize_dataset_versions(names: Sequence[str], *, selection: str = "*", 
     added = sync_model_partitions(instance)
     if added:
         progress(f"model partitions added: {', '.join(added)}")
-    unpartitioned, single, multi, after = _split(selection)
+    unpartitioned, single, multi, after = _split(selection or DEFAULT_SELECTION)
     ok = True
     if unpartitioned:  # e.g. reproductions of published analyses: once, not per dataset version
         success, run_id = _materialize(unpartitioned, None, instance)
@@ -116,7 +123,7 @@ def backfill_model(model: str, dataset_versions: Sequence[str] | None = None,
         progress(f"{n}: skipped, its patches are not materialized")
     instance = DagsterInstance.get()
     sync_model_partitions(instance)
-    _, _, multi, after = _split("key:embeddings+")
+    _, _, multi, after = _split(f"key:embeddings+ and {DEFAULT_SELECTION}")
     ok = True
     for name in ready:
         success, run_id = _materialize(multi, MultiPartitionKey({"dataset_version": name, "model": model}), instance)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from radassets.datasets import DatasetVersion
-from radassets.evaluation.labels import labels_for
+from radassets.evaluation.labels import Labels, labels_for
 from radassets.evaluation.probes import knn_protocol, linear_probe
 from radassets.evaluation.survival import auc_with_bootstrap_ci, c_index, risk_groups
 
@@ -76,20 +76,32 @@ def cosine_stability(rows: list[dict], matrix: np.ndarray, pairs: list[tuple[str
             "cosine_min": float(values.min()) if len(values) else None, "pairs": sims}
 
 
-def evaluate_endpoint(definition: DatasetVersion, endpoint_index: int, clinical: pd.DataFrame,
-                      patients: pd.DataFrame, x: np.ndarray, seed: int = SEED) -> EndpointResult:
-    endpoint = definition.endpoints[endpoint_index]
-    labels = labels_for(clinical, definition.clinical.id_column, endpoint)
+def endpoint_labels(definition: DatasetVersion, endpoint_index: int, clinical: pd.DataFrame,
+                    patients: pd.DataFrame) -> tuple[Labels, pd.DataFrame]:
+    """The endpoint's labels, and the patients that have a clinical row joined to them: columns ``index``
+    (the patient's row in ``patients`` and its embedding matrix), PatientID, label (NaN if none),
+    time_days, event."""
+    labels = labels_for(clinical, definition.clinical.id_column, definition.endpoints[endpoint_index])
     if definition.clinical.id_suffix_pattern:
         labels.frame["PatientID"] = labels.frame["PatientID"].str.replace(definition.clinical.id_suffix_pattern, "",
                                                                           regex=True)
-    joined = patients[["PatientID"]].reset_index().merge(labels.frame, on="PatientID", how="inner")
+    return labels, patients[["PatientID"]].reset_index().merge(labels.frame, on="PatientID", how="inner")
+
+
+def evaluable(y: np.ndarray) -> bool:
+    """Whether binary labels have enough patients of each class for the stratified protocols."""
+    return len(y) > 0 and int(min(y.sum(), len(y) - y.sum())) >= MIN_PER_CLASS
+
+
+def evaluate_endpoint(definition: DatasetVersion, endpoint_index: int, clinical: pd.DataFrame,
+                      patients: pd.DataFrame, x: np.ndarray, seed: int = SEED) -> EndpointResult:
+    endpoint = definition.endpoints[endpoint_index]
+    labels, joined = endpoint_labels(definition, endpoint_index, clinical, patients)
     no_clinical = int(len(patients) - len(joined))
     labelled = joined[joined["label"].notna()]
     y = labelled["label"].to_numpy(int)
     xl = x[labelled["index"].to_numpy()]
-    smaller = int(min(y.sum(), len(y) - y.sum())) if len(y) else 0
-    if smaller < MIN_PER_CLASS:
+    if not evaluable(y):
         reason = (f"{int(y.sum())} positive and {int(len(y) - y.sum())} negative patients with a label; the "
                   f"stratified protocols need at least {MIN_PER_CLASS} of each")
         return EndpointResult(endpoint.name, {"status": "not evaluable", "reason": reason,

@@ -80,3 +80,32 @@ def km_figure(time_days: np.ndarray, event: np.ndarray, high: np.ndarray, groups
     add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk"])
     fig.tight_layout()
     return save_figure(fig, path, lineage_id)
+
+
+def seed_stability_figure(metrics: dict, table, title: str, path: Path, lineage_id: str) -> Path:
+    """Seed-perturbation stability: Cohen's kappa and AUC per trial for each endpoint (unperturbed AUC
+    marked), and the embedding's cosine similarity against how far the seed moved."""
+    plt = pyplot()
+    names = list(metrics["endpoints"])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+    rng = np.random.default_rng(0)  # horizontal jitter of the points only
+    for ax, key, label in ((axes[0], "kappa", "Cohen's kappa vs unperturbed"), (axes[1], "auc", "AUC per trial")):
+        values = [[t[key] for t in metrics["endpoints"][n]["trials"]] for n in names]
+        ax.boxplot(values, showfliers=False, widths=0.5)
+        for i, v in enumerate(values, start=1):
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(v)), v, s=8, color="#2471a3", alpha=0.6, zorder=3)
+        ax.set_xticks(range(1, len(names) + 1), names)
+        floor = 0.0 if key == "kappa" else 0.5  # kappa 0: chance agreement; AUC 0.5: chance
+        ax.set(ylabel=label, ylim=(min(floor, np.nanmin(np.concatenate(values)) - 0.05), 1.02))
+    for i, n in enumerate(names, start=1):
+        axes[1].scatter([i], [metrics["endpoints"][n]["unperturbed_auc"]], marker="D", color="#c0392b", zorder=4,
+                        label="unperturbed" if i == 1 else None)
+    axes[1].legend(loc="lower left", fontsize=8)
+    distance = np.sqrt(table["dx_mm"] ** 2 + table["dy_mm"] ** 2 + table["dz_mm"] ** 2)
+    axes[2].scatter(distance, table["cosine"], s=4, alpha=0.35, color="#555555")
+    axes[2].set(xlabel="seed displacement (mm)", ylabel="cosine to the stored embedding")
+    p = metrics["protocol"]
+    fig.suptitle(f"{title}\n{metrics['patients_perturbed']} patients × {p['trials']} trials, "
+                 f"seed moved by N(0, {p['sd_mm']:g}² mm²) per axis", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, lineage_id)

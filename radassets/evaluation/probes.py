@@ -75,13 +75,28 @@ def knn_protocol(x: np.ndarray, y: np.ndarray, n_splits: int = N_SPLITS, k_max: 
     return KnnResult(mean, mean - half, mean + half, splits)
 
 
-def linear_probe(x: np.ndarray, y: np.ndarray, seed: int, folds: int = 10, c: float = 1.0) -> tuple[np.ndarray, Any]:
-    """Out-of-fold probabilities of a standardised L2 logistic regression, and the model refit on all data."""
-    x, y = np.asarray(x, float), np.asarray(y, int)
+def _probe(c: float) -> Any:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+
+
+def _folds(y: np.ndarray, seed: int, folds: int) -> StratifiedKFold:
     folds = min(folds, int(np.bincount(y).min()))
     if folds < 2:
         raise ValueError(f"too few patients in the smaller class ({int(np.bincount(y).min())}) to cross-validate")
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    oof = cross_val_predict(model, x, y, cv=cv, method="predict_proba")[:, 1]
-    return oof, model.fit(x, y)
+    return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+
+
+def linear_probe(x: np.ndarray, y: np.ndarray, seed: int, folds: int = 10, c: float = 1.0) -> tuple[np.ndarray, Any]:
+    """Out-of-fold probabilities of a standardised L2 logistic regression, and the model refit on all data."""
+    x, y = np.asarray(x, float), np.asarray(y, int)
+    oof = cross_val_predict(_probe(c), x, y, cv=_folds(y, seed, folds), method="predict_proba")[:, 1]
+    return oof, _probe(c).fit(x, y)
+
+
+def linear_probe_folds(x: np.ndarray, y: np.ndarray, seed: int, folds: int = 10,
+                       c: float = 1.0) -> list[tuple[np.ndarray, Any]]:
+    """The fitted probe of every fold of ``linear_probe`` (same splits): (held-out indices, model fitted on the
+    rest). Each patient's out-of-fold score is its fold's model applied to it, so new inputs of the same
+    patients (e.g. moved seeds) are scored by a probe that never saw them."""
+    x, y = np.asarray(x, float), np.asarray(y, int)
+    return [(test, _probe(c).fit(x[train], y[train])) for train, test in _folds(y, seed, folds).split(x, y)]

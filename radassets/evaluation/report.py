@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from radassets.datasets import DatasetVersion
@@ -33,8 +35,22 @@ class EvaluationInputError(ValueError):
     """What an evaluation needs is missing: a clinical table or endpoint, or the step before it."""
 
 
-def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path, seeds_parquet: Path,
-                   out_dir: Path, seed: int = SEED) -> dict[str, Any]:
+@dataclass
+class EvaluationInputs:
+    """What the evaluation of one (dataset version, model) reads, with each file's sha256."""
+
+    rows: list[dict[str, Any]]  # embedded seeds, as read_embeddings returns them
+    matrix: np.ndarray  # their embeddings
+    patients: pd.DataFrame  # one row per patient (patient_embeddings)
+    x: np.ndarray  # the patients' embeddings
+    clinical: pd.DataFrame
+    pairs: list[tuple[str, str]]  # test-retest series pairs
+    manifest: dict[str, Any]  # the embeddings manifest
+    files: dict[str, dict[str, str]]  # name → path and sha256
+
+
+def read_evaluation_inputs(definition: DatasetVersion, model: str, embeddings_dir: Path,
+                           seeds_parquet: Path) -> EvaluationInputs:
     from radassets.models.embed import read_embeddings
 
     if definition.clinical is None or not definition.endpoints:
@@ -48,15 +64,23 @@ def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path,
     seeds = pd.read_parquet(seeds_parquet)
     clinical, clinical_path = _table(definition, definition.clinical.table, definition.clinical.id_column)
     pairs: list[tuple[str, str]] = []
-    inputs = {"embeddings": {"path": str(embeddings_dir / "embeddings.parquet"),
-                             "sha256": sha256_file(embeddings_dir / "embeddings.parquet")},
-              "clinical": {"path": str(clinical_path), "sha256": sha256_file(clinical_path)}}
+    files = {"embeddings": {"path": str(embeddings_dir / "embeddings.parquet"),
+                            "sha256": sha256_file(embeddings_dir / "embeddings.parquet")},
+             "clinical": {"path": str(clinical_path), "sha256": sha256_file(clinical_path)}}
     if definition.test_retest is not None:
         retest, retest_path = _table(definition, definition.test_retest.table)
         pairs = test_retest_pairs(definition, retest)
-        inputs["test_retest"] = {"path": str(retest_path), "sha256": sha256_file(retest_path)}
+        files["test_retest"] = {"path": str(retest_path), "sha256": sha256_file(retest_path)}
     patients, x = patient_embeddings(rows, matrix, seeds, {b for _, b in pairs})
     manifest = json.loads((embeddings_dir / "manifest.json").read_text())
+    return EvaluationInputs(rows, matrix, patients, x, clinical, pairs, manifest, files)
+
+
+def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path, seeds_parquet: Path,
+                   out_dir: Path, seed: int = SEED) -> dict[str, Any]:
+    read = read_evaluation_inputs(definition, model, embeddings_dir, seeds_parquet)
+    rows, matrix, patients, x, clinical, pairs = read.rows, read.matrix, read.patients, read.x, read.clinical, read.pairs
+    manifest, inputs = read.manifest, read.files
     lineage_id = sha256_json({"inputs": inputs, "seed": seed, "dataset_version": definition.name,
                               "model": model})[:16]
     out_dir = Path(out_dir)

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from dagster import AssetKey, materialize
+from dagster import AssetKey, MultiPartitionKey, materialize
 
 from radassets.definitions import defs
 from radassets.evaluation.figures import lineage_id_of
@@ -33,7 +33,9 @@ def test_hosny2018_figure2_asset(instance, storage):
 
 def test_radiomics_recovers_the_demo_hazard_model(instance, default_demo_home):
     """The demo's survival follows exp(0.8 z_log_volume + 0.6 z_heterogeneity): the radiomics probe's risk
-    must find it (direction and rough size), through every asset from the cohort to the report."""
+    must find it (direction and rough size), through every asset from the cohort to the report. Then the
+    opt-in seed-perturbation stability of the same partition (one materialization serves both: the
+    pipeline up to the evaluation takes most of this test's time)."""
     from radassets.defs.run import materialize_dataset_versions
 
     assert materialize_dataset_versions(["demo_v1"], models=["radiomics"], progress=lambda m: None)
@@ -59,3 +61,48 @@ def test_radiomics_recovers_the_demo_hazard_model(instance, default_demo_home):
     assert list(comparison["models"]) == ["radiomics"]
     assert comparison["endpoints"]["os_2y"]["models"]["radiomics"]["rank"] == 1
     assert lineage_id_of(default_demo_home / "comparison" / "demo_v1" / "auc_os_2y.png") == comparison["lineage_id"]
+
+    check_seed_stability(instance, default_demo_home, metrics)
+
+
+def check_seed_stability(instance, home, evaluation_metrics):
+    from sklearn.metrics import cohen_kappa_score
+
+    from radassets import datasets
+    from radassets.evaluation.perturbation import run_seed_stability
+    from radassets.imaging.pipeline import step_dir
+    from radassets.models.pipeline import embeddings_dir
+
+    key = AssetKey("seed_stability")
+    assert instance.get_latest_materialization_event(key) is None  # opt-in: not part of the default run
+    result = materialize(list(defs.assets), instance=instance, selection=["seed_stability"], resources=defs.resources,
+                         partition_key=MultiPartitionKey({"dataset_version": "demo_v1", "model": "radiomics"}),
+                         run_config={"ops": {"seed_stability": {"config": {"trials": 3}}}})
+    assert result.success
+    meta = instance.get_latest_materialization_event(key).asset_materialization.metadata
+    out = home / "stability" / "demo_v1" / "radiomics"
+    metrics = json.loads((out / "metrics.json").read_text())
+    e = metrics["endpoints"]["os_2y"]
+    assert metrics["protocol"]["trials"] == 3 and metrics["protocol"]["sd_mm"] == 4.0
+    assert metrics["patients_perturbed"] == e["patients"] == evaluation_metrics["endpoints"]["os_2y"]["patients_evaluated"]
+    # Unperturbed, the probes are the evaluation's: the same out-of-fold AUC, split at the median OOF risk.
+    assert e["unperturbed_auc"] == pytest.approx(evaluation_metrics["endpoints"]["os_2y"]["linear_probe"]["auc"], abs=1e-12)
+    predictions = pd.read_parquet(home / "evaluation" / "demo_v1" / "radiomics" / "os_2y_predictions.parquet")
+    predictions = predictions[predictions["label"].notna()].set_index("PatientID")["risk"]
+    assert e["threshold"] == pytest.approx(predictions.median(), abs=1e-12)
+    # Trial 0's kappa, from the per-patient table and the evaluation's own predictions.
+    table = pd.read_parquet(out / "perturbations.parquet")
+    trial = table[table["trial"] == 0].set_index("PatientID")
+    base = predictions.loc[trial.index] > e["threshold"]
+    assert e["trials"][0]["kappa"] == pytest.approx(cohen_kappa_score(base, trial["score_os_2y"] > e["threshold"]))
+    assert len(table) == 3 * e["patients"] and table["embedded"].all()
+    assert meta["os_2y: kappa mean"].value == pytest.approx(e["kappa_mean"])
+    assert meta["figure"].value.startswith("![seed_stability.png](data:image/png;base64,")
+    assert lineage_id_of(out / "seed_stability.png") == metrics["lineage_id"] == meta["lineage_id"].value
+    # No movement, no change: every prediction and AUC as unperturbed.
+    still = run_seed_stability(datasets.get("demo_v1"), "radiomics", embeddings_dir("demo_v1", "radiomics"),
+                               step_dir("seeds", "demo_v1") / "seeds.parquet", step_dir("patches", "demo_v1"),
+                               home / "still", trials=2, sd_voxels=0.0)
+    s = still["endpoints"]["os_2y"]
+    assert s["kappa_min"] == 1.0 and s["changed_mean"] == 0.0 and s["auc_mean"] == pytest.approx(s["unperturbed_auc"])
+    assert still["cosine"]["min"] > 0.99999

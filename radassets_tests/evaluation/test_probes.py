@@ -12,7 +12,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from radassets.evaluation.probes import knn_probabilities, knn_protocol, linear_probe
+from radassets.evaluation.probes import knn_probabilities, knn_protocol, linear_probe, linear_probe_folds
 
 
 def data(n=160, d=24, signal=1.5, seed=3):
@@ -75,3 +75,17 @@ def test_linear_probe_is_cross_val_predict():
     assert np.allclose(oof, expected)
     assert roc_auc_score(y, oof) > 0.8
     assert fitted.predict_proba(x).shape == (len(y), 2)
+
+
+def test_linear_probe_folds_give_the_out_of_fold_scores():
+    """Scoring each patient with the model of the fold that held it out reproduces linear_probe exactly: the
+    seed-perturbation stability scores moved seeds with the same probes as the evaluation."""
+    x, y = data()
+    oof, _ = linear_probe(x, y, seed=11)
+    folds = linear_probe_folds(x, y, seed=11)
+    held_out = np.concatenate([test for test, _ in folds])
+    assert sorted(held_out) == list(range(len(y)))  # every patient held out exactly once
+    again = np.zeros(len(y))
+    for test, model in folds:
+        again[test] = model.predict_proba(x[test])[:, 1]
+    assert np.allclose(again, oof, atol=1e-12)
