@@ -213,7 +213,7 @@ def seed_perturbation(definition: DatasetVersion, extractor, patients: pd.DataFr
             "trials": trials, "sd_voxels": sd_voxels, "sd_mm": sd_mm, "seed": seed,
             "offsets": "N(0, sd²) per LPS axis, independent per patient and trial",
             "patch": spec.as_dict(),
-            "probe": "linear probe of the evaluation: each patient scored by the model of the fold that held it out",
+            "probe": "Linear probe of the evaluation: each patient scored by the model of the fold that held it out",
             "prediction": "high risk if the score is above the median unperturbed out-of-fold score",
             "agreement": "Cohen's kappa (scikit-learn) of perturbed vs unperturbed predictions, per trial",
         },
@@ -260,8 +260,8 @@ def report_markdown(metrics: dict[str, Any], title: str, embed_from: Path | None
                      f"| {e['changed_mean']:.1%} | {e['unperturbed_auc']:.3f} | {e['auc_mean']:.3f} ± {e['auc_sd']:.3f} |")
     if metrics["cosine"]:
         c = metrics["cosine"]
-        lines += ["", f"Cosine similarity of perturbed to stored embeddings: mean {c['mean']:.4f}, median "
-                      f"{c['median']:.4f}, 5th percentile {c['q05']:.4f}, min {c['min']:.4f}."]
+        lines += ["", f"Cosine similarity of perturbed to stored embeddings: mean {c['mean']:.6f}, median "
+                      f"{c['median']:.6f}, 5th percentile {c['q05']:.6f}, min {c['min']:.6f}."]
     for name, why in metrics["endpoints_not_evaluable"].items():
         lines += ["", f"Endpoint `{name}` not evaluable: {why}."]
     src = "seed_stability.png"
