@@ -28,10 +28,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from radassets.models.weights import WeightsError
     from radassets.evaluation.labels import LabelError
     from radassets.evaluation.scores import ScoreInputError
+    from radassets.lineage.store import LineageError
 
     return (DatasetDefinitionError, CohortError, IndexMissingError, BucketUnreachableError, DownloadError,
             LocalIndexError, FolderError, StepInputMissing, RegistryError, WeightsError, TableError,
-            PreprocessingError, ScoreInputError, LabelError)
+            PreprocessingError, ScoreInputError, LabelError, LineageError)
 
 
 def _print_json(obj: Any) -> None:
@@ -264,6 +265,37 @@ def cmd_models_backfill(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def cmd_lineage_trace(args: argparse.Namespace) -> None:
+    from radassets.lineage.store import reader
+    from radassets.lineage.trace import format_trace, trace
+
+    with reader() as con:
+        result = trace(con, args.target, full=args.full)
+    print(json.dumps(result, indent=2, default=str) if args.json else format_trace(result))
+
+
+def cmd_lineage_sql(args: argparse.Namespace) -> None:
+    import duckdb
+
+    from radassets.lineage.store import LineageError, reader
+
+    with reader() as con:  # read-only: a statement that writes is refused by DuckDB
+        try:
+            frame = con.sql(args.query).df()
+        except duckdb.Error as e:
+            raise LineageError(f"query failed: {e}") from None
+    print(frame.to_csv(index=False) if args.csv else frame.to_string(index=False, max_colwidth=80))
+
+
+def cmd_lineage_export(args: argparse.Namespace) -> None:
+    from radassets.lineage.openlineage import export_events
+    from radassets.lineage.store import reader
+
+    with reader() as con:
+        written = export_events(con, args.openlineage)
+    print(f"{len(written)} OpenLineage run events written to {args.openlineage}")
+
+
 # -- parser ---------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,6 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
                 "materialize a model's embeddings for every dataset version with patches; nothing upstream reruns")
     c.add_argument("name")
     c.add_argument("--dataset-version", action="append", default=None, help="only these (repeatable)")
+
+    li = sub.add_parser("lineage", help="the lineage store (DuckDB)").add_subparsers(dest="cmd", required=True)
+    c = command(li, "trace", cmd_lineage_trace,
+                "trace a figure, report or artifact id back to the cohort: IDC release, series, settings, model, runs")
+    c.add_argument("target", help="a figure or report file, or an item id, lineage id, version id or run id")
+    c.add_argument("--full", action="store_true", help="list every series UID")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c = command(li, "sql", cmd_lineage_sql, "run a read-only SQL query on the lineage store (tables: docs/lineage.md)")
+    c.add_argument("query")
+    c.add_argument("--csv", action="store_true")
+    c = command(li, "export", cmd_lineage_export, "write every run as OpenLineage run events, one JSON file each")
+    c.add_argument("--openlineage", type=Path, required=True, metavar="DIR")
     return p
 
 

@@ -22,6 +22,7 @@ from dagster import (
     asset,
 )
 
+from radassets.defs.lineage import recorded
 from radassets import datasets
 from radassets.datasets import data_dir
 from radassets.defs.imaging import patches, seeds
@@ -63,6 +64,7 @@ def _png(path) -> MetadataValue:
         "CI, Kaplan-Meier high vs low risk with numbers at risk, log-rank p, Cox hazard ratio, C-index."
     ),
 )
+@recorded
 def hosny2018_figure2(context: AssetExecutionContext) -> MaterializeResult:
     root = data_dir()
     out = storage_root() / "reports" / "hosny2018_figure2"
@@ -106,6 +108,7 @@ with warnings.catch_warnings():  # the mapping is marked beta; it is the documen
         "HTML report, ROC and KM figures carrying the lineage id."
     ),
 )
+@recorded
 def evaluation(context: AssetExecutionContext) -> MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     dataset_version, model = keys["dataset_version"], keys["model"]
@@ -163,6 +166,7 @@ def evaluation(context: AssetExecutionContext) -> MaterializeResult:
         "metrics.json, a Markdown and HTML report, figures carrying the lineage id."
     ),
 )
+@recorded
 def comparison(context: AssetExecutionContext) -> MaterializeResult:
     dataset_version = context.partition_key
     out = storage_root() / "comparison" / dataset_version
@@ -203,6 +207,7 @@ class SeedStabilityConfig(Config):
         "the high/low-risk predictions against the unperturbed ones, AUC per trial, embedding cosine similarity."
     ),
 )
+@recorded
 def seed_stability(context: AssetExecutionContext, config: SeedStabilityConfig,
                    models: ModelsResource) -> MaterializeResult:
     keys = context.partition_key.keys_by_dimension

@@ -21,6 +21,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from radassets.defs.lineage import recorded
 from radassets import datasets
 from radassets.defs.ingest import dicom
 from radassets.defs.metadata import failure_on, markdown_table, progress_logger
@@ -72,6 +73,7 @@ def _table(rows: list[dict], columns: list[str], limit: int = 50) -> MetadataVal
         "partition fails only above the configured failure ratio."
     ),
 )
+@recorded
 def volumes(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
     with failure_on(pipeline.StepInputMissing):
@@ -116,6 +118,7 @@ def volumes(context: AssetExecutionContext, imaging: ImagingResource) -> Materia
         "the threshold (10 mm) are flagged."
     ),
 )
+@recorded
 def seeds(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
     with failure_on(pipeline.StepInputMissing):
@@ -154,6 +157,7 @@ def seeds(context: AssetExecutionContext, imaging: ImagingResource) -> Materiali
         "volume border are padded with air (-1024 HU) and flagged. A QC montage shows every patch."
     ),
 )
+@recorded
 def patches(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
     with failure_on(pipeline.StepInputMissing):

@@ -16,6 +16,7 @@ from dagster import (
 )
 from dagster_gcp import BigQueryResource
 
+from radassets.defs.lineage import recorded
 from radassets import datasets
 from radassets.defs.metadata import markdown_table, progress_logger
 from radassets.defs.partitions import dataset_version_partitions
@@ -37,6 +38,7 @@ from radassets.idc.dicom import fetch_dataset_dicom
         "RADASSETS_GCP_PROJECT is set."
     ),
 )
+@recorded
 def cohort(context: AssetExecutionContext, bigquery: BigQueryResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
     if bigquery.project and definition.source.kind == "idc":
@@ -80,6 +82,7 @@ def cohort(context: AssetExecutionContext, bigquery: BigQueryResource) -> Materi
         "cannot be completed are recorded with their cause; the rest proceeds."
     ),
 )
+@recorded
 def dicom(context: AssetExecutionContext, idc: IdcResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
     lock = Cohort.read(lockfile_path(definition.name))

@@ -30,6 +30,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from radassets.defs.lineage import recorded
 from radassets.defs.imaging import patches
 from radassets.defs.metadata import failure_on, markdown_table, progress_logger
 from radassets.defs.partitions import dataset_version_partitions, model_partitions
@@ -77,6 +78,7 @@ class ModelsResource(ConfigurableResource):
         "(or `radassets models add`) and backfill its partitions: nothing upstream is recomputed."
     ),
 )
+@recorded
 def embeddings(context: AssetExecutionContext, models: ModelsResource) -> MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     dataset_version, model = keys["dataset_version"], keys["model"]

@@ -1,0 +1,141 @@
+"""The one mechanism that records lineage: ``@recorded`` under every ``@asset``.
+
+It wraps the asset's function, so every way of materializing (the UI, a backfill, ``radassets
+pipeline run``, a test's ``materialize``) records the same way and no asset writes lineage itself:
+
+- before the function runs: a ``START`` event (run, job, partition, code version, git commit);
+- after it returns: a ``COMPLETE`` event with the inputs (the upstream asset partitions and the
+  data versions they have now, as Dagster records them), the output (this partition's data
+  version, its settings facet, its metadata and its items, read by ``radassets.lineage.items``);
+- if it raises: a ``FAIL`` event with the error, and the exception goes on to Dagster.
+
+Events are files (``radassets.lineage.store``); the wrapper then tries to merge them without
+waiting. No ``from __future__ import annotations``: Dagster inspects the wrapped signature.
+"""
+
+import functools
+import subprocess
+import uuid
+from pathlib import Path
+
+from dagster import (AssetKey, AssetRecordsFilter, DagsterInstance, Failure, MaterializeResult,
+                     MultiPartitionsDefinition, MetadataValue)
+
+import radassets
+from radassets.lineage import store
+from radassets.lineage.items import output_record
+
+RUN_NAMESPACE = uuid.UUID("8f6f2a52-3c1e-4d6b-9a57-1f2a1e5c9b10")  # radassets lineage run ids (uuid5)
+MAX_METADATA_CHARS = 2000  # inline images and long tables stay in Dagster; the facet keeps the numbers
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the code that runs (with ``-dirty`` when the working tree has changes), if in git."""
+    here = Path(radassets.__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _partition(context) -> tuple[str | None, dict[str, str] | None]:
+    if not context.has_partition_key:
+        return None, None
+    key = context.partition_key
+    if isinstance(context.assets_def.partitions_def, MultiPartitionsDefinition):
+        return str(key), dict(key.keys_by_dimension)
+    return str(key), {"dataset_version": str(key)}
+
+
+def _latest_version(instance: DagsterInstance, asset: AssetKey, partition_key: str | None) -> tuple[str, str] | None:
+    """(data version, Dagster run id) of the latest materialization of one asset partition."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset, asset_partitions=[partition_key] if partition_key else None), limit=1).records
+    if not records:
+        return None
+    version = records[0].asset_materialization.tags.get("dagster/data_version")
+    return (version, records[0].run_id) if version else None
+
+
+def _upstream_partitions(instance: DagsterInstance, upstream, partition: dict[str, str] | None) -> list[str | None]:
+    """The partitions of ``upstream`` that one partition of ours reads: the same key, its dataset version, or
+    (for a per-dataset-version asset over a per-model one) every materialized model of that dataset version."""
+    if upstream.partitions_def is None:
+        return [None]
+    if partition is None:
+        return []
+    if isinstance(upstream.partitions_def, MultiPartitionsDefinition):
+        if "model" in partition:
+            return [f"{partition['dataset_version']}|{partition['model']}"]
+        materialized = instance.get_materialized_partitions(upstream.key)
+        return sorted(k for k in materialized if k.split("|")[0] == partition["dataset_version"])
+    return [partition["dataset_version"]]
+
+
+def _inputs(context, partition: dict[str, str] | None) -> list[dict]:
+    inputs = []
+    graph = context.job_def.asset_layer.asset_graph
+    for key in sorted(context.assets_def.asset_deps[context.asset_key], key=lambda k: k.to_user_string()):
+        upstream = graph.get(key)
+        for upstream_partition in _upstream_partitions(context.instance, upstream, partition):
+            found = _latest_version(context.instance, key, upstream_partition)
+            if found:
+                inputs.append({"asset": key.to_user_string(), "partition_key": upstream_partition,
+                               "version": found[0], "facets": {"dagster_run_id": found[1]}})
+    return inputs
+
+
+def _metadata(result) -> dict:
+    if not isinstance(result, MaterializeResult):
+        return {}
+    out = {}
+    for name, value in (result.metadata or {}).items():
+        raw = value.value if isinstance(value, MetadataValue) else value
+        if isinstance(raw, (int, float, bool)) or raw is None or (isinstance(raw, str) and len(raw) <= MAX_METADATA_CHARS):
+            out[name] = raw
+        elif isinstance(raw, (dict, list)) and len(str(raw)) <= MAX_METADATA_CHARS:
+            out[name] = raw
+    return out
+
+
+def recorded(fn):
+    """Record the asset's materializations (started, completed or failed) in the lineage store."""
+
+    @functools.wraps(fn)
+    def wrapper(context, *args, **kwargs):
+        asset = context.asset_key.to_user_string()
+        partition_key, partition = _partition(context)
+        run = {"run_id": str(uuid.uuid5(RUN_NAMESPACE, f"{context.run_id}/{asset}/{partition_key or ''}")),
+               "dagster_run_id": context.run_id, "partition_key": partition_key, "partition": partition,
+               "code_version": context.assets_def.code_versions_by_key.get(context.asset_key),
+               "git_commit": git_commit(), "radassets_version": radassets.__version__}
+        job = {"namespace": "radassets", "name": asset, "description": context.assets_def.descriptions_by_key.get(
+            context.asset_key)}
+        store.write_event({"event_type": "START", "run": run, "job": job})
+        try:
+            result = fn(context, *args, **kwargs)
+        except BaseException as e:
+            error = e.description if isinstance(e, Failure) else f"{type(e).__name__}: {e}"
+            store.write_event({"event_type": "FAIL", "run": {**run, "error": error}, "job": job,
+                               "inputs": _inputs(context, partition)})
+            store.merge(wait=False)
+            raise
+        settings, items = output_record(asset, partition)
+        version = result.data_version.value if isinstance(result, MaterializeResult) and result.data_version else None
+        outputs = []
+        if version:
+            outputs.append({"asset": asset, "partition_key": partition_key, "version": version, "items": items,
+                            "facets": {"settings": settings, "metadata": _metadata(result)}})
+        store.write_event({"event_type": "COMPLETE", "run": run, "job": job, "inputs": _inputs(context, partition),
+                           "outputs": outputs})
+        store.merge(wait=False)
+        return result
+
+    wrapper.radassets_recorded = True
+    return wrapper

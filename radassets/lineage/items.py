@@ -1,0 +1,158 @@
+"""What each asset wrote, as lineage: its output folder, a facet of its settings, and its item rows.
+
+Items are the things a researcher traces one by one: series → volume → seed → patch → embedding →
+report and figure. Each item has a logical id (``series:<crdc_series_uuid>``, ``volume:<crdc>``,
+``seed:<seed_id>``, ``patch:<seed_id>``, ``embedding:<model>:<seed_id>``,
+``report:<lineage_id>``, ``figure:<lineage_id>/<file>``) that is unique within one version of
+one asset partition; its parents are logical ids in the versions its run read (the run's inputs),
+so "this seed's volume" means the volume in the ``volumes`` version the seeds run consumed.
+
+The readers here know the files each step writes (manifests, parquet tables, metrics.json); they
+read them after the step succeeded, so the items are exactly what the run left.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from radassets.storage import sha256_file, storage_root
+
+# Output folder of each asset under $RADASSETS_HOME, before /<dataset_version>[/<model>].
+FOLDERS = {"seed_stability": "stability"}
+UNPARTITIONED = {"hosny2018_figure2": "reports/hosny2018_figure2"}
+SETTINGS_FILES = ("manifest.json", "cohort.lock.json", "metrics.json")
+MAX_LIST = 50  # longer lists in a settings facet are replaced by their length (the items hold the rows)
+
+
+def output_dir(asset: str, partition: dict[str, str] | None) -> Path:
+    if asset in UNPARTITIONED:
+        return storage_root() / UNPARTITIONED[asset]
+    partition = partition or {}
+    path = storage_root() / FOLDERS.get(asset, asset) / partition["dataset_version"]
+    return path / partition["model"] if "model" in partition else path
+
+
+def _trim(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _trim(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return {"items": len(value)} if len(value) > MAX_LIST else [_trim(v) for v in value]
+    return value
+
+
+def settings_facet(folder: Path) -> dict[str, Any]:
+    """The output's own record of how it was made (its manifest or metrics), long lists trimmed."""
+    for name in SETTINGS_FILES:
+        path = folder / name
+        if path.is_file():
+            return {"file": name, "sha256": sha256_file(path), "content": _trim(json.loads(path.read_text()))}
+    return {}
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    frame = pd.read_parquet(path)
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def _cohort(folder: Path, partition) -> list[dict]:
+    lock = json.loads((folder / "cohort.lock.json").read_text())
+    keep = ("SeriesInstanceUID", "PatientID", "StudyInstanceUID", "Modality", "collection_id",
+            "series_revised_idc_version", "instanceCount")
+    return [{"item_id": f"series:{s['crdc_series_uuid']}", "kind": "series", "name": s["SeriesInstanceUID"],
+             "attributes": {k: s.get(k) for k in keep}} for s in lock["series"]]
+
+
+def _volumes(folder: Path, partition) -> list[dict]:
+    return [{"item_id": f"volume:{r['crdc_series_uuid']}", "kind": "volume" if r["Modality"] == "CT" else "mask",
+             "name": r["SeriesInstanceUID"], "status": r["status"], "sha256": r.get("sha256"), "path": r.get("path"),
+             "parents": [f"series:{r['crdc_series_uuid']}"],
+             "attributes": {"Modality": r["Modality"], "PatientID": r["PatientID"], "code": r.get("code"),
+                            "message": r.get("message"), "reused": r.get("reused")}}
+            for r in _records(folder / "qc.parquet")]
+
+
+def _seeds(folder: Path, partition) -> list[dict]:
+    items = []
+    for r in _records(folder / "seeds.parquet"):
+        parents = [f"volume:{r['crdc_series_uuid']}"]
+        if r.get("mask_path"):  # masks/<mask crdc_series_uuid>/<segment>.nrrd
+            parents.append(f"volume:{Path(r['mask_path']).parent.name}")
+        items.append({"item_id": f"seed:{r['seed_id']}", "kind": "seed", "name": r["seed_id"], "parents": parents,
+                      "attributes": {k: r.get(k) for k in ("PatientID", "SeriesInstanceUID", "segment_label", "source",
+                                                           "coordX", "coordY", "coordZ", "volume_ml")}})
+    return items
+
+
+def _patches(folder: Path, partition) -> list[dict]:
+    return [{"item_id": f"patch:{r['seed_id']}", "kind": "patch", "name": str(r["index"]),
+             "parents": [f"seed:{r['seed_id']}"],
+             "attributes": {"index": r["index"], "at_border": r["at_border"], "padded_fraction": r["padded_fraction"]}}
+            for r in _records(folder / "patches.parquet")]
+
+
+def _embeddings(folder: Path, partition) -> list[dict]:
+    table = pd.read_parquet(folder / "embeddings.parquet", columns=["seed_id", "PatientID", "status", "reason", "model"])
+    return [{"item_id": f"embedding:{r['model']}:{r['seed_id']}", "kind": "embedding", "name": r["seed_id"],
+             "status": r["status"], "parents": [f"patch:{r['seed_id']}"],
+             "attributes": {"PatientID": r["PatientID"], "reason": r["reason"]}}
+            for r in table.astype(object).where(table.notna(), None).to_dict("records")]
+
+
+def _report(folder: Path, parents: list[str]) -> list[dict]:
+    """The report (metrics.json, and report.html where written) and every PNG beside it."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    lineage_id = metrics["lineage_id"]
+    report = f"report:{lineage_id}"
+    main = folder / "report.html" if (folder / "report.html").is_file() else folder / "metrics.json"
+    items = [{"item_id": report, "kind": "report", "name": main.name, "sha256": sha256_file(main), "path": str(main),
+              "parents": parents, "attributes": {"lineage_id": lineage_id}}]
+    for path in sorted(folder.glob("*.png")):
+        items.append({"item_id": f"figure:{lineage_id}/{path.name}", "kind": "figure", "name": path.name,
+                      "sha256": sha256_file(path), "path": str(path), "parents": [report],
+                      "attributes": {"lineage_id": lineage_id}})
+    for path in sorted(folder.glob("*.md")) + [folder / "metrics.json"]:
+        if path.is_file() and path != main:
+            items.append({"item_id": f"file:{lineage_id}/{path.name}", "kind": "report_file", "name": path.name,
+                          "sha256": sha256_file(path), "path": str(path), "parents": [report],
+                          "attributes": {"lineage_id": lineage_id}})
+    return items
+
+
+def _embedded_seeds(partition: dict[str, str]) -> list[str]:
+    table = pd.read_parquet(output_dir("embeddings", partition) / "embeddings.parquet", columns=["seed_id", "status"])
+    return [f"embedding:{partition['model']}:{s}" for s in table.loc[table["status"] == "ok", "seed_id"]]
+
+
+def _evaluation(folder: Path, partition) -> list[dict]:
+    return _report(folder, _embedded_seeds(partition))
+
+
+def _comparison(folder: Path, partition) -> list[dict]:
+    parents = []
+    for model in json.loads((folder / "metrics.json").read_text())["models"]:
+        evaluated = output_dir("evaluation", {**partition, "model": model}) / "metrics.json"
+        parents.append(f"report:{json.loads(evaluated.read_text())['lineage_id']}")
+    return _report(folder, parents)
+
+
+def _unparented_report(folder: Path, partition) -> list[dict]:
+    return _report(folder, [])
+
+
+READERS: dict[str, Callable[[Path, dict | None], list[dict]]] = {
+    "cohort": _cohort, "volumes": _volumes, "seeds": _seeds, "patches": _patches, "embeddings": _embeddings,
+    "evaluation": _evaluation, "comparison": _comparison, "seed_stability": _evaluation,
+    "hosny2018_figure2": _unparented_report,
+}
+
+
+def output_record(asset: str, partition: dict[str, str] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(settings facet, items) of what ``asset`` wrote for ``partition``."""
+    folder = output_dir(asset, partition)
+    reader = READERS.get(asset)
+    return settings_facet(folder), (reader(folder, partition) if reader else [])

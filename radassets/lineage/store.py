@@ -1,0 +1,254 @@
+"""The lineage store: one DuckDB file, fed by event files so that concurrent runs never contend for it.
+
+Writing: a materialization never opens the database. It writes each of its events (start, then
+complete or fail) as one JSON file, atomically (temporary file, then rename), under
+``events/pending/``. Any number of runs can do this at once.
+
+Merging: ``merge()`` takes a file lock, opens the database and ingests every pending file, each in
+its own transaction, then moves the file to ``events/merged/``. The ``events`` table remembers every
+event id ingested, so a merge killed between its commit and the move ingests nothing twice. A file
+that cannot be ingested (unreadable, or missing a field) is rolled back and moved to
+``events/rejected/`` with the reason beside it; the others proceed. Writers try to merge after their
+last event without waiting for the lock: if another process holds it, their file waits for the next
+merge. Readers merge first (waiting for the lock), then query read-only under the same lock, so no
+query ever meets DuckDB's single-writer lock either.
+
+Consistency: an event is all or nothing, so a run killed mid-way leaves its start event (the run
+shows ``START``, with no outputs) and nothing half-written; outputs and items only arrive with the
+``COMPLETE`` event that carries them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from filelock import FileLock, Timeout
+
+from radassets.storage import atomic_write_json, storage_root
+
+SCHEMA_VERSION = 1
+EVENT_TYPES = ("START", "COMPLETE", "FAIL", "ABORT")
+LOCK_TIMEOUT_S = 120.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_info (version INTEGER);
+CREATE TABLE IF NOT EXISTS events (
+    event_id VARCHAR PRIMARY KEY, event_type VARCHAR, event_time TIMESTAMPTZ, run_id VARCHAR, merged_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_name VARCHAR PRIMARY KEY, namespace VARCHAR, description VARCHAR, facets JSON);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, job_name VARCHAR, dagster_run_id VARCHAR, partition_key VARCHAR,
+    partition JSON, status VARCHAR, started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, code_version VARCHAR,
+    git_commit VARCHAR, radassets_version VARCHAR, error VARCHAR, facets JSON);
+CREATE TABLE IF NOT EXISTS datasets (
+    dataset_name VARCHAR PRIMARY KEY, namespace VARCHAR, asset VARCHAR, partition_key VARCHAR, kind VARCHAR);
+CREATE TABLE IF NOT EXISTS dataset_versions (
+    version_id VARCHAR PRIMARY KEY, dataset_name VARCHAR, version VARCHAR, produced_by VARCHAR,
+    created_at TIMESTAMPTZ, facets JSON);
+CREATE TABLE IF NOT EXISTS run_inputs (run_id VARCHAR, version_id VARCHAR, PRIMARY KEY (run_id, version_id));
+CREATE TABLE IF NOT EXISTS run_outputs (run_id VARCHAR, version_id VARCHAR, PRIMARY KEY (run_id, version_id));
+CREATE TABLE IF NOT EXISTS items (
+    version_id VARCHAR, item_id VARCHAR, kind VARCHAR, name VARCHAR, status VARCHAR, sha256 VARCHAR,
+    path VARCHAR, attributes JSON, PRIMARY KEY (version_id, item_id));
+CREATE TABLE IF NOT EXISTS item_parents (version_id VARCHAR, item_id VARCHAR, parent_id VARCHAR);
+"""
+
+
+class LineageError(RuntimeError):
+    """The lineage store cannot answer: named cause."""
+
+
+def lineage_root() -> Path:
+    return storage_root() / "lineage"
+
+
+def database_path(root: Path | None = None) -> Path:
+    return (root or lineage_root()) / "lineage.duckdb"
+
+
+def _events_dir(root: Path, state: str) -> Path:
+    path = root / "events" / state
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def version_id(asset: str, partition_key: str | None, version: str) -> str:
+    """The id of one version of one asset partition: ``asset[partition]@version``."""
+    return f"{asset}[{partition_key or ''}]@{version}"
+
+
+def dataset_name(asset: str, partition_key: str | None) -> str:
+    return f"{asset}[{partition_key or ''}]"
+
+
+def write_event(event: dict[str, Any], root: Path | None = None) -> Path:
+    """Queue one event for the store: a JSON file under ``events/pending`` (atomic)."""
+    if event.get("event_type") not in EVENT_TYPES:
+        raise ValueError(f"event type must be one of {EVENT_TYPES}, got {event.get('event_type')!r}")
+    event = {"event_id": str(uuid.uuid4()), "event_time": now(), **event}
+    # Names sort by time, so a merge ingests a run's start before its end.
+    name = f"{event['event_time'].replace(':', '').replace('+', '_')}-{event['event_id']}.json"
+    return atomic_write_json(_events_dir(root or lineage_root(), "pending") / name, event)
+
+
+@contextmanager
+def _locked(root: Path, timeout: float) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / "lineage.lock"), timeout=timeout):
+        yield
+
+
+def _connect(root: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    path = database_path(root)
+    if read_only:
+        if not path.is_file():
+            raise LineageError(f"no lineage recorded yet ({path} does not exist); materialize an asset first")
+        return duckdb.connect(str(path), read_only=True)
+    con = duckdb.connect(str(path))
+    con.execute(SCHEMA)
+    if not con.execute("SELECT count(*) FROM schema_info").fetchone()[0]:
+        con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
+    return con
+
+
+def merge(root: Path | None = None, wait: bool = True) -> int:
+    """Ingest every pending event file; returns how many were ingested (0 if the lock was busy and
+    ``wait`` is False)."""
+    root = root or lineage_root()
+    try:
+        with _locked(root, LOCK_TIMEOUT_S if wait else 0):
+            pending = sorted(_events_dir(root, "pending").glob("*.json"))
+            if not pending:
+                return 0
+            con = _connect(root)
+            try:
+                return sum(_ingest_file(con, root, path) for path in pending)
+            finally:
+                con.close()
+    except Timeout:
+        if wait:
+            raise LineageError(f"the lineage store at {root} stayed locked for {LOCK_TIMEOUT_S:.0f} s") from None
+        return 0
+
+
+def _ingest_file(con: duckdb.DuckDBPyConnection, root: Path, path: Path) -> int:
+    try:
+        event = json.loads(path.read_text())
+        if con.execute("SELECT 1 FROM events WHERE event_id = ?", [event["event_id"]]).fetchone():
+            os.replace(path, _events_dir(root, "merged") / path.name)  # ingested before the last move
+            return 0
+        con.begin()
+        ingest(con, event)
+        con.commit()
+    except Exception as e:  # noqa: BLE001 - any bad file is set aside with its reason; the rest proceed
+        try:
+            con.rollback()
+        except duckdb.Error:  # the failure came before the transaction began
+            pass
+        rejected = _events_dir(root, "rejected")
+        os.replace(path, rejected / path.name)
+        (rejected / f"{path.name}.reason.txt").write_text(f"{type(e).__name__}: {e}\n")
+        return 0
+    os.replace(path, _events_dir(root, "merged") / path.name)
+    return 1
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str, sort_keys=True)
+
+
+def ingest(con: duckdb.DuckDBPyConnection, event: dict[str, Any]) -> None:
+    """Write one event's rows (inside the caller's transaction)."""
+    run, job = event["run"], event["job"]
+    kind, when = event["event_type"], event["event_time"]
+    con.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", [event["event_id"], kind, when, run["run_id"], now()])
+    con.execute("INSERT INTO jobs VALUES (?, ?, ?, ?) ON CONFLICT (job_name) DO UPDATE SET "
+                "description = excluded.description, facets = excluded.facets",
+                [job["name"], job.get("namespace", "radassets"), job.get("description"), _json(job.get("facets"))])
+    if kind == "START":
+        con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, 'START', ?, NULL, ?, ?, ?, NULL, ?) ON CONFLICT (run_id) "
+                    "DO NOTHING",
+                    [run["run_id"], job["name"], run.get("dagster_run_id"), run.get("partition_key"),
+                     _json(run.get("partition")), when, run.get("code_version"), run.get("git_commit"),
+                     run.get("radassets_version"), _json(run.get("facets"))])
+    else:
+        # An end without its start (the start was rejected or lost) still records the run.
+        con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE "
+                    "SET status = excluded.status, ended_at = excluded.ended_at, error = excluded.error, "
+                    "facets = coalesce(excluded.facets, runs.facets)",
+                    [run["run_id"], job["name"], run.get("dagster_run_id"), run.get("partition_key"),
+                     _json(run.get("partition")), kind, when, run.get("code_version"), run.get("git_commit"),
+                     run.get("radassets_version"), run.get("error"), _json(run.get("facets"))])
+    for role, table in (("inputs", "run_inputs"), ("outputs", "run_outputs")):
+        for ds in event.get(role, []):
+            vid = _dataset_version(con, ds, run["run_id"] if role == "outputs" else None, when)
+            con.execute(f"INSERT INTO {table} VALUES (?, ?) ON CONFLICT DO NOTHING", [run["run_id"], vid])
+            if role == "outputs":
+                _items(con, vid, ds.get("items", []))
+
+
+def _dataset_version(con: duckdb.DuckDBPyConnection, ds: dict[str, Any], produced_by: str | None, when: str) -> str:
+    name = dataset_name(ds["asset"], ds.get("partition_key"))
+    vid = version_id(ds["asset"], ds.get("partition_key"), ds["version"])
+    con.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [name, ds.get("namespace", "radassets"), ds["asset"], ds.get("partition_key"), ds.get("kind", "asset")])
+    if produced_by:  # an output: the producing run and its facets (a rematerialization to the same bytes keeps the first)
+        con.execute("INSERT INTO dataset_versions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (version_id) DO NOTHING",
+                    [vid, name, ds["version"], produced_by, when, _json(ds.get("facets"))])
+    else:  # an input: known from its own output event, or (recorded before this store existed) by its id only
+        con.execute("INSERT INTO dataset_versions VALUES (?, ?, ?, NULL, NULL, ?) ON CONFLICT (version_id) DO NOTHING",
+                    [vid, name, ds["version"], _json(ds.get("facets"))])
+    return vid
+
+
+def _items(con: duckdb.DuckDBPyConnection, vid: str, items: list[dict[str, Any]]) -> None:
+    if not items:
+        return
+    import pyarrow as pa
+
+    rows = pa.table({
+        "version_id": [vid] * len(items), "item_id": [i["item_id"] for i in items],
+        "kind": [i["kind"] for i in items], "name": [i.get("name") for i in items],
+        "status": [i.get("status", "ok") for i in items], "sha256": [i.get("sha256") for i in items],
+        "path": [i.get("path") for i in items], "attributes": [_json(i.get("attributes")) for i in items],
+    })
+    parents = pa.table({
+        "version_id": [vid for i in items for _ in i.get("parents", [])],
+        "item_id": [i["item_id"] for i in items for _ in i.get("parents", [])],
+        "parent_id": [p for i in items for p in i.get("parents", [])],
+    })
+    con.register("new_items", rows)
+    con.register("new_parents", parents)
+    try:
+        con.execute("INSERT INTO items SELECT version_id, item_id, kind, name, status, sha256, path, "
+                    "attributes::JSON FROM new_items ON CONFLICT DO NOTHING")
+        con.execute("INSERT INTO item_parents SELECT * FROM new_parents WHERE (version_id, item_id) NOT IN "
+                    "(SELECT version_id, item_id FROM item_parents WHERE version_id = ?)", [vid])
+    finally:
+        con.unregister("new_items")
+        con.unregister("new_parents")
+
+
+@contextmanager
+def reader(root: Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to the store, after merging what is pending (under the lock)."""
+    root = root or lineage_root()
+    merge(root)
+    with _locked(root, LOCK_TIMEOUT_S):
+        con = _connect(root, read_only=True)
+        try:
+            yield con
+        finally:
+            con.close()
