@@ -49,6 +49,8 @@ demo: install
 	@echo "  stability/<dataset_version>/<model>/        seed-perturbation stability, opt-in (minutes per model):"
 	@echo "      $(BIN)/radassets pipeline run demo_v1 --select seed_stability --models radiomics"
 	@echo "  reports/hosny2018_figure2/km.png            Hosny et al. 2018 Figure 2, reproduced"
+	@echo "  lineage/lineage.duckdb                      every run; trace a figure back to the cohort:"
+	@echo "      $(BIN)/radassets lineage trace $(RADASSETS_HOME)/comparison/demo_v1/auc_os_2y.png"
 	@echo "Next: 'make ui' and open http://127.0.0.1:$(UI_PORT) to see the assets and their runs."
 
 test: install
@@ -63,6 +65,7 @@ bench: install
 	$(BIN)/python bench/imaging.py
 	$(BIN)/python bench/embeddings.py
 	$(BIN)/python bench/evaluation.py
+	$(BIN)/python bench/lineage.py
 
 ui: install
 	$(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml

@@ -104,6 +104,15 @@ def _metadata(result) -> dict:
     return out
 
 
+def _merge(context) -> None:
+    """Merge without waiting. The events are on disk already: a store that cannot take them now (locked,
+    or broken) costs the run nothing, and the next merge picks them up."""
+    try:
+        store.merge(wait=False)
+    except Exception as e:  # noqa: BLE001
+        context.log.warning(f"lineage events written, not merged yet: {type(e).__name__}: {e}")
+
+
 def recorded(fn):
     """Record the asset's materializations (started, completed or failed) in the lineage store."""
 
@@ -111,8 +120,8 @@ def recorded(fn):
     def wrapper(context, *args, **kwargs):
         asset = context.asset_key.to_user_string()
         partition_key, partition = _partition(context)
-        run = {"run_id": str(uuid.uuid5(RUN_NAMESPACE, f"{context.run_id}/{asset}/{partition_key or ''}")),
-               "dagster_run_id": context.run_id, "partition_key": partition_key, "partition": partition,
+        run = {"run_id": str(uuid.uuid5(RUN_NAMESPACE, f"{context.run.run_id}/{asset}/{partition_key or ''}")),
+               "dagster_run_id": context.run.run_id, "partition_key": partition_key, "partition": partition,
                "code_version": context.assets_def.code_versions_by_key.get(context.asset_key),
                "git_commit": git_commit(), "radassets_version": radassets.__version__}
         job = {"namespace": "radassets", "name": asset, "description": context.assets_def.descriptions_by_key.get(
@@ -122,9 +131,12 @@ def recorded(fn):
             result = fn(context, *args, **kwargs)
         except BaseException as e:
             error = e.description if isinstance(e, Failure) else f"{type(e).__name__}: {e}"
-            store.write_event({"event_type": "FAIL", "run": {**run, "error": error}, "job": job,
-                               "inputs": _inputs(context, partition)})
-            store.merge(wait=False)
+            try:
+                inputs = _inputs(context, partition)
+            except Exception:  # noqa: BLE001 - the asset's own error is the one to report
+                inputs = []
+            store.write_event({"event_type": "FAIL", "run": {**run, "error": error}, "job": job, "inputs": inputs})
+            _merge(context)
             raise
         settings, items = output_record(asset, partition)
         version = result.data_version.value if isinstance(result, MaterializeResult) and result.data_version else None
@@ -134,7 +146,7 @@ def recorded(fn):
                             "facets": {"settings": settings, "metadata": _metadata(result)}})
         store.write_event({"event_type": "COMPLETE", "run": run, "job": job, "inputs": _inputs(context, partition),
                            "outputs": outputs})
-        store.merge(wait=False)
+        _merge(context)
         return result
 
     wrapper.radassets_recorded = True

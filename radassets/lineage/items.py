@@ -4,8 +4,9 @@ Items are the things a researcher traces one by one: series → volume → seed 
 report and figure. Each item has a logical id (``series:<crdc_series_uuid>``, ``volume:<crdc>``,
 ``seed:<seed_id>``, ``patch:<seed_id>``, ``embedding:<model>:<seed_id>``,
 ``report:<lineage_id>``, ``figure:<lineage_id>/<file>``) that is unique within one version of
-one asset partition; its parents are logical ids in the versions its run read (the run's inputs),
-so "this seed's volume" means the volume in the ``volumes`` version the seeds run consumed.
+one asset partition; its parents are logical ids in the same version (a figure's report) or in
+the versions its run read (the run's inputs), so "this seed's volume" means the volume in the
+``volumes`` version the seeds run consumed.
 
 The readers here know the files each step writes (manifests, parquet tables, metrics.json); they
 read them after the step succeeded, so the items are exactly what the run left.

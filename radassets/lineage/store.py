@@ -100,7 +100,7 @@ def write_event(event: dict[str, Any], root: Path | None = None) -> Path:
     event = {"event_id": str(uuid.uuid4()), "event_time": now(), **event}
     # Names sort by time, so a merge ingests a run's start before its end.
     name = f"{event['event_time'].replace(':', '').replace('+', '_')}-{event['event_id']}.json"
-    return atomic_write_json(_events_dir(root or lineage_root(), "pending") / name, event)
+    return atomic_write_json(_events_dir(Path(root or lineage_root()), "pending") / name, event)
 
 
 @contextmanager
@@ -126,7 +126,7 @@ def _connect(root: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
 def merge(root: Path | None = None, wait: bool = True) -> int:
     """Ingest every pending event file; returns how many were ingested (0 if the lock was busy and
     ``wait`` is False)."""
-    root = root or lineage_root()
+    root = Path(root or lineage_root())
     try:
         with _locked(root, LOCK_TIMEOUT_S if wait else 0):
             pending = sorted(_events_dir(root, "pending").glob("*.json"))
@@ -244,7 +244,7 @@ def _items(con: duckdb.DuckDBPyConnection, vid: str, items: list[dict[str, Any]]
 @contextmanager
 def reader(root: Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection to the store, after merging what is pending (under the lock)."""
-    root = root or lineage_root()
+    root = Path(root or lineage_root())
     merge(root)
     with _locked(root, LOCK_TIMEOUT_S):
         con = _connect(root, read_only=True)

@@ -87,18 +87,16 @@ def trace(con: duckdb.DuckDBPyConnection, target: str, full: bool = False) -> di
     for row in chain:
         by_asset.setdefault(row["asset"], []).append(row)
     cohorts = by_asset.get("cohort", [])
-    series = []
-    for c in cohorts:
-        series += [{"SeriesInstanceUID": n, **json.loads(a or "{}"), "crdc_series_uuid": i.split(":", 1)[1]}
-                   for i, n, a in con.execute("SELECT item_id, name, attributes FROM items WHERE version_id = ? AND "
-                                              "kind = 'series' ORDER BY name", [c["version_id"]]).fetchall()]
+    cohort_versions = [c["version_id"] for c in cohorts]
+    series_count = con.execute("SELECT count(*) FROM items WHERE kind = 'series' AND list_contains(?, version_id)",
+                               [cohort_versions]).fetchone()[0]
     models = [{"name": json.loads(e["partition"] or "{}").get("model"), **{k: _settings(e).get(k) for k in
               ("weights_sha256", "preprocessing_hash", "torch")}} for e in by_asset.get("embeddings", [])]
     target_row = next(r for r in chain if r["version_id"] == version_id)
 
     def one_or_list(values: list) -> Any:
         unique = list(dict.fromkeys(v for v in values if v is not None))
-        return unique[0] if len(unique) == 1 else unique
+        return None if not unique else unique[0] if len(unique) == 1 else unique
 
     result = {
         "target": target, "found_by": found_by, "version_id": version_id, "asset": target_row["asset"],
@@ -107,7 +105,7 @@ def trace(con: duckdb.DuckDBPyConnection, target: str, full: bool = False) -> di
         "idc_version": one_or_list([_settings(c).get("idc_version") for c in cohorts]),
         "idc_release_date": one_or_list([_settings(c).get("idc_release_date") for c in cohorts]),
         "cohort_hash": one_or_list([c["version"] for c in cohorts]),
-        "series_count": len(series),
+        "series_count": series_count,
         "conversion": [{"dataset_version": v["partition_key"], **{k: _settings(v).get(k) for k in ("settings", "settings_hash")}}
                        for v in by_asset.get("volumes", [])],
         "seeds": [{"dataset_version": s["partition_key"], **{k: _settings(s).get(k) for k in ("source", "reference")}}
@@ -127,8 +125,11 @@ def trace(con: duckdb.DuckDBPyConnection, target: str, full: bool = False) -> di
                   "code_version": r["code_version"], "git_commit": r["git_commit"], "version": r["version"]}
                  for r in chain],
     }
-    if full:
-        result["series"] = series
+    if full:  # every series, with what the cohort recorded of it
+        rows = con.execute("SELECT item_id, name, attributes FROM items WHERE kind = 'series' AND "
+                           "list_contains(?, version_id) ORDER BY name", [cohort_versions]).fetchall()
+        result["series"] = [{"SeriesInstanceUID": n, **json.loads(a or "{}"), "crdc_series_uuid": i.split(":", 1)[1]}
+                            for i, n, a in rows]
     return result
 
 

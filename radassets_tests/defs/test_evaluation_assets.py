@@ -31,11 +31,12 @@ def test_hosny2018_figure2_asset(instance, storage):
     assert lineage_id_of(out / "km.png") == lineage_id_of(out / "roc.png") == meta["lineage_id"].value
 
 
-def test_radiomics_recovers_the_demo_hazard_model(instance, default_demo_home):
+def test_radiomics_recovers_the_demo_hazard_model(instance, default_demo_home, tmp_path, capsys):
     """The demo's survival follows exp(0.8 z_log_volume + 0.6 z_heterogeneity): the radiomics probe's risk
     must find it (direction and rough size), through every asset from the cohort to the report. Then the
-    opt-in seed-perturbation stability of the same partition (one materialization serves both: the
-    pipeline up to the evaluation takes most of this test's time)."""
+    opt-in seed-perturbation stability of the same partition, and the lineage of it all: a comparison
+    figure traced back to the cohort, and the OpenLineage export read back (one materialization serves
+    all three: the pipeline up to the evaluation takes most of this test's time)."""
     from radassets.defs.run import materialize_dataset_versions
 
     assert materialize_dataset_versions(["demo_v1"], models=["radiomics"], progress=lambda m: None)
@@ -63,6 +64,7 @@ def test_radiomics_recovers_the_demo_hazard_model(instance, default_demo_home):
     assert lineage_id_of(default_demo_home / "comparison" / "demo_v1" / "auc_os_2y.png") == comparison["lineage_id"]
 
     check_seed_stability(instance, default_demo_home, metrics)
+    check_lineage(default_demo_home, metrics, tmp_path)
 
 
 def check_seed_stability(instance, home, evaluation_metrics):
@@ -106,3 +108,62 @@ def check_seed_stability(instance, home, evaluation_metrics):
     s = still["endpoints"]["os_2y"]
     assert s["kappa_min"] == 1.0 and s["changed_mean"] == 0.0 and s["auc_mean"] == pytest.approx(s["unperturbed_auc"])
     assert still["cosine"]["min"] > 0.99999
+
+
+def check_lineage(home, evaluation_metrics, tmp_path):
+    import shutil
+
+    from radassets.cli import main as cli_main
+    from radassets.lineage.openlineage import read_event
+
+    def cli_json(*args):
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            cli_main(list(args))
+        return out.getvalue()
+
+    figure = home / "comparison" / "demo_v1" / "auc_os_2y.png"
+    copied = tmp_path / "figure_for_the_paper.png"
+    shutil.copy(figure, copied)  # found by the lineage id embedded in the PNG, wherever it is
+    t = json.loads(cli_json("lineage", "trace", str(copied), "--json", "--full"))
+    lock = json.loads((home / "cohort" / "demo_v1" / "cohort.lock.json").read_text())
+    assert t["found_by"].startswith("lineage id") and t["asset"] == "comparison"
+    assert (t["cohort"], t["idc_version"], t["cohort_hash"]) == ("demo_v1", lock["idc_version"], lock["content_hash"])
+    assert t["series_count"] == len(lock["series"]) == 144
+    assert sorted(s["SeriesInstanceUID"] for s in t["series"]) == sorted(s["SeriesInstanceUID"] for s in lock["series"])
+    assert t["model"] == "radiomics" and t["weights_sha256"] is None  # radiomics has no weights
+    assert t["conversion"][0]["settings"]["ct_reader"].startswith("pydicom")
+    assert t["seeds"][0]["source"] == "mask" and t["patches"][0]["spec"]["size"] == 64
+    evaluation = next(e for e in t["evaluation"] if e["asset"] == "evaluation")
+    assert evaluation["lineage_id"] == evaluation_metrics["lineage_id"]
+    assert evaluation["endpoints"]["os_2y"]["label_definition"]["censored_before_horizon"] == "drop"
+    assert set(t["code_version"]) >= {"cohort", "dicom", "volumes", "seeds", "patches", "embeddings", "evaluation",
+                                      "comparison"}
+    assert {r["asset"] for r in t["runs"]} == set(t["code_version"]) and {r["status"] for r in t["runs"]} == {"COMPLETE"}
+    # A file without an embedded id (the HTML report) is found by its content hash.
+    report = tmp_path / "report.html"
+    shutil.copy(home / "evaluation" / "demo_v1" / "radiomics" / "report.html", report)
+    by_hash = json.loads(cli_json("lineage", "trace", str(report), "--json"))
+    assert by_hash["found_by"].startswith("content hash") and by_hash["asset"] == "evaluation"
+    assert "cohort hash" in cli_json("lineage", "trace", str(figure))  # the text form
+    assert "144" in cli_json("lineage", "sql", "SELECT count(*) AS n FROM items WHERE kind = 'series'")
+    with pytest.raises(SystemExit) as refused:  # read-only
+        cli_main(["lineage", "sql", "DELETE FROM runs"])
+    assert refused.value.code == 2
+    # OpenLineage: every exported event reads back into the client's classes; the comparison's run has the
+    # evaluation it read as input and its own version as output.
+    out = tmp_path / "openlineage"
+    cli_json("lineage", "export", "--openlineage", str(out))
+    events = [read_event(p) for p in sorted(out.glob("*.json"))]
+    assert len(events) >= 2 * len(t["runs"])
+    done = next(e for e in events if e.job.name == "comparison" and e.eventType.value == "COMPLETE")
+    assert [(d.name, d.facets["version"].datasetVersion) for d in done.inputs] == [
+        ("evaluation[demo_v1|radiomics]", evaluation_metrics["lineage_id"])]
+    comparison = json.loads((home / "comparison" / "demo_v1" / "metrics.json").read_text())
+    assert [(d.name, d.facets["version"].datasetVersion) for d in done.outputs] == [
+        ("comparison[demo_v1]", comparison["lineage_id"])]
+    figures = len(list((home / "comparison" / "demo_v1").glob("*.png")))  # one model: no mutual-kNN heatmap
+    assert done.outputs[0].facets["radassets"].items == {"figure": figures, "report": 1, "report_file": 2}

@@ -1,0 +1,207 @@
+"""Benchmark: tracing a figure in a lineage store of 10⁶ item rows, and what recording costs a materialization.
+
+1. Trace latency. A store is built through the real path (event files, then ``merge``) with a
+   synthetic study at scale: one cohort of ``--series`` series (default 111,112), their volumes,
+   seeds and patches, the embeddings of ``--models`` models (default 5), an evaluation per model
+   and a comparison; with the defaults that is 1.0 million item rows and 1.4 million parent rows.
+   Timed: ``radassets lineage trace`` of the comparison's figure, as the CLI runs it (open the
+   store read-only, resolve the figure, walk the chain, gather the facets and count the series),
+   in a fresh process state each time but with the file in the OS cache (median of ``--repeats``).
+   Target: under 1 s. Peer, timed in the same run on the same store: the item-level walk a store
+   without run-level lineage would need, a recursive query over ``item_parents`` from the figure
+   down to every series (it touches every parent row); RATIO = peer / trace.
+2. Recording overhead. The small demo collection (8 patients) runs through every asset from the
+   cohort to the comparison with one model (radiomics) in a fresh instance; for each asset, the
+   store gives the asset function's duration (from its start event to its end event) and Dagster's
+   event log the whole step's (STEP_START to STEP_SUCCESS: the function plus Dagster's own work),
+   and the recording work is then timed on the finished outputs: what ``@recorded`` adds (reading
+   the items and settings, writing the start and end event files) plus the merge into DuckDB.
+   Printed per asset: seconds of the step and of the function, seconds of recording, and
+   recording as a share of the step.
+
+Run: ``python bench/lineage.py`` (``make bench`` runs it with the others).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def synthetic_store(root: Path, n_series: int, n_models: int) -> str:
+    """Events of a study at scale, merged into a store under ``root``; returns the comparison figure's item id."""
+    from radassets.lineage import store
+
+    def run(asset, partition, version, inputs, items, settings):
+        r = {"run_id": str(uuid.uuid4()), "dagster_run_id": str(uuid.uuid4()), "partition_key": partition,
+             "code_version": f"{asset}-1", "git_commit": "bench",
+             "partition": {"dataset_version": partition.split("|")[0],
+                           **({"model": partition.split("|")[1]} if "|" in partition else {})}}
+        job = {"namespace": "radassets", "name": asset}
+        store.write_event({"event_type": "START", "run": r, "job": job}, root)
+        store.write_event({"event_type": "COMPLETE", "run": r, "job": job, "inputs": inputs,
+                           "outputs": [{"asset": asset, "partition_key": partition, "version": version,
+                                        "items": items, "facets": {"settings": {"content": settings}}}]}, root)
+        return {"asset": asset, "partition_key": partition, "version": version}
+
+    dv = "bench_v1"
+    ids = [f"{i:08d}" for i in range(n_series)]
+    cohort = run("cohort", dv, "c" * 64, [], [{"item_id": f"series:{i}", "kind": "series", "name": f"1.2.{i}"}
+                                              for i in ids], {"idc_version": 21, "idc_release_date": "2025-01-01"})
+    volumes = run("volumes", dv, "v" * 64, [cohort], [{"item_id": f"volume:{i}", "kind": "volume",
+                                                       "parents": [f"series:{i}"]} for i in ids],
+                  {"settings": {"ct_reader": "bench"}})
+    seeds = run("seeds", dv, "s" * 64, [volumes], [{"item_id": f"seed:{i}", "kind": "seed", "parents": [f"volume:{i}"]}
+                                                   for i in ids], {"source": "mask"})
+    patches = run("patches", dv, "p" * 64, [seeds], [{"item_id": f"patch:{i}", "kind": "patch",
+                                                      "parents": [f"seed:{i}"]} for i in ids], {"spec": {"size": 64}})
+    evaluations = []
+    for m in range(n_models):
+        model = f"model{m}"
+        emb = run("embeddings", f"{dv}|{model}", f"e{m}" * 32, [patches],
+                  [{"item_id": f"embedding:{model}:{i}", "kind": "embedding", "parents": [f"patch:{i}"]} for i in ids],
+                  {"weights_sha256": f"{m}" * 64})
+        lid = f"{m:016d}"
+        evaluations.append(run("evaluation", f"{dv}|{model}", lid, [emb, seeds],
+                               [{"item_id": f"report:{lid}", "kind": "report",
+                                 "parents": [f"embedding:{model}:{i}" for i in ids]}], {"lineage_id": lid}))
+    comparison_id = "f" * 16
+    run("comparison", dv, comparison_id, evaluations,
+        [{"item_id": f"report:{comparison_id}", "kind": "report", "parents": [f"report:{e['version']}" for e in evaluations]},
+         {"item_id": f"figure:{comparison_id}/auc.png", "kind": "figure", "parents": [f"report:{comparison_id}"]}],
+        {"lineage_id": comparison_id})
+    store.merge(root)
+    return f"figure:{comparison_id}/auc.png"
+
+
+ITEM_WALK = """
+WITH RECURSIVE walk(version_id, item_id) AS (
+    SELECT version_id, item_id FROM items WHERE item_id = ?
+    UNION
+    SELECT pv.version_id, p.parent_id
+    FROM walk w JOIN item_parents p ON p.version_id = w.version_id AND p.item_id = w.item_id
+    JOIN dataset_versions v ON v.version_id = w.version_id
+    JOIN items pv ON pv.item_id = p.parent_id
+        AND (pv.version_id = w.version_id
+             OR pv.version_id IN (SELECT ri.version_id FROM run_inputs ri WHERE ri.run_id = v.produced_by))
+)
+SELECT count(*) FILTER (WHERE item_id LIKE 'series:%') FROM walk
+"""
+
+
+def bench_trace(n_series: int, n_models: int, repeats: int) -> None:
+    import duckdb
+
+    from radassets.lineage import store
+    from radassets.lineage.trace import trace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        figure = synthetic_store(root, n_series, n_models)
+        built = time.perf_counter() - started
+        con = duckdb.connect(str(store.database_path(root)), read_only=True)
+        items, parents = (con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("items", "item_parents"))
+        con.close()
+        print(f"store: {items:,} item rows, {parents:,} parent rows ({n_series:,} series, {n_models} models); "
+              f"written and merged in {built:.1f} s")
+        ours, peer = [], []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            with store.reader(root) as con:
+                result = trace(con, figure)
+            ours.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            with store.reader(root) as con:
+                walked = con.execute(ITEM_WALK, [figure]).fetchone()[0]
+            peer.append(time.perf_counter() - started)
+        assert result["series_count"] == n_series == walked, (result["series_count"], walked)
+        t, p = statistics.median(ours), statistics.median(peer)
+        print(f"trace of the comparison figure: {t:.3f} s median of {repeats} (min {min(ours):.3f}); target < 1 s: "
+              f"{'met' if t < 1 else 'NOT MET'}")
+        print(f"peer, item-level walk to every series: {p:.3f} s; RATIO peer / trace = {p / t:.1f}")
+
+
+def bench_recording() -> None:
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as tmp:
+        home, dagster_home = Path(tmp) / "home", Path(tmp) / "dagster"
+        dagster_home.mkdir()
+        (dagster_home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+        spec = {"n_patients": 6, "n_added_in_release_2": 2, "n_revised_in_release_2": 2, "n_test_retest": 2}
+        env.update(RADASSETS_HOME=str(home), DAGSTER_HOME=str(dagster_home), RADASSETS_DEMO_SPEC=json.dumps(spec))
+        cli = [sys.executable, "-m", "radassets.cli"]
+        subprocess.run(cli + ["demo", "generate"], env=env, check=True, capture_output=True)
+        subprocess.run(cli + ["pipeline", "run", "demo_v1", "--models", "radiomics"], env=env, capture_output=True)
+        out = subprocess.run([sys.executable, __file__, "--recording-worker"], env=env, check=True,
+                             capture_output=True, text=True)
+        print(out.stdout, end="")
+
+
+def recording_worker() -> None:
+    """In the bench's instance: time the recording work of each asset on its finished outputs."""
+    from radassets.lineage import store
+    from radassets.lineage.items import output_record
+
+    from dagster import DagsterEventType, DagsterInstance
+
+    with store.reader() as con:
+        runs = con.execute("SELECT job_name, partition_key, partition, epoch(ended_at - started_at), dagster_run_id "
+                           "FROM runs WHERE status = 'COMPLETE' ORDER BY started_at").fetchall()
+    step_seconds = {}
+    with DagsterInstance.get() as instance:
+        for dagster_run_id in {r[4] for r in runs}:
+            times = {}
+            for entry in instance.all_logs(dagster_run_id, of_type={DagsterEventType.STEP_START,
+                                                                     DagsterEventType.STEP_SUCCESS}):
+                times.setdefault(entry.step_key, []).append(entry.timestamp)
+            step_seconds.update({(dagster_run_id, step): max(t) - min(t) for step, t in times.items()})
+    root = Path(tempfile.mkdtemp())  # a scratch store: the timed events must not join the real one
+    print(f"{'asset':<20}{'partition':<22}{'step':>9}{'function':>11}{'recording':>12}{'share of step':>15}")
+    shares = []
+    for asset, partition_key, partition, function_seconds, dagster_run_id in runs:
+        seconds = step_seconds[(dagster_run_id, asset)]
+        partition = json.loads(partition) if partition else None
+        started = time.perf_counter()
+        settings, items = output_record(asset, partition)
+        run = {"run_id": str(uuid.uuid4()), "partition_key": partition_key, "partition": partition}
+        job = {"namespace": "radassets", "name": asset}
+        store.write_event({"event_type": "START", "run": run, "job": job}, root)
+        store.write_event({"event_type": "COMPLETE", "run": run, "job": job, "outputs": [
+            {"asset": asset, "partition_key": partition_key, "version": uuid.uuid4().hex, "items": items,
+             "facets": {"settings": settings}}]}, root)
+        store.merge(root)
+        recording = time.perf_counter() - started
+        shares.append(recording / seconds)
+        print(f"{asset:<20}{partition_key or '-':<22}{seconds:>7.2f} s{function_seconds:>9.2f} s{recording:>10.3f} s"
+              f"{recording / seconds:>15.1%}")
+    print(f"recording overhead: median {statistics.median(shares):.1%} of a Dagster step's time, "
+          f"max {max(shares):.1%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=111_112)  # 9 items each: 1.0 million
+    parser.add_argument("--models", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--recording-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.recording_worker:
+        recording_worker()
+        return
+    bench_trace(args.series, args.models, args.repeats)
+    bench_recording()
+
+
+if __name__ == "__main__":
+    main()
