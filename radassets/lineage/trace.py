@@ -7,7 +7,8 @@ item id (``figure:<lineage id>/km.png``), a lineage id or data version, a versio
 run to the versions that run read, recursively (one recursive query), and the facets recorded at
 each step give what a reader of a paper needs: IDC release and cohort hash, series, conversion
 settings and library versions, seed source, patch parameters, model and weights, evaluation
-parameters and label definitions, and every run with its times, code version and git commit.
+parameters and label definitions, the files read from outside the pipeline (clinical tables,
+published scores) with their sha256, and every run with its times, code version and git commit.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ def trace(con: duckdb.DuckDBPyConnection, target: str, full: bool = False) -> di
         "weights_sha256": one_or_list([m["weights_sha256"] for m in models]) if models else None,
         "models": models,
         "evaluation": [_evaluation_parameters(e) for e in by_asset.get("evaluation", []) + by_asset.get("seed_stability", [])],
+        "files": [{"asset": r["asset"], "input": name, "path": f.get("path"), "sha256": f.get("sha256")}
+                  for r in chain for name, f in (_settings(r).get("inputs") or {}).items()
+                  if isinstance(f, dict) and f.get("sha256")],
         "code_version": {r["asset"]: r["code_version"] for r in chain if r["code_version"]},
         "git_commit": one_or_list([r["git_commit"] for r in chain]),
         "runs": [{"asset": r["asset"], "partition_key": r["partition_key"], "run_id": r["run_id"],
@@ -147,9 +151,12 @@ def format_trace(t: dict[str, Any]) -> str:
     def kv(d: Any) -> str:
         return json.dumps(d, sort_keys=True, default=str) if not isinstance(d, str) else d
 
-    lines = [f"{t['target']}", f"  found by {t['found_by']}: {t['asset']} [{t['partition_key'] or '-'}]", "",
-             f"cohort        {t['cohort']}  (IDC release v{t['idc_version']}, {t['idc_release_date']})",
-             f"cohort hash   {t['cohort_hash']}", f"series        {t['series_count']}"]
+    lines = [f"{t['target']}", f"  found by {t['found_by']}: {t['asset']} [{t['partition_key'] or '-'}]", ""]
+    if t["cohort"] is None:
+        lines.append("cohort        none: not made from images of an IDC cohort (see the input files)")
+    else:
+        lines += [f"cohort        {t['cohort']}  (IDC release v{t['idc_version']}, {t['idc_release_date']})",
+                  f"cohort hash   {t['cohort_hash']}", f"series        {t['series_count']}"]
     for s in t.get("series", []):
         lines.append(f"                {s['SeriesInstanceUID']}  {s.get('Modality', '')}  {s.get('PatientID', '')}  "
                      f"crdc {s['crdc_series_uuid']}")
@@ -168,6 +175,8 @@ def format_trace(t: dict[str, Any]) -> str:
             lines.append(f"                endpoint {name}: {kv(d['label_definition'])}")
         if e["protocol"]:
             lines.append(f"                protocol {kv(e['protocol'])}")
+    for f in t["files"]:
+        lines.append(f"input file    {f['asset']} {f['input']}: {f['path']} (sha256 {f['sha256']})")
     lines += ["", f"code          git {t['git_commit']}; " + ", ".join(f"{a} {v}" for a, v in t["code_version"].items()),
               "runs"]
     for r in t["runs"]:

@@ -29,6 +29,16 @@ def test_hosny2018_figure2_asset(instance, storage):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["label_definition"]["censored_before_horizon"] == "alive"
     assert lineage_id_of(out / "km.png") == lineage_id_of(out / "roc.png") == meta["lineage_id"].value
+    # Its lineage: no cohort, the three published tables it read, each with its sha256.
+    from radassets.lineage.store import LineageError, reader
+    from radassets.lineage.trace import trace
+
+    with reader() as con:
+        t = trace(con, str(out / "km.png"))
+        with pytest.raises(LineageError, match="neither a file nor a recorded item"):
+            trace(con, "no-such-figure")
+    assert t["cohort"] is None and t["series_count"] == 0 and [r["status"] for r in t["runs"]] == ["COMPLETE"]
+    assert {f["input"]: f["sha256"] for f in t["files"]} == {k: v["sha256"] for k, v in metrics["inputs"].items()}
 
 
 def test_radiomics_recovers_the_demo_hazard_model(instance, default_demo_home, tmp_path, capsys):
