@@ -38,7 +38,8 @@ demo: install
 	$(BIN)/radassets pipeline run demo_v1 demo_v2
 	@$(BIN)/radassets cohort diff demo_v1 demo_v2
 	@echo
-	@echo "Outputs are under $(RADASSETS_HOME):"
+	@echo "Outputs are under $(RADASSETS_HOME). To use the CLI on them:"
+	@echo "  export RADASSETS_HOME=$(RADASSETS_HOME) DAGSTER_HOME=$(DAGSTER_HOME)"
 	@echo "  cohort/<dataset_version>/cohort.lock.json   the pinned series list (radassets cohort show demo_v1)"
 	@echo "  dicom/<dataset_version>/manifest.json       every series, verified, with its files"
 	@echo "  volumes/<dataset_version>/qc.parquet        one QC row per series; ct/ and masks/ hold the NRRDs"

@@ -280,6 +280,7 @@ def cmd_lineage_sql(args: argparse.Namespace) -> None:
     from radassets.lineage.store import LineageError, reader
 
     with reader() as con:  # read-only: a statement that writes is refused by DuckDB
+        con.execute("SET enable_external_access = false")  # nor may a query read or write other files
         try:
             frame = con.sql(args.query).df()
         except duckdb.Error as e:

@@ -3,11 +3,13 @@
 It wraps the asset's function, so every way of materializing (the UI, a backfill, ``radassets
 pipeline run``, a test's ``materialize``) records the same way and no asset writes lineage itself:
 
-- before the function runs: a ``START`` event (run, job, partition, code version, git commit);
-- after it returns: a ``COMPLETE`` event with the inputs (the upstream asset partitions and the
-  data versions they have now, as Dagster records them), the output (this partition's data
-  version, its settings facet, its metadata and its items, read by ``radassets.lineage.items``);
-- if it raises: a ``FAIL`` event with the error, and the exception goes on to Dagster.
+- before the function runs: a ``START`` event (run, job, partition, code version, git commit) with
+  the inputs (the upstream asset partitions and the data versions Dagster holds for them then);
+- after it returns: a ``COMPLETE`` event with the same inputs and the output (this partition's
+  data version, its settings facet, its metadata and its items, read by ``radassets.lineage.items``;
+  if they cannot be read, the output without items and a warning, never a failed asset);
+- if it raises: a ``FAIL`` event with the error (``ABORT`` for an interrupt), and the exception goes
+  on to Dagster.
 
 Events are files (``radassets.lineage.store``); the wrapper then tries to merge them without
 waiting. No ``from __future__ import annotations``: Dagster inspects the wrapped signature.
@@ -113,39 +115,50 @@ def _merge(context) -> None:
         context.log.warning(f"lineage events written, not merged yet: {type(e).__name__}: {e}")
 
 
+def _error(e: BaseException) -> str:
+    if isinstance(e, Failure):
+        return e.description or str(e) or "Failure"
+    return f"{type(e).__name__}: {e}"
+
+
 def recorded(fn):
-    """Record the asset's materializations (started, completed or failed) in the lineage store."""
+    """Record the asset's materializations (started, completed, failed or interrupted) in the lineage store."""
 
     @functools.wraps(fn)
     def wrapper(context, *args, **kwargs):
         asset = context.asset_key.to_user_string()
         partition_key, partition = _partition(context)
-        run = {"run_id": str(uuid.uuid5(RUN_NAMESPACE, f"{context.run.run_id}/{asset}/{partition_key or ''}")),
-               "dagster_run_id": context.run.run_id, "partition_key": partition_key, "partition": partition,
+        # One lineage run per step attempt: a retry is a run of its own.
+        key = f"{context.run.run_id}/{asset}/{partition_key or ''}/{context.retry_number}"
+        run = {"run_id": str(uuid.uuid5(RUN_NAMESPACE, key)), "dagster_run_id": context.run.run_id,
+               "partition_key": partition_key, "partition": partition,
                "code_version": context.assets_def.code_versions_by_key.get(context.asset_key),
                "git_commit": git_commit(), "radassets_version": radassets.__version__}
         job = {"namespace": "radassets", "name": asset, "description": context.assets_def.descriptions_by_key.get(
             context.asset_key)}
-        store.write_event({"event_type": "START", "run": run, "job": job})
+        # What the asset reads, as it starts: a concurrent run that rematerializes an upstream partition
+        # meanwhile does not change what this one read.
+        inputs = _inputs(context, partition)
+        store.write_event({"event_type": "START", "run": run, "job": job, "inputs": inputs})
         try:
             result = fn(context, *args, **kwargs)
         except BaseException as e:
-            error = e.description if isinstance(e, Failure) else f"{type(e).__name__}: {e}"
-            try:
-                inputs = _inputs(context, partition)
-            except Exception:  # noqa: BLE001 - the asset's own error is the one to report
-                inputs = []
-            store.write_event({"event_type": "FAIL", "run": {**run, "error": error}, "job": job, "inputs": inputs})
+            # An Exception is a failure; anything else (an interrupt, Dagster terminating the run) an abort.
+            kind = "FAIL" if isinstance(e, Exception) else "ABORT"
+            store.write_event({"event_type": kind, "run": {**run, "error": _error(e)}, "job": job, "inputs": inputs})
             _merge(context)
             raise
-        settings, items = output_record(asset, partition)
+        try:
+            settings, items = output_record(asset, partition)
+            facets = {"settings": settings, "metadata": _metadata(result)}
+        except Exception as e:  # noqa: BLE001 - the asset succeeded; a lineage reader's problem must not fail it
+            context.log.warning(f"lineage: the outputs of {asset} could not be read for their items: "
+                                f"{type(e).__name__}: {e}")
+            items, facets = [], {"metadata": _metadata(result), "lineage_error": f"{type(e).__name__}: {e}"}
         version = result.data_version.value if isinstance(result, MaterializeResult) and result.data_version else None
-        outputs = []
-        if version:
-            outputs.append({"asset": asset, "partition_key": partition_key, "version": version, "items": items,
-                            "facets": {"settings": settings, "metadata": _metadata(result)}})
-        store.write_event({"event_type": "COMPLETE", "run": run, "job": job, "inputs": _inputs(context, partition),
-                           "outputs": outputs})
+        outputs = [{"asset": asset, "partition_key": partition_key, "version": version, "items": items,
+                    "facets": facets}] if version else []
+        store.write_event({"event_type": "COMPLETE", "run": run, "job": job, "inputs": inputs, "outputs": outputs})
         _merge(context)
         return result
 

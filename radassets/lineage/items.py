@@ -1,9 +1,10 @@
 """What each asset wrote, as lineage: its output folder, a facet of its settings, and its item rows.
 
-Items are the things a researcher traces one by one: series → volume → seed → patch → embedding →
-report and figure. Each item has a logical id (``series:<crdc_series_uuid>``, ``volume:<crdc>``,
-``seed:<seed_id>``, ``patch:<seed_id>``, ``embedding:<model>:<seed_id>``,
-``report:<lineage_id>``, ``figure:<lineage_id>/<file>``) that is unique within one version of
+Items are the things a researcher traces one by one: series → DICOM files → volume → seed → patch →
+embedding → report and figure. Each item has a logical id (``series:<crdc_series_uuid>``,
+``dicom:<crdc>``, ``volume:<crdc>``, ``seed:<seed_id>``, ``patch:<seed_id>``,
+``embedding:<model>:<seed_id>``, ``report:<lineage_id>``, ``figure:<lineage_id>/<file>``) that is
+unique within one version of
 one asset partition; its parents are logical ids in the same version (a figure's report) or in
 the versions its run read (the run's inputs), so "this seed's volume" means the volume in the
 ``volumes`` version the seeds run consumed.
@@ -68,10 +69,18 @@ def _cohort(folder: Path, partition) -> list[dict]:
              "attributes": {k: s.get(k) for k in keep}} for s in lock["series"]]
 
 
+def _dicom(folder: Path, partition) -> list[dict]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return [{"item_id": f"dicom:{s['crdc_series_uuid']}", "kind": "dicom", "name": s["SeriesInstanceUID"],
+             "status": s.get("status"), "path": s.get("folder"), "parents": [f"series:{s['crdc_series_uuid']}"],
+             "attributes": {k: s.get(k) for k in ("Modality", "PatientID", "files", "bytes", "how", "reason")}}
+            for s in manifest["series"]]
+
+
 def _volumes(folder: Path, partition) -> list[dict]:
     return [{"item_id": f"volume:{r['crdc_series_uuid']}", "kind": "volume" if r["Modality"] == "CT" else "mask",
              "name": r["SeriesInstanceUID"], "status": r["status"], "sha256": r.get("sha256"), "path": r.get("path"),
-             "parents": [f"series:{r['crdc_series_uuid']}"],
+             "parents": [f"dicom:{r['crdc_series_uuid']}"],
              "attributes": {"Modality": r["Modality"], "PatientID": r["PatientID"], "code": r.get("code"),
                             "message": r.get("message"), "reused": r.get("reused")}}
             for r in _records(folder / "qc.parquet")]
@@ -146,7 +155,8 @@ def _unparented_report(folder: Path, partition) -> list[dict]:
 
 
 READERS: dict[str, Callable[[Path, dict | None], list[dict]]] = {
-    "cohort": _cohort, "volumes": _volumes, "seeds": _seeds, "patches": _patches, "embeddings": _embeddings,
+    "cohort": _cohort, "dicom": _dicom, "volumes": _volumes, "seeds": _seeds, "patches": _patches,
+    "embeddings": _embeddings,
     "evaluation": _evaluation, "comparison": _comparison, "seed_stability": _evaluation,
     "hosny2018_figure2": _unparented_report,
 }

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS run_outputs (run_id VARCHAR, version_id VARCHAR, PRIM
 CREATE TABLE IF NOT EXISTS items (
     version_id VARCHAR, item_id VARCHAR, kind VARCHAR, name VARCHAR, status VARCHAR, sha256 VARCHAR,
     path VARCHAR, attributes JSON, PRIMARY KEY (version_id, item_id));
-CREATE TABLE IF NOT EXISTS item_parents (version_id VARCHAR, item_id VARCHAR, parent_id VARCHAR);
+CREATE TABLE IF NOT EXISTS item_parents (
+    version_id VARCHAR, item_id VARCHAR, parent_id VARCHAR, PRIMARY KEY (version_id, item_id, parent_id));
 """
 
 
@@ -81,7 +82,8 @@ def _events_dir(root: Path, state: str) -> Path:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    # Always with microseconds: event file names sort by this text, and a start must sort before its end.
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def version_id(asset: str, partition_key: str | None, version: str) -> str:
@@ -115,8 +117,11 @@ def _connect(root: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     if read_only:
         if not path.is_file():
             raise LineageError(f"no lineage recorded yet ({path} does not exist); materialize an asset first")
-        return duckdb.connect(str(path), read_only=True)
+        con = duckdb.connect(str(path), read_only=True)
+        con.execute("SET TimeZone = 'UTC'")
+        return con
     con = duckdb.connect(str(path))
+    con.execute("SET TimeZone = 'UTC'")
     con.execute(SCHEMA)
     if not con.execute("SELECT count(*) FROM schema_info").fetchone()[0]:
         con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
@@ -143,6 +148,12 @@ def merge(root: Path | None = None, wait: bool = True) -> int:
         return 0
 
 
+# A file is set aside only for what is wrong with the file; anything else (disk full, I/O) stops the merge and
+# leaves every file pending for the next one.
+BAD_FILE_ERRORS = (ValueError, KeyError, TypeError, duckdb.ConstraintException, duckdb.ConversionException,
+                   duckdb.InvalidInputException, duckdb.BinderException)
+
+
 def _ingest_file(con: duckdb.DuckDBPyConnection, root: Path, path: Path) -> int:
     try:
         event = json.loads(path.read_text())
@@ -152,11 +163,13 @@ def _ingest_file(con: duckdb.DuckDBPyConnection, root: Path, path: Path) -> int:
         con.begin()
         ingest(con, event)
         con.commit()
-    except Exception as e:  # noqa: BLE001 - any bad file is set aside with its reason; the rest proceed
+    except BaseException as e:
         try:
             con.rollback()
         except duckdb.Error:  # the failure came before the transaction began
             pass
+        if not isinstance(e, BAD_FILE_ERRORS):
+            raise
         rejected = _events_dir(root, "rejected")
         os.replace(path, rejected / path.name)
         (rejected / f"{path.name}.reason.txt").write_text(f"{type(e).__name__}: {e}\n")
@@ -177,9 +190,9 @@ def ingest(con: duckdb.DuckDBPyConnection, event: dict[str, Any]) -> None:
     con.execute("INSERT INTO jobs VALUES (?, ?, ?, ?) ON CONFLICT (job_name) DO UPDATE SET "
                 "description = excluded.description, facets = excluded.facets",
                 [job["name"], job.get("namespace", "radassets"), job.get("description"), _json(job.get("facets"))])
-    if kind == "START":
+    if kind == "START":  # (its end may have been ingested first: then only the start time is missing)
         con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, 'START', ?, NULL, ?, ?, ?, NULL, ?) ON CONFLICT (run_id) "
-                    "DO NOTHING",
+                    "DO UPDATE SET started_at = coalesce(runs.started_at, excluded.started_at)",
                     [run["run_id"], job["name"], run.get("dagster_run_id"), run.get("partition_key"),
                      _json(run.get("partition")), when, run.get("code_version"), run.get("git_commit"),
                      run.get("radassets_version"), _json(run.get("facets"))])
@@ -204,9 +217,15 @@ def _dataset_version(con: duckdb.DuckDBPyConnection, ds: dict[str, Any], produce
     vid = version_id(ds["asset"], ds.get("partition_key"), ds["version"])
     con.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [name, ds.get("namespace", "radassets"), ds["asset"], ds.get("partition_key"), ds.get("kind", "asset")])
-    if produced_by:  # an output: the producing run and its facets (a rematerialization to the same bytes keeps the first)
-        con.execute("INSERT INTO dataset_versions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (version_id) DO NOTHING",
+    if produced_by:
+        # An output. The same version made again (a rerun to the same bytes, or the same inputs under new code)
+        # is described by its latest run: the one whose files are on disk now. A version first seen as an
+        # input gets its producer here.
+        con.execute("INSERT INTO dataset_versions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (version_id) DO UPDATE SET "
+                    "produced_by = excluded.produced_by, created_at = excluded.created_at, facets = excluded.facets",
                     [vid, name, ds["version"], produced_by, when, _json(ds.get("facets"))])
+        con.execute("DELETE FROM item_parents WHERE version_id = ?", [vid])
+        con.execute("DELETE FROM items WHERE version_id = ?", [vid])
     else:  # an input: known from its own output event, or (recorded before this store existed) by its id only
         con.execute("INSERT INTO dataset_versions VALUES (?, ?, ?, NULL, NULL, ?) ON CONFLICT (version_id) DO NOTHING",
                     [vid, name, ds["version"], _json(ds.get("facets"))])
@@ -233,9 +252,8 @@ def _items(con: duckdb.DuckDBPyConnection, vid: str, items: list[dict[str, Any]]
     con.register("new_parents", parents)
     try:
         con.execute("INSERT INTO items SELECT version_id, item_id, kind, name, status, sha256, path, "
-                    "attributes::JSON FROM new_items ON CONFLICT DO NOTHING")
-        con.execute("INSERT INTO item_parents SELECT * FROM new_parents WHERE (version_id, item_id) NOT IN "
-                    "(SELECT version_id, item_id FROM item_parents WHERE version_id = ?)", [vid])
+                    "attributes::JSON FROM new_items ON CONFLICT DO NOTHING")  # an id listed twice: the first
+        con.execute("INSERT INTO item_parents SELECT DISTINCT * FROM new_parents ON CONFLICT DO NOTHING")
     finally:
         con.unregister("new_items")
         con.unregister("new_parents")

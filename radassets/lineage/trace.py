@@ -36,6 +36,20 @@ GROUP BY ALL ORDER BY r.started_at NULLS FIRST, d.asset, d.partition_key
 """
 
 
+# When several versions hold a match (a figure made again, a volume reused by two dataset versions), the newest
+# version is taken, figures and reports before other kinds; ``found_by`` says how many matched.
+NEWEST = "ORDER BY (i.kind IN ('figure', 'report')) DESC, v.created_at DESC NULLS LAST"
+
+
+def _first(con: duckdb.DuckDBPyConnection, query: str, params: list) -> tuple[str | None, int]:
+    rows = con.execute(query, params).fetchall()
+    return (rows[0][0] if rows else None), len(rows)
+
+
+def _found(how: str, matches: int) -> str:
+    return how + (f" (the newest of {matches} matches)" if matches > 1 else "")
+
+
 def _file_target(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, str]:
     from radassets.evaluation.figures import lineage_id_of
     from radassets.storage import sha256_file
@@ -43,15 +57,19 @@ def _file_target(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, str]:
     if path.suffix.lower() == ".png":
         lineage_id = lineage_id_of(path)
         if lineage_id:
-            row = con.execute("SELECT version_id FROM items WHERE kind = 'figure' AND item_id LIKE ? || '/%' "
-                              "AND name = ? ORDER BY version_id LIMIT 1", [f"figure:{lineage_id}", path.name]).fetchone()
-            row = row or con.execute("SELECT version_id FROM dataset_versions WHERE version = ?", [lineage_id]).fetchone()
-            if row:
-                return row[0], f"lineage id {lineage_id} in {path.name}"
+            vid, n = _first(con, f"SELECT i.version_id FROM items i JOIN dataset_versions v USING (version_id) "
+                                 f"WHERE i.kind = 'figure' AND i.item_id = ? {NEWEST}",
+                            [f"figure:{lineage_id}/{path.name}"])
+            if vid is None:  # renamed: the version the lineage id names
+                vid, n = _first(con, "SELECT version_id FROM dataset_versions WHERE version = ? AND produced_by IS NOT "
+                                     "NULL ORDER BY created_at DESC", [lineage_id])
+            if vid:
+                return vid, _found(f"lineage id {lineage_id} in {path.name}", n)
     digest = sha256_file(path)
-    row = con.execute("SELECT version_id, item_id FROM items WHERE sha256 = ? LIMIT 1", [digest]).fetchone()
-    if row:
-        return row[0], f"content hash {digest[:12]}… of {path.name} ({row[1]})"
+    vid, n = _first(con, f"SELECT i.version_id FROM items i JOIN dataset_versions v USING (version_id) "
+                         f"WHERE i.sha256 = ? {NEWEST}", [digest])
+    if vid:
+        return vid, _found(f"content hash {digest[:12]}… of {path.name}", n)
     raise LineageError(f"{path}: no recorded figure or artifact has its lineage id or its sha256 ({digest[:12]}…)")
 
 
@@ -61,16 +79,19 @@ def resolve(con: duckdb.DuckDBPyConnection, target: str) -> tuple[str, str]:
     if path.is_file():
         return _file_target(con, path)
     for query, how in (
-        ("SELECT version_id FROM items WHERE item_id = ? ORDER BY version_id DESC LIMIT 1", "item"),
+        (f"SELECT i.version_id FROM items i JOIN dataset_versions v USING (version_id) WHERE i.item_id = ? {NEWEST}",
+         "item"),
         ("SELECT version_id FROM dataset_versions WHERE version_id = ?", "version id"),
-        ("SELECT version_id FROM dataset_versions WHERE version = ? AND produced_by IS NOT NULL", "data version"),
-        ("SELECT version_id FROM run_outputs WHERE run_id = ? LIMIT 1", "run"),
-        ("SELECT o.version_id FROM runs r JOIN run_outputs o USING (run_id) WHERE r.dagster_run_id = ? LIMIT 1",
-         "Dagster run"),
+        ("SELECT version_id FROM dataset_versions WHERE version = ? AND produced_by IS NOT NULL "
+         "ORDER BY created_at DESC", "data version"),
+        ("SELECT version_id FROM run_outputs WHERE run_id = ?", "run"),
+        # A Dagster run materializes several assets: its last output is the most downstream one.
+        ("SELECT o.version_id FROM runs r JOIN run_outputs o USING (run_id) WHERE r.dagster_run_id = ? "
+         "ORDER BY r.ended_at DESC", "Dagster run, its last output,"),
     ):
-        row = con.execute(query, [target]).fetchone()
-        if row:
-            return row[0], f"{how} {target}"
+        vid, n = _first(con, query, [target])
+        if vid:
+            return vid, _found(f"{how} {target}", n if how == "item" or how == "data version" else 1)
     raise LineageError(f"{target!r} is neither a file nor a recorded item, version, lineage id or run id")
 
 

@@ -136,9 +136,13 @@ def check_lineage(home, evaluation_metrics, tmp_path):
         return out.getvalue()
 
     figure = home / "comparison" / "demo_v1" / "auc_os_2y.png"
-    copied = tmp_path / "figure_for_the_paper.png"
+    (tmp_path / "paper").mkdir()
+    copied = tmp_path / "paper" / figure.name
     shutil.copy(figure, copied)  # found by the lineage id embedded in the PNG, wherever it is
     t = json.loads(cli_json("lineage", "trace", str(copied), "--json", "--full"))
+    renamed = tmp_path / "figure_3b.png"  # renamed too: the lineage id names the version
+    shutil.copy(figure, renamed)
+    assert json.loads(cli_json("lineage", "trace", str(renamed), "--json"))["version_id"] == t["version_id"]
     lock = json.loads((home / "cohort" / "demo_v1" / "cohort.lock.json").read_text())
     assert t["found_by"].startswith("lineage id") and t["asset"] == "comparison"
     assert (t["cohort"], t["idc_version"], t["cohort_hash"]) == ("demo_v1", lock["idc_version"], lock["content_hash"])
@@ -160,9 +164,11 @@ def check_lineage(home, evaluation_metrics, tmp_path):
     assert by_hash["found_by"].startswith("content hash") and by_hash["asset"] == "evaluation"
     assert "cohort hash" in cli_json("lineage", "trace", str(figure))  # the text form
     assert "144" in cli_json("lineage", "sql", "SELECT count(*) AS n FROM items WHERE kind = 'series'")
-    with pytest.raises(SystemExit) as refused:  # read-only
-        cli_main(["lineage", "sql", "DELETE FROM runs"])
-    assert refused.value.code == 2
+    for statement in ("DELETE FROM runs", f"COPY runs TO '{tmp_path / 'runs.csv'}'"):  # read-only, no files
+        with pytest.raises(SystemExit) as refused:
+            cli_main(["lineage", "sql", statement])
+        assert refused.value.code == 2, statement
+    assert not (tmp_path / "runs.csv").exists()
     # OpenLineage: every exported event reads back into the client's classes; the comparison's run has the
     # evaluation it read as input and its own version as output.
     out = tmp_path / "openlineage"

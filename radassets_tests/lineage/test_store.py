@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import shutil
+import time
 import uuid
 
 import pytest
@@ -61,6 +62,65 @@ def test_a_merge_killed_before_moving_its_files_ingests_nothing_twice(tmp_path):
         shutil.copy(path, tmp_path / "events" / "pending" / path.name)
     assert store.merge(tmp_path) == 0
     assert counts(tmp_path) == before
+    assert not (tmp_path / "events" / "rejected").exists()  # skipped as already in, not refused
+    assert len(list((tmp_path / "events" / "merged").iterdir())) == 2
+
+
+def test_a_version_seen_first_as_an_input_gets_its_producer(tmp_path):
+    seeds = run_events("seeds", "v1", "s1")
+    patches = run_events("patches", "v1", "p1", inputs=[{"asset": "seeds", "partition_key": "v1", "version": "s1"}])
+    for event in patches + seeds:  # the seeds run recorded after the patches run that read its output
+        store.write_event(event, tmp_path)
+    store.merge(tmp_path)
+    with store.reader(tmp_path) as con:
+        producer = con.execute("SELECT r.job_name FROM dataset_versions v JOIN runs r ON r.run_id = v.produced_by "
+                               "WHERE v.version_id = 'seeds[v1]@s1'").fetchone()
+    assert producer == ("seeds",)
+
+
+def test_the_latest_run_describes_a_version_made_again(tmp_path):
+    """Same inputs under new code can give the same version id (a lineage id hashes the inputs): the version
+    then describes the run whose files are on disk now, and every run that wrote it stays in run_outputs."""
+    first = run_events("evaluation", "v1", "lid", items=[{"item_id": "figure:lid/km.png", "kind": "figure",
+                                                           "sha256": "old", "parents": ["report:lid"]}])
+    again = run_events("evaluation", "v1", "lid", items=[{"item_id": "figure:lid/km.png", "kind": "figure",
+                                                           "sha256": "new", "parents": ["report:lid", "report:lid"]}])
+    again[1]["run"]["code_version"] = "evaluation-2"
+    for event in first + again:
+        store.write_event(event, tmp_path)
+    store.merge(tmp_path)
+    with store.reader(tmp_path) as con:
+        assert con.execute("SELECT sha256 FROM items").fetchall() == [("new",)]
+        assert con.execute("SELECT count(*) FROM item_parents").fetchone() == (1,)  # listed twice, stored once
+        assert con.execute("SELECT r.run_id FROM dataset_versions v JOIN runs r ON r.run_id = v.produced_by"
+                           ).fetchone() == (again[0]["run"]["run_id"],)
+        assert con.execute("SELECT count(*) FROM run_outputs").fetchone() == (2,)
+
+
+def _merge_process(root: str) -> None:
+    store.merge(root)
+
+
+def test_a_merge_killed_mid_way_leaves_the_store_whole(tmp_path):
+    n_events, n_items = 8, 60_000
+    for i in range(n_events // 2):
+        for event in run_events("seeds", f"v{i}", f"s{i}", items=[{"item_id": f"seed:{k}", "kind": "seed",
+                                                                    "parents": [f"volume:{k}"]} for k in range(n_items)]):
+            store.write_event(event, tmp_path)
+    merger = multiprocessing.get_context("spawn").Process(target=_merge_process, args=(str(tmp_path),))
+    merger.start()
+    merged = tmp_path / "events" / "merged"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(merged.glob("*.json")) if merged.exists() else []) < 3:
+        time.sleep(0.01)
+    merger.kill()  # SIGKILL, in the middle of ingesting a later file
+    merger.join()
+    assert merger.exitcode != 0 and len(list(merged.glob("*.json"))) < n_events  # it really was cut short
+    store.merge(tmp_path)
+    c = counts(tmp_path)
+    assert (c["events"], c["runs"], c["items"], c["item_parents"]) == (n_events, n_events // 2,
+                                                                         n_events // 2 * n_items, n_events // 2 * n_items)
+    assert not (tmp_path / "events" / "rejected").exists()
 
 
 def test_a_bad_event_file_is_set_aside_whole_and_the_others_proceed(tmp_path):
