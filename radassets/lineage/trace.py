@@ -29,7 +29,8 @@ WITH RECURSIVE chain(version_id, depth) AS (
     FROM chain c JOIN dataset_versions v ON v.version_id = c.version_id JOIN run_inputs ri ON ri.run_id = v.produced_by
 )
 SELECT c.version_id, min(c.depth) AS depth, d.asset, d.partition_key, v.version, v.facets,
-       r.run_id, r.dagster_run_id, r.status, r.started_at, r.ended_at, r.code_version, r.git_commit, r.partition
+       r.run_id, r.dagster_run_id, r.status, r.started_at, r.ended_at, r.code_version, r.git_commit, r.partition,
+       r.radassets_version
 FROM chain c JOIN dataset_versions v USING (version_id) JOIN datasets d USING (dataset_name)
 LEFT JOIN runs r ON r.run_id = v.produced_by
 GROUP BY ALL ORDER BY r.started_at NULLS FIRST, d.asset, d.partition_key
@@ -143,6 +144,7 @@ def trace(con: duckdb.DuckDBPyConnection, target: str, full: bool = False) -> di
                   if isinstance(f, dict) and f.get("sha256")],
         "code_version": {r["asset"]: r["code_version"] for r in chain if r["code_version"]},
         "git_commit": one_or_list([r["git_commit"] for r in chain]),
+        "radassets_version": one_or_list([r["radassets_version"] for r in chain]),
         "runs": [{"asset": r["asset"], "partition_key": r["partition_key"], "run_id": r["run_id"],
                   "dagster_run_id": r["dagster_run_id"], "status": r["status"],
                   "started_at": r["started_at"].isoformat() if r["started_at"] else None,
@@ -198,7 +200,7 @@ def format_trace(t: dict[str, Any]) -> str:
             lines.append(f"                protocol {kv(e['protocol'])}")
     for f in t["files"]:
         lines.append(f"input file    {f['asset']} {f['input']}: {f['path']} (sha256 {f['sha256']})")
-    lines += ["", f"code          git {t['git_commit']}; " + ", ".join(f"{a} {v}" for a, v in t["code_version"].items()),
+    lines += ["", f"code          radassets {t['radassets_version']}, git {t['git_commit']}; " + ", ".join(f"{a} {v}" for a, v in t["code_version"].items()),
               "runs"]
     for r in t["runs"]:
         lines.append(f"  {r['asset']:<18} {r['partition_key'] or '-':<24} {r['status'] or '?':<8} "
