@@ -139,7 +139,8 @@ def trace(con: duckdb.DuckDBPyConnection, target: str, full: bool = False) -> di
         "weights_sha256": one_or_list([m["weights_sha256"] for m in models]) if models else None,
         "models": models,
         "evaluation": [_evaluation_parameters(e) for e in by_asset.get("evaluation", []) + by_asset.get("seed_stability", [])],
-        "files": [{"asset": r["asset"], "input": name, "path": f.get("path"), "sha256": f.get("sha256")}
+        "files": [{"asset": r["asset"], "partition_key": r["partition_key"], "input": name, "path": f.get("path"),
+                   "sha256": f.get("sha256")}
                   for r in chain for name, f in (_settings(r).get("inputs") or {}).items()
                   if isinstance(f, dict) and f.get("sha256")],
         "code_version": {r["asset"]: r["code_version"] for r in chain if r["code_version"]},
@@ -199,7 +200,8 @@ def format_trace(t: dict[str, Any]) -> str:
         if e["protocol"]:
             lines.append(f"                protocol {kv(e['protocol'])}")
     for f in t["files"]:
-        lines.append(f"input file    {f['asset']} {f['input']}: {f['path']} (sha256 {f['sha256']})")
+        lines.append(f"input file    {f['asset']}[{f['partition_key'] or ''}] {f['input']}: {f['path']} "
+                     f"(sha256 {f['sha256']})")
     lines += ["", f"code          radassets {t['radassets_version']}, git {t['git_commit']}; " + ", ".join(f"{a} {v}" for a, v in t["code_version"].items()),
               "runs"]
     for r in t["runs"]:
