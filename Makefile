@@ -55,7 +55,7 @@ demo: install
 	@echo "Next: 'make ui' and open http://127.0.0.1:$(UI_PORT) to see the assets and their runs."
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not ui"
 
 test-ui: install
 	$(BIN)/python -m pytest -m ui
