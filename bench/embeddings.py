@@ -70,7 +70,7 @@ import time
 import traceback
 from pathlib import Path
 
-from peer import PeerUnavailable, PeerWorker  # bench/ is sys.path[0] when run as a script
+from peer import PeerUnavailable, PeerWorker, check_python, error_reply, reply_channel  # bench/ is sys.path[0] when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -227,27 +227,12 @@ def write_fmcib_inputs(patches, work: Path, rows: int) -> None:
 
 def check_fmcib_python(path: Path) -> None:
     """Raise FmcibUnavailable unless ``path`` is a Python that can import fmcib (import only, quick)."""
-    if not path.is_file():
-        raise FmcibUnavailable(f"{path} not found; create the environment with: {FMCIB_VENV_HELP}")
-    done = subprocess.run([str(path), "-c", "import importlib.util as u, sys; "
-                           "sys.exit(0 if u.find_spec('fmcib') else 3)"],
-                          capture_output=True, text=True, timeout=120)
-    if done.returncode == 3:
-        raise FmcibUnavailable(f"{path} has no fmcib package (pip install foundation-cancer-image-biomarker)")
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
-        raise FmcibUnavailable(f"{path} does not run: {tail}")
+    check_python(path, ["fmcib"], "pip install foundation-cancer-image-biomarker", FMCIB_VENV_HELP)
 
 
 def fmcib_worker(work: Path) -> int:
     """Runs in FMCIB's environment: its get_features path, timed per batch size on request."""
-    replies = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # anything the libraries print goes to the log, not into the replies
-
-    def send(obj: dict) -> None:
-        replies.write(WORKER_TAG + json.dumps(obj) + "\n")
-        replies.flush()
-
+    send = reply_channel(WORKER_TAG)
     try:
         started = time.perf_counter()
         import numpy as np
@@ -332,7 +317,7 @@ def fmcib_worker(work: Path) -> int:
         return 0
     except Exception as e:
         traceback.print_exc()
-        send({"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"})
+        send(error_reply(e))
         return 1
 
 

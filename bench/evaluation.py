@@ -89,7 +89,7 @@ import time
 import traceback
 from pathlib import Path
 
-from peer import PeerUnavailable, PeerWorker  # bench/ is sys.path[0] when run as a script
+from peer import PeerUnavailable, PeerWorker, check_python, error_reply, reply_channel  # bench/ is sys.path[0] when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -222,13 +222,7 @@ OptunaUnavailable = PeerUnavailable  # the peer environment is missing or cannot
 
 def optuna_worker(data: Path) -> int:
     """Runs in Optuna's environment: on request, one timed run of ``optuna_protocol`` on one partition."""
-    replies = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # anything the libraries print goes to the log, not into the replies
-
-    def send(obj: dict) -> None:
-        replies.write(WORKER_TAG + json.dumps(obj) + "\n")
-        replies.flush()
-
+    send = reply_channel(WORKER_TAG)
     try:
         started = time.perf_counter()
         import numpy as np
@@ -264,23 +258,14 @@ def optuna_worker(data: Path) -> int:
         return 0
     except Exception as e:
         traceback.print_exc()
-        send({"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"})
+        send(error_reply(e))
         return 1
 
 
 def check_optuna_python(path: Path) -> None:
     """Raise OptunaUnavailable unless ``path`` is a Python that has optuna, scikit-learn and numpy."""
-    if not path.is_file():
-        raise OptunaUnavailable(f"{path} not found; create the environment with: {OPTUNA_VENV_HELP}")
-    done = subprocess.run([str(path), "-c", "import importlib.util as u, sys; "
-                           "m = [p for p in ('optuna', 'sklearn', 'numpy', 'threadpoolctl') if not u.find_spec(p)]; "
-                           "print(' '.join(m)); sys.exit(3 if m else 0)"],
-                          capture_output=True, text=True, timeout=120)
-    if done.returncode == 3:
-        raise OptunaUnavailable(f"{path} lacks {done.stdout.strip()} (pip install optuna scikit-learn numpy)")
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
-        raise OptunaUnavailable(f"{path} does not run: {tail}")
+    check_python(path, ["optuna", "sklearn", "numpy", "threadpoolctl"], "pip install optuna scikit-learn numpy",
+                 OPTUNA_VENV_HELP)
 
 
 # --------------------------------------------------------------------------------------------

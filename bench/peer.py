@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 THREADS = 2
@@ -68,3 +69,39 @@ class PeerWorker:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+def check_python(path: Path, modules: Sequence[str], install: str, create: str) -> None:
+    """Raise PeerUnavailable unless ``path`` is a Python that finds ``modules`` (import lookup only, quick)."""
+    if not path.is_file():
+        raise PeerUnavailable(f"{path} not found; create the environment with: {create}")
+    done = subprocess.run([str(path), "-c", "import importlib.util as u, sys; "
+                           f"m = [p for p in {list(modules)!r} if not u.find_spec(p)]; "
+                           "print(' '.join(m)); sys.exit(3 if m else 0)"],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode == 3:
+        raise PeerUnavailable(f"{path} lacks {done.stdout.strip()} ({install})")
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+        raise PeerUnavailable(f"{path} does not run: {tail}")
+
+
+# -- the worker's side ----------------------------------------------------------------------------
+
+def reply_channel(tag: str) -> Callable[[dict], None]:
+    """In the worker: a function sending one reply. Everything the worker's libraries print to stdout is
+    sent to stderr (the log) from here on, so nothing else can be taken for a reply."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+
+    def send(obj: dict) -> None:
+        replies.write(tag + json.dumps(obj) + "\n")
+        replies.flush()
+
+    return send
+
+
+def error_reply(e: Exception) -> dict:
+    """The reply of a worker that failed: the exception's type and last line (the traceback is in the log)."""
+    text = str(e).strip()
+    return {"error": f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}"}
