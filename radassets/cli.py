@@ -420,7 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Our progress at INFO; other libraries only when they warn (alembic, opening the Dagster instance, logs
+    # every migration plugin at INFO).
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("radassets").setLevel(logging.INFO)
     try:
         args.fn(args)
     except _user_errors() as e:

@@ -99,7 +99,8 @@ def volumes(context: AssetExecutionContext, imaging: ImagingResource) -> Materia
         data_version=DataVersion(report.content_hash),
         check_results=[AssetCheckResult(
             check_name="all_series_converted", passed=summary["failed"] == 0, severity=AssetCheckSeverity.WARN,
-            metadata={"failed": summary["failed"], "failures_by_code": MetadataValue.json(summary["failures_by_code"])},
+            metadata={"failed": summary["failed"], "failures_by_code": MetadataValue.json(summary["failures_by_code"]),
+                      **({"failures": failures} if summary["failed"] else {})},
         )],
     )
 
@@ -140,7 +141,9 @@ def seeds(context: AssetExecutionContext, imaging: ImagingResource) -> Materiali
         check_results=[AssetCheckResult(
             check_name="seeds_agree_with_reference", passed=not disagreeing, severity=AssetCheckSeverity.WARN,
             metadata={"disagreements": len(disagreeing), "compared": summary["compared_with_reference"],
-                      "threshold_mm": imaging.seed_disagreement_mm},
+                      "threshold_mm": imaging.seed_disagreement_mm,
+                      **({"disagreeing seeds": _table(disagreeing, ["PatientID", "SeriesInstanceUID", "segment_label",
+                                                                    "reference_distance_mm"])} if disagreeing else {})},
         )],
     )
 

@@ -112,7 +112,8 @@ def dicom(context: AssetExecutionContext, idc: IdcResource) -> MaterializeResult
                 check_name="all_series_verified",
                 passed=summary["failed"] == 0,
                 severity=AssetCheckSeverity.WARN,
-                metadata={"failed": summary["failed"], "verified": summary["verified"]},
+                metadata={"failed": summary["failed"], "verified": summary["verified"],
+                          **({"failures": MetadataValue.md(failures)} if summary["failed"] else {})},
             )
         ],
     )

@@ -102,7 +102,8 @@ def embeddings(context: AssetExecutionContext, models: ModelsResource) -> Materi
         data_version=DataVersion(report.content_hash),
         check_results=[AssetCheckResult(check_name="all_seeds_embedded", passed=not report.failures,
                                         severity=AssetCheckSeverity.WARN,
-                                        metadata={"failed": len(report.failures)})],
+                                        metadata={"failed": len(report.failures),
+                                                  **({"failures": failures} if report.failures else {})})],
     )
 
 

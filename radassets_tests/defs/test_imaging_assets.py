@@ -80,6 +80,7 @@ def test_one_bad_series_is_quarantined_and_the_partition_completes(instance, sma
     assert result.success
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert not checks["all_series_converted"].passed and checks["all_series_converted"].severity.value == "WARN"
+    assert victim in checks["all_series_converted"].metadata["failures"].value  # the Checks tab names the series
     volumes = metadata(instance, "volumes")
     assert volumes["failed"].value == 2  # the CT and the mask drawn on it
     assert victim in volumes["failures"].value and "gantry_tilt" in volumes["failures"].value

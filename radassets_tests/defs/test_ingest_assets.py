@@ -72,6 +72,7 @@ def test_one_bad_series_is_recorded_and_the_partition_completes(instance, defaul
     assert result.success
     [check] = result.get_asset_check_evaluations()
     assert not check.passed and check.severity.value == "WARN"
+    assert victim in check.metadata["failures"].value  # the Checks tab names the series
     meta = latest(instance, "dicom", "demo_v1").metadata
     assert meta["failed"].value == 1 and meta["verified"].value == 143
     assert victim in meta["failures"].value and "unreadable DICOM" in meta["failures"].value

@@ -59,6 +59,15 @@ class Tiny(torch.nn.Module):
         return torch.nn.functional.adaptive_avg_pool3d(torch.relu(self.conv(x)), 1).flatten(1)
 
 
+class NanForFirstInBatch(torch.nn.Module):
+    """A broken model: NaN for the first patch of every batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.mean(dim=(1, 2, 3, 4))[:, None].repeat(1, 3)
+        out[0] = float("nan")
+        return out
+
+
 def test_a_new_model_is_backfilled_without_recomputing_anything_upstream(instance, home, tmp_path, capsys):
     assert materialize_dataset_versions(["demo_v1", "demo_v2"], progress=lambda m: None)
     before = counts(instance)
@@ -93,6 +102,19 @@ def test_a_new_model_is_backfilled_without_recomputing_anything_upstream(instanc
     # The existing model's partitions were not touched.
     materialized = instance.get_materialized_partitions(AssetKey("embeddings"))
     assert sorted(k for k in materialized if k.endswith("|radiomics")) == ["demo_v1|radiomics", "demo_v2|radiomics"]
+
+    # A model that gives one NaN vector per batch: within the allowed fraction the partition succeeds, and
+    # its check fails naming the patients (the Checks tab of embeddings shows this table).
+    torch.jit.script(NanForFirstInBatch()).save(str(tmp_path / "nan.pt"))
+    cli_main(["models", "add", "nan_first", "--torchscript", str(tmp_path / "nan.pt"), "--preprocessing", str(spec)])
+    result = materialize(list(defs.assets), instance=instance, selection=["embeddings"],
+                         partition_key=MultiPartitionKey({"dataset_version": "demo_v1", "model": "nan_first"}),
+                         resources={**defs.resources, "models": ModelsResource(batch_size=4, max_failed_fraction=0.5)})
+    [check] = result.get_asset_check_evaluations()
+    rows, _ = read_embeddings(embeddings_dir("demo_v1", "tiny"))
+    first_of_each_batch = {r["PatientID"] for r in rows[::4]}
+    assert not check.passed and check.metadata["failed"].value == len(first_of_each_batch)
+    assert all(patient in check.metadata["failures"].value for patient in first_of_each_batch)
 
     # A registered model without its weights: the partition fails with the cause as its message.
     shutil.copy(REPO / "data" / "models" / "fmcib.yaml", Path(os.environ["RADASSETS_MODELS_DIR"]))

@@ -28,6 +28,7 @@ from radassets_tests.conftest import REPO
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 STARTUP_TIMEOUT_S = 180
+ARTIFACTS = REPO / "test-artifacts" / "ui"  # git-ignored; CI keeps it
 
 
 def free_port() -> int:
@@ -74,6 +75,8 @@ def _location_loaded(url: str) -> bool:
 def chromium_path() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
+        if os.environ.get("RADASSETS_UI_REQUIRED"):  # CI: the journeys must run
+            pytest.fail("RADASSETS_UI_REQUIRED is set but there is no chromium (apt-get install chromium)")
         pytest.skip("needs Debian's chromium package (apt-get install chromium); browsers cannot be downloaded here")
     return path
 
@@ -87,14 +90,8 @@ def ui_server(tmp_path_factory, demo_collection_for_ui) -> Iterator[UiServer]:
     shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
     (home / "demo").symlink_to(demo_collection_for_ui)
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RADASSETS_HOME": str(home),
-           "RADASSETS_MODELS_DIR": str(root / "models")}
-    # A private registry (journeys add models) of the models that run here without a download: a backfill
-    # over every model partition must not stop at weights this machine cannot fetch.
-    from radassets.models.pipeline import default_models
-
-    (root / "models").mkdir()
-    for name in default_models()[0]:
-        shutil.copy(REPO / "data" / "models" / f"{name}.yaml", root / "models" / f"{name}.yaml")
+           "RADASSETS_DATA_DIR": str(_private_data_dir(root / "data")),
+           "RADASSETS_MODELS_DIR": str(root / "data" / "models")}
     subprocess.run([str(Path(sys.executable).parent / "dagster"), "instance", "concurrency", "set", "gpu", "1"],
                    env=env, check=True, capture_output=True)
     port = free_port()
@@ -120,6 +117,24 @@ def ui_server(tmp_path_factory, demo_collection_for_ui) -> Iterator[UiServer]:
             process.wait()
 
 
+def _private_data_dir(data: Path) -> Path:
+    """What this offline machine can materialize: the demo collection's dataset versions (the IDC ones need
+    the network, so "all dataset versions" in a backfill means these), and the models that run without a
+    download (the journeys add one). Reference tables are the checkout's own."""
+    from radassets import datasets
+    from radassets.models.pipeline import default_models
+
+    (data / "datasets").mkdir(parents=True)
+    (data / "models").mkdir()
+    (data / "reference").symlink_to(REPO / "data" / "reference")
+    for name, definition in datasets.load_all().items():
+        if definition.source.kind == "demo":
+            shutil.copy(REPO / "data" / "datasets" / f"{name}.yaml", data / "datasets" / f"{name}.yaml")
+    for name in default_models()[0]:
+        shutil.copy(REPO / "data" / "models" / f"{name}.yaml", data / "models" / f"{name}.yaml")
+    return data
+
+
 @pytest.fixture(scope="module")
 def demo_collection_for_ui() -> Path:
     """The default demo collection, generated once under the session's RADASSETS_HOME."""
@@ -142,10 +157,17 @@ def browser(chromium_path):
 @pytest.fixture
 def page(browser, request):
     """A fresh page; its last state is saved as a screenshot under test-artifacts/ui/ whatever the outcome."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
     page = context.new_page()
     yield page
-    artifacts = REPO / "test-artifacts" / "ui"
-    artifacts.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(artifacts / f"{request.node.name}.png"), full_page=False)
+    page.wait_for_timeout(1000)  # let a dialog finish fading in
+    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=False)
     context.close()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    """Where a journey keeps what shows its final state beside the screenshot."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
