@@ -1,10 +1,11 @@
-"""Stand-ins for services the tests cannot reach: BigQuery."""
+"""Stand-ins for what the tests cannot reach: BigQuery, and a researcher's own trained encoder."""
 
 from __future__ import annotations
 
 import re
 
 import duckdb
+import torch
 
 
 class DuckDBBigQueryStandIn:
@@ -27,3 +28,17 @@ class DuckDBBigQueryStandIn:
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, r)) for r in cursor.fetchall()]
         return type("Job", (), {"result": lambda self: iter(rows)})()
+
+
+class TinyEncoder(torch.nn.Module):
+    """A researcher's own 3-D encoder in miniature (one strided convolution, global pooling, fixed seed),
+    to be saved as TorchScript or ONNX and registered with `radassets models add`."""
+
+    def __init__(self, channels: int = 6):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv3d(1, channels, 3, stride=2)
+        self.pool = torch.nn.AdaptiveAvgPool3d(1)
+
+    def forward(self, x):
+        return self.pool(torch.relu(self.conv(x))).flatten(1)

@@ -21,6 +21,7 @@ from radassets.defs.run import materialize_dataset_versions
 from radassets.models.embed import read_embeddings
 from radassets.models.pipeline import embeddings_dir
 from radassets_tests.conftest import REPO
+from radassets_tests.standins import TinyEncoder
 
 pytestmark = pytest.mark.integration
 ASSETS = ["cohort", "dicom", "volumes", "seeds", "patches", "embeddings"]
@@ -49,16 +50,6 @@ def test_sensor_adds_a_partition_per_registered_model(instance, home):
     assert isinstance(model_registry_sensor(build_sensor_context(instance=instance)), SkipReason)
 
 
-class Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv3d(1, 4, 3, stride=2)
-
-    def forward(self, x):
-        return torch.nn.functional.adaptive_avg_pool3d(torch.relu(self.conv(x)), 1).flatten(1)
-
-
 class NanForFirstInBatch(torch.nn.Module):
     """A broken model: NaN for the first patch of every batch."""
 
@@ -75,7 +66,7 @@ def test_a_new_model_is_backfilled_without_recomputing_anything_upstream(instanc
     upstream_versions = {k: instance.get_latest_materialization_event(AssetKey(k)).asset_materialization
                          .tags["dagster/data_version"] for k in ASSETS[:-1]}
 
-    torch.jit.trace(Tiny().eval(), torch.zeros(1, 1, 32, 32, 32)).save(str(tmp_path / "tiny.pt"))
+    torch.jit.trace(TinyEncoder(channels=4).eval(), torch.zeros(1, 1, 32, 32, 32)).save(str(tmp_path / "tiny.pt"))
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"spacing_mm": 1.0, "input_size": [32, 32, 32], "axes": "SPL",
                                     "intensity": {"kind": "scale_range", "a_min": -1024, "a_max": 2048}}))

@@ -23,6 +23,7 @@ from radassets.models.registry import Intensity, Preprocessing
 from radassets.models.table import TableError, TableExtractor
 from radassets.storage import sha256_file
 from radassets_tests.conftest import REPO
+from radassets_tests.standins import TinyEncoder
 
 SIZE = 64
 CPU = torch.device("cpu")
@@ -144,17 +145,6 @@ def test_nan_vectors_are_recorded_failures(models_home, tmp_path, capsys):
     assert failed and len(failed) < len(rows)  # the large lesions only
     assert all("3 NaN and 0 infinite values" in r["reason"] for r in report.failures)
     assert len(read_embeddings(tmp_path / "out")[0]) == len(rows) - len(failed)
-
-
-class TinyEncoder(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv3d(1, 6, 3, stride=2)
-        self.pool = torch.nn.AdaptiveAvgPool3d(1)
-
-    def forward(self, x):
-        return self.pool(torch.relu(self.conv(x))).flatten(1)
 
 
 def test_user_torchscript_and_onnx_files_register_and_agree(models_home, tmp_path, capsys):

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from radassets.storage import sha256_file
+from radassets_tests.standins import TinyEncoder
 
 pytestmark = [pytest.mark.ui, pytest.mark.integration]
 
@@ -124,20 +125,9 @@ def show_figure(page, label: str) -> None:
 @pytest.fixture(scope="module")
 def new_model_files(tmp_path_factory) -> tuple[Path, Path]:
     """A researcher's own encoder: a small 3-D CNN saved as TorchScript, and its preprocessing spec."""
-
-    class TinyEncoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.conv = torch.nn.Conv3d(1, 8, 3, stride=2)
-            self.pool = torch.nn.AdaptiveAvgPool3d(1)
-
-        def forward(self, x):
-            return self.pool(torch.relu(self.conv(x))).flatten(1)
-
     folder = tmp_path_factory.mktemp("new_model")
     weights, spec = folder / f"{NEW_MODEL}.pt", folder / "preprocessing.yaml"
-    torch.jit.trace(TinyEncoder().eval(), torch.zeros(1, 1, 40, 40, 40)).save(str(weights))
+    torch.jit.trace(TinyEncoder(channels=8).eval(), torch.zeros(1, 1, 40, 40, 40)).save(str(weights))
     spec.write_text(NEW_MODEL_SPEC)
     return weights, spec
 
