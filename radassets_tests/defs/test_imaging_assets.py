@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from dagster import AssetKey, materialize
 
@@ -58,6 +59,13 @@ def test_demo_v1_volumes_seeds_patches(instance, small_demo_home):
     assert versions == {k: instance.get_latest_materialization_event(AssetKey(k)).asset_materialization
                         .tags["dagster/data_version"] for k in IMAGING}
     assert metadata(instance, "volumes")["reused"].value == n_ct
+    # A stricter threshold flags seeds: the check fails, and its own metadata (the Checks tab) names them.
+    threshold = seeds["reference_distance_max_mm"].value / 2
+    result = run(instance, ["seeds"], {"imaging": ImagingResource(seed_disagreement_mm=threshold)})
+    [check] = result.get_asset_check_evaluations()
+    flagged = pd.read_csv(step_dir("seeds", "demo_v1") / "seeds.csv").query("reference_distance_mm > @threshold")
+    assert not check.passed and check.metadata["disagreements"].value == len(flagged) > 0
+    assert all(uid in check.metadata["disagreeing seeds"].value for uid in flagged["SeriesInstanceUID"])
 
 
 def _break_one_ct() -> str:
