@@ -29,6 +29,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run"]
 STARTUP_TIMEOUT_S = 180
 ARTIFACTS = REPO / "test-artifacts" / "ui"  # git-ignored; CI keeps it
+DAGSTER = str(Path(sys.executable).parent / "dagster")  # the venv's, whatever PATH says
 
 
 def free_port() -> int:
@@ -91,13 +92,14 @@ def ui_server(tmp_path_factory, demo_collection_for_ui) -> Iterator[UiServer]:
     (home / "demo").symlink_to(demo_collection_for_ui)
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RADASSETS_HOME": str(home),
            "RADASSETS_DATA_DIR": str(_private_data_dir(root / "data")),
+           # set as well: it would override the data folder's models/ if the caller's environment had it
            "RADASSETS_MODELS_DIR": str(root / "data" / "models")}
-    subprocess.run([str(Path(sys.executable).parent / "dagster"), "instance", "concurrency", "set", "gpu", "1"],
+    subprocess.run([DAGSTER, "instance", "concurrency", "set", "gpu", "1"],
                    env=env, check=True, capture_output=True)
     port = free_port()
     log = root / "dagster_dev.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-h", "127.0.0.1", "-p",
+        process = subprocess.Popen([DAGSTER, "dev", "-h", "127.0.0.1", "-p",
                                     str(port), "-w", str(REPO / "workspace.yaml")], cwd=REPO, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -155,14 +157,13 @@ def browser(chromium_path):
 
 
 @pytest.fixture
-def page(browser, request):
+def page(browser, request, artifacts):
     """A fresh page; its last state is saved as a screenshot under test-artifacts/ui/ whatever the outcome."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
     page = context.new_page()
     yield page
     page.wait_for_timeout(1000)  # let a dialog finish fading in
-    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=False)
+    page.screenshot(path=str(artifacts / f"{request.node.name}.png"), full_page=False)
     context.close()
 
 
