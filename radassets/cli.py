@@ -14,26 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from radassets.datasets import DatasetDefinitionError
-    from radassets.idc.cohort import CohortError
-    from radassets.idc.download import BucketUnreachableError, DownloadError
-    from radassets.idc.index import IndexMissingError
-    from radassets.idc.local import LocalIndexError
-    from radassets.imaging.folder import FolderError
-    from radassets.imaging.pipeline import StepInputMissing
-    from radassets.models.preprocessing import PreprocessingError
-    from radassets.models.registry import RegistryError
-    from radassets.models.table import TableError
-    from radassets.models.weights import WeightsError
-    from radassets.evaluation.labels import LabelError
-    from radassets.evaluation.scores import ScoreInputError
-    from radassets.lineage.store import LineageError
-
-    return (DatasetDefinitionError, CohortError, IndexMissingError, BucketUnreachableError, DownloadError,
-            LocalIndexError, FolderError, StepInputMissing, RegistryError, WeightsError, TableError,
-            PreprocessingError, ScoreInputError, LabelError, LineageError)
-
+from radassets.errors import RadassetsError
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
@@ -60,9 +41,19 @@ def cmd_datasets_add_local(args: argparse.Namespace) -> None:
     from radassets.idc.local import add_local_dataset
 
     result = add_local_dataset(args.name, Path(args.path), title=args.title, segment_labels=args.segment_label)
-    print(f"indexed {result.series} series ({result.instances} files) of {result.patients} patients from {args.path}")
+    print(f"{'re-indexed' if result.reindexed else 'indexed'} {result.series} series ({result.instances} files) "
+          f"of {result.patients} patients from {args.path}")
     if result.skipped:
-        print(f"skipped {len(result.skipped)} files that are not readable DICOM (first: {result.skipped[0]})")
+        print(f"skipped {len(result.skipped)} files that are not readable DICOM:")
+        for reason in result.skipped[:20]:
+            print(f"  {reason}")
+        if len(result.skipped) > 20:
+            print(f"  ... and {len(result.skipped) - 20} more")
+    if result.linked:
+        print(f"{len(result.linked)} file name(s) are not valid UTF-8; indexed through links under "
+              f"{result.index_root / 'links'} (first: {result.linked[0]})")
+    if result.reindexed:
+        print("the definition is kept as it was; series whose files changed have new ids and are converted again")
     print(f"definition: {result.definition_path}")
     print(f"index:      {result.index_root / 'index'}")
     print(f"next:       radassets cohort show {args.name}")
@@ -192,14 +183,15 @@ def cmd_pipeline_run(args: argparse.Namespace) -> None:
 # -- evaluation -----------------------------------------------------------------------------------
 
 def cmd_evaluate_scores(args: argparse.Namespace) -> None:
-    from radassets.evaluation.scores import evaluate_scores
+    from radassets.evaluation.scores import ScoreInputError, evaluate_scores
 
     if args.threshold is not None and args.threshold_from is not None:
-        raise SystemExit("radassets: error: give --threshold or --threshold-from, not both")
+        raise ScoreInputError("give --threshold or --threshold-from, not both")
     metrics = evaluate_scores(
         Path(args.scores), args.id_column, args.score_column, Path(args.clinical), args.clinical_id_column,
         args.time_column, args.event_column, args.horizon_days, args.censored_before_horizon, Path(args.out),
-        event_values=tuple(args.event_value or ["1"]), threshold=args.threshold,
+        event_values=tuple(args.event_value or ["1"]),
+        censored_values=tuple(args.censored_value) if args.censored_value else None, threshold=args.threshold,
         threshold_from=Path(args.threshold_from) if args.threshold_from else None,
         threshold_column=args.threshold_column, time_unit=args.time_unit, seed=args.seed)
     keys = ["n", "n_events_before_horizon", "auc", "auc_ci_low", "auc_ci_high", "threshold", "hazard_ratio",
@@ -218,11 +210,18 @@ def cmd_models_list(args: argparse.Namespace) -> None:
     from radassets.models import registry
     from radassets.models.pipeline import runnable_here
 
-    entries = registry.load_registry()
+    entries, invalid = registry.scan_registry()  # an invalid entry is listed as such; the others still are
     if args.json:
+        for reason in invalid.values():  # on stderr, so that standard output stays a mapping of entries
+            print(f"radassets: warning: {reason}", file=sys.stderr)
         _print_json({name: e.model_dump(mode="json") for name, e in entries.items()})
         return
-    for name, e in entries.items():
+    rows = {name: None for name in invalid} | dict(entries)
+    for name in sorted(rows):
+        e = rows[name]
+        if e is None:
+            print(f"{name:16s} {'?':11s} {'?':>5} {'invalid':13s} {invalid[name]}")
+            continue
         ok, why = runnable_here(e)
         pinned = "" if e.weights is None or e.weights.sha256 else "  (weights sha256 not pinned)"
         print(f"{name:16s} {e.kind:11s} {e.embedding_dim or '?':>5} {'ready' if ok else 'needs weights':13s} "
@@ -274,17 +273,40 @@ def cmd_lineage_trace(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2, default=str) if args.json else format_trace(result))
 
 
+def _only_a_query(query: str) -> None:
+    """Refuse anything but one query (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE...): a SET, PRAGMA,
+    ATTACH, INSTALL, LOAD, COPY, EXPORT or CALL would change the session or reach other files, and a
+    second statement would run unseen."""
+    import duckdb
+
+    from radassets.datasets import one_line
+    from radassets.lineage.store import LineageError
+
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as e:
+        raise LineageError(f"query failed: {one_line(str(e))}") from None
+    kinds = [s.type for s in statements]
+    if kinds != [duckdb.StatementType.SELECT]:
+        found = ", ".join(k.name for k in kinds) or "no statement"
+        raise LineageError(f"lineage sql runs one query (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE), not: {found}")
+
+
 def cmd_lineage_sql(args: argparse.Namespace) -> None:
     import duckdb
 
-    from radassets.lineage.store import LineageError, reader
+    from radassets.datasets import one_line
+    from radassets.lineage.store import LineageError, is_damage, reader
 
+    _only_a_query(args.query)
     with reader() as con:  # read-only: a statement that writes is refused by DuckDB
         con.execute("SET enable_external_access = false")  # nor may a query read or write other files
         try:
             frame = con.sql(args.query).df()
         except duckdb.Error as e:
-            raise LineageError(f"query failed: {e}") from None
+            if is_damage(e):  # the file, not the query: let reader() name the rebuild
+                raise
+            raise LineageError(f"query failed: {one_line(str(e))}") from None
     print(frame.to_csv(index=False) if args.csv else frame.to_string(index=False, max_colwidth=80))
 
 
@@ -295,6 +317,19 @@ def cmd_lineage_export(args: argparse.Namespace) -> None:
     with reader() as con:
         written = export_events(con, args.openlineage)
     print(f"{len(written)} OpenLineage run events written to {args.openlineage}")
+
+
+def cmd_lineage_rebuild(args: argparse.Namespace) -> None:
+    from radassets.lineage.store import rebuild
+
+    report = rebuild()
+    print(f"rebuilt {report.database} from {report.events} merged event files")
+    for name, reason in report.set_aside:
+        print(f"set aside, no longer readable: events/rejected/{name} ({reason})")
+    if report.kept:
+        print(f"the file it replaced is kept as {report.kept}")
+    if report.pending:
+        print(f"then merged {report.pending} pending event files")
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -373,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--event-column", required=True)
     c.add_argument("--event-value", action="append", default=None,
                    help="value of the event column that means the event happened (repeatable; default 1)")
+    c.add_argument("--censored-value", action="append", default=None,
+                   help="value of the event column that means censored (repeatable; default 0, false, no, alive, "
+                        "censored); any other value that is not an event value is an error")
     c.add_argument("--horizon-days", type=int, required=True)
     c.add_argument("--censored-before-horizon", required=True, choices=["alive", "drop"],
                    help="patients censored before the horizon: survivors (alive, Hosny 2018) or excluded (drop)")
@@ -415,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--csv", action="store_true")
     c = command(li, "export", cmd_lineage_export, "write every run as OpenLineage run events, one JSON file each")
     c.add_argument("--openlineage", type=Path, required=True, metavar="DIR")
+    command(li, "rebuild", cmd_lineage_rebuild,
+            "re-create lineage.duckdb from the merged event files (when DuckDB cannot read it); the old file is "
+            "kept aside as lineage.duckdb.corrupt-TIME")
     return p
 
 
@@ -424,11 +465,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     # every migration plugin at INFO).
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("radassets").setLevel(logging.INFO)
+    from radassets.interrupts import Interrupted, stop_on_interrupts
+
+    # Ctrl-C, SIGTERM and SIGHUP stop the whole command (not just the current run): one line, exit 128 + signal
+    # number (130 for Ctrl-C). A run they interrupt is marked failed in the instance.
     try:
-        args.fn(args)
-    except _user_errors() as e:
+        with stop_on_interrupts():
+            args.fn(args)
+    except RadassetsError as e:
         print(f"radassets: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:
+        during = f" during run {e.run_id} (marked failed)" if e.run_id else ""
+        print(f"radassets: interrupted by {e.signal_name}{during}: stopped, no later run started", file=sys.stderr)
+        sys.exit(e.exit_status)
     except BrokenPipeError:  # output piped into `head`: not an error
         sys.stderr.close()
         sys.exit(0)

@@ -1,9 +1,11 @@
 """Dataset versions: what a cohort is, where its images come from, how labels and seeds are defined.
 
 One YAML file per dataset version under ``data/datasets/``. The file name (without
-``.yaml``) is the dataset version's name and its Dagster partition key, so names are
-restricted to ``[a-z0-9_]``. Definitions are validated strictly: an unknown key, a missing
-field or a reference table that does not exist is an error naming the file and the field.
+``.yaml``) is the dataset version's name and its Dagster partition key, so names follow
+``radassets.names`` (1 to 64 characters among ``a-z0-9_``), checked before a name becomes a
+path. Definitions are validated strictly: a file that is not UTF-8 YAML, an unknown key, a
+missing field, a regular expression that does not compile or a reference table that does not
+exist is an error naming the file and the field, on one line.
 
 Paths inside a definition (clinical tables, reference tables) are relative to ``data/``;
 a path written ``source:NAME`` is relative to the source's own folder instead (the generated
@@ -20,8 +22,12 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from radassets.errors import RadassetsError
+from radassets.names import NAME_MAX_LENGTH, check_name, name_problem, shown
 
-NAME_RE = re.compile(r"^[a-z0-9_]+$")
+# The name rule as a pattern, for callers that still use ``NAME_RE.match``; ``\A...\Z`` so that a
+# trailing newline does not pass (``$`` would). New code calls ``radassets.names.check_name``.
+NAME_RE = re.compile(rf"\A[a-z0-9_]{{1,{NAME_MAX_LENGTH}}}\Z")
 DATA_DIR_ENV = "RADASSETS_DATA_DIR"
 SOURCE_PREFIX = "source:"
 
@@ -34,12 +40,22 @@ def data_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "data"
 
 
-class DatasetDefinitionError(ValueError):
+class DatasetDefinitionError(RadassetsError, ValueError):
     """A dataset definition is missing, malformed or refers to something that does not exist."""
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _compiles(pattern: str | None, what: str) -> None:
+    """A regular expression in a definition must compile here, not fail halfway through a run."""
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{what} {shown(pattern)} is not a valid regular expression: {e}") from None
 
 
 class Source(_Strict):
@@ -99,6 +115,12 @@ class ClinicalTable(_Strict):
         default=None, description="regex removed from ids before matching PatientID (e.g. '-(test|retest)$')"
     )
 
+    @field_validator("id_suffix_pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        _compiles(v, "id_suffix_pattern")
+        return v
+
 
 class TimeFromDates(_Strict):
     start_column: str
@@ -130,8 +152,9 @@ class Endpoint(_Strict):
 
     @model_validator(mode="after")
     def _complete(self) -> Endpoint:
-        if not NAME_RE.match(self.name):
-            raise ValueError(f"endpoint name {self.name!r} must match [a-z0-9_]+")
+        problem = name_problem("endpoint", self.name)
+        if problem:
+            raise ValueError(problem)
         if self.kind == "survival":
             if (self.time_column is None) == (self.time_from_dates is None):
                 raise ValueError("a survival endpoint needs exactly one of 'time_column' or 'time_from_dates'")
@@ -160,6 +183,8 @@ class Seeds(_Strict):
 
     @model_validator(mode="after")
     def _complete(self) -> Seeds:
+        for label in self.segment_labels or ():
+            _compiles(label, "segment label")
         if self.source == "reference" and self.reference is None:
             raise ValueError("seeds from 'reference' need a 'reference' table")
         if self.source == "mask" and self.segment_rule == "labels" and not self.segment_labels:
@@ -191,6 +216,10 @@ class TestRetest(_Strict):
 
     @model_validator(mode="after")
     def _one_way(self) -> TestRetest:
+        _compiles(self.pair_pattern, "pair_pattern")
+        if self.pair_pattern is not None and not {"patient", "scan"} <= set(re.compile(self.pair_pattern).groupindex):
+            raise ValueError(f"pair_pattern {shown(self.pair_pattern)} needs the groups (?P<patient>...) and "
+                             "(?P<scan>...)")
         if (self.pair_pattern is None) == (self.test_column is None or self.retest_column is None):
             raise ValueError("give either 'pair_pattern', or both 'test_column' and 'retest_column'")
         return self
@@ -213,8 +242,9 @@ class DatasetVersion(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(f"dataset version name {v!r} must match [a-z0-9_]+ (it is a partition key)")
+        problem = name_problem("dataset version", v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @cached_property
@@ -228,29 +258,63 @@ class DatasetVersion(_Strict):
         return tables
 
 
-def load_named_yaml(path: Path, model: type[BaseModel], what: str, error: type[Exception]) -> Any:
-    """Read a YAML definition whose file name is its ``name`` and validate it as ``model``; every problem
-    is an ``error`` naming the file and the field. Shared by dataset versions and the model registry."""
-    path = Path(path)
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of spaces folded, for a one-line error message."""
+    return " ".join(text.split())
+
+
+def validation_problems(e: ValidationError) -> str:
+    """Pydantic's errors as one line: ``field.path: message; ...``."""
+    return one_line("; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()))
+
+
+def parse_yaml_text(data: bytes, where: str, what: str, error: type[Exception]) -> Any:
+    """UTF-8 YAML bytes → Python objects; anything else is an ``error`` naming ``where``, on one line."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{where}: a {what} must be UTF-8 text; byte {e.start} is not ({e.reason})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise error(f"{where}: not valid YAML: {one_line(str(e))}") from None
+    except RecursionError:
+        raise error(f"{where}: not valid YAML: nested too deeply") from None
+
+
+def load_named_yaml(path: Path, model: type[BaseModel], what: str, error: type[Exception],
+                    name_kind: str = "dataset version") -> Any:
+    """Read a YAML definition whose file name is its ``name`` and validate it as ``model``; every problem
+    is an ``error`` naming the file and the field, on one line. The file name is checked as a
+    ``name_kind`` name first: a file that could not be a partition key is not read at all.
+    Shared by dataset versions and the model registry."""
+    path = Path(path)
+    problem = name_problem(name_kind, path.stem)
+    if problem:  # a file name with a line break or another control character is shown escaped
+        raise error(f"{path if path.name.isprintable() else path.parent / shown(path.name)}: {problem}")
+    try:
+        data = path.read_bytes()
     except OSError as e:
         raise error(f"{path}: cannot read {what}: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise error(f"{path}: not valid YAML: {e}") from e
+    raw = parse_yaml_text(data, str(path), what, error)
     if not isinstance(raw, dict):
         raise error(f"{path}: a {what} must be a mapping, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
     try:
         definition = model.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()
-        )
-        raise error(f"{path}: invalid {what}: {problems}") from None
+        raise error(f"{path}: invalid {what}: {validation_problems(e)}") from None
     if definition.name != path.stem:
         raise error(f"{path}: name {definition.name!r} differs from the file name {path.stem!r}; they must match")
     return definition
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long for the file system: no such table either
+        return False
 
 
 def load_definition(path: Path, data_root: Path | None = None) -> DatasetVersion:
@@ -261,8 +325,8 @@ def load_definition(path: Path, data_root: Path | None = None) -> DatasetVersion
     for table in definition.referenced_tables:
         if table.startswith(SOURCE_PREFIX):
             continue  # lives in the source folder, which may not be generated yet
-        if not (data_root / table).is_file():
-            raise DatasetDefinitionError(f"{path}: referenced table {table!r} not found under {data_root}")
+        if not _is_file(data_root / table):
+            raise DatasetDefinitionError(f"{path}: referenced table {shown(table)} not found under {data_root}")
     return definition
 
 
@@ -283,9 +347,13 @@ def load_all(data_root: Path | None = None) -> dict[str, DatasetVersion]:
 
 
 def get(name: str, data_root: Path | None = None) -> DatasetVersion:
-    """The dataset version called ``name``, or an error listing the known ones."""
-    path = definitions_dir(data_root) / f"{name}.yaml"
+    """The dataset version called ``name``, or an error listing the known ones. The name is checked
+    before it becomes a path: ``../x`` never reads a file outside the definitions folder."""
+    check_name("dataset version", name)
+    folder = definitions_dir(data_root)
+    path = folder / f"{name}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(load_all(data_root))) or "none"
-        raise DatasetDefinitionError(f"unknown dataset version {name!r}; known: {known}")
+        # The file names, not load_all(): another definition's error must not hide this one.
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) if folder.is_dir() else ""
+        raise DatasetDefinitionError(f"unknown dataset version {name!r}; known: {known or 'none'}")
     return load_definition(path, data_root)

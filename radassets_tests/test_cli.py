@@ -96,9 +96,11 @@ def test_add_local_indexes_any_layout_and_verifies_in_place(small_demo, tmp_path
     assert fetched.returncode == 0, fetched.stderr
     summary = json.loads(fetched.stdout)
     assert summary["failed"] == 0 and summary["files"] == 120
-    # The same name twice is refused, and nothing is overwritten.
+    # The same name and folder again re-indexes (the definition kept); another folder under it is refused.
     again = run_cli("datasets", "add-local", "my_study_v1", str(folder), env=env)
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert again.returncode == 0 and "re-indexed 5 series (120 files)" in again.stdout, again.stderr
+    other = run_cli("datasets", "add-local", "my_study_v1", str(folder / "case0"), env=env)
+    assert other.returncode == 2 and "already exists" in other.stderr
 
 
 def test_add_local_refuses_a_folder_without_dicom(tmp_path):

@@ -78,5 +78,32 @@ def test_malformed_definition_names_file_and_field(tmp_path, text, message):
 def test_partition_key_rules(tmp_path):
     root = _copy_data(tmp_path)
     path = _write(root, "Bad-Name", (root / "datasets" / "demo_v1.yaml").read_text())
-    with pytest.raises(DatasetDefinitionError, match=r"must match \[a-z0-9_\]"):
+    with pytest.raises(DatasetDefinitionError, match=r"Bad-Name\.yaml: dataset version name 'Bad-Name' is not valid: "
+                                                     r"use 1 to 64 characters among a-z, 0-9 and _"):
+        datasets.load_definition(path, root)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("id_suffix_pattern", "'-(test'", r"clinical\.id_suffix_pattern: .*is not a valid regular expression"),
+    ("segment_labels", "['GTV-[1']", r"seeds: .*segment label 'GTV-\[1' is not a valid regular expression"),
+])
+def test_a_regular_expression_that_does_not_compile_is_refused_at_load(tmp_path, field, value, message):
+    root = _copy_data(tmp_path)
+    text = (root / "datasets" / "nsclc_radiomics_idc_v16.yaml").read_text()
+    if field == "id_suffix_pattern":
+        text = text.replace("id_column: PatientID}", f"id_column: PatientID, id_suffix_pattern: {value}}}", 1)
+    else:
+        text = text.replace('segment_labels: ["GTV-1"]', f"segment_labels: {value}", 1)
+    path = _write(root, "regex_v1", text)
+    with pytest.raises(DatasetDefinitionError, match=r"regex_v1\.yaml: invalid dataset definition: " + message):
+        datasets.load_definition(path, root)
+
+
+def test_a_referenced_table_name_too_long_for_the_file_system_is_not_found(tmp_path):
+    root = _copy_data(tmp_path)
+    text = (root / "datasets" / "nsclc_radiomics_idc_v16.yaml").read_text()
+    text = text.replace("reference/nsclc_radiomics/clinical.csv", "reference/" + "x" * 300 + ".csv", 1)
+    path = _write(root, "long_v1", text)
+    with pytest.raises(DatasetDefinitionError, match=r"long_v1\.yaml: referenced table 'reference/x+'\.\.\. \(314 "
+                                                     r"characters\) not found"):
         datasets.load_definition(path, root)

@@ -5,6 +5,8 @@ from contextlib import contextmanager
 
 from dagster import AssetExecutionContext, Failure
 
+from radassets.errors import RadassetsError
+
 
 def markdown_table(rows: list[dict], columns: list[str], limit: int | None = None) -> str:
     """A Markdown table of ``rows`` (missing and null cells left empty), cut after ``limit`` rows."""
@@ -26,10 +28,11 @@ def progress_logger(context: AssetExecutionContext, flag: tuple[str, ...] = ("fa
 
 
 @contextmanager
-def failure_on(*errors: type[Exception]):
-    """Turn ``errors`` (causes a user can fix: a missing step, weights, a bad definition) into a Dagster
-    Failure whose message is the cause, shown in the UI without a traceback. Anything else propagates."""
+def user_failure():
+    """Turn a ``RadassetsError`` (a cause a user can fix: a missing step, weights, a bad definition) into a
+    Dagster Failure whose message is the cause, shown in the UI without a traceback. Anything else
+    propagates with its traceback: it is a bug."""
     try:
         yield
-    except errors as e:
+    except RadassetsError as e:
         raise Failure(description=str(e)) from None

@@ -1,5 +1,6 @@
 """The deterministic demo collection: real DICOM files of synthetic chest CT, with known answers."""
 
-from radassets.demo.generator import DemoCollection, DemoSpec, ensure_demo_collection, generate_demo_collection
+from radassets.demo.generator import (DemoCollection, DemoError, DemoSpec, ensure_demo_collection,
+                                      generate_demo_collection)
 
-__all__ = ["DemoCollection", "DemoSpec", "ensure_demo_collection", "generate_demo_collection"]
+__all__ = ["DemoCollection", "DemoError", "DemoSpec", "ensure_demo_collection", "generate_demo_collection"]

@@ -19,6 +19,12 @@ Layout under the output root::
 
 Each patient draws from its own random stream (seed, patient number), so adding patients never
 changes existing ones.
+
+Generating writes a new collection beside the output root (``.NAME.partial``) and swaps it in at
+the end, so an interrupted run never leaves a half collection where a good one was. Only a
+collection this generator made (it holds ``demo_manifest.json``), an empty folder or a missing
+one is ever replaced: any other folder, such as ``$RADASSETS_HOME`` or a folder of the user's
+files, is an error naming it, and nothing is deleted.
 """
 
 from __future__ import annotations
@@ -43,10 +49,14 @@ from pydicom.uid import generate_uid
 
 from radassets.demo.dicom_writer import Geometry, SeriesIds, write_ct_series, write_rtstruct, write_seg
 from radassets.demo.phantom import Body, Phantom, random_lesion
+from radassets.errors import RadassetsError
 from radassets.idc import schema
+from radassets.names import shown
 
 GENERATOR_VERSION = 2  # 2: RTSTRUCT contours on the mask boundary
 SPEC_ENV = "RADASSETS_DEMO_SPEC"
+MANIFEST = "demo_manifest.json"
+MAX_PATIENTS = 2000  # per release: the default demo has 60; beyond this, generation takes hours
 COLLECTION_ID = "radassets_demo"
 BUCKET = "radassets-demo-data"
 DEMO_DOI = "10.0000/radassets.demo"  # not a real DOI: the demo is generated, nothing to cite
@@ -67,6 +77,10 @@ HAZARD_MODEL = {
 }
 
 
+class DemoError(RadassetsError, ValueError):
+    """An invalid demo spec, or an output folder that is not a demo collection and must not be replaced."""
+
+
 @dataclass(frozen=True)
 class DemoSpec:
     n_patients: int = 60
@@ -77,18 +91,40 @@ class DemoSpec:
 
     @classmethod
     def from_env(cls) -> DemoSpec:
-        """The default spec, or the one given as JSON in ``$RADASSETS_DEMO_SPEC`` (e.g. a larger demo)."""
+        """The default spec, or the one given as JSON in ``$RADASSETS_DEMO_SPEC`` (e.g. a larger demo),
+        such as ``{"n_patients": 120, "n_test_retest": 20}``; fields left out keep their default."""
         text = os.environ.get(SPEC_ENV)
         if not text:
             return cls()
         try:
-            return cls(**json.loads(text))
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{SPEC_ENV} is not a valid demo spec ({e}): {text!r}") from None
+            raw = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise DemoError(f"{SPEC_ENV} is not valid JSON ({e}): {shown(text)}") from None
+        if not isinstance(raw, dict):
+            raise DemoError(f"{SPEC_ENV} must be a JSON object like {{\"n_patients\": 120}}, got {shown(text)}")
+        fields = list(asdict(cls()))
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise DemoError(f"{SPEC_ENV} has unknown fields {', '.join(shown(k) for k in unknown)}; "
+                            f"known: {', '.join(fields)}")
+        try:
+            return cls(**raw)
+        except DemoError as e:
+            raise DemoError(f"{SPEC_ENV} is not a valid demo spec: {e}") from None
 
     def __post_init__(self) -> None:
-        if self.n_patients < 1 or self.n_test_retest + self.n_revised_in_release_2 > self.n_patients:
-            raise ValueError(f"inconsistent demo spec {self}: test-retest and revised patients must fit in n_patients")
+        for name, value in asdict(self).items():
+            if type(value) is not int:  # not bool, float or text: each is a count or a seed
+                raise DemoError(f"{name} must be a whole number, got {shown(value)}")
+        bounds = {"n_patients": (1, MAX_PATIENTS), "n_added_in_release_2": (0, MAX_PATIENTS),
+                  "n_revised_in_release_2": (0, MAX_PATIENTS), "n_test_retest": (0, MAX_PATIENTS),
+                  "seed": (0, 2**63 - 1)}
+        for name, (low, high) in bounds.items():
+            if not low <= getattr(self, name) <= high:
+                raise DemoError(f"{name} must be in {low}..{high}, got {getattr(self, name)}")
+        if self.n_test_retest + self.n_revised_in_release_2 > self.n_patients:
+            raise DemoError(f"n_test_retest ({self.n_test_retest}) plus n_revised_in_release_2 "
+                            f"({self.n_revised_in_release_2}) must not exceed n_patients ({self.n_patients})")
 
 
 @dataclass
@@ -381,20 +417,77 @@ def _write_patient(work: Path, spec: DemoSpec, plan: PatientPlan) -> _PatientOut
     return out
 
 
+def _read_manifest(root: Path) -> dict | None:
+    """The manifest of the demo collection at ``root``, or None if there is none that reads as one."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and "generator_version" in manifest else None
+
+
+def check_replaceable(root: Path) -> None:
+    """Refuse, naming ``root``, to replace anything but a demo collection this generator made (it holds
+    a manifest), an empty folder or nothing: never delete a user's files or ``$RADASSETS_HOME``."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise DemoError(f"{root} is a file, not a demo collection: choose another --root; nothing was changed")
+    if _read_manifest(root) is not None:
+        return
+    try:
+        empty = not any(root.iterdir())
+    except OSError as e:
+        raise DemoError(f"cannot list {root}: {e.strerror}; nothing was changed") from None
+    if not empty:
+        raise DemoError(f"{root} is not a demo collection (no readable {MANIFEST}) and is not empty: it is left "
+                        "as it is; choose a new or empty folder (or delete a damaged demo collection yourself)")
+
+
 def generate_demo_collection(root: Path, spec: DemoSpec | None = None,
                              progress: Callable[[str], None] | None = None, workers: int | None = None) -> DemoCollection:
-    """Generate the collection into ``root``, atomically: a crash leaves no half collection there.
+    """Generate the collection into ``root``, atomically: it is written beside ``root`` and swapped in,
+    so a crash leaves no half collection there. ``root`` must be missing, empty or a demo collection
+    (``check_replaceable``); a symbolic link is followed, and the collection replaced where it points.
 
     Patients are written in parallel (``workers`` processes, default: every core); each draws
     from its own random stream, so the result does not depend on the number of workers.
     """
     spec = spec or DemoSpec()
-    root = Path(root)
+    root = Path(root).expanduser().resolve()
+    check_replaceable(root)
     started = time.monotonic()
-    work = root.with_name(f".{root.name}.partial")
+    work = root.with_name(f".{root.name}.partial")  # ours: a killed run's leftover is removed here
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    try:
+        counts = _write_collection(work, spec, progress, workers)
+        check_replaceable(root)  # again: the folder may have changed during the minutes of writing
+        _swap_in(work, root)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if progress:
+        progress(f"demo: {counts['files']} files, {counts['series_current']} series in {time.monotonic() - started:.1f} s at {root}")
+    return DemoCollection(root, spec, counts)
+
+
+def _swap_in(work: Path, root: Path) -> None:
+    """Put the complete collection at ``work`` in place of ``root`` (checked replaceable)."""
+    if not root.exists():
+        work.rename(root)
+        return
+    old = root.with_name(f".{root.name}.old")  # ours too: a previous collection being removed
+    shutil.rmtree(old, ignore_errors=True)
+    root.rename(old)
+    work.rename(root)
+    shutil.rmtree(old)
+
+
+def _write_collection(work: Path, spec: DemoSpec, progress: Callable[[str], None] | None,
+                      workers: int | None = None) -> dict[str, int]:
+    """Write every file of the collection under ``work``, the manifest last; returns the counts."""
     plans = plan_patients(spec)
     merged = _PatientOutput()
     workers = workers or os.cpu_count() or 1
@@ -438,29 +531,18 @@ def generate_demo_collection(root: Path, spec: DemoSpec | None = None,
                    for p in sorted([*folder.glob("*.parquet"), work / "clinical.csv", *(work / "truth").glob("*.csv")])},
     }
     # The manifest is written last: its presence marks a complete collection.
-    (work / "demo_manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if root.exists():
-        old = root.with_name(f".{root.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        root.rename(old)
-        work.rename(root)
-        shutil.rmtree(old)
-    else:
-        work.rename(root)
-    if progress:
-        progress(f"demo: {counts['files']} files, {counts['series_current']} series in {time.monotonic() - started:.1f} s at {root}")
-    return DemoCollection(root, spec, counts)
+    (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return counts
 
 
 def ensure_demo_collection(root: Path, spec: DemoSpec | None = None,
                            progress: Callable[[str], None] | None = None) -> DemoCollection:
     """The collection at ``root``, generated only if absent or made by another spec or generator."""
     spec = spec or DemoSpec()
-    manifest_path = Path(root) / "demo_manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("generator_version") == GENERATOR_VERSION and manifest.get("spec") == asdict(spec):
-            return DemoCollection(Path(root), spec, manifest["counts"])
+    manifest = _read_manifest(Path(root))
+    if (manifest is not None and manifest.get("generator_version") == GENERATOR_VERSION
+            and manifest.get("spec") == asdict(spec) and isinstance(manifest.get("counts"), dict)):
+        return DemoCollection(Path(root), spec, manifest["counts"])
     return generate_demo_collection(root, spec, progress)
 
 

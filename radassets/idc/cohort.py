@@ -34,6 +34,7 @@ from radassets import __version__
 from radassets.datasets import DatasetVersion
 from radassets.idc.index import IndexSource, resolve_table
 from radassets.storage import atomic_write_json, sha256_file, sha256_json, storage_root
+from radassets.errors import RadassetsError
 
 LOCKFILE_FORMAT = 1
 
@@ -79,7 +80,7 @@ WHERE list_contains($collections, collection_id)
   AND list_contains($modalities, Modality)"""
 
 
-class CohortError(RuntimeError):
+class CohortError(RadassetsError, RuntimeError):
     """A cohort cannot be built or read: the message names the dataset version and the cause."""
 
 

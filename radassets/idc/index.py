@@ -16,12 +16,13 @@ import duckdb
 
 from radassets.datasets import SOURCE_PREFIX, DatasetDefinitionError, DatasetVersion, data_dir
 from radassets.storage import storage_root
+from radassets.errors import RadassetsError
 
 BUNDLED_PACKAGE = "idc-index-data"
 log = logging.getLogger(__name__)
 
 
-class IndexMissingError(RuntimeError):
+class IndexMissingError(RadassetsError, RuntimeError):
     """An index is missing or cannot answer the question asked of it."""
 
 

@@ -25,6 +25,7 @@ from openlineage.client.facet_v2 import (DatasetFacet, RunFacet, dataset_version
 from openlineage.client.serde import Serde
 
 import radassets
+from radassets.storage import atomic_write_text
 
 PRODUCER = f"urn:radassets:{radassets.__version__}"
 
@@ -118,13 +119,22 @@ def run_events(con: duckdb.DuckDBPyConnection) -> list[RunEvent]:
 
 
 def export_events(con: duckdb.DuckDBPyConnection, out_dir: Path) -> list[Path]:
-    """Write every run event as one JSON file (``NNNNNN-<job>-<EVENT>.json``, in time order)."""
+    """Write every run event as one JSON file (``NNNNNN-<job>-<EVENT>.json``, in time order) into the
+    folder ``out_dir``, made if missing. An existing file there is refused, never written over; each
+    event file is written whole or not at all."""
+    from radassets.lineage.store import LineageError
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LineageError(f"{out_dir} is a file, not a folder: give --openlineage a folder for the event files")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LineageError(f"cannot make the folder {out_dir}: {e.strerror}") from None
     written = []
     for n, event in enumerate(run_events(con)):
         path = out_dir / f"{n:06d}-{event.job.name}-{event.eventType.value}-{event.run.runId}.json"
-        path.write_text(Serde.to_json(event, indent=2) + "\n")
+        atomic_write_text(path, Serde.to_json(event, indent=2) + "\n")
         written.append(path)
     return written
 

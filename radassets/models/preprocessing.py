@@ -17,13 +17,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from radassets.models.registry import Intensity, Preprocessing
+from radassets.errors import RadassetsError
 
 PATCH_AXES = "SPL"
 AIR_HU = -1024.0
 OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 
 
-class PreprocessingError(ValueError):
+class PreprocessingError(RadassetsError, ValueError):
     """The patches cannot give this model its input."""
 
 

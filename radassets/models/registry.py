@@ -13,31 +13,44 @@ weights (URI, file name, sha256, key prefixes the published file adds) and their
   file is treated like published weights (``weights.uri`` may be ``file://``), pinned by sha256;
 - ``table``: precomputed embeddings (CSV or parquet keyed by patient or series) imported as is.
 
-Definitions are validated strictly, like dataset versions: an unknown key or a missing field is
-an error naming the file and the field.
+Definitions are validated strictly, like dataset versions: an unknown key, a missing field, a
+number that is not finite, an input size outside 1..``MAX_INPUT_SIZE`` or a family that
+``radassets.models.families`` does not build is an error naming the file and the field.
+``scan_registry`` reads every entry and returns the invalid ones with their reason, so one bad
+file does not hide the others (``models list`` shows it as invalid).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from radassets.datasets import NAME_RE, data_dir, load_named_yaml
+from radassets.datasets import data_dir, load_named_yaml, validation_problems
+from radassets.errors import RadassetsError
+from radassets.names import check_name, name_problem
 from radassets.storage import sha256_json
 
 MODELS_DIR_ENV = "RADASSETS_MODELS_DIR"
 Axes = Literal["SPL", "LPS", "RAS", "SAR"]
+# Voxels along one axis of a model's input: 512 is a whole CT slice, far beyond any lesion patch.
+MAX_INPUT_SIZE = 512
+# An input voxel finer than 0.1 mm is finer than any CT; it would make a grid of billions of points.
+MIN_SPACING_MM = 0.1
+# HU windows, scale bounds, means and SDs beyond a million are a typo, and overflow float32 inputs.
+MAX_INTENSITY = 1e6
+IntensityValue = Annotated[float, Field(ge=-MAX_INTENSITY, le=MAX_INTENSITY)]
 
 
-class RegistryError(ValueError):
+class RegistryError(RadassetsError, ValueError):
     """A model definition is missing, malformed or refers to something that does not exist."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity: a window of [nan, 1] passes every comparison and gives NaN inputs.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Intensity(_Strict):
@@ -45,28 +58,30 @@ class Intensity(_Strict):
     mapped onto [b_min, b_max] (MONAI's ScaleIntensityRange), or z-scored with ``mean``/``std``."""
 
     kind: Literal["scale_range", "zscore", "none"] = "scale_range"
-    a_min: float | None = None
-    a_max: float | None = None
-    b_min: float = 0.0
-    b_max: float = 1.0
+    a_min: IntensityValue | None = None
+    a_max: IntensityValue | None = None
+    b_min: IntensityValue = 0.0
+    b_max: IntensityValue = 1.0
     clip: bool = False
-    mean: float | None = None
-    std: float | None = None
+    mean: IntensityValue | None = None
+    std: IntensityValue | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> Intensity:
         if self.kind == "scale_range" and (self.a_min is None or self.a_max is None or self.a_max <= self.a_min):
             raise ValueError("scale_range needs a_min < a_max")
-        if self.kind == "zscore" and (self.mean is None or not self.std):
-            raise ValueError("zscore needs mean and a non-zero std")
+        if self.kind == "zscore" and (self.mean is None or self.std is None or self.std <= 0):
+            raise ValueError("zscore needs mean and a positive std")
         return self
 
 
 class Preprocessing(_Strict):
     """From the canonical patch (1 mm, axes S, P, L) to the network's input tensor."""
 
-    spacing_mm: float = Field(default=1.0, gt=0, description="isotropic input spacing")
-    input_size: tuple[int, int, int] = Field(description="voxels along the tensor's three spatial axes")
+    spacing_mm: float = Field(default=1.0, ge=MIN_SPACING_MM, le=100.0, description="isotropic input spacing")
+    input_size: tuple[Annotated[int, Field(ge=1, le=MAX_INPUT_SIZE)], Annotated[int, Field(ge=1, le=MAX_INPUT_SIZE)],
+                      Annotated[int, Field(ge=1, le=MAX_INPUT_SIZE)]] = Field(
+        description=f"voxels along the tensor's three spatial axes, each 1..{MAX_INPUT_SIZE}")
     axes: Axes = Field(default="SPL", description="anatomical direction of increasing index on each tensor axis")
     intensity: Intensity
 
@@ -112,8 +127,20 @@ class ModelEntry(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(f"model name {v!r} must match [a-z0-9_]+ (it is a partition key)")
+        problem = name_problem("model", v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, v: str | None) -> str | None:
+        if v is not None:
+            # Imported here: the families import torch and MONAI, which reading a definition otherwise does not need.
+            from radassets.models.families import FAMILIES
+
+            if v not in FAMILIES:
+                raise ValueError(f"unknown model family {v!r}; known: {', '.join(sorted(FAMILIES))}")
         return v
 
     @model_validator(mode="after")
@@ -144,20 +171,63 @@ def models_dir(data_root: Path | None = None) -> Path:
 
 
 def load_entry(path: Path) -> ModelEntry:
-    return load_named_yaml(path, ModelEntry, "model definition", RegistryError)
+    return load_named_yaml(path, ModelEntry, "model definition", RegistryError, name_kind="model")
+
+
+def _validated(model: type[BaseModel], raw: Any, where: str, what: str) -> Any:
+    """``raw`` validated as ``model``, or a one-line ``RegistryError`` naming ``where`` and the fields."""
+    if not isinstance(raw, dict):
+        raise RegistryError(f"{where}: a {what} must be a mapping, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise RegistryError(f"{where}: invalid {what}: {validation_problems(e)}") from None
+
+
+def entry_from(raw: Any, where: str) -> ModelEntry:
+    """A registry entry from a mapping (``models add``)."""
+    return _validated(ModelEntry, raw, where, "model definition")
+
+
+def preprocessing_from(raw: Any, where: str) -> Preprocessing:
+    """A preprocessing spec (spacing_mm, input_size, axes, intensity) from a mapping."""
+    return _validated(Preprocessing, raw, where, "preprocessing spec")
+
+
+def _registry_folder(data_root: Path | None) -> Path:
+    folder = models_dir(data_root)
+    if not folder.is_dir():
+        raise RegistryError(f"no model registry folder at {folder}")
+    return folder
+
+
+def scan_registry(data_root: Path | None = None) -> tuple[dict[str, ModelEntry], dict[str, str]]:
+    """Every definition file read: the valid entries by name, and the invalid ones (by file name
+    without ``.yaml``) with the reason. One bad file does not hide the others."""
+    entries: dict[str, ModelEntry] = {}
+    invalid: dict[str, str] = {}
+    for path in sorted(_registry_folder(data_root).glob("*.yaml")):
+        try:
+            entry = load_entry(path)
+        except RegistryError as e:
+            invalid[path.stem] = str(e)
+        else:
+            entries[entry.name] = entry
+    return entries, invalid
 
 
 def load_registry(data_root: Path | None = None) -> dict[str, ModelEntry]:
     """Every registered model, by name. Any invalid entry fails the whole load, loudly."""
-    folder = models_dir(data_root)
-    if not folder.is_dir():
-        raise RegistryError(f"no model registry folder at {folder}")
-    return {e.name: e for e in (load_entry(p) for p in sorted(folder.glob("*.yaml")))}
+    return {e.name: e for e in (load_entry(p) for p in sorted(_registry_folder(data_root).glob("*.yaml")))}
 
 
 def get(name: str, data_root: Path | None = None) -> ModelEntry:
-    path = models_dir(data_root) / f"{name}.yaml"
+    """The entry called ``name``. The name is checked before it becomes a path."""
+    check_name("model", name)
+    folder = models_dir(data_root)
+    path = folder / f"{name}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(load_registry(data_root))) or "none"
-        raise RegistryError(f"unknown model {name!r}; registered: {known}")
+        # The file names, not load_registry(): another entry's error must not hide this one.
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) if folder.is_dir() else ""
+        raise RegistryError(f"unknown model {name!r}; registered: {known or 'none'}")
     return load_entry(path)

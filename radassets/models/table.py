@@ -18,9 +18,10 @@ import pandas as pd
 from radassets.datasets import data_dir
 from radassets.models.registry import ModelEntry
 from radassets.storage import sha256_file
+from radassets.errors import RadassetsError
 
 
-class TableError(ValueError):
+class TableError(RadassetsError, ValueError):
     """An embedding table cannot serve as a model."""
 
 

@@ -48,12 +48,14 @@ def test_ensure_reuses_a_complete_collection_and_regenerates_another_spec(demo, 
     stamp = (demo / "demo_manifest.json").stat().st_mtime_ns
     ensure_demo_collection(demo, SMALL)
     assert (demo / "demo_manifest.json").stat().st_mtime_ns == stamp
-    other = tmp_path / "other"
-    (other).mkdir()
-    (other / "leftover.txt").write_text("a crashed run's debris, no manifest")
+    # Another spec's collection is regenerated in place (a crashed run writes beside it, never into it).
+    other = generate_demo_collection(tmp_path / "other", DemoSpec(n_patients=1, n_added_in_release_2=0,
+                                                                   n_revised_in_release_2=0, n_test_retest=0),
+                                     workers=1).root
     collection = ensure_demo_collection(other, DemoSpec(n_patients=2, n_added_in_release_2=0,
                                                         n_revised_in_release_2=0, n_test_retest=0))
-    assert collection.counts["patients_release_1"] == 2 and not (other / "leftover.txt").exists()
+    assert collection.counts["patients_release_1"] == 2
+    assert json.loads((other / "demo_manifest.json").read_text())["spec"]["n_patients"] == 2
 
 
 def test_index_tables_have_the_idc_schema_and_match_the_files(demo):
