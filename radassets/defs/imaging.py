@@ -24,7 +24,7 @@ from pydantic import Field
 from radassets.defs.lineage import recorded
 from radassets import datasets
 from radassets.defs.ingest import dicom
-from radassets.defs.metadata import failure_on, markdown_table, progress_logger
+from radassets.defs.metadata import markdown_table, progress_logger, user_failure
 from radassets.defs.partitions import dataset_version_partitions
 from radassets.imaging import pipeline
 from radassets.imaging.ct import Tolerances
@@ -76,7 +76,7 @@ def _table(rows: list[dict], columns: list[str], limit: int = 50) -> MetadataVal
 @recorded
 def volumes(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
-    with failure_on(pipeline.StepInputMissing):
+    with user_failure():
         report = pipeline.run_volumes(definition, imaging.tolerances(), progress_logger(context))
     summary = report.summary()
     failures = _table(report.failed, ["PatientID", "Modality", "SeriesInstanceUID", "code", "message"])
@@ -122,7 +122,7 @@ def volumes(context: AssetExecutionContext, imaging: ImagingResource) -> Materia
 @recorded
 def seeds(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
-    with failure_on(pipeline.StepInputMissing):
+    with user_failure():
         report = pipeline.run_seeds(definition, imaging.seed_disagreement_mm)
     summary = report.summary()
     context.log.info(f"{summary['seeds']} seeds of {summary['patients']} patients; {summary}")
@@ -163,7 +163,7 @@ def seeds(context: AssetExecutionContext, imaging: ImagingResource) -> Materiali
 @recorded
 def patches(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
-    with failure_on(pipeline.StepInputMissing):
+    with user_failure():
         report, montage = pipeline.run_patches(definition, imaging.patch_spec(),
                                                 progress_logger(context, flag=("border",)))
     summary = report.summary()

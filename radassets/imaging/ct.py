@@ -14,7 +14,10 @@ message naming the series and the cause.
 
 from __future__ import annotations
 
+import os
+import re
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.errors import InvalidDicomError
+from radassets.errors import RadassetsError
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
-class QCError(ValueError):
+class QCError(RadassetsError, ValueError):
     """A failure recorded in a QC table: a short ``code`` (one of ``CODES``) and a message naming the item."""
 
     CODES: tuple[str, ...] = ()
@@ -43,9 +46,9 @@ class QCError(ValueError):
 class SeriesError(QCError):
     """A series cannot become a volume."""
 
-    CODES = ("unreadable", "not_ct", "missing_geometry", "missing_rescale", "mixed_orientation",
+    CODES = ("unreadable_file", "not_ct", "missing_geometry", "missing_rescale", "mixed_orientation",
              "duplicate_positions", "gantry_tilt", "missing_slices", "non_uniform_spacing", "undecodable",
-             "too_few_slices", "geometry_mismatch")
+             "too_few_slices", "geometry_mismatch", "conversion_error", "changed_since_indexed")
     NOUN = "series"
 
 
@@ -70,13 +73,30 @@ def _series_uid(headers: Sequence[pydicom.Dataset]) -> str:
     return str(headers[0].get("SeriesInstanceUID", "?")) if headers else "?"
 
 
+def describe_exception(error: BaseException) -> str:
+    """``Type: message (raised at file.py:line)``: enough to tell a malformed input from a bug of ours."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" (raised at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
 def _read_headers(files: Sequence[Path]) -> list[tuple[Path, pydicom.Dataset]]:
+    """Every file's header. Any exception reading one file (pydicom raises many kinds for broken files)
+    is that file's failure; a file that ends before its pixel data (truncated) is one too."""
     out = []
     for f in files:
         try:
-            out.append((Path(f), pydicom.dcmread(f, stop_before_pixels=True)))
-        except (InvalidDicomError, OSError, EOFError, ValueError) as e:
-            raise SeriesError("unreadable", "?", f"cannot read {Path(f).name}: {type(e).__name__}: {e}") from None
+            with open(f, "rb") as fp:
+                header = pydicom.dcmread(fp, stop_before_pixels=True)
+                # pydicom stops at the pixel data tag, or silently at the end of a truncated file.
+                at_end = fp.tell() >= os.fstat(fp.fileno()).st_size
+        except Exception as e:  # noqa: BLE001 - recorded with its type and where it was raised
+            raise SeriesError("unreadable_file", _series_uid([h for _, h in out]),
+                              f"cannot read {f}: {describe_exception(e)}") from None
+        if at_end:
+            raise SeriesError("unreadable_file", str(header.get("SeriesInstanceUID", "?")),
+                              f"{f} ends after {Path(f).stat().st_size} bytes, before any pixel data (truncated?)")
+        out.append((Path(f), header))
     return out
 
 
@@ -137,26 +157,44 @@ def sort_and_validate(files: Sequence[Path], tol: Tolerances = Tolerances()) -> 
 
 
 def _check_decodable(path: Path, uid: str) -> None:
-    ds = pydicom.dcmread(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:  # noqa: BLE001 - the headers were readable; the rest of the file is not
+        raise SeriesError("unreadable_file", uid, f"cannot read {path}: {describe_exception(e)}") from None
     try:
         ds.pixel_array  # noqa: B018 - decoding is the check
     except Exception as e:  # pydicom raises RuntimeError/NotImplementedError/ValueError by plugin
-        ts = ds.file_meta.TransferSyntaxUID
-        raise SeriesError("undecodable", uid, f"pixel data in {ts.name or ts} cannot be decoded: {e}") from None
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        syntax = (ts.name or str(ts)) if ts else "an unknown transfer syntax"
+        raise SeriesError("undecodable", uid, f"pixel data of {path} in {syntax} cannot be decoded: "
+                                              f"{type(e).__name__}: {e}") from None
+
+
+def _failing_file(ordered: Sequence[Path]) -> str:
+    """`` of FILE``: the first slice SimpleITK cannot read on its own (its series error names none)."""
+    for path in ordered:
+        try:
+            sitk.ReadImage(str(path))
+        except RuntimeError:
+            return f" of {path}"
+    return ""
 
 
 def read_ct_series(files: Sequence[Path], tol: Tolerances = Tolerances()) -> CTVolume:
     """Validate and convert one CT series to an int16 HU image (SimpleITK, LPS)."""
     started = time.monotonic()
     ordered, geometry = sort_and_validate(files, tol)
-    uid = str(pydicom.dcmread(ordered[0], stop_before_pixels=True).SeriesInstanceUID)
+    uid = str(pydicom.dcmread(ordered[0], stop_before_pixels=True).get("SeriesInstanceUID", "?"))
     _check_decodable(ordered[0], uid)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in ordered])
     try:
         image = reader.Execute()
     except RuntimeError as e:
-        raise SeriesError("undecodable", uid, f"SimpleITK could not read the pixels: {str(e).splitlines()[0]}") from None
+        # The object address ITK puts in its messages changes from run to run: left out, so QC rows repeat.
+        reason = re.sub(r"\(0x[0-9a-fA-F]+\)", "", " ".join(str(e).split()))
+        raise SeriesError("undecodable", uid, f"SimpleITK could not read the pixels{_failing_file(ordered)}: "
+                                              f"{reason}") from None
     # ITK applies the rescale and widens the type (int32, or float for fractional slopes); HU are
     # stored as int16, rounded to 1 HU, which is below CT precision.
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):

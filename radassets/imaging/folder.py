@@ -1,6 +1,9 @@
 """Seed points from a folder of the user's own DICOM files: CT series plus SEG / RTSTRUCT masks.
 
 Files may have any names and any nesting; anything that is not DICOM is skipped and counted.
+A damaged file (a DICOM file that cannot be read, a CT slice truncated before its series UID) is
+listed as a failure, and so is any exception while reading one mask or its CT: the other lesions
+are still written.
 Each mask is matched to the CT series it references (SEG: ReferencedSeriesSequence; RTSTRUCT:
 RTReferencedSeriesSequence), or, when it names none present, to the only CT series on its
 frame of reference. The same code as the ``volumes`` and ``seeds`` assets converts the CT and
@@ -19,7 +22,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
-from radassets.imaging.ct import CT_IMAGE_STORAGE, SeriesError, read_ct_series
+from radassets.imaging.ct import CT_IMAGE_STORAGE, SeriesError, describe_exception, read_ct_series
+from radassets.errors import RadassetsError
 from radassets.imaging.masks import (RTSTRUCT_STORAGE, SEG_STORAGE, MaskError, centroid_lps, read_mask_header,
                                      read_mask_segments, select_segments)
 
@@ -27,7 +31,7 @@ SEED_CSV_COLUMNS = ["SeriesInstanceUID", "segment_label", "coordX", "coordY", "c
 _TAGS = ["SOPClassUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality"]
 
 
-class FolderError(ValueError):
+class FolderError(RadassetsError, ValueError):
     """The folder holds nothing to take seeds from (no DICOM, no CT, no mask)."""
 
 
@@ -38,6 +42,7 @@ class FolderScan:
     ct_frames: dict[str, str] = field(default_factory=dict)  # SeriesInstanceUID -> FrameOfReferenceUID
     masks: list[Path] = field(default_factory=list)
     skipped: int = 0  # not DICOM, or DICOM of another kind (MR, SR, ...)
+    unreadable: list[str] = field(default_factory=list)  # DICOM files that cannot be read: "PATH: cause"
 
 
 def scan_folder(root: Path) -> FolderScan:
@@ -48,12 +53,20 @@ def scan_folder(root: Path) -> FolderScan:
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-        except (InvalidDicomError, OSError, ValueError, EOFError):
+        except InvalidDicomError:  # not DICOM at all (no preamble and no DICOM header)
             scan.skipped += 1
+            continue
+        except Exception as e:  # noqa: BLE001 - a damaged DICOM file is a failure to list, not a crash
+            scan.unreadable.append(f"{path}: cannot read it: {describe_exception(e)}")
             continue
         sop_class = str(ds.get("SOPClassUID", ""))
         if sop_class == CT_IMAGE_STORAGE:
-            uid = str(ds.SeriesInstanceUID)
+            uid = str(ds.get("SeriesInstanceUID", ""))
+            if not uid:
+                # It belongs to some CT series, which may now lack a slice: listed, so never silent.
+                scan.unreadable.append(f"{path}: CT file without a SeriesInstanceUID "
+                                       f"({path.stat().st_size} bytes: truncated?)")
+                continue
             scan.ct_series.setdefault(uid, []).append(path)
             scan.ct_frames[uid] = str(ds.get("FrameOfReferenceUID", ""))
         elif sop_class in (SEG_STORAGE, RTSTRUCT_STORAGE):
@@ -85,7 +98,8 @@ def seeds_from_folder(root: Path, labels: Sequence[str] | None = None,
     """One row per lesion (``SEED_CSV_COLUMNS``), the failures (one message each), and the scan."""
     scan = scan_folder(root)
     volumes: dict[str, sitk.Image | SeriesError] = {}
-    rows, failures = [], []
+    rows: list[dict[str, Any]] = []
+    failures = list(scan.unreadable)
     for path in scan.masks:
         try:
             header = read_mask_header(path)
@@ -95,12 +109,17 @@ def seeds_from_folder(root: Path, labels: Sequence[str] | None = None,
                     volumes[ct_uid] = read_ct_series(scan.ct_series[ct_uid]).image
                 except SeriesError as e:
                     volumes[ct_uid] = e
+                except Exception as e:  # noqa: BLE001 - that CT's failure, with its type and origin
+                    volumes[ct_uid] = SeriesError("conversion_error", ct_uid, describe_exception(e))
             image = volumes[ct_uid]
             if isinstance(image, SeriesError):
                 raise MaskError("no_reference", header.series_uid, f"its CT cannot be converted: {image}")
             segments = read_mask_segments(path, image, scan.ct_frames.get(ct_uid) or None)
         except MaskError as e:
             failures.append(f"{path}: {e}")
+            continue
+        except Exception as e:  # noqa: BLE001 - that mask's failure, with its type and origin
+            failures.append(f"{path}: {describe_exception(e)}")
             continue
         chosen = select_segments(segments, list(labels) if labels else None, "labels" if labels else "all")
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0

@@ -17,7 +17,9 @@ program with files in between, where this works in the process on the CT image a
 (An offset seen with plastimatch earlier came from the demo's old rt-utils contours, not from it.)
 
 A mask on another FrameOfReference than its CT is refused. Every failure is a ``MaskError``
-with a short ``code`` for the QC table and a message naming the mask series and the cause.
+with a short ``code`` for the QC table and a message naming the mask series and the cause; any
+other exception while reading one mask file (a damaged file, a malformed dataset) becomes its
+``mask_unreadable`` failure, with the file, the exception's type and message.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +36,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from radassets.imaging.ct import QCError
+from radassets.imaging.ct import QCError, describe_exception
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -43,7 +46,7 @@ class MaskError(QCError):
     """A mask cannot be placed on its CT."""
 
     CODES = ("mask_unreadable", "not_a_mask", "frame_of_reference", "no_regular_volume", "contour_out_of_bounds",
-             "no_reference", "empty_mask")
+             "no_reference", "empty_mask", "changed_since_indexed")
     NOUN = "mask"
 
 
@@ -67,13 +70,29 @@ class MaskHeader:
     labels: tuple[str, ...]
 
 
+@contextlib.contextmanager
+def _failures_of(path: Path, series: str) -> Iterator[None]:
+    """Any exception while reading or rasterizing one mask file (pydicom, highdicom, dcmrtstruct2nii,
+    SimpleITK, or an attribute missing from a malformed dataset) is that file's ``mask_unreadable``
+    failure, recorded with its type and where it was raised."""
+    try:
+        yield
+    except MaskError:
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded in the QC row, never swallowed
+        raise MaskError("mask_unreadable", series, f"cannot read {path}: {describe_exception(e)}") from None
+
+
 def read_mask_header(path: Path) -> MaskHeader:
     """Modality, frame of reference, referenced CT series and segment labels of a SEG or RTSTRUCT."""
-    try:
+    with _failures_of(path, Path(path).name):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as e:  # pydicom raises several types for broken files
-        raise MaskError("mask_unreadable", Path(path).name, f"cannot read {Path(path).name}: {e}") from None
     uid = str(ds.get("SeriesInstanceUID", Path(path).name))
+    with _failures_of(path, uid):
+        return _header(Path(path), ds, uid)
+
+
+def _header(path: Path, ds: pydicom.Dataset, uid: str) -> MaskHeader:
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class == SEG_STORAGE:
         referenced = {str(s.SeriesInstanceUID) for s in ds.get("ReferencedSeriesSequence", [])}
@@ -93,7 +112,7 @@ def read_mask_header(path: Path) -> MaskHeader:
         return MaskHeader(Path(path), "RTSTRUCT", uid, next(iter(frames)) if len(frames) == 1 else None,
                           tuple(sorted(referenced)), labels)
     name = pydicom.uid.UID(sop_class).name if sop_class else "no SOP class"
-    raise MaskError("not_a_mask", uid, f"{Path(path).name} is {name}, not SEG or RTSTRUCT")
+    raise MaskError("not_a_mask", uid, f"{path} is {name}, not SEG or RTSTRUCT")
 
 
 def _check_frame(header: MaskHeader, ct_frame_of_reference: str | None) -> None:
@@ -106,7 +125,11 @@ def read_seg_segments(seg_path: Path, ct: sitk.Image, ct_frame_of_reference: str
     """Every segment of a DICOM SEG as a binary image on the grid of ``ct``."""
     header = read_mask_header(seg_path)
     _check_frame(header, ct_frame_of_reference)
-    seg = hd.seg.segread(str(seg_path))
+    with _failures_of(seg_path, header.series_uid):
+        return _seg_segments(hd.seg.segread(str(seg_path)), header, ct)
+
+
+def _seg_segments(seg: hd.seg.Segmentation, header: MaskHeader, ct: sitk.Image) -> list[Segment]:
     segments = []
     for description in seg.SegmentSequence:
         number = int(description.SegmentNumber)
@@ -123,13 +146,18 @@ def read_seg_segments(seg_path: Path, ct: sitk.Image, ct_frame_of_reference: str
     return segments
 
 
-def _roi_contours(ds: pydicom.Dataset) -> dict[int, list[dict]]:
+def _roi_contours(ds: pydicom.Dataset, path: Path) -> dict[int, list[dict]]:
     """ROI number → contours in the form dcmrtstruct2nii's rasterizer takes."""
     out: dict[int, list[dict]] = {}
     for roi in ds.get("ROIContourSequence", []):
         contours = []
-        for contour in roi.get("ContourSequence", []):
-            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+        for n, contour in enumerate(roi.get("ContourSequence", []), start=1):
+            values = np.asarray(contour.ContourData, dtype=float).ravel()
+            if values.size % 3:
+                raise MaskError("mask_unreadable", str(ds.get("SeriesInstanceUID", path)),
+                                f"{path}: contour {n} of ROI {roi.ReferencedROINumber} has {values.size} ContourData "
+                                f"values, not a multiple of 3 (x, y, z): the file is damaged")
+            points = values.reshape(-1, 3)
             contours.append({"type": str(contour.get("ContourGeometricType", "CLOSED_PLANAR")),
                              "points": {"x": points[:, 0].tolist(), "y": points[:, 1].tolist(),
                                         "z": points[:, 2].tolist()}})
@@ -146,22 +174,23 @@ def read_rtstruct_segments(rtstruct_path: Path, ct: sitk.Image, ct_frame_of_refe
 
     header = read_mask_header(rtstruct_path)
     _check_frame(header, ct_frame_of_reference)
-    ds = pydicom.dcmread(rtstruct_path)
-    contours = _roi_contours(ds)
-    rasterize = DcmPatientCoords2Mask()
-    segments = []
-    for roi in ds.get("StructureSetROISequence", []):
-        number, label = int(roi.ROINumber), str(roi.ROIName)
-        try:
-            mask = rasterize.convert(contours.get(number, []), ct, 0, 1)
-        except (ContourOutOfBoundsException, IndexError):
-            raise MaskError("contour_out_of_bounds", header.series_uid,
-                            f"ROI {number} ({label}) has contours outside the CT volume") from None
-        # dcmrtstruct2nii returns the array as an image without the CT's geometry: restore it.
-        mask = sitk.Cast(mask, sitk.sitkUInt8)
-        mask.CopyInformation(ct)
-        segments.append(Segment(label, number, mask, int(sitk.GetArrayViewFromImage(mask).sum())))
-    return segments
+    with _failures_of(rtstruct_path, header.series_uid):
+        ds = pydicom.dcmread(rtstruct_path)
+        contours = _roi_contours(ds, Path(rtstruct_path))
+        rasterize = DcmPatientCoords2Mask()
+        segments = []
+        for roi in ds.get("StructureSetROISequence", []):
+            number, label = int(roi.ROINumber), str(roi.ROIName)
+            try:
+                mask = rasterize.convert(contours.get(number, []), ct, 0, 1)
+            except (ContourOutOfBoundsException, IndexError):
+                raise MaskError("contour_out_of_bounds", header.series_uid,
+                                f"ROI {number} ({label}) has contours outside the CT volume") from None
+            # dcmrtstruct2nii returns the array as an image without the CT's geometry: restore it.
+            mask = sitk.Cast(mask, sitk.sitkUInt8)
+            mask.CopyInformation(ct)
+            segments.append(Segment(label, number, mask, int(sitk.GetArrayViewFromImage(mask).sum())))
+        return segments
 
 
 def read_mask_segments(path: Path, ct: sitk.Image, ct_frame_of_reference: str | None = None) -> list[Segment]:

@@ -3,33 +3,42 @@
 Shared by the Dagster assets and the CLI (no Dagster imports). Outputs live under
 ``$RADASSETS_HOME/{volumes,seeds,patches}/<dataset_version>/``; each step writes its manifest
 last, so a partition without one is unfinished and is never read by the next step.
+
+Each step starts by removing the temporary files (``.<name>.*.tmp``) that a killed run left in its
+own output folder: one run at a time materializes a partition, so none of them has a live writer.
+A local source's files are checked against their index first (``unchanged_local_files``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from radassets.datasets import DatasetVersion
+from radassets.errors import RadassetsError
+from radassets.idc import local
 from radassets.idc.dicom import read_manifest, series_files
 from radassets.idc.index import resolve_table, source_root
-from radassets.imaging.ct import Tolerances
+from radassets.imaging.ct import SeriesError, Tolerances
+from radassets.imaging.masks import MaskError
 from radassets.imaging.montage import write_montage
 from radassets.imaging.patches import PatchesReport, PatchSpec, load_patches, write_patches
 from radassets.imaging.seeds import (DISAGREEMENT_MM, SEED_COLUMNS, ReferenceTable, compare_with_reference,
                                      outside_volume, seeds_from_reference, seeds_from_segments)
-from radassets.imaging.volumes import ConversionSettings, SegmentSelection, VolumesReport, convert_dataset
-from radassets.storage import atomic_path, atomic_write_json, sha256_json, storage_root
+from radassets.imaging.volumes import (MASK_MODALITIES, ConversionSettings, FilesOf, SegmentSelection, VolumesReport,
+                                       convert_dataset)
+from radassets.storage import atomic_path, atomic_write_json, remove_stale_temporaries, sha256_json, storage_root
 
 Progress = Callable[[int, int, str], None]
 
 
-class StepInputMissing(RuntimeError):
+class StepInputMissing(RadassetsError, RuntimeError):
     """The step before has not been materialized for this dataset version."""
 
 
@@ -58,14 +67,37 @@ def conversion_settings(definition: DatasetVersion, tolerances: Tolerances = Tol
     return ConversionSettings(tolerances, selection)
 
 
+def unchanged_local_files(definition: DatasetVersion, files_of: FilesOf) -> FilesOf:
+    """``files_of`` of a local source that refuses a series whose files changed since ``add-local``
+    indexed them: the series' failure, not a silent reuse of a volume made from other pixels."""
+    indexed = local.indexed_files(definition)
+
+    def checked(row: dict) -> Sequence[Path]:
+        files = files_of(row)
+        changed = local.changed_since_indexed(list(files), indexed)
+        if changed:
+            error = MaskError if row["Modality"] in MASK_MODALITIES else SeriesError
+            more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+            raise error("changed_since_indexed", row["SeriesInstanceUID"],
+                        f"file {changed[0]}{more} changed since it was indexed; run: radassets datasets add-local "
+                        f"{definition.name} {definition.source.path}")
+        return files
+
+    return checked
+
+
 def run_volumes(definition: DatasetVersion, tolerances: Tolerances = Tolerances(),
                 progress: Progress | None = None) -> VolumesReport:
     try:
         manifest = read_manifest(definition.name)
     except FileNotFoundError as e:
         raise StepInputMissing(str(e)) from None
-    return convert_dataset(manifest["series"], series_files(definition),
-                           step_dir("volumes", definition.name), conversion_settings(definition, tolerances), progress)
+    files_of = series_files(definition)
+    if definition.source.kind == "local":
+        files_of = unchanged_local_files(definition, files_of)
+    out_dir = step_dir("volumes", definition.name)
+    remove_stale_temporaries(out_dir)
+    return convert_dataset(manifest["series"], files_of, out_dir, conversion_settings(definition, tolerances), progress)
 
 
 # -- seeds ----------------------------------------------------------------------------------------
@@ -121,6 +153,7 @@ def run_seeds(definition: DatasetVersion, threshold_mm: float = DISAGREEMENT_MM)
                          "reason": f"point ({seed['coordX']:.1f}, {seed['coordY']:.1f}, {seed['coordZ']:.1f}) LPS mm "
                                    f"lies outside its CT volume"})
     out_dir = step_dir("seeds", definition.name)
+    remove_stale_temporaries(out_dir)
     frame = pd.DataFrame(seeds, columns=SEED_COLUMNS)
     with atomic_path(out_dir / "seeds.parquet") as tmp:
         frame.to_parquet(tmp, index=False)
@@ -152,6 +185,7 @@ def run_patches(definition: DatasetVersion, spec: PatchSpec = PatchSpec(),
     """Extract the patches and write the QC montage; returns the report and the montage path."""
     seeds = read_seeds(definition.name)
     out_dir = step_dir("patches", definition.name)
+    remove_stale_temporaries(out_dir)
     report = write_patches(seeds, out_dir, spec, progress)
     patches, masks, rows = load_patches(out_dir)
     montage = write_montage(patches, masks, rows, out_dir / "montage.png", title=definition.name)

@@ -2,8 +2,13 @@
 
 A bad series never stops the rest: its QC row carries a failure ``code`` and a message naming
 the series and the cause, and the caller decides (by the failed fraction) whether the partition
-fails. Each mask (SEG or RTSTRUCT) is placed on the grid of the CT it references; only the
-segments the dataset version selects are written.
+fails. Any exception while reading or converting one series or mask file is that item's failure
+(``unreadable_file``, ``mask_unreadable``, or ``conversion_error`` with the exception's type,
+message and where it was raised), so a bug shows in the QC table rather than vanishing. The
+files of a series come from ``files_of``, which may refuse a series whose files changed since
+they were indexed (``changed_since_indexed``, raised as a ``QCError``). Each mask (SEG or
+RTSTRUCT) is placed on the grid of the CT it references; only the segments the dataset version
+selects are written.
 
 Files (every one written to a temporary name and renamed):
 - ``ct/<crdc_series_uuid>.nrrd``: int16 HU, ``space: left-posterior-superior``, gzip. NRRD keeps
@@ -30,7 +35,7 @@ import pyarrow.parquet as pq
 import pydicom
 import SimpleITK as sitk
 
-from radassets.imaging.ct import SeriesError, Tolerances, failure_qc, read_ct_series
+from radassets.imaging.ct import QCError, SeriesError, Tolerances, describe_exception, failure_qc, read_ct_series
 from radassets.imaging.masks import MaskError, read_mask_header, read_mask_segments, select_segments
 from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha256_json
 
@@ -38,16 +43,20 @@ MASK_MODALITIES = ("SEG", "RTSTRUCT")
 Progress = Callable[[int, int, str], None]
 FilesOf = Callable[[dict], Sequence[Path]]
 
-# Columns of qc.parquet: a stable schema, so partitions can be compared and queried together.
+# Columns of qc.parquet: a stable schema, so partitions can be compared and queried together. What
+# describes one run rather than its output (which volumes it reused, how long each took) is kept out of
+# the files, so the same inputs and settings always give the same bytes, however often the step ran
+# or was interrupted; the run's report (and the asset's metadata) still has it.
 QC_COLUMNS = {
     "PatientID": pa.string(), "Modality": pa.string(), "SeriesInstanceUID": pa.string(),
     "crdc_series_uuid": pa.string(), "status": pa.string(), "code": pa.string(), "message": pa.string(),
-    "reused": pa.bool_(), "slices": pa.int64(), "rows": pa.int64(), "columns": pa.int64(),
+    "slices": pa.int64(), "rows": pa.int64(), "columns": pa.int64(),
     "spacing_x": pa.float64(), "spacing_y": pa.float64(), "spacing_z": pa.float64(),
     "transfer_syntax": pa.string(), "hu_min": pa.int64(), "hu_max": pa.int64(),
     "FrameOfReferenceUID": pa.string(), "referenced_ct": pa.string(), "labels": pa.string(),
-    "selected_labels": pa.string(), "path": pa.string(), "sha256": pa.string(), "seconds": pa.float64(),
+    "selected_labels": pa.string(), "path": pa.string(), "sha256": pa.string(),
 }
+RUN_ONLY = ("reused", "seconds")
 SEGMENT_COLUMNS = {
     "PatientID": pa.string(), "SeriesInstanceUID": pa.string(), "crdc_series_uuid": pa.string(),
     "mask_SeriesInstanceUID": pa.string(), "mask_crdc_series_uuid": pa.string(), "mask_Modality": pa.string(),
@@ -151,6 +160,9 @@ def _convert_ct(row: dict, files: Sequence[Path], out_dir: Path, tol: Tolerances
         volume = read_ct_series(files, tol)
     except SeriesError as e:
         return dict(failure_qc(files, e), **_base(row))
+    except Exception as e:  # noqa: BLE001 - one series' failure, recorded with its type and origin
+        error = SeriesError("conversion_error", row["SeriesInstanceUID"], describe_exception(e))
+        return dict(failure_qc(files, error), **_base(row))
     path = write_image(volume.image, out_dir / "ct" / f"{row['crdc_series_uuid']}.nrrd")
     frame = str(pydicom.dcmread(files[0], stop_before_pixels=True).get("FrameOfReferenceUID", "")) or None
     qc = {k: v for k, v in volume.qc.items() if k in QC_COLUMNS}
@@ -190,6 +202,10 @@ def _convert_mask(row: dict, files: Sequence[Path], cts: list[dict], out_dir: Pa
         segments = read_mask_segments(files[0], image, ct.get("FrameOfReferenceUID"))
     except MaskError as e:
         return dict(qc, code=e.code, message=str(e)), []
+    except Exception as e:  # noqa: BLE001 - one mask's failure, recorded with its type and origin
+        where = f" ({files[0]})" if len(files) == 1 else ""
+        return dict(qc, code="mask_unreadable",
+                    message=f"mask {row['SeriesInstanceUID']}{where}: {describe_exception(e)}"), []
     chosen = select_segments(segments, list(selection.labels) if selection.labels else None, selection.rule)
     qc.update(labels=json.dumps([s.label for s in segments]), selected_labels=json.dumps([s.label for s in chosen]))
     empty = [s.label for s in chosen if s.voxels == 0]
@@ -236,20 +252,31 @@ def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,
         if row.get("status") == "failed":
             qc = dict(_base(row), status="failed", code="not_downloaded",
                       message=f"series {row['SeriesInstanceUID']}: DICOM not available ({row.get('reason')})")
-        elif row["crdc_series_uuid"] in reusable:
-            qc = dict(reusable[row["crdc_series_uuid"]], reused=True)
         else:
-            qc = _convert_ct(row, files_of(row), out_dir, settings.tolerances)
+            try:
+                files = files_of(row)  # asked even for a reusable volume: it may refuse changed files
+            except QCError as e:
+                qc = dict(_base(row), status="failed", code=e.code, message=str(e))
+            else:
+                if row["crdc_series_uuid"] in reusable:
+                    qc = dict(reusable[row["crdc_series_uuid"]], reused=True)
+                else:
+                    qc = _convert_ct(row, files, out_dir, settings.tolerances)
         ct_rows.append(qc)
         tick(qc)
     mask_rows, segments = [], []
     for row in masks:
+        found: list[dict] = []
         if row.get("status") == "failed":
             qc = dict(_base(row), status="failed", code="not_downloaded",
                       message=f"mask {row['SeriesInstanceUID']}: DICOM not available ({row.get('reason')})")
-            found: list[dict] = []
         else:
-            qc, found = _convert_mask(row, files_of(row), ct_rows, out_dir, settings.selection)
+            try:
+                files = files_of(row)
+            except QCError as e:
+                qc = dict(_base(row), status="failed", reused=False, code=e.code, message=str(e))
+            else:
+                qc, found = _convert_mask(row, files, ct_rows, out_dir, settings.selection)
         mask_rows.append(qc)
         segments += found
         tick(qc)
@@ -260,9 +287,11 @@ def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,
     write_table(report.qc, QC_COLUMNS, out_dir / "qc.parquet")
     write_table(report.segments, SEGMENT_COLUMNS, out_dir / "segments.parquet")
     # The manifest is written last: it marks a complete partition and is what a rerun trusts.
+    summary = {k: v for k, v in report.summary().items() if k not in RUN_ONLY}
     atomic_write_json(out_dir / "manifest.json", {
-        "settings": report.settings, "settings_hash": settings.hash, "summary": report.summary(),
-        "content_hash": report.content_hash, "qc": report.qc, "segments": report.segments,
+        "settings": report.settings, "settings_hash": settings.hash, "summary": summary,
+        "content_hash": report.content_hash,
+        "qc": [{k: v for k, v in r.items() if k not in RUN_ONLY} for r in report.qc], "segments": report.segments,
     })
     return report
 
