@@ -32,21 +32,15 @@ from pydantic import Field
 
 from radassets.defs.lineage import recorded
 from radassets.defs.imaging import patches
-from radassets.defs.metadata import failure_on, markdown_table, progress_logger
+from radassets.defs.metadata import markdown_table, progress_logger, user_failure
 from radassets.defs.partitions import dataset_version_partitions, model_partitions
-from radassets.imaging.pipeline import StepInputMissing
 from radassets.models import registry
 from radassets.models.pipeline import run_model
-from radassets.models.preprocessing import PreprocessingError
-from radassets.models.registry import RegistryError
-from radassets.models.table import TableError
-from radassets.models.weights import WeightsError
 
 with warnings.catch_warnings():  # the mapping is marked beta; it is the documented way for multi → single
     warnings.simplefilter("ignore", BetaWarning)
     PATCHES_OF_DATASET_VERSION = MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset_version")
 
-USER_ERRORS = (WeightsError, PreprocessingError, RegistryError, TableError, StepInputMissing)
 
 embeddings_partitions = MultiPartitionsDefinition({"dataset_version": dataset_version_partitions,
                                                    "model": model_partitions})
@@ -82,7 +76,7 @@ class ModelsResource(ConfigurableResource):
 def embeddings(context: AssetExecutionContext, models: ModelsResource) -> MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     dataset_version, model = keys["dataset_version"], keys["model"]
-    with failure_on(*USER_ERRORS):
+    with user_failure():
         report = run_model(dataset_version, model, batch_size=models.batch_size, device=models.device,
                            download=models.download_weights, progress=progress_logger(context))
     summary = report.summary()
@@ -107,10 +101,12 @@ def embeddings(context: AssetExecutionContext, models: ModelsResource) -> Materi
     )
 
 
-def registry_partition_changes(existing: set[str]) -> tuple[list[str], list[str]]:
-    """Registry names missing from the ``model`` partitions, and partitions no longer registered."""
-    names = set(registry.load_registry())
-    return sorted(names - existing), sorted(existing - names)
+def registry_partition_changes(existing: set[str]) -> tuple[list[str], list[str], dict[str, str]]:
+    """Registry names missing from the ``model`` partitions, partitions no longer registered, and the
+    invalid registry files with the reason (they get no partition; one bad file does not stop the others)."""
+    entries, invalid = registry.scan_registry()
+    names = set(entries)
+    return sorted(names - existing), sorted(existing - names - set(invalid)), invalid
 
 
 @sensor(
@@ -120,7 +116,9 @@ def registry_partition_changes(existing: set[str]) -> tuple[list[str], list[str]
                 "materialized history stays visible).",
 )
 def model_registry_sensor(context: SensorEvaluationContext):
-    added, orphaned = registry_partition_changes(set(context.instance.get_dynamic_partitions("model")))
+    added, orphaned, invalid = registry_partition_changes(set(context.instance.get_dynamic_partitions("model")))
+    for name, why in invalid.items():
+        context.log.warning(f"registry entry {name} is invalid and gets no partition: {why}")
     if orphaned:
         context.log.info(f"model partitions without a registry entry (kept): {orphaned}")
     if not added:

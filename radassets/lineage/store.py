@@ -16,6 +16,12 @@ query ever meets DuckDB's single-writer lock either.
 Consistency: an event is all or nothing, so a run killed mid-way leaves its start event (the run
 shows ``START``, with no outputs) and nothing half-written; outputs and items only arrive with the
 ``COMPLETE`` event that carries them.
+
+Recovery: the database holds nothing the merged event files do not, so a ``lineage.duckdb`` that
+DuckDB cannot read (garbage, truncated) is a ``LineageError`` naming the file and ``radassets lineage
+rebuild``; ``rebuild()`` ingests every file of ``events/merged`` (in name order, i.e. event time)
+into a new database beside it, then renames it into place and keeps the old file as
+``lineage.duckdb.corrupt-<time>`` (``.previous-<time>`` if it was readable).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +40,7 @@ import duckdb
 from filelock import FileLock, Timeout
 
 from radassets.storage import atomic_write_json, storage_root
+from radassets.errors import RadassetsError
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("START", "COMPLETE", "FAIL", "ABORT")
@@ -63,7 +71,7 @@ CREATE TABLE IF NOT EXISTS item_parents (
 """
 
 
-class LineageError(RuntimeError):
+class LineageError(RadassetsError, RuntimeError):
     """The lineage store cannot answer: named cause."""
 
 
@@ -112,20 +120,49 @@ def _locked(root: Path, timeout: float) -> Iterator[None]:
         yield
 
 
+# What DuckDB says of a file it cannot read (DuckDB 1.x): checked in errors raised after the file opened, where
+# an IOException may also be a full disk, which a rebuild would not cure.
+DAMAGE_MARKERS = ("not a valid DuckDB database file", "Could not read enough bytes", "Corrupt database file")
+
+
+def _unreadable(path: Path, e: duckdb.Error) -> LineageError:
+    cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "lock" in cause.lower():  # another program (a duckdb shell, a notebook) holds DuckDB's own lock
+        return LineageError(f"{path} is open in another program ({cause}); close it there and retry")
+    return LineageError(f"{path}: DuckDB cannot read the lineage store ({cause}); it can be rebuilt from the merged "
+                        f"event files with `radassets lineage rebuild` (the damaged file is kept aside)")
+
+
+def is_damage(e: BaseException) -> bool:
+    """Whether a DuckDB error says the database file is damaged (not the query, not a full disk)."""
+    return isinstance(e, duckdb.Error) and any(marker in str(e) for marker in DAMAGE_MARKERS)
+
+
+def _open(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A connection to the database at ``path`` (created with the schema unless read-only)."""
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as e:  # at opening, any DuckDB error is about the file
+        raise _unreadable(path, e) from None
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        if not read_only:
+            con.execute(SCHEMA)
+            if not con.execute("SELECT count(*) FROM schema_info").fetchone()[0]:
+                con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
+    except duckdb.Error as e:
+        con.close()
+        if is_damage(e):
+            raise _unreadable(path, e) from None
+        raise
+    return con
+
+
 def _connect(root: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     path = database_path(root)
-    if read_only:
-        if not path.is_file():
-            raise LineageError(f"no lineage recorded yet ({path} does not exist); materialize an asset first")
-        con = duckdb.connect(str(path), read_only=True)
-        con.execute("SET TimeZone = 'UTC'")
-        return con
-    con = duckdb.connect(str(path))
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute(SCHEMA)
-    if not con.execute("SELECT count(*) FROM schema_info").fetchone()[0]:
-        con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
-    return con
+    if read_only and not path.is_file():
+        raise LineageError(f"no lineage recorded yet ({path} does not exist); materialize an asset first")
+    return _open(path, read_only)
 
 
 def merge(root: Path | None = None, wait: bool = True) -> int:
@@ -140,6 +177,10 @@ def merge(root: Path | None = None, wait: bool = True) -> int:
             con = _connect(root)
             try:
                 return sum(_ingest_file(con, root, path) for path in pending)
+            except duckdb.Error as e:
+                if is_damage(e):  # the file opened, but its blocks cannot be read
+                    raise _unreadable(database_path(root), e) from None
+                raise
             finally:
                 con.close()
     except Timeout:
@@ -154,11 +195,13 @@ BAD_FILE_ERRORS = (ValueError, KeyError, TypeError, duckdb.ConstraintException, 
                    duckdb.InvalidInputException, duckdb.BinderException)
 
 
-def _ingest_file(con: duckdb.DuckDBPyConnection, root: Path, path: Path) -> int:
+def _ingest_file(con: duckdb.DuckDBPyConnection, root: Path, path: Path, state: str = "pending") -> int:
+    """Ingest one event file (from ``events/<state>``) in its own transaction; 1 if it was ingested now."""
     try:
         event = json.loads(path.read_text())
         if con.execute("SELECT 1 FROM events WHERE event_id = ?", [event["event_id"]]).fetchone():
-            os.replace(path, _events_dir(root, "merged") / path.name)  # ingested before the last move
+            if state == "pending":
+                os.replace(path, _events_dir(root, "merged") / path.name)  # ingested before the last move
             return 0
         con.begin()
         ingest(con, event)
@@ -174,7 +217,8 @@ def _ingest_file(con: duckdb.DuckDBPyConnection, root: Path, path: Path) -> int:
         os.replace(path, rejected / path.name)
         (rejected / f"{path.name}.reason.txt").write_text(f"{type(e).__name__}: {e}\n")
         return 0
-    os.replace(path, _events_dir(root, "merged") / path.name)
+    if state == "pending":
+        os.replace(path, _events_dir(root, "merged") / path.name)
     return 1
 
 
@@ -268,5 +312,86 @@ def reader(root: Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         con = _connect(root, read_only=True)
         try:
             yield con
+        except duckdb.Error as e:
+            if is_damage(e):  # the file opened, but a query met blocks that cannot be read
+                raise _unreadable(database_path(root), e) from None
+            raise
         finally:
             con.close()
+
+
+@dataclass
+class RebuildReport:
+    database: Path
+    events: int  # merged event files ingested
+    set_aside: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason): moved to events/rejected
+    kept: Path | None = None  # the file replaced, renamed
+    pending: int = 0  # pending event files merged afterwards
+
+
+def _readable(path: Path) -> bool:
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error:
+        return False
+    try:
+        for (table,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall():
+            cursor = con.execute(f'SELECT * FROM "{table}"')  # every block read, a chunk of rows at a time
+            while cursor.fetchmany(10_000):
+                pass
+        return True
+    except duckdb.Error:
+        return False
+    finally:
+        con.close()
+
+
+def _aside_name(path: Path, state: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    candidate, n = path.with_name(f"{path.name}.{state}-{stamp}"), 1
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.name}.{state}-{stamp}-{n}"), n + 1
+    return candidate
+
+
+def rebuild(root: Path | None = None) -> RebuildReport:
+    """Re-create ``lineage.duckdb`` from ``events/merged``, atomically; the old file is kept aside, never deleted.
+
+    Each merged file is ingested as a merge ingests it, in name (event time) order. A file that can no longer be
+    ingested (damaged since its merge) is moved to ``events/rejected`` with its reason and named in the report.
+    Pending files are merged afterwards, as any reader would.
+    """
+    root = Path(root or lineage_root())
+    database = database_path(root)
+    with _locked(root, LOCK_TIMEOUT_S):
+        merged = sorted(_events_dir(root, "merged").glob("*.json"))
+        if not merged:
+            raise LineageError(f"no merged event files under {root / 'events' / 'merged'}: nothing to rebuild "
+                               f"{database} from")
+        # DuckDB creates the file itself (an empty file is not a database): a unique name, not mkstemp.
+        building = database.with_name(f".{database.name}.rebuilding-{uuid.uuid4().hex}")
+        try:
+            con = _open(building)
+            report = RebuildReport(database, 0)
+            try:
+                for path in merged:
+                    if _ingest_file(con, root, path, state="merged"):
+                        report.events += 1
+                    elif (_events_dir(root, "rejected") / path.name).is_file():
+                        reason = (_events_dir(root, "rejected") / f"{path.name}.reason.txt").read_text().strip()
+                        report.set_aside.append((path.name, reason))
+            finally:
+                con.close()  # checkpoints: the new file is whole, with no write-ahead log beside it
+            if database.exists():
+                report.kept = _aside_name(database, "previous" if _readable(database) else "corrupt")
+                os.replace(database, report.kept)
+                wal = database.with_name(database.name + ".wal")  # belongs to the old file: never replay it
+                if wal.exists():
+                    os.replace(wal, report.kept.with_name(report.kept.name + ".wal"))
+            os.replace(building, database)
+        finally:
+            for leftover in (building, building.with_name(building.name + ".wal")):
+                if leftover.exists():
+                    leftover.unlink()
+    report.pending = merge(root)
+    return report

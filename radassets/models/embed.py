@@ -9,6 +9,11 @@ written last.
 
 Determinism: the model runs in eval mode under ``torch.inference_mode`` with deterministic
 algorithms requested, so the same patches give the same bytes on the same machine and settings.
+
+Shape: a network's output is taken as it is, never reshaped to fit (``output_vectors``): exactly
+(batch, D), or (batch, D, 1, 1, 1) from a global pool left unflattened, with D the registry's
+``embedding_dim`` and at most ``MAX_EMBEDDING_DIM``; anything else is a ``ModelOutputError`` naming the
+model and the shape, for every batch.
 """
 
 from __future__ import annotations
@@ -26,10 +31,55 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from radassets.errors import RadassetsError
 from radassets.models.registry import ModelEntry
 from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha256_json
 
 Progress = Callable[[int, int, str], None]
+
+# Longer than any published CT embedding (FMCIB: 4096) by a wide margin, and far shorter than a feature map
+# flattened (a 64-channel map of a 48-voxel input halved is 64 x 24^3 = 884,736 values).
+MAX_EMBEDDING_DIM = 16_384
+POOL_ADVICE = ("pool it to one vector per patch (e.g. torch.nn.functional.adaptive_avg_pool3d(x, 1).flatten(1)) "
+               "and export again")
+
+
+class ModelOutputError(RadassetsError, ValueError):
+    """A network does not return one vector per patch, of its registered length, for every patch on its own."""
+
+
+def _patches_word(n: int) -> str:
+    return f"{n} patch" if n == 1 else f"{n} patches"
+
+
+def output_vectors(output: Any, n_patches: int, model: str, dim: int | None) -> np.ndarray:
+    """The (n_patches, D) float32 vectors of a network's raw output, checked and never reshaped to fit.
+
+    Accepted: (batch, D); and (batch, D, 1, 1, 1), the output of a global pool left unflattened, whose three
+    singleton axes are dropped. ``dim`` is the registered length (None while registering, when it is learnt).
+    """
+    if isinstance(output, (tuple, list, dict)):
+        raise ModelOutputError(f"model {model!r} returned a {type(output).__name__} of {len(output)} outputs; "
+                               f"export a network whose forward returns one tensor of shape (batch, D)")
+    array = output.detach().float().cpu().numpy() if isinstance(output, torch.Tensor) else np.asarray(output)
+    shape = tuple(int(n) for n in array.shape)
+    if array.ndim == 5 and shape[2:] == (1, 1, 1):
+        array = array[:, :, 0, 0, 0]
+    elif array.ndim >= 3 and max(shape[2:]) > 1:
+        raise ModelOutputError(f"model {model!r} returned a feature map of shape {shape} for a batch of "
+                               f"{_patches_word(n_patches)}, not one vector per patch: {POOL_ADVICE}")
+    if array.ndim != 2 or array.shape[0] != n_patches:
+        raise ModelOutputError(
+            f"model {model!r} returned shape {shape} for a batch of {_patches_word(n_patches)}; expected "
+            f"({n_patches}, D) or ({n_patches}, D, 1, 1, 1): one vector per patch along the first axis (an output "
+            f"with the batch on another axis, such as (D, batch), would mix the vectors of different patients)")
+    if array.shape[1] > MAX_EMBEDDING_DIM:
+        raise ModelOutputError(f"model {model!r} returned {array.shape[1]} values per patch, more than "
+                               f"{MAX_EMBEDDING_DIM}: a flattened feature map, not an embedding; {POOL_ADVICE}")
+    if dim is not None and array.shape[1] != dim:
+        raise ModelOutputError(f"model {model!r} returned {array.shape[1]} values per patch; the registry says "
+                               f"embedding_dim {dim}")
+    return array.astype(np.float32, copy=False)
 
 
 class Extractor(Protocol):
@@ -90,8 +140,9 @@ def run_embeddings(extractor: Extractor, patches: np.ndarray, masks: np.ndarray,
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         batch = extractor.embed(np.asarray(patches[start:stop]), np.asarray(masks[start:stop]), rows[start:stop])
-        if batch.shape != (stop - start, extractor.dim):
-            raise RuntimeError(f"model {entry.name!r} returned shape {batch.shape}, expected {(stop - start, extractor.dim)}")
+        if batch.shape != (stop - start, extractor.dim):  # every extractor's, networks' checked already
+            raise ModelOutputError(f"model {entry.name!r} returned shape {batch.shape} for a batch of "
+                                   f"{_patches_word(stop - start)}, expected {(stop - start, extractor.dim)}")
         vectors[start:stop] = batch
         for i in range(start, stop):
             bad = ~np.isfinite(vectors[i])

@@ -9,7 +9,8 @@
 - ``radiomics`` and ``table`` live in their own modules.
 
 Every network gets its input from ``preprocessing.model_input`` (the entry's crop, axes and
-intensity) and must return one vector per patch.
+intensity) and must return one vector per patch: its output is checked, batch by batch, by
+``embed.output_vectors`` (exact shape, registered length), never reshaped to fit.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from radassets.models import families
+from radassets.models.embed import output_vectors
 from radassets.models.preprocessing import model_input
 from radassets.models.registry import ModelEntry
 from radassets.models.weights import WeightsError, load_published, resolve_weights
@@ -34,31 +36,49 @@ class TorchExtractor:
         self.module = module.to(device).eval()
         self.weights_sha256 = weights_sha256
         self.device = device
-        self.dim = int(entry.embedding_dim)
+        self.dim = entry.embedding_dim  # None only while `models add` learns it
 
     def embed(self, patches: np.ndarray, masks: np.ndarray, rows: Sequence[dict[str, Any]]) -> np.ndarray:
         x = torch.from_numpy(np.stack([model_input(p, self.entry.preprocessing) for p in patches])).to(self.device)
         with torch.inference_mode():
             y = self.module(x)
-        return y.reshape(len(patches), -1).float().cpu().numpy()
+        return output_vectors(y, len(patches), self.entry.name, self.dim)
 
 
 class OnnxExtractor:
-    def __init__(self, entry: ModelEntry, path: Path):
+    def __init__(self, entry: ModelEntry, path: Path, shown: Path | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ONNX Runtime raises its own classes (InvalidProtobuf, Fail, ...) for a bad file
+            raise WeightsError(f"model {entry.name!r}: {shown or path} is not an ONNX model ONNX Runtime can run: "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         self.input_name = self.session.get_inputs()[0].name
         self.entry = entry
         self.weights_sha256 = sha256_file(path)
-        self.dim = int(entry.embedding_dim)
+        self.dim = entry.embedding_dim  # None only while `models add` learns it
 
     def embed(self, patches: np.ndarray, masks: np.ndarray, rows: Sequence[dict[str, Any]]) -> np.ndarray:
         x = np.stack([model_input(p, self.entry.preprocessing) for p in patches])
-        [y] = self.session.run(None, {self.input_name: x})
-        return np.asarray(y, dtype=np.float32).reshape(len(patches), -1)
+        outputs = self.session.run(None, {self.input_name: x})
+        return output_vectors(outputs[0] if len(outputs) == 1 else outputs, len(patches), self.entry.name, self.dim)
+
+
+def load_network_file(entry: ModelEntry, path: Path, device: torch.device,
+                      shown: Path | None = None) -> TorchExtractor | OnnxExtractor:
+    """A user's TorchScript or ONNX network from ``path`` (verified by the caller); errors name ``shown``
+    (the user's own file, while ``path`` is a staged copy of it) or ``path``."""
+    if entry.kind == "onnx":
+        return OnnxExtractor(entry, path, shown)
+    try:
+        module = torch.jit.load(str(path), map_location=device)
+    except RuntimeError as e:
+        raise WeightsError(f"model {entry.name!r}: {shown or path} is not a TorchScript file: "
+                           f"{str(e).splitlines()[0]}") from None
+    return TorchExtractor(entry, module, entry.weights.sha256, device)
 
 
 def load_extractor(entry: ModelEntry, device: torch.device, download: bool = True):
@@ -70,15 +90,8 @@ def load_extractor(entry: ModelEntry, device: torch.device, download: bool = Tru
         torch.manual_seed(entry.seed)
         module = families.build(entry.family)
         return TorchExtractor(entry, module, None, device)
-    if entry.kind == "torchscript":
-        path = resolve_weights(entry, download)
-        try:
-            module = torch.jit.load(str(path), map_location=device)
-        except RuntimeError as e:
-            raise WeightsError(f"model {entry.name!r}: {path} is not a TorchScript file: {str(e).splitlines()[0]}") from None
-        return TorchExtractor(entry, module, entry.weights.sha256, device)
-    if entry.kind == "onnx":
-        return OnnxExtractor(entry, resolve_weights(entry, download))
+    if entry.kind in ("torchscript", "onnx"):
+        return load_network_file(entry, resolve_weights(entry, download), device)
     if entry.kind == "radiomics":
         from radassets.models.radiomics import RadiomicsExtractor
 

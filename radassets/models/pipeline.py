@@ -52,9 +52,11 @@ def runnable_here(entry: registry.ModelEntry) -> tuple[bool, str]:
 
 
 def default_models() -> tuple[list[str], dict[str, str]]:
-    """The registered models that can run here without a download, and the others with the reason."""
-    run, skipped = [], {}
-    for name, entry in registry.load_registry().items():
+    """The registered models that can run here without a download, and the others (invalid entries
+    included) with the reason."""
+    entries, invalid = registry.scan_registry()
+    run, skipped = [], {name: f"invalid registry entry: {why}" for name, why in invalid.items()}
+    for name, entry in entries.items():
         ok, why = runnable_here(entry)
         if ok:
             run.append(name)

@@ -6,7 +6,8 @@ goes to a temporary name and is renamed after it verifies. Offline, a missing fi
 that says where to put it and which sha256 it must have.
 
 Loading is strict, in this order: sha256, then ``torch.load(..., weights_only=True)`` (no
-pickled code runs; ``.safetensors`` files through safetensors), then the registry's key handling (a top-level key such as ``state_dict``,
+pickled code runs; a checkpoint holding pickled objects is refused, saying which, never with torch's
+advice to load it unsafely; ``.safetensors`` files through safetensors), then the registry's key handling (a top-level key such as ``state_dict``,
 prefixes such as ``module.`` from DataParallel, an encoder sub-tree, the parts named unused such as
 a decoder), then every key and shape
 compared with the architecture. Any difference is an error listing the missing, unexpected and
@@ -16,6 +17,7 @@ mis-shaped keys; nothing is loaded partially.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -27,13 +29,14 @@ import torch
 
 from radassets.models.registry import ModelEntry, Weights
 from radassets.storage import sha256_file, storage_root
+from radassets.errors import RadassetsError
 
 WEIGHTS_DIR_ENV = "RADASSETS_WEIGHTS_DIR"
 DOWNLOAD_TIMEOUT_S = 20.0
 LISTED_KEYS = 12  # how many keys an error names of each kind
 
 
-class WeightsError(RuntimeError):
+class WeightsError(RadassetsError, RuntimeError):
     """Weights are missing, corrupt, or do not fit the architecture."""
 
 
@@ -86,6 +89,24 @@ def resolve_weights(entry: ModelEntry, download: bool = True) -> Path:
     return path
 
 
+def _unsafe_file(path: Path, e: Exception) -> WeightsError:
+    """What is wrong with a file ``torch.load(weights_only=True)`` refused. torch's own message advises
+    ``weights_only=False`` or allow-listing the class, either of which would run the file's pickled code:
+    only the facts are passed on."""
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return WeightsError(
+            f"{path}: the checkpoint holds pickled Python objects, not only tensors (first: {found.group(1)}), and "
+            f"radassets does not run pickled code to read weights; save the state dict alone "
+            f"(torch.save(model.state_dict(), path)) or as .safetensors, and pin the new file's sha256")
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    cause = detail.group(1).strip() if detail else (lines[0] if lines else "")
+    return WeightsError(f"{path}: not a weights file torch can load safely: not a checkpoint of tensors written by "
+                        f"torch.save ({type(e).__name__}{': ' + cause if cause else ''})")
+
+
 def published_state_dict(path: Path, w: Weights) -> dict[str, torch.Tensor]:
     """The tensors of a verified weights file, with the registry's key handling applied."""
     try:
@@ -96,7 +117,7 @@ def published_state_dict(path: Path, w: Weights) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for files it cannot read safely
-        raise WeightsError(f"{path}: not a weights file torch can load safely: {type(e).__name__}: {e}") from None
+        raise _unsafe_file(path, e) from None
     if w.state_dict_key is not None:
         if not isinstance(obj, Mapping) or w.state_dict_key not in obj:
             keys = list(obj)[:LISTED_KEYS] if isinstance(obj, Mapping) else type(obj).__name__

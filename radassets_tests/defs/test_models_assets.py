@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -18,7 +19,11 @@ from radassets.cli import main as cli_main
 from radassets.definitions import defs
 from radassets.defs.models import ModelsResource, model_registry_sensor
 from radassets.defs.run import materialize_dataset_versions
+from radassets.imaging.patches import load_patches
+from radassets.imaging.pipeline import step_dir
+from radassets.models import registry
 from radassets.models.embed import read_embeddings
+from radassets.models.preprocessing import model_input
 from radassets.models.pipeline import embeddings_dir
 from radassets_tests.conftest import REPO
 from radassets_tests.standins import TinyEncoder
@@ -50,13 +55,17 @@ def test_sensor_adds_a_partition_per_registered_model(instance, home):
     assert isinstance(model_registry_sensor(build_sensor_context(instance=instance)), SkipReason)
 
 
-class NanForFirstInBatch(torch.nn.Module):
-    """A broken model: NaN for the first patch of every batch."""
+class NanAboveMean(torch.nn.Module):
+    """A broken model: NaN for the patches whose mean input is above a threshold (whatever their batch)."""
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        self.threshold = threshold
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x.mean(dim=(1, 2, 3, 4))[:, None].repeat(1, 3)
-        out[0] = float("nan")
-        return out
+        mean = x.mean(dim=(1, 2, 3, 4))
+        return torch.where((mean > self.threshold)[:, None], torch.full((x.shape[0], 3), float("nan")),
+                           mean[:, None].repeat(1, 3))
 
 
 def test_a_new_model_is_backfilled_without_recomputing_anything_upstream(instance, home, tmp_path, capsys):
@@ -94,18 +103,23 @@ def test_a_new_model_is_backfilled_without_recomputing_anything_upstream(instanc
     materialized = instance.get_materialized_partitions(AssetKey("embeddings"))
     assert sorted(k for k in materialized if k.endswith("|radiomics")) == ["demo_v1|radiomics", "demo_v2|radiomics"]
 
-    # A model that gives one NaN vector per batch: within the allowed fraction the partition succeeds, and
-    # its check fails naming the patients (the Checks tab of embeddings shows this table).
-    torch.jit.script(NanForFirstInBatch()).save(str(tmp_path / "nan.pt"))
-    cli_main(["models", "add", "nan_first", "--torchscript", str(tmp_path / "nan.pt"), "--preprocessing", str(spec)])
+    # A model that gives NaN vectors for a quarter of the patches: within the allowed fraction the partition
+    # succeeds, and its check fails naming the patients (the Checks tab of embeddings shows this table).
+    patches, _, patch_rows = load_patches(step_dir("patches", "demo_v1"))
+    preprocessing = registry.get("tiny").preprocessing
+    means = np.array([model_input(p, preprocessing).mean(dtype=np.float64) for p in patches])
+    ordered = np.sort(means)
+    k = len(means) - len(means) // 4  # the threshold halfway between two patches' means: no rounding decides
+    threshold = float((ordered[k - 1] + ordered[k]) / 2)
+    torch.jit.script(NanAboveMean(threshold)).save(str(tmp_path / "nan.pt"))
+    cli_main(["models", "add", "nan_some", "--torchscript", str(tmp_path / "nan.pt"), "--preprocessing", str(spec)])
     result = materialize(list(defs.assets), instance=instance, selection=["embeddings"],
-                         partition_key=MultiPartitionKey({"dataset_version": "demo_v1", "model": "nan_first"}),
+                         partition_key=MultiPartitionKey({"dataset_version": "demo_v1", "model": "nan_some"}),
                          resources={**defs.resources, "models": ModelsResource(batch_size=4, max_failed_fraction=0.5)})
     [check] = result.get_asset_check_evaluations()
-    rows, _ = read_embeddings(embeddings_dir("demo_v1", "tiny"))
-    first_of_each_batch = {r["PatientID"] for r in rows[::4]}
-    assert not check.passed and check.metadata["failed"].value == len(first_of_each_batch)
-    assert all(patient in check.metadata["failures"].value for patient in first_of_each_batch)
+    failing = {r["PatientID"] for r, m in zip(patch_rows, means) if m > threshold}
+    assert failing and not check.passed and check.metadata["failed"].value == len(means) // 4
+    assert all(patient in check.metadata["failures"].value for patient in failing)
 
     # A registered model without its weights: the partition fails with the cause as its message.
     shutil.copy(REPO / "data" / "models" / "fmcib.yaml", Path(os.environ["RADASSETS_MODELS_DIR"]))

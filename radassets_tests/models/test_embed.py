@@ -4,7 +4,6 @@ bytes; NaN vectors recorded; radiomics, tables, and a user's TorchScript or ONNX
 
 from __future__ import annotations
 
-import shutil
 import warnings
 
 import numpy as np
@@ -22,7 +21,6 @@ from radassets.models.preprocessing import PreprocessingError, model_input
 from radassets.models.registry import Intensity, Preprocessing
 from radassets.models.table import TableError, TableExtractor
 from radassets.storage import sha256_file
-from radassets_tests.conftest import REPO
 from radassets_tests.standins import TinyEncoder
 
 SIZE = 64
@@ -114,17 +112,6 @@ class NanForLargeLesions(torch.nn.Module):
         mean = x.mean(dim=(1, 2, 3, 4))
         bad = mean > 0.07  # spheres of radius 12 and 14 mm in lung, on a 48³ crop
         return torch.where(bad[:, None], torch.full((x.shape[0], 3), float("nan")), mean[:, None].repeat(1, 3))
-
-
-@pytest.fixture
-def models_home(tmp_path, monkeypatch):
-    """A private copy of the registry and a private storage root."""
-    models = tmp_path / "models"
-    shutil.copytree(REPO / "data" / "models", models)
-    monkeypatch.setenv("RADASSETS_MODELS_DIR", str(models))
-    monkeypatch.setenv("RADASSETS_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    return models
 
 
 def _spec(tmp_path, size=(48, 48, 48), axes="SPL"):

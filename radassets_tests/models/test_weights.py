@@ -159,5 +159,27 @@ def test_weights_that_are_not_a_safe_torch_file_are_refused(cache):
     folder.mkdir(parents=True)
     path = folder / "model_weights.torch"
     path.write_bytes(b"not a torch file at all")
-    with pytest.raises(WeightsError, match="not a weights file torch can load safely"):
+    with pytest.raises(WeightsError, match="not a weights file torch can load safely") as err:
         load_published(pinned("fmcib", path), families.build("fmcib_resnet50"), download=False)
+    assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+class TrainingSettings:
+    """A custom class a training script pickles into its checkpoint beside the weights."""
+
+    def __init__(self):
+        self.learning_rate = 0.1
+
+
+def test_a_checkpoint_with_pickled_objects_is_refused_without_unsafe_advice(cache):
+    """torch's own message advises weights_only=False, which would run the pickled code: not passed on."""
+    folder = cache / "fmcib"
+    folder.mkdir(parents=True)
+    path = folder / "model_weights.torch"
+    torch.save({"trunk_state_dict": families.build("resnet10").state_dict(), "settings": TrainingSettings()}, path)
+    with pytest.raises(WeightsError) as err:
+        load_published(pinned("fmcib", path), families.build("fmcib_resnet50"), download=False)
+    message = str(err.value)
+    assert "weights_only=False" not in message and "add_safe_globals" not in message, message
+    assert str(path) in message and "radassets_tests.models.test_weights.TrainingSettings" in message, message
+    assert "state dict" in message and "\n" not in message, message
