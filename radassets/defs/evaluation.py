@@ -26,13 +26,12 @@ from radassets.defs.lineage import recorded
 from radassets import datasets
 from radassets.datasets import data_dir
 from radassets.defs.imaging import patches, seeds
-from radassets.defs.metadata import failure_on, markdown_table, progress_logger
-from radassets.defs.models import USER_ERRORS, ModelsResource, embeddings, embeddings_partitions
+from radassets.defs.metadata import markdown_table, progress_logger, user_failure
+from radassets.defs.models import ModelsResource, embeddings, embeddings_partitions
 from radassets.defs.partitions import dataset_version_partitions
 from radassets.evaluation.compare_report import compare_models
-from radassets.evaluation.labels import LabelError
-from radassets.evaluation.perturbation import SD_VOXELS, TRIALS, PerturbationError, run_seed_stability
-from radassets.evaluation.report import EvaluationInputError, evaluate_model
+from radassets.evaluation.perturbation import SD_VOXELS, TRIALS, run_seed_stability
+from radassets.evaluation.report import evaluate_model
 from radassets.evaluation.scores import evaluate_scores
 from radassets.imaging.pipeline import step_dir
 from radassets.models.pipeline import embeddings_dir
@@ -97,7 +96,7 @@ with warnings.catch_warnings():  # the mapping is marked beta; it is the documen
     deps=[embeddings, AssetDep(seeds, partition_mapping=OF_DATASET_VERSION)],
     group_name="evaluation",
     kinds={"scikitlearn", "png", "html"},
-    code_version="evaluation-1",
+    code_version="evaluation-2",
     check_specs=[AssetCheckSpec("endpoints_evaluated", asset="evaluation",
                                 description="every endpoint had enough patients of each class to evaluate")],
     description=(
@@ -114,12 +113,21 @@ def evaluation(context: AssetExecutionContext) -> MaterializeResult:
     dataset_version, model = keys["dataset_version"], keys["model"]
     definition = datasets.get(dataset_version)
     out = storage_root() / "evaluation" / dataset_version / model
-    with failure_on(EvaluationInputError, LabelError):
+    with user_failure():
         metrics = evaluate_model(definition, model, embeddings_dir(dataset_version, model),
                                  step_dir("seeds", dataset_version) / "seeds.parquet", out)
     metadata: dict = {"lineage_id": metrics["lineage_id"], "patients": metrics["patients"],
+                      "definition_sha256": metrics["definition_sha256"],
                       "report": MetadataValue.path(str(out / "report.html")),
                       "metrics_json": MetadataValue.path(str(out / "metrics.json"))}
+    if metrics.get("status") == "nothing to evaluate":  # no clinical table: nothing to check either
+        context.log.warning(f"{dataset_version} × {model}: {metrics['reason']}")
+        return MaterializeResult(
+            metadata={**metadata, "nothing evaluated": metrics["reason"]},
+            data_version=DataVersion(metrics["lineage_id"]),
+            check_results=[AssetCheckResult(check_name="endpoints_evaluated", passed=False,
+                                            severity=AssetCheckSeverity.WARN,
+                                            metadata={"not evaluable": MetadataValue.text(metrics["reason"])})])
     rows, not_evaluable = [], {}
     for name, e in metrics["endpoints"].items():
         if e["status"] != "evaluated":
@@ -159,10 +167,15 @@ def evaluation(context: AssetExecutionContext) -> MaterializeResult:
     deps=[AssetDep(evaluation, partition_mapping=OF_DATASET_VERSION)],
     group_name="evaluation",
     kinds={"scipy", "png", "html"},
-    code_version="comparison-1",
+    code_version="comparison-2",
+    check_specs=[AssetCheckSpec("evaluations_current", asset="comparison",
+                                description="every evaluation compared was made under the current dataset definition "
+                                            "from the current embeddings, seeds and clinical table")],
     description=(
         "Every evaluated model of the dataset version side by side: AUCs with CIs and ranks per endpoint, DeLong "
         "tests between models on the same patients, and a mutual-kNN (k = 10) embedding-similarity heatmap. "
+        "An evaluation made under another definition of the dataset version or from other inputs is stale: "
+        "left out of the ranking and named (check evaluations_current). "
         "metrics.json, a Markdown and HTML report, figures carrying the lineage id."
     ),
 )
@@ -170,20 +183,33 @@ def evaluation(context: AssetExecutionContext) -> MaterializeResult:
 def comparison(context: AssetExecutionContext) -> MaterializeResult:
     dataset_version = context.partition_key
     out = storage_root() / "comparison" / dataset_version
-    with failure_on(EvaluationInputError):
-        metrics = compare_models(dataset_version, storage_root() / "evaluation" / dataset_version,
-                                 step_dir("embeddings", dataset_version), out)
+    with user_failure():
+        metrics = compare_models(datasets.get(dataset_version), storage_root() / "evaluation" / dataset_version,
+                                 step_dir("embeddings", dataset_version),
+                                 step_dir("seeds", dataset_version) / "seeds.parquet", out)
     metadata: dict = {"lineage_id": metrics["lineage_id"], "models": len(metrics["models"]),
                       "report": MetadataValue.path(str(out / "report.html"))}
+    if metrics.get("status") == "nothing to compare":
+        metadata["nothing compared"] = metrics["reason"]
+        context.log.warning(f"{dataset_version}: {metrics['reason']}")
+    stale = {m: f"{'; '.join(s['causes'])}. Materialize {s['rematerialize']} again."
+             for m, s in metrics["stale"].items()}
+    if stale:
+        metadata["stale evaluations (left out)"] = MetadataValue.json(stale)
+        context.log.warning(f"{dataset_version}: stale evaluations left out of the comparison: {stale}")
     for endpoint, e in metrics["endpoints"].items():
         if "models" in e:
             rows = [{"rank": r["rank"], "model": m, "probe AUC": f"{r['probe_auc']:.3f}",
                      "kNN AUC": f"{r['knn_auc']:.3f}"} for m, r in sorted(e["models"].items(), key=lambda kv: kv[1]["rank"])]
             metadata[f"{endpoint}: ranking"] = MetadataValue.md(markdown_table(rows, list(rows[0])))
             metadata[f"{endpoint}: auc_figure"] = _png(out / f"auc_{endpoint}.png")
-    if (out / "mutual_knn.png").is_file():
+    if "mutual_knn.png" in metrics["figures"]:  # not a heatmap left by an earlier comparison
         metadata["mutual_knn"] = _png(out / "mutual_knn.png")
-    return MaterializeResult(metadata=metadata, data_version=DataVersion(metrics["lineage_id"]))
+    return MaterializeResult(
+        metadata=metadata, data_version=DataVersion(metrics["lineage_id"]),
+        check_results=[AssetCheckResult(check_name="evaluations_current", passed=not stale,
+                                        severity=AssetCheckSeverity.WARN,
+                                        metadata={"stale": MetadataValue.json(stale)})])
 
 
 class SeedStabilityConfig(Config):
@@ -199,7 +225,7 @@ class SeedStabilityConfig(Config):
     kinds={"pytorch", "scikitlearn", "png"},
     tags=OPT_IN,
     pool="gpu",
-    code_version="seed-stability-1",
+    code_version="seed-stability-2",
     description=(
         "Seed-perturbation stability (the FMCIB protocol, opt-in: trials × patients forward passes): each "
         "evaluated patient's seed moved 50 times by N(0, 16 voxel²) per axis, the patch extracted again and "
@@ -213,7 +239,7 @@ def seed_stability(context: AssetExecutionContext, config: SeedStabilityConfig,
     keys = context.partition_key.keys_by_dimension
     dataset_version, model = keys["dataset_version"], keys["model"]
     out = storage_root() / "stability" / dataset_version / model
-    with failure_on(PerturbationError, EvaluationInputError, LabelError, *USER_ERRORS):
+    with user_failure():
         metrics = run_seed_stability(
             datasets.get(dataset_version), model, embeddings_dir(dataset_version, model),
             step_dir("seeds", dataset_version) / "seeds.parquet", step_dir("patches", dataset_version), out,

@@ -4,6 +4,13 @@ Reads ``evaluation/<dataset_version>/<model>/`` (metrics and per-patient predict
 model's embeddings (for the mutual kNN heatmap, on the patients all models embedded). Writes
 ``metrics.json``, ``report.md``, ``report.html``, ``auc_<endpoint>.png`` (forest plot of AUCs with
 CIs) and ``mutual_knn.png``; every figure carries the lineage id.
+
+Only current evaluations are compared: one made under another definition of the dataset version
+(its recorded ``definition_sha256`` is not the current definition's: a horizon, modality or
+endpoint changed since) or from other embeddings, seeds or clinical table than those there now
+is stale. A stale evaluation is left out of the ranking and named, with its causes and the
+partition to materialize again, in ``metrics.json`` (``stale``) and the report. A dataset version
+without a clinical table has nothing to compare: the report says so.
 """
 
 from __future__ import annotations
@@ -15,9 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from radassets.datasets import DatasetVersion
 from radassets.evaluation.comparison import MUTUAL_K, compare_endpoint, mutual_knn
 from radassets.evaluation.figures import pyplot, save_figure
-from radassets.evaluation.report import EvaluationInputError, write_html
+from radassets.evaluation.report import EvaluationInputError, definition_sha256, nothing_to_evaluate, write_html
 from radassets.storage import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 
 
@@ -61,19 +69,53 @@ def _heatmap(models: list[str], matrix: np.ndarray, n: int, path: Path, lineage_
     return save_figure(fig, path, lineage_id)
 
 
-def compare_models(dataset_version: str, evaluation_root: Path, embeddings_root: Path, out_dir: Path) -> dict[str, Any]:
+def stale_causes(evaluation: dict[str, Any], definition_hash: str, current_files: dict[str, Path]) -> list[str]:
+    """Why an evaluation no longer describes the current definition and inputs (empty: it is current).
+    ``current_files``: input name → the file there now (embeddings, seeds, clinical)."""
+    causes = []
+    recorded = evaluation.get("definition_sha256")
+    if recorded != definition_hash:
+        causes.append(f"evaluated under another definition of the dataset version (definition sha256 "
+                      f"{(recorded or 'not recorded')[:12]}, now {definition_hash[:12]})")
+    for name, path in current_files.items():
+        then = evaluation.get("inputs", {}).get(name, {}).get("sha256")
+        now = sha256_file(path) if path.is_file() else None
+        if then != now:
+            causes.append(f"its {name} changed since ({path}: sha256 {(then or 'not recorded')[:12]}, now "
+                          f"{(now or 'missing')[:12]})")
+    return causes
+
+
+def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings_root: Path, seeds_parquet: Path,
+                   out_dir: Path) -> dict[str, Any]:
+    from radassets.idc.index import resolve_table, source_root
     from radassets.models.embed import read_embeddings
 
+    dataset_version = definition.name
+    out_dir = Path(out_dir)
+    if why := nothing_to_evaluate(definition):
+        return write_comparison({"dataset_version": dataset_version, "status": "nothing to compare", "reason": why,
+                                 "lineage_id": sha256_json({"dataset_version": dataset_version, "reason": why})[:16],
+                                 "models": {}, "stale": {}, "endpoints": {}, "figures": []}, out_dir)
     evaluations = evaluated_models(evaluation_root)
     if not evaluations:
         raise EvaluationInputError(f"no evaluated model for {dataset_version!r} under {evaluation_root}: materialize "
                          f"'evaluation' first")
-    models = sorted(evaluations)
+    definition_hash = definition_sha256(definition)
+    clinical = resolve_table(definition.clinical.table, source_root(definition))
+    stale = {}
+    for m, evaluation in evaluations.items():
+        causes = stale_causes(evaluation, definition_hash, {"embeddings": Path(embeddings_root) / m / "embeddings.parquet",
+                                                            "seeds": Path(seeds_parquet), "clinical": Path(clinical)})
+        if causes:
+            stale[m] = {"causes": causes, "lineage_id": evaluation.get("lineage_id"),
+                        "rematerialize": f"evaluation, partition {dataset_version}|{m}"}
+    models = sorted(m for m in evaluations if m not in stale)
     inputs = {m: {"metrics_sha256": sha256_file(Path(evaluation_root) / m / "metrics.json"),
                   "lineage_id": evaluations[m]["lineage_id"], "weights_sha256": evaluations[m]["weights_sha256"]}
               for m in models}
-    lineage_id = sha256_json({"dataset_version": dataset_version, "inputs": inputs})[:16]
-    out_dir = Path(out_dir)
+    lineage_id = sha256_json({"dataset_version": dataset_version, "definition_sha256": definition_hash,
+                              "inputs": inputs, "stale": sorted(stale)})[:16]
     endpoints: dict[str, Any] = {}
     figures: list[str] = []
     for endpoint in sorted({e for m in models for e in evaluations[m]["endpoints"]}):
@@ -94,7 +136,7 @@ def compare_models(dataset_version: str, evaluation_root: Path, embeddings_root:
         frame = pd.DataFrame(rows)
         frame["row"] = np.arange(len(frame))
         vectors[m] = frame.drop_duplicates("SeriesInstanceUID").set_index("SeriesInstanceUID")["row"], matrix
-    common = sorted(set.intersection(*(set(v[0].index) for v in vectors.values())))
+    common = sorted(set.intersection(*(set(v[0].index) for v in vectors.values()))) if vectors else []
     similarity = np.eye(len(models))
     for i, a in enumerate(models):
         for j in range(i + 1, len(models)):
@@ -105,13 +147,18 @@ def compare_models(dataset_version: str, evaluation_root: Path, embeddings_root:
     if len(models) > 1 and len(common) > MUTUAL_K:
         figures.append(_heatmap(models, similarity, len(common), out_dir / "mutual_knn.png", lineage_id,
                                 f"{dataset_version}: embedding similarity").name)
-    metrics = {"dataset_version": dataset_version, "lineage_id": lineage_id, "models": inputs,
+    metrics = {"dataset_version": dataset_version, "lineage_id": lineage_id, "definition_sha256": definition_hash,
+               "models": inputs, "stale": stale,
                "endpoints": endpoints, "mutual_knn": {"k": MUTUAL_K, "series": len(common), "models": models,
                                                       "matrix": similarity.round(4).tolist()},
                "figures": figures}
+    return write_comparison(metrics, out_dir)
+
+
+def write_comparison(metrics: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """metrics.json, report.md and report.html (figures embedded) of a comparison."""
     atomic_write_json(out_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
-    text = report_markdown(metrics)
-    atomic_write_text(out_dir / "report.md", text)
+    atomic_write_text(out_dir / "report.md", report_markdown(metrics))
     write_html(out_dir / "report.html", report_markdown(metrics, out_dir), "radassets comparison", 640)
     return metrics
 
@@ -125,6 +172,13 @@ def report_markdown(m: dict[str, Any], embed_from: Path | None = None) -> str:
         return f"![{name}]({src})"
 
     lines = [f"# Model comparison: {m['dataset_version']}", ""]
+    if m.get("status") == "nothing to compare":
+        lines += [f"Nothing compared: {m['reason']}.", ""]
+    for model, s in m.get("stale", {}).items():
+        lines += [f"**Left out, stale:** the evaluation of `{model}` (lineage id `{s['lineage_id']}`): "
+                  + "; ".join(s["causes"]) + f". Materialize {s['rematerialize']} again.", ""]
+    if not m["models"] and m.get("stale"):
+        lines += ["No current evaluation to compare.", ""]
     for endpoint, e in m["endpoints"].items():
         lines += [f"## Endpoint `{endpoint}`", ""]
         if "models" not in e:

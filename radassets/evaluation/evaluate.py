@@ -23,7 +23,7 @@ import pandas as pd
 
 from radassets.datasets import DatasetVersion
 from radassets.evaluation.labels import Labels, labels_for
-from radassets.evaluation.probes import knn_protocol, linear_probe
+from radassets.evaluation.probes import knn_protocol, linear_probe, probe_scores
 from radassets.evaluation.survival import auc_with_bootstrap_ci, c_index, risk_groups
 
 SEED = 20261124
@@ -124,7 +124,7 @@ def evaluate_endpoint(definition: DatasetVersion, endpoint_index: int, clinical:
     risk[labelled.index] = oof
     unlabelled = joined[joined["label"].isna()]
     if len(unlabelled):
-        risk[unlabelled.index] = fitted.predict_proba(x[unlabelled["index"].to_numpy()])[:, 1]
+        risk[unlabelled.index] = probe_scores(fitted, x[unlabelled["index"].to_numpy()])
     joined = joined.assign(risk=risk)
     if endpoint.kind == "survival":
         threshold = float(joined["risk"].median())

@@ -9,8 +9,12 @@ label, and the literature handles that two ways, both recorded and never implici
 - ``drop``: excluded from the binary analysis, as in Pai et al. 2024 (TumorImagingBench).
 
 A binary endpoint reads its label column directly. Rows that cannot be used (missing id, time or
-event, negative time, an unknown event value) are counted by cause and reported, never dropped
-silently.
+event, negative or infinite time) are counted by cause and reported, never dropped silently.
+
+Event values are compared as written, ignoring case and surrounding spaces, a whole number in any
+form (``1``, ``1.0``) being that integer: a column read as floats because one row is empty still
+matches ``event_values: [1]``. A value that is neither an event value nor a censoring value
+(``KNOWN_CENSORING_VALUES`` unless given) is an error listing it, never silently taken as censored.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import numpy as np
 import pandas as pd
 
 from radassets.datasets import Endpoint
+from radassets.errors import RadassetsError
 
 DAYS_PER_MONTH = 365.25 / 12
+# Values of an event column that mean "no event (censored)" unless the caller names its own.
+KNOWN_CENSORING_VALUES = ("0", "false", "no", "alive", "censored")
 
 
-class LabelError(ValueError):
+class LabelError(RadassetsError, ValueError):
     """The clinical table cannot give this endpoint its labels (a missing column, no usable row)."""
 
 
@@ -66,6 +73,15 @@ def _count(excluded: dict[str, int], cause: str, mask: pd.Series) -> None:
         excluded[cause] = excluded.get(cause, 0) + n
 
 
+def canonical_values(values: pd.Series | list) -> pd.Series:
+    """Values of an event column as comparable strings: stripped, lower-case, and a finite whole number in
+    any form (1, 1.0, "1.0") written as that integer ("1")."""
+    text = pd.Series(values, dtype=object).astype(str).str.strip().str.lower()
+    number = pd.to_numeric(text, errors="coerce")
+    whole = number.notna() & (number.abs() < 2**53) & (number == np.round(number))  # exact as an integer
+    return text.where(~whole, number.where(whole, 0).round().astype("int64").astype(str))
+
+
 def binary_at_horizon(time_days: np.ndarray, event: np.ndarray, horizon_days: float,
                       censored_before_horizon: str) -> tuple[np.ndarray, np.ndarray]:
     """Binary labels (NaN where unobserved) and the censored-before-horizon mask."""
@@ -79,8 +95,10 @@ def binary_at_horizon(time_days: np.ndarray, event: np.ndarray, horizon_days: fl
     return label, censored_early
 
 
-def survival_labels(table: pd.DataFrame, id_column: str, endpoint: Endpoint) -> Labels:
-    """Times, events and binary labels of a survival endpoint (see the module docstring)."""
+def survival_labels(table: pd.DataFrame, id_column: str, endpoint: Endpoint,
+                    censored_values: list[str] | tuple[str, ...] | None = None) -> Labels:
+    """Times, events and binary labels of a survival endpoint (see the module docstring). ``censored_values``:
+    the event column's values that mean censored (default ``KNOWN_CENSORING_VALUES``, less the event values)."""
     what = f"endpoint {endpoint.name!r}"
     excluded: dict[str, int] = {}
     if endpoint.time_from_dates is not None:
@@ -95,15 +113,24 @@ def survival_labels(table: pd.DataFrame, id_column: str, endpoint: Endpoint) -> 
         if endpoint.time_unit == "months":
             time = time * DAYS_PER_MONTH
     events_raw = table[endpoint.event_column]
-    positive = {str(v) for v in endpoint.event_values}
-    event = events_raw.astype(str).isin(positive)
+    positive = set(canonical_values(list(endpoint.event_values)))
+    censoring = set(canonical_values(list(censored_values or KNOWN_CENSORING_VALUES))) - positive
+    events = canonical_values(events_raw).set_axis(table.index)
+    event = events.isin(positive)
+    unknown = events_raw.notna() & ~event & ~events.isin(censoring)
+    if unknown.any():
+        counts = events_raw[unknown].astype(str).value_counts()
+        listed = ", ".join(f"{v!r} ({n} row{'s' * (n > 1)})" for v, n in counts.head(5).items())
+        raise LabelError(f"{what}: column {endpoint.event_column!r} has value(s) that are neither an event "
+                         f"{sorted(positive)} nor censored {sorted(censoring)}: {listed}"
+                         f"{' and more' if len(counts) > 5 else ''}; declare each as an event or a censoring value")
     ids = table[id_column].astype(str).str.strip()
     bad_id = table[id_column].isna() | (ids == "")
-    bad_time = time.isna()
+    bad_time = time.isna() | np.isinf(time)
     negative = time < 0
     bad_event = events_raw.isna()
     _count(excluded, "missing id", bad_id)
-    _count(excluded, "missing or unreadable time", bad_time & ~bad_id)
+    _count(excluded, "missing or unreadable time", bad_time & ~bad_id)  # unreadable: text, or infinite
     _count(excluded, "negative time", negative & ~bad_id & ~bad_time)
     _count(excluded, "missing event", bad_event & ~bad_id & ~bad_time & ~negative)
     usable = ~(bad_id | bad_time | negative | bad_event)
@@ -123,6 +150,7 @@ def survival_labels(table: pd.DataFrame, id_column: str, endpoint: Endpoint) -> 
     definition = {"kind": "survival", "horizon_days": endpoint.horizon_days,
                   "censored_before_horizon": endpoint.censored_before_horizon,
                   "event": f"{endpoint.event_column} in {sorted(positive)}",
+                  "censored": f"{endpoint.event_column} in {sorted(censoring)}",
                   "time": (f"{endpoint.time_from_dates.end_column} - {endpoint.time_from_dates.start_column}"
                            if endpoint.time_from_dates else f"{endpoint.time_column} ({endpoint.time_unit})")}
     return Labels(endpoint.name, definition, frame, excluded)

@@ -10,15 +10,18 @@ predictions compared by Cohen's kappa:
 - the patch (and its mask) is extracted again from the CT volume at the moved seed, with the patch
   step's own settings, and embedded by the model;
 - each patient is scored by the linear probe of the cross-validation fold that held it out (the
-  folds and seed of ``evaluation``), so its unperturbed score is exactly its out-of-fold score
-  there; a prediction is "high risk" when the score is above the median unperturbed score (the
-  Kaplan–Meier split of the evaluation), so both classes are present;
+  folds and seed of ``evaluation``) through ``probes.probe_scores``, whose score of a row depends on
+  that row alone: its unperturbed score is bit for bit its out-of-fold score there, and an unmoved
+  seed (sd 0) gives exactly the unperturbed predictions; a prediction is "high risk" when the score
+  is above the median unperturbed out-of-fold score of the labelled patients, so both classes are
+  present;
 - per trial and endpoint: Cohen's kappa between the perturbed and unperturbed predictions
   (scikit-learn), the share of predictions that changed, and the AUC of the perturbed scores (the
   FMCIB figure); per patient and trial, the cosine similarity of the embedding to the stored one.
 
-Before any trial, the patch at the unmoved seed is extracted again and must equal the stored patch
-byte for byte: a volume changed since the patches step is an error, not a silent shift.
+Before any trial, the patch (and mask patch) at the unmoved seed is extracted again and must equal
+the stored one byte for byte: a volume or mask changed since the patches step is an error, not a
+silent shift.
 
 Cost: ``trials`` × patients patch extractions and forward passes, hence its own asset.
 """
@@ -40,17 +43,18 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from radassets.datasets import DatasetVersion
 from radassets.evaluation.evaluate import SEED, endpoint_labels, evaluable
 from radassets.evaluation.figures import seed_stability_figure
-from radassets.evaluation.probes import linear_probe_folds
+from radassets.evaluation.probes import linear_probe_folds, probe_scores
 from radassets.evaluation.report import write_html
 from radassets.imaging.patches import PatchSpec, extract_mask_patch, extract_patch, load_patches
 from radassets.storage import atomic_path, atomic_write_json, atomic_write_text, sha256_json
+from radassets.errors import RadassetsError
 
 TRIALS = 50
 SD_VOXELS = 4.0  # variance 16 voxel² per axis
 Progress = Callable[[int, int, str], None]
 
 
-class PerturbationError(ValueError):
+class PerturbationError(RadassetsError, ValueError):
     """Seed perturbation cannot be run on these inputs (named in the message)."""
 
 
@@ -80,7 +84,7 @@ def endpoint_probes(definition: DatasetVersion, clinical: pd.DataFrame, patients
             continue
         models, oof = {}, np.zeros(len(y))
         for held_out, model in linear_probe_folds(x[rows], y, seed):
-            oof[held_out] = model.predict_proba(x[rows[held_out]])[:, 1]
+            oof[held_out] = probe_scores(model, x[rows[held_out]])
             models.update({int(rows[j]): model for j in held_out})
         probes.append(EndpointProbe(endpoint.name, rows, y, models, oof, float(np.median(oof))))
     return probes, skipped
@@ -102,7 +106,7 @@ def perturbed_embeddings(extractor, patients: pd.DataFrame, seeds: pd.DataFrame,
                          progress: Progress | None = None) -> np.ndarray:
     """(trials, patients, dim) embeddings of each patient's patch at its seed moved by ``offsets``
     (trials, patients, 3) LPS mm. NaN rows where the model returned non-finite values."""
-    stored, _, patch_rows = load_patches(patches_dir)
+    stored, stored_masks, patch_rows = load_patches(patches_dir)
     by_seed = seeds.set_index("seed_id")
     trials, n = offsets.shape[:2]
     out = np.full((trials, n, extractor.dim), np.nan, dtype=np.float32)
@@ -123,6 +127,10 @@ def perturbed_embeddings(extractor, patients: pd.DataFrame, seeds: pd.DataFrame,
             raise PerturbationError(f"patient {patient['PatientID']}: the patch extracted again from {image_path} "
                                     f"differs from the stored patch; the volume changed since the patches step "
                                     f"(materialize 'patches' and 'embeddings' again)")
+        if mask is not None and not np.array_equal(extract_mask_patch(mask, center, spec), stored_masks[patch_index]):
+            raise PerturbationError(f"patient {patient['PatientID']}: the mask patch extracted again from "
+                                    f"{seed_row['mask_path']} differs from the stored one; the mask changed since the "
+                                    f"patches step (materialize 'patches' and 'embeddings' again)")
         row = patch_rows[patch_index]
         for start in range(0, trials, batch_size):
             stop = min(trials, start + batch_size)
@@ -181,7 +189,7 @@ def seed_perturbation(definition: DatasetVersion, extractor, patients: pd.DataFr
             v = vectors[:, position[int(r)]].astype(float)
             ok = np.isfinite(v).all(axis=1)
             if ok.any():
-                score[ok, k] = probe.models[int(r)].predict_proba(v[ok])[:, 1]
+                score[ok, k] = probe_scores(probe.models[int(r)], v[ok])
         base = probe.unperturbed > probe.threshold
         per_trial = []
         for t in range(trials):

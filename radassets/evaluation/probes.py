@@ -13,17 +13,27 @@ stochastic tuner is needed for a one-dimensional integer search.
 Linear probe: standardised features, L2 logistic regression (scikit-learn), stratified 10-fold
 cross-validation with a recorded seed; the out-of-fold probability is each patient's score,
 with its AUC and bootstrap CI.
+
+Every probe score (the out-of-fold scores, the Kaplan–Meier split, the seed-perturbation
+stability) comes from ``probe_scores``, whose score of a row depends on that row alone, bit for
+bit: the standardisation and the products with the coefficients are element-wise IEEE operations
+and each row's sum is ``math.fsum`` (correctly rounded, whatever the order). scikit-learn's
+``predict_proba`` multiplies the whole batch through BLAS, whose kernels round a row differently
+depending on the batch's shape and the CPU, so a patient scored within its fold and alone could
+differ in the last bit, and a patient whose score is the median threshold could change class.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -86,17 +96,33 @@ def _folds(y: np.ndarray, seed: int, folds: int) -> StratifiedKFold:
     return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
 
 
+def probe_scores(model: Any, x: np.ndarray) -> np.ndarray:
+    """The positive-class probability of a fitted probe (``_probe``) for each row of ``x``, in float64.
+
+    A row's score depends on that row only, bit for bit, whatever the batch it is scored in (see the
+    module docstring); it equals ``model.predict_proba(x)[:, 1]`` up to rounding."""
+    scaler, logistic = model[0], model[-1]
+    z = (np.asarray(x, float) - scaler.mean_) / scaler.scale_  # what StandardScaler.transform computes
+    products = np.atleast_2d(z * logistic.coef_[0])
+    intercept = float(logistic.intercept_[0])
+    decision = np.array([math.fsum([*row.tolist(), intercept]) for row in products], dtype=float)
+    return expit(decision)
+
+
 def linear_probe(x: np.ndarray, y: np.ndarray, seed: int, folds: int = 10, c: float = 1.0) -> tuple[np.ndarray, Any]:
-    """Out-of-fold probabilities of a standardised L2 logistic regression, and the model refit on all data."""
+    """Out-of-fold probabilities of a standardised L2 logistic regression (each patient scored by the fold's
+    model that did not see it, ``linear_probe_folds``), and the model refit on all data."""
     x, y = np.asarray(x, float), np.asarray(y, int)
-    oof = cross_val_predict(_probe(c), x, y, cv=_folds(y, seed, folds), method="predict_proba")[:, 1]
+    oof = np.full(len(y), np.nan)
+    for held_out, model in linear_probe_folds(x, y, seed, folds, c):
+        oof[held_out] = probe_scores(model, x[held_out])
     return oof, _probe(c).fit(x, y)
 
 
 def linear_probe_folds(x: np.ndarray, y: np.ndarray, seed: int, folds: int = 10,
                        c: float = 1.0) -> list[tuple[np.ndarray, Any]]:
     """The fitted probe of every fold of ``linear_probe`` (same splits): (held-out indices, model fitted on the
-    rest). Each patient's out-of-fold score is its fold's model applied to it, so new inputs of the same
-    patients (e.g. moved seeds) are scored by a probe that never saw them."""
+    rest). Each patient's out-of-fold score is its fold's model applied to it (``probe_scores``), so new
+    inputs of the same patients (e.g. moved seeds) are scored by a probe that never saw them."""
     x, y = np.asarray(x, float), np.asarray(y, int)
     return [(test, _probe(c).fit(x[train], y[train])) for train, test in _folds(y, seed, folds).split(x, y)]

@@ -3,7 +3,12 @@ and a report in Markdown and HTML whose figures and footer carry the lineage id.
 
 Reads: the model's embeddings, the seeds (lesion volumes), the dataset version's clinical table
 and test-retest table. Writes under ``out_dir``: ``metrics.json``, ``report.md``, ``report.html``
-and per endpoint ``<endpoint>_roc.png`` and ``<endpoint>_km.png``.
+and per endpoint ``<endpoint>_roc.png`` and ``<endpoint>_km.png``. ``metrics.json`` records the
+sha256 of the dataset definition it evaluated (``definition_sha256``) and of every input file, so
+the comparison can tell an evaluation made under another definition or from other inputs.
+
+A dataset version without a clinical table or endpoint (e.g. one added with ``datasets add-local``)
+has nothing to evaluate: its metrics.json and report say so, and nothing else is computed.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from radassets.evaluation.evaluate import (EndpointResult, SEED, cosine_stabilit
 from radassets.evaluation.figures import km_figure, roc_figure
 from radassets.idc.index import resolve_table, source_root
 from radassets.storage import atomic_path, atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from radassets.errors import RadassetsError
 
 
 def _table(definition: DatasetVersion, table: str, id_column: str | None = None) -> tuple[pd.DataFrame, Path]:
@@ -31,7 +37,7 @@ def _table(definition: DatasetVersion, table: str, id_column: str | None = None)
     return pd.read_csv(path, dtype={id_column: str} if id_column else None), path
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(RadassetsError, ValueError):
     """What an evaluation needs is missing: a clinical table or endpoint, or the step before it."""
 
 
@@ -49,13 +55,27 @@ class EvaluationInputs:
     files: dict[str, dict[str, str]]  # name → path and sha256
 
 
+def definition_sha256(definition: DatasetVersion) -> str:
+    """The sha256 of a dataset definition's canonical JSON: any change to it (horizon, selection...) changes it."""
+    return sha256_json(definition.model_dump(mode="json"))
+
+
+def nothing_to_evaluate(definition: DatasetVersion) -> str | None:
+    """Why this dataset version has no endpoint to evaluate (no clinical table, no endpoint), or None."""
+    if definition.clinical is None:
+        return (f"dataset version {definition.name!r} has no clinical table, so no endpoint can be evaluated; "
+                f"declare 'clinical' and 'endpoints' in its definition to evaluate it")
+    if not definition.endpoints:
+        return f"dataset version {definition.name!r} declares no endpoint; declare 'endpoints' in its definition"
+    return None
+
+
 def read_evaluation_inputs(definition: DatasetVersion, model: str, embeddings_dir: Path,
                            seeds_parquet: Path) -> EvaluationInputs:
     from radassets.models.embed import read_embeddings
 
-    if definition.clinical is None or not definition.endpoints:
-        raise EvaluationInputError(f"dataset version {definition.name!r} declares no clinical table or endpoint "
-                                   f"to evaluate")
+    if why := nothing_to_evaluate(definition):
+        raise EvaluationInputError(why)
     for needed in (embeddings_dir / "manifest.json", seeds_parquet):
         if not needed.is_file():
             raise EvaluationInputError(f"{definition.name} × {model}: {needed} is missing; materialize the steps "
@@ -66,6 +86,7 @@ def read_evaluation_inputs(definition: DatasetVersion, model: str, embeddings_di
     pairs: list[tuple[str, str]] = []
     files = {"embeddings": {"path": str(embeddings_dir / "embeddings.parquet"),
                             "sha256": sha256_file(embeddings_dir / "embeddings.parquet")},
+             "seeds": {"path": str(seeds_parquet), "sha256": sha256_file(seeds_parquet)},
              "clinical": {"path": str(clinical_path), "sha256": sha256_file(clinical_path)}}
     if definition.test_retest is not None:
         retest, retest_path = _table(definition, definition.test_retest.table)
@@ -78,11 +99,14 @@ def read_evaluation_inputs(definition: DatasetVersion, model: str, embeddings_di
 
 def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path, seeds_parquet: Path,
                    out_dir: Path, seed: int = SEED) -> dict[str, Any]:
+    if why := nothing_to_evaluate(definition):
+        return write_not_evaluated(definition, model, why, out_dir, seed)
     read = read_evaluation_inputs(definition, model, embeddings_dir, seeds_parquet)
     rows, matrix, patients, x, clinical, pairs = read.rows, read.matrix, read.patients, read.x, read.clinical, read.pairs
     manifest, inputs = read.manifest, read.files
+    definition_hash = definition_sha256(definition)
     lineage_id = sha256_json({"inputs": inputs, "seed": seed, "dataset_version": definition.name,
-                              "model": model})[:16]
+                              "definition_sha256": definition_hash, "model": model})[:16]
     out_dir = Path(out_dir)
     results: list[EndpointResult] = []
     figures: dict[str, list[str]] = {}
@@ -108,6 +132,7 @@ def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path,
         figures[endpoint.name] = names
     metrics = {
         "dataset_version": definition.name, "model": model, "lineage_id": lineage_id, "seed": seed,
+        "definition_sha256": definition_hash,
         "weights_sha256": manifest.get("weights_sha256"), "preprocessing_hash": manifest.get("preprocessing_hash"),
         "patients": int(len(patients)), "patient_rule": "first scan (re-scans kept for stability), largest lesion",
         "endpoints": {r.endpoint: r.metrics for r in results},
@@ -119,15 +144,32 @@ def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path,
     return metrics
 
 
+def write_not_evaluated(definition: DatasetVersion, model: str, why: str, out_dir: Path, seed: int) -> dict[str, Any]:
+    """metrics.json and the report of a dataset version with nothing to evaluate, saying why."""
+    definition_hash = definition_sha256(definition)
+    metrics = {"dataset_version": definition.name, "model": model, "seed": seed, "status": "nothing to evaluate",
+               "reason": why, "definition_sha256": definition_hash,
+               "lineage_id": sha256_json({"dataset_version": definition.name, "model": model, "reason": why,
+                                          "definition_sha256": definition_hash})[:16],
+               "weights_sha256": None, "preprocessing_hash": None, "patients": 0, "endpoints": {}, "stability": {},
+               "figures": {}, "inputs": {}}
+    atomic_write_json(Path(out_dir) / "metrics.json", metrics)
+    write_report(metrics, Path(out_dir))
+    return metrics
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def report_markdown(metrics: dict[str, Any], embed_images: bool = False, folder: Path | None = None) -> str:
     m = metrics
-    lines = [f"# Evaluation: {m['dataset_version']} × {m['model']}", "",
-             f"Patients: {m['patients']} ({m['patient_rule']}). Weights sha256: `{m['weights_sha256'] or 'none'}`; "
-             f"preprocessing `{m['preprocessing_hash'][:12]}`.", ""]
+    lines = [f"# Evaluation: {m['dataset_version']} × {m['model']}", ""]
+    if m.get("status") == "nothing to evaluate":
+        return "\n".join(lines + [f"Nothing evaluated: {m['reason']}.", "", "---",
+                                   f"radassets evaluation · lineage id `{m['lineage_id']}`"]) + "\n"
+    lines += [f"Patients: {m['patients']} ({m['patient_rule']}). Weights sha256: `{m['weights_sha256'] or 'none'}`; "
+              f"preprocessing `{m['preprocessing_hash'][:12]}`.", ""]
     for name, e in m["endpoints"].items():
         d = e["label_definition"]
         if e["status"] != "evaluated":

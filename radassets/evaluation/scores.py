@@ -6,14 +6,20 @@ follows the recorded convention for patients censored before it (``alive`` or ``
 patient. The high-risk threshold is given, or the median of a column of another table (Hosny et
 al. 2018 took the median score of their tuning cohort), or the median of the scores evaluated.
 
-Bad input is an error naming the file, column and rows: a missing column, ids that match
-nothing, non-numeric scores, negative times, duplicated ids. Rows that merely cannot be used (no
+Bad input is an error (``ScoreInputError``, one line) naming the file, column and rows: a missing
+column, ids that match nothing, non-numeric or infinite scores or times, a score column with no
+value, negative times, duplicated ids, an event value that is neither an event nor a censoring
+value, a horizon that is not a positive number of days, a threshold that is not finite or puts
+every patient in one group, a constant score, and fewer than ``MIN_PER_CLASS`` patients with and
+without the event before the horizon (the rule of the evaluation asset: below it an AUC and its
+bootstrap CI say nothing, e.g. 1.0 [1.0, 1.0] on 3 patients). Rows that merely cannot be used (no
 score, no clinical row, no follow-up) are counted by cause in ``metrics.json``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +31,16 @@ import sklearn
 
 from radassets.datasets import Endpoint
 from radassets.evaluation.figures import km_figure, roc_figure
-from radassets.evaluation.labels import survival_labels
-from radassets.evaluation.survival import N_BOOT, auc_with_bootstrap_ci, c_index, risk_groups
+from radassets.evaluation.evaluate import MIN_PER_CLASS
+from radassets.evaluation.labels import LabelError, survival_labels
+from radassets.evaluation.survival import N_BOOT, SurvivalFitError, auc_with_bootstrap_ci, c_index, risk_groups
 from radassets.storage import atomic_write_json, sha256_file, sha256_json
+from radassets.errors import RadassetsError
 
 DEFAULT_SEED = 20261124
 
 
-class ScoreInputError(ValueError):
+class ScoreInputError(RadassetsError, ValueError):
     """A score or clinical table cannot be evaluated as given."""
 
 
@@ -55,27 +63,48 @@ class Table:
         return cls(path, frame)
 
 
-def _numeric(table: Table, column: str, what: str, allow_missing: bool = True) -> pd.Series:
+def _rows(mask: pd.Series) -> list[int]:
+    """The first three flagged rows as line numbers of the file (the header is line 1)."""
+    return [int(i) + 2 for i in mask[mask].index[:3]]
+
+
+def _numeric(table: Table, column: str, what: str) -> pd.Series:
+    """The column as finite numbers (NaN where empty); text or an infinite value is an error naming the rows."""
     raw = table.frame[column]
-    values = pd.to_numeric(raw, errors="coerce")
+    values = pd.to_numeric(raw, errors="coerce").astype(float).set_axis(raw.index)
     bad = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
     if bad.any():
         examples = raw[bad].astype(str).head(3).tolist()
         raise ScoreInputError(f"{what} {table.path}: column {column!r} has {int(bad.sum())} non-numeric value(s), "
-                              f"e.g. {examples} (rows {list(bad[bad].index[:3] + 2)})")
+                              f"e.g. {examples} (rows {_rows(bad)})")
+    infinite = values.abs() == math.inf
+    if infinite.any():
+        raise ScoreInputError(f"{what} {table.path}: column {column!r} has {int(infinite.sum())} infinite value(s) "
+                              f"(rows {_rows(infinite)}); every value must be a finite number or empty")
     return values
 
 
 def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: Path, clinical_id_column: str,
                     time_column: str, event_column: str, horizon_days: int, censored_before_horizon: str,
-                    out_dir: Path, *, event_values: tuple[str, ...] = ("1",), threshold: float | None = None,
+                    out_dir: Path, *, event_values: tuple[str, ...] = ("1",),
+                    censored_values: tuple[str, ...] | None = None, threshold: float | None = None,
                     threshold_from: Path | None = None, threshold_column: str | None = None,
                     time_unit: str = "days", seed: int = DEFAULT_SEED, n_boot: int = N_BOOT,
                     title: str | None = None) -> dict[str, Any]:
-    """Evaluate, write ``metrics.json``, ``roc.png`` and ``km.png`` under ``out_dir``; return the metrics."""
+    """Evaluate, write ``metrics.json``, ``roc.png`` and ``km.png`` under ``out_dir``; return the metrics.
+    ``censored_values``: the event column's values that mean censored (default: the known ones, see
+    ``labels.KNOWN_CENSORING_VALUES``); any other value that is not an event value is an error."""
+    if not (isinstance(horizon_days, (int, float)) and math.isfinite(horizon_days) and horizon_days > 0):
+        raise ScoreInputError(f"horizon of {horizon_days} days (--horizon-days): the horizon must be a positive "
+                              f"number of days")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ScoreInputError(f"threshold {threshold} (--threshold): the threshold must be a finite number")
     score_table = Table.read(scores, id_column, [score_column], "scores")
     clinical_table = Table.read(clinical, clinical_id_column, [time_column, event_column], "clinical table")
     score = _numeric(score_table, score_column, "scores")
+    if score.isna().all():
+        raise ScoreInputError(f"scores {scores}: column {score_column!r} has no value in any of its "
+                              f"{len(score)} row(s)")
     time = _numeric(clinical_table, time_column, "clinical table")
     if (time < 0).any():
         ids = clinical_table.frame.loc[time < 0, clinical_id_column].head(3).tolist()
@@ -88,7 +117,10 @@ def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: P
     endpoint = Endpoint(name="score_evaluation", kind="survival", time_column=time_column, time_unit=time_unit,
                         event_column=event_column, event_values=list(event_values), horizon_days=horizon_days,
                         censored_before_horizon=censored_before_horizon)
-    labels = survival_labels(clinical_table.frame, clinical_id_column, endpoint)
+    try:
+        labels = survival_labels(clinical_table.frame, clinical_id_column, endpoint, censored_values)
+    except LabelError as e:
+        raise ScoreInputError(f"clinical table {clinical}: {e} (--event-value, --censored-value)") from None
     excluded = {f"clinical: {k}": v for k, v in labels.excluded.items()}
     scored = pd.DataFrame({"PatientID": score_table.frame[id_column], "score": score})
     no_score = scored["score"].isna()
@@ -115,20 +147,43 @@ def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: P
             raise ScoreInputError("--threshold-from needs --threshold-column")
         ref = Table.read(threshold_from, threshold_column, [], "threshold table")
         values = _numeric(ref, threshold_column, "threshold table").dropna()
+        if values.empty:
+            raise ScoreInputError(f"threshold table {threshold_from}: column {threshold_column!r} has no value")
         threshold = float(values.median())
         threshold_source = f"median of {threshold_column!r} in {Path(threshold_from).name} (n={len(values)})"
     else:
         threshold = float(matched["score"].median())
         threshold_source = "median of the scores evaluated"
 
+    n = len(matched)
+    if matched["score"].nunique() == 1:
+        raise ScoreInputError(f"scores {scores}: all {n} patients matched to the clinical table have the same "
+                              f"{score_column!r} ({matched['score'].iloc[0]:g}); a constant score ranks no one")
     binary = matched[matched["label"].notna()]
+    positives = int(binary["label"].sum())
+    if min(positives, len(binary) - positives) < MIN_PER_CLASS:
+        raise ScoreInputError(
+            f"not evaluable: of the {n} patients matched, {positives} had the event before {horizon_days} days and "
+            f"{len(binary) - positives} did not ({event_column!r} in {sorted(set(map(str, event_values)))}, "
+            f"censored before the horizon: {censored_before_horizon}); the AUC and its bootstrap CI need at least "
+            f"{MIN_PER_CLASS} of each")
+    high = matched["score"] > threshold
+    if high.all() or not high.any():
+        raise ScoreInputError(
+            f"threshold {threshold:g} ({threshold_source}) puts all {n} patients in the "
+            f"{'high' if high.all() else 'low'}-risk group: their scores range from {matched['score'].min():g} to "
+            f"{matched['score'].max():g}")
     auc = auc_with_bootstrap_ci(binary["label"].to_numpy(int), binary["score"].to_numpy(float), seed, n_boot)
-    groups = risk_groups(matched["time_days"], matched["event"], matched["score"], threshold)
+    try:
+        groups = risk_groups(matched["time_days"], matched["event"], matched["score"], threshold)
+    except SurvivalFitError as e:
+        raise ScoreInputError(f"scores {scores} against {clinical}: {e}") from None
     inputs = {"scores": {"path": str(scores), "sha256": sha256_file(scores), "id_column": id_column,
                          "score_column": score_column},
               "clinical": {"path": str(clinical), "sha256": sha256_file(clinical), "id_column": clinical_id_column,
                            "time_column": time_column, "event_column": event_column,
-                           "event_values": list(event_values)}}
+                           "event_values": list(event_values),
+                           **({"censored_values": list(censored_values)} if censored_values else {})}}
     if threshold_from is not None:
         inputs["threshold_from"] = {"path": str(threshold_from), "sha256": sha256_file(threshold_from),
                                     "column": threshold_column}

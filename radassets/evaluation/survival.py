@@ -21,12 +21,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from lifelines import CoxPHFitter
+from lifelines.exceptions import ConvergenceError
 from lifelines.statistics import logrank_test
 from lifelines.utils import concordance_index
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
+from radassets.errors import RadassetsError
+
 N_BOOT = 2000
+
+
+class SurvivalFitError(RadassetsError, ValueError):
+    """The survival model cannot be fitted to these patients (the message says why)."""
 
 
 def _auc_mann_whitney(label: np.ndarray, score: np.ndarray) -> float:
@@ -68,8 +75,13 @@ def risk_groups(time_days: np.ndarray, event: np.ndarray, score: np.ndarray, thr
         raise ValueError(f"threshold {threshold:g} puts every patient in one group; no comparison is possible")
     lr = logrank_test(time_days[high], time_days[~high], event_observed_A=event[high], event_observed_B=event[~high])
     cox = CoxPHFitter()
-    cox.fit(pd.DataFrame({"time": time_days, "event": event.astype(int), "high_risk": high.astype(int)}),
-            duration_col="time", event_col="event")
+    try:
+        cox.fit(pd.DataFrame({"time": time_days, "event": event.astype(int), "high_risk": high.astype(int)}),
+                duration_col="time", event_col="event")
+    except ConvergenceError as e:  # e.g. every event in one group: no finite hazard ratio
+        raise SurvivalFitError(f"the Cox model of high vs low risk does not converge ({int(high.sum())} high-risk "
+                               f"patients with {int(event[high].sum())} events, {int((~high).sum())} low-risk with "
+                               f"{int(event[~high].sum())}): {str(e).splitlines()[0]}") from None
     row = cox.summary.loc["high_risk"]
     return {"threshold": float(threshold), "n_high": int(high.sum()), "n_low": int((~high).sum()),
             "logrank_p": float(lr.p_value), "logrank_statistic": float(lr.test_statistic),
@@ -78,4 +90,9 @@ def risk_groups(time_days: np.ndarray, event: np.ndarray, score: np.ndarray, thr
 
 
 def c_index(time_days: np.ndarray, event: np.ndarray, score: np.ndarray) -> float:
-    return float(concordance_index(np.asarray(time_days, float), -np.asarray(score, float), np.asarray(event, bool)))
+    """Harrell's C-index; NaN when no pair of patients can be ordered (e.g. no event)."""
+    try:
+        return float(concordance_index(np.asarray(time_days, float), -np.asarray(score, float),
+                                       np.asarray(event, bool)))
+    except ZeroDivisionError:  # lifelines: "No admissable pairs in the dataset."
+        return float("nan")

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from dagster import AssetKey, MultiPartitionKey, materialize
+from dagster import AssetCheckSeverity, AssetKey, MultiPartitionKey, materialize
 
 from radassets.definitions import defs
 from radassets.evaluation.figures import lineage_id_of
@@ -183,3 +183,68 @@ def check_lineage(home, evaluation_metrics, tmp_path):
         ("comparison[demo_v1]", comparison["lineage_id"])]
     figures = len(list((home / "comparison" / "demo_v1").glob("*.png")))  # one model: no mutual-kNN heatmap
     assert done.outputs[0].facets["radassets"].items == {"figure": figures, "report": 1, "report_file": 2}
+
+
+def test_the_comparison_leaves_out_an_evaluation_of_another_definition(instance, small_demo_home, tmp_path,
+                                                                       monkeypatch):
+    """Two models evaluated; the dataset definition's horizon changes and only one is evaluated again: the
+    comparison ranks that one alone and names the other as stale (metrics, report, a failed WARN check).
+    Then the definition loses its clinical table: evaluation and comparison succeed, saying so."""
+    import shutil
+
+    import yaml
+
+    from radassets.defs.run import materialize_dataset_versions
+
+    data = tmp_path / "data"
+    shutil.copytree(REPO / "data", data)
+    monkeypatch.setenv("RADASSETS_DATA_DIR", str(data))
+    models = tmp_path / "models"
+    models.mkdir()
+    for model in ("radiomics", "untrained_cnn"):
+        shutil.copy(REPO / "data" / "models" / f"{model}.yaml", models)
+    monkeypatch.setenv("RADASSETS_MODELS_DIR", str(models))
+    assert materialize_dataset_versions(["demo_v1"], models=["radiomics", "untrained_cnn"], progress=lambda m: None)
+    compared = json.loads((small_demo_home / "comparison" / "demo_v1" / "metrics.json").read_text())
+    assert sorted(compared["models"]) == ["radiomics", "untrained_cnn"] and compared["stale"] == {}
+
+    definition_path = data / "datasets" / "demo_v1.yaml"
+    definition = yaml.safe_load(definition_path.read_text())
+    definition["endpoints"][0]["horizon_days"] = 365
+    definition_path.write_text(yaml.safe_dump(definition, sort_keys=False))
+    evaluation_partition = MultiPartitionKey({"dataset_version": "demo_v1", "model": "radiomics"})
+    assert materialize(list(defs.assets), instance=instance, selection=["evaluation"], resources=defs.resources,
+                       partition_key=evaluation_partition).success
+    radiomics = json.loads((small_demo_home / "evaluation" / "demo_v1" / "radiomics" / "metrics.json").read_text())
+    assert radiomics["endpoints"]["os_2y"]["label_definition"]["horizon_days"] == 365
+    result = materialize(list(defs.assets), instance=instance, selection=["comparison"], resources=defs.resources,
+                         partition_key="demo_v1")
+    assert result.success
+    out = small_demo_home / "comparison" / "demo_v1"
+    compared = json.loads((out / "metrics.json").read_text())
+    assert list(compared["models"]) == ["radiomics"] and list(compared["stale"]) == ["untrained_cnn"]
+    [cause] = compared["stale"]["untrained_cnn"]["causes"]
+    assert cause.startswith("evaluated under another definition of the dataset version")
+    assert compared["stale"]["untrained_cnn"]["rematerialize"] == "evaluation, partition demo_v1|untrained_cnn"
+    assert "**Left out, stale:** the evaluation of `untrained_cnn`" in (out / "report.md").read_text()
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "evaluations_current" and not check.passed
+    assert check.severity == AssetCheckSeverity.WARN and "untrained_cnn" in check.metadata["stale"].value
+    meta = instance.get_latest_materialization_event(AssetKey("comparison")).asset_materialization.metadata
+    assert "another definition" in meta["stale evaluations (left out)"].value["untrained_cnn"]
+
+    # A dataset version without a clinical table (as `datasets add-local` writes them): nothing to evaluate.
+    del definition["clinical"], definition["endpoints"], definition["test_retest"]
+    definition_path.write_text(yaml.safe_dump(definition, sort_keys=False))
+    result = materialize(list(defs.assets), instance=instance, selection=["evaluation"], resources=defs.resources,
+                         partition_key=evaluation_partition)
+    assert result.success
+    evaluation = json.loads((small_demo_home / "evaluation" / "demo_v1" / "radiomics" / "metrics.json").read_text())
+    assert evaluation["status"] == "nothing to evaluate" and "has no clinical table" in evaluation["reason"]
+    assert "has no clinical table, so no endpoint can be evaluated" in (
+        small_demo_home / "evaluation" / "demo_v1" / "radiomics" / "report.md").read_text()
+    assert materialize(list(defs.assets), instance=instance, selection=["comparison"], resources=defs.resources,
+                       partition_key="demo_v1").success
+    compared = json.loads((out / "metrics.json").read_text())
+    assert compared["status"] == "nothing to compare" and "has no clinical table" in compared["reason"]
+    assert "Nothing compared: dataset version 'demo_v1' has no clinical table" in (out / "report.md").read_text()

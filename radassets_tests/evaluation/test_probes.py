@@ -1,5 +1,6 @@
 """Probes against scikit-learn used directly: the exact k search equals fitting KNeighborsClassifier for every
-k; the linear probe's out-of-fold scores equal cross_val_predict; a known signal is found, noise is not."""
+k; the linear probe's out-of-fold scores equal cross_val_predict; a known signal is found, noise is not; a
+patient's probe score is the same bits whatever batch it is scored in."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from radassets.evaluation.probes import knn_probabilities, knn_protocol, linear_probe, linear_probe_folds
+from radassets.evaluation.probes import (knn_probabilities, knn_protocol, linear_probe, linear_probe_folds,
+                                         probe_scores)
 
 
 def data(n=160, d=24, signal=1.5, seed=3):
@@ -87,5 +89,25 @@ def test_linear_probe_folds_give_the_out_of_fold_scores():
     assert sorted(held_out) == list(range(len(y)))  # every patient held out exactly once
     again = np.zeros(len(y))
     for test, model in folds:
-        again[test] = model.predict_proba(x[test])[:, 1]
-    assert np.allclose(again, oof, atol=1e-12)
+        again[test] = probe_scores(model, x[test])
+    assert np.array_equal(again, oof)  # bit for bit: the evaluation and the perturbation score alike
+
+
+def test_a_patients_score_is_the_same_bits_alone_or_in_any_batch():
+    """A score depends on the patient's row only: alone, in pairs (the perturbation's trials), in its fold or
+    in reverse order, the same float64. scikit-learn's predict_proba goes through BLAS, whose result for a
+    row depends on the batch around it; the median patient's score is the high-risk threshold, so one last
+    bit changed its class (issue 13: kappa 0.965 with the seeds not moved)."""
+    x, y = data(d=107)  # as many features as the radiomics model
+    x = x * np.geomspace(0.01, 1e4, x.shape[1])  # features of very different scales, as radiomics gives
+    model = linear_probe_folds(x, y, seed=11)[0][1]
+    batch = probe_scores(model, x)
+    alone = np.array([probe_scores(model, x[i:i + 1])[0] for i in range(len(x))])
+    assert np.array_equal(alone, batch)
+    for size in (2, 3, 7, 16):
+        assert np.array_equal(np.concatenate([probe_scores(model, x[i:i + size]) for i in range(0, len(x), size)]),
+                              batch), size
+    assert np.array_equal(probe_scores(model, x[::-1])[::-1], batch)
+    assert np.array_equal(probe_scores(model, x[5]), batch[5:6])  # one row given as a vector
+    assert batch.dtype == np.float64
+    assert np.allclose(batch, model.predict_proba(x)[:, 1], rtol=0, atol=1e-12)  # scikit-learn's probability

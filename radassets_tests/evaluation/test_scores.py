@@ -4,10 +4,15 @@ data with a known effect; the label conventions; bad input; and the published Ho
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from lifelines import CoxPHFitter
 from lifelines.statistics import logrank_test
 from lifelines.utils import concordance_index
@@ -167,3 +172,125 @@ def test_cli_on_the_published_hosny_scores(tmp_path):
                   "PatientID", "--time-column", "Survival.time", "--event-column", "deadstatus.event",
                   "--horizon-days", "730", "--censored-before-horizon", "alive", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "no column(s) ['CNN_logit0']" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _cli(folder, out, *extra):
+    """`radassets evaluate scores` on ``folder``'s scores.csv and clinical.csv, in this process."""
+    from radassets.cli import main
+
+    args = ["evaluate", "scores", "--scores", str(folder / "scores.csv"), "--id-column", "ID", "--score-column",
+            "risk", "--clinical", str(folder / "clinical.csv"), "--clinical-id-column", "pid", "--time-column",
+            "days", "--event-column", "dead", "--censored-before-horizon", "drop", "--out", str(out)]
+    if "--horizon-days" not in extra:
+        args += ["--horizon-days", str(HORIZON)]
+    main([*args, *extra])
+
+
+def _cli_error(folder, tmp_path, capsys, *extra) -> str:
+    """The one-line error of the CLI (exit status 2, no traceback), with nothing written."""
+    with pytest.raises(SystemExit) as exit_:
+        _cli(folder, tmp_path / "out", *extra)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert err.startswith("radassets: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    return err
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s, c: s.assign(risk=s.risk.astype(object).where(s.index != 7, "inf")),
+     "column 'risk' has 1 infinite value(s) (rows [9]); every value must be a finite number or empty"),
+    (lambda s, c: s.assign(risk=0.5), "all 400 patients matched to the clinical table have the same 'risk' (0.5); "
+                                      "a constant score ranks no one"),
+    (lambda s, c: c.assign(dead=0), "of the 400 patients matched, 0 had the event before 730 days"),
+    (lambda s, c: s.assign(risk=np.nan), "column 'risk' has no value in any of its 400 row(s)"),
+    (lambda s, c: s.head(3), "of the 3 patients matched, 1 had the event before 730 days and 2 did not ('dead' in "
+                             "['1'], censored before the horizon: drop); the AUC and its bootstrap CI need at least 5 "
+                             "of each"),
+    (lambda s, c: c.assign(dead=c.dead.astype(object).where(c.index % 50 != 0, "yes")),
+     "column 'dead' has value(s) that are neither an event ['1'] nor censored ['0', 'alive', 'censored', 'false', "
+     "'no']: 'yes' (8 rows)"),
+    (lambda s, c: c.assign(days=c.days.where(c.index != 4, np.inf)), "column 'days' has 1 infinite value(s) (rows [6])"),
+])
+def test_cli_bad_table_is_one_line(cohort, tmp_path, capsys, edit, message):
+    scores, clinical = pd.read_csv(cohort / "scores.csv"), pd.read_csv(cohort / "clinical.csv")
+    edited = edit(scores, clinical)
+    (edited if "ID" in edited else scores).to_csv(tmp_path / "scores.csv", index=False)
+    (edited if "pid" in edited else clinical).to_csv(tmp_path / "clinical.csv", index=False)
+    assert message in _cli_error(tmp_path, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--threshold", "nan"], "threshold nan (--threshold): the threshold must be a finite number"),
+    (["--threshold", "inf"], "threshold inf (--threshold): the threshold must be a finite number"),
+    (["--threshold", "1e9"], "threshold 1e+09 (given) puts all 400 patients in the low-risk group: their scores "
+                             "range from"),
+    (["--threshold=-1e9"], "puts all 400 patients in the high-risk group"),
+    (["--horizon-days", "-5"], "horizon of -5 days (--horizon-days): the horizon must be a positive number of days"),
+    (["--horizon-days", "0"], "horizon of 0 days (--horizon-days)"),
+    (["--threshold", "0", "--threshold-from", "x.csv"], "give --threshold or --threshold-from, not both"),
+])
+def test_cli_bad_option_is_one_line(cohort, tmp_path, capsys, extra, message):
+    assert message in _cli_error(cohort, tmp_path, capsys, *extra)
+
+
+def test_cli_censoring_values_can_be_named(cohort, tmp_path, capsys):
+    """Words in the event column: `dead` is the event (--event-value), `lost` a censoring value the defaults do
+    not know (--censored-value); both matched case-insensitively, and 1.0 written for 1 still counts."""
+    clinical = pd.read_csv(cohort / "clinical.csv")
+    words = clinical.assign(dead=np.where(clinical.dead == 1, "Dead", "lost"))
+    shutil.copy(cohort / "scores.csv", tmp_path / "scores.csv")
+    words.to_csv(tmp_path / "clinical.csv", index=False)
+    assert "'lost' (" in _cli_error(tmp_path, tmp_path, capsys, "--event-value", "dead")
+    _cli(tmp_path, tmp_path / "words", "--event-value", "dead", "--censored-value", "LOST")
+    as_numbers = _evaluate(cohort, tmp_path / "numbers")
+    with_words = json.loads((tmp_path / "words" / "metrics.json").read_text())
+    assert (with_words["n_events"], with_words["auc"]) == (as_numbers["n_events"], as_numbers["auc"])
+    assert with_words["inputs"]["clinical"]["censored_values"] == ["LOST"]
+    floats = clinical.assign(dead=clinical.dead.astype(float))  # a float column, as an empty cell makes it
+    floats.loc[0, "dead"] = np.nan
+    floats.to_csv(tmp_path / "clinical.csv", index=False)
+    shutil.copy(cohort / "scores.csv", tmp_path / "scores.csv")
+    metrics = _evaluate(tmp_path, tmp_path / "floats")
+    assert metrics["n_events"] == as_numbers["n_events"] - int(clinical.dead.iloc[0])
+    assert metrics["excluded"]["clinical: missing event"] == 1
+    capsys.readouterr()
+
+
+# Clean tables of 0-40 patients, then up to three cells replaced by anything a user's file may hold.
+BAD_CELLS = st.one_of(st.sampled_from(["", " ", "P1", "p1", "P1 ", "high", "inf", "-inf", "nan", "1e400", "-5", "0",
+                                       "1", "1.0", "yes", "true", "FALSE", "dead", "Alive", "2"]),
+                      st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4))
+CORRUPTIONS = st.lists(st.tuples(st.sampled_from(["ID", "risk", "pid", "days", "dead"]), st.integers(0, 39), BAD_CELLS),
+                       max_size=3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(0, 40), data=st.data(), corruptions=CORRUPTIONS, horizon=st.sampled_from([730, 365, 1, 0, -5]),
+       threshold=st.one_of(st.none(), st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+       convention=st.sampled_from(["alive", "drop"]))
+def test_any_table_gives_a_result_or_a_score_input_error(n, data, corruptions, horizon, threshold, convention):
+    """Arbitrary score and clinical tables (ids missing, duplicated or near-duplicated; text, NaN, infinite or
+    negative values; unknown event values; too few patients) are evaluated or refused with a ScoreInputError,
+    never another exception."""
+    ids = [f"P{i}" for i in range(n)]
+    scores = pd.DataFrame({"ID": ids, "risk": data.draw(st.lists(st.floats(-5, 5), min_size=n, max_size=n))},
+                          dtype=object)
+    clinical = pd.DataFrame({"pid": ids, "days": data.draw(st.lists(st.floats(0, 2000), min_size=n, max_size=n)),
+                             "dead": data.draw(st.lists(st.sampled_from([0, 1]), min_size=n, max_size=n))},
+                            dtype=object)
+    for column, row, value in corruptions:
+        table = scores if column in scores else clinical
+        if row < len(table):
+            table.loc[row, column] = value
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        scores.to_csv(folder / "scores.csv", index=False)
+        clinical.to_csv(folder / "clinical.csv", index=False)
+        try:
+            metrics = evaluate_scores(folder / "scores.csv", "ID", "risk", folder / "clinical.csv", "pid", "days",
+                                      "dead", horizon, convention, folder / "out", threshold=threshold, n_boot=50)
+        except ScoreInputError as e:
+            assert "\n" not in str(e)
+            return
+    assert metrics["n_binary"] >= 10 and 0.0 <= metrics["auc"] <= 1.0
