@@ -5,13 +5,14 @@ from __future__ import annotations
 from dagster import Definitions
 
 from radassets.defs import evaluation, imaging, ingest, models
+from radassets.defs.dead_runs import dead_run_sensor
 from radassets.defs.resources import IdcResource, bigquery_resource
 
 defs = Definitions(
     assets=[ingest.cohort, ingest.dicom, imaging.volumes, imaging.seeds, imaging.patches, models.embeddings,
             evaluation.evaluation, evaluation.comparison, evaluation.hosny2018_figure2,
             evaluation.seed_stability],
-    sensors=[models.model_registry_sensor],
+    sensors=[models.model_registry_sensor, dead_run_sensor],
     resources={"idc": IdcResource(), "bigquery": bigquery_resource(), "imaging": imaging.ImagingResource(),
                "models": models.ModelsResource()},
 )

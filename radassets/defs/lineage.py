@@ -9,7 +9,9 @@ pipeline run``, a test's ``materialize``) records the same way and no asset writ
   data version, its settings facet, its metadata and its items, read by ``radassets.lineage.items``;
   if they cannot be read, the output without items and a warning, never a failed asset);
 - if it raises: a ``FAIL`` event with the error (``ABORT`` for an interrupt), and the exception goes
-  on to Dagster.
+  on to Dagster;
+- all of it under the partition's lock (``radassets.defs.locks``): a second run of the same partition
+  waits, saying which run holds it.
 
 Events are files (``radassets.lineage.store``); the wrapper then tries to merge them without
 waiting. No ``from __future__ import annotations``: Dagster inspects the wrapped signature.
@@ -24,6 +26,7 @@ from dagster import (AssetKey, AssetRecordsFilter, DagsterInstance, Failure, Mat
                      MultiPartitionsDefinition, MetadataValue)
 
 import radassets
+from radassets.defs.locks import exclusive_partition
 from radassets.lineage import store
 from radassets.lineage.items import output_record
 
@@ -140,27 +143,42 @@ def recorded(fn):
         # meanwhile does not change what this one read.
         inputs = _inputs(context, partition)
         store.write_event({"event_type": "START", "run": run, "job": job, "inputs": inputs})
-        try:
-            result = fn(context, *args, **kwargs)
-        except BaseException as e:
-            # An Exception is a failure; anything else (an interrupt, Dagster terminating the run) an abort.
-            kind = "FAIL" if isinstance(e, Exception) else "ABORT"
-            store.write_event({"event_type": kind, "run": {**run, "error": _error(e)}, "job": job, "inputs": inputs})
+        ended = False
+
+        def end(event_type: str, run_facets: dict, outputs: list[dict] | None = None) -> None:
+            nonlocal ended
+            store.write_event({"event_type": event_type, "run": {**run, **run_facets}, "job": job, "inputs": inputs,
+                               **({"outputs": outputs} if outputs is not None else {})})
+            ended = True
             _merge(context)
-            raise
+
         try:
-            settings, items = output_record(asset, partition)
-            facets = {"settings": settings, "metadata": _metadata(result)}
-        except Exception as e:  # noqa: BLE001 - the asset succeeded; a lineage reader's problem must not fail it
-            context.log.warning(f"lineage: the outputs of {asset} could not be read for their items: "
-                                f"{type(e).__name__}: {e}")
-            items, facets = [], {"metadata": _metadata(result), "lineage_error": f"{type(e).__name__}: {e}"}
-        version = result.data_version.value if isinstance(result, MaterializeResult) and result.data_version else None
-        outputs = [{"asset": asset, "partition_key": partition_key, "version": version, "items": items,
-                    "facets": facets}] if version else []
-        store.write_event({"event_type": "COMPLETE", "run": run, "job": job, "inputs": inputs, "outputs": outputs})
-        _merge(context)
-        return result
+            try:
+                result = fn(context, *args, **kwargs)
+            except Exception as e:
+                end("FAIL", {"error": _error(e)})
+                raise
+            try:
+                settings, items = output_record(asset, partition)
+                facets = {"settings": settings, "metadata": _metadata(result)}
+            except Exception as e:  # noqa: BLE001 - the asset succeeded; a lineage reader's problem must not fail it
+                context.log.warning(f"lineage: the outputs of {asset} could not be read for their items: "
+                                    f"{type(e).__name__}: {e}")
+                items, facets = [], {"metadata": _metadata(result), "lineage_error": f"{type(e).__name__}: {e}"}
+            version = (result.data_version.value if isinstance(result, MaterializeResult) and result.data_version
+                       else None)
+            end("COMPLETE", {}, [{"asset": asset, "partition_key": partition_key, "version": version, "items": items,
+                                  "facets": facets}] if version else [])
+            return result
+        except BaseException as e:
+            # Anything but an Exception (an interrupt, Dagster terminating the run) is an abort, wherever it lands
+            # after the start: in the asset, while its items are read, or before its end was written.
+            if not ended:
+                store.write_event({"event_type": "ABORT", "run": {**run, "error": _error(e)}, "job": job,
+                                   "inputs": inputs})
+                _merge(context)
+            raise
 
     wrapper.radassets_recorded = True
-    return wrapper
+    # One run at a time per partition (radassets.defs.locks): what a step writes and records is its own.
+    return exclusive_partition(wrapper)

@@ -15,6 +15,12 @@ SeriesInstanceUID, SOP Instance UIDs are unique, the count matches the cohort) a
 one step to ``<dest>/<crdc_series_uuid>/``, with ``_series.json`` (SOP UIDs, sizes, sha256)
 written last. Series whose content is wrong are moved to ``<dest>/.quarantine/`` with their
 reason; series that are merely incomplete keep their partial folder for the next attempt.
+
+The partial folder is kept per series (so that a rerun resumes it) and is private to one process at a
+time: the process that works on a series holds ``<dest>/.partial/<crdc_series_uuid>.lock`` (a file lock
+the OS releases if the process dies, removed when the series is done: ``storage.removable_lock``), and
+another process that wants the same series (two dataset versions sharing it, or two runs of one
+partition) says so and waits, then finds it present.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from urllib.parse import urlparse
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from radassets.storage import atomic_write_json, sha256_file
+from radassets.storage import atomic_write_json, removable_lock, sha256_file
+from radassets.errors import RadassetsError
 
 MIRROR_ENV = "RADASSETS_IDC_MIRROR"
 AWS_ENDPOINT = "https://s3.amazonaws.com"
@@ -45,11 +52,11 @@ REACHABILITY_TIMEOUT_S = 5.0
 Progress = Callable[[int, int, str], None]
 
 
-class BucketUnreachableError(RuntimeError):
+class BucketUnreachableError(RadassetsError, RuntimeError):
     """The source of the DICOM objects cannot be reached at all (offline, or the server is down)."""
 
 
-class DownloadError(RuntimeError):
+class DownloadError(RadassetsError, RuntimeError):
     """The download tool itself is missing or unusable."""
 
 
@@ -246,12 +253,25 @@ def _quarantine(dest_root: Path, partial: Path, uuid: str, reason: str) -> Path:
 
 
 def fetch_one(row: dict[str, Any], dest_root: Path, mirror: Mirror, *, attempts: int = 3, retry_count: int = 3,
-              workers: int = 16, backoff_s: float = 1.0, deep: bool = False) -> SeriesResult:
-    """Download and verify one series; never raises for a per-series problem."""
+              workers: int = 16, backoff_s: float = 1.0, deep: bool = False,
+              on_wait: Callable[[str], None] | None = None) -> SeriesResult:
+    """Download and verify one series; never raises for a per-series problem.
+
+    Holds the series' lock throughout; if another process holds it, ``on_wait`` is told and this waits."""
+    uuid = row["crdc_series_uuid"]
+    waiting = f"series {row['SeriesInstanceUID']} ({uuid}) is being fetched by another process: waiting"
+    with removable_lock(Path(dest_root) / ".partial" / f"{uuid}.lock", on_wait=(lambda: on_wait(waiting)) if on_wait
+                        else None):
+        return _fetch_one_locked(row, dest_root, mirror, attempts=attempts, retry_count=retry_count,
+                                 workers=workers, backoff_s=backoff_s, deep=deep)
+
+
+def _fetch_one_locked(row: dict[str, Any], dest_root: Path, mirror: Mirror, *, attempts: int, retry_count: int,
+                      workers: int, backoff_s: float, deep: bool) -> SeriesResult:
     uuid, uid = row["crdc_series_uuid"], row["SeriesInstanceUID"]
     started = time.monotonic()
     final = Path(dest_root) / uuid
-    if _present(final, row, deep):
+    if _present(final, row, deep):  # also when another process has just finished it
         files = dicom_files(final)
         return SeriesResult(uuid, uid, "present", final, len(files), sum(f.stat().st_size for f in files),
                             time.monotonic() - started)
@@ -302,7 +322,8 @@ def fetch_series(rows: Sequence[dict[str, Any]], dest_root: Path, mirror: Mirror
                                   reason="the cohort gives no bucket URL for this series")
         else:
             result = fetch_one(row, dest_root, mirror, attempts=attempts, retry_count=retry_count, workers=workers,
-                               backoff_s=backoff_s)
+                               backoff_s=backoff_s,
+                               on_wait=(lambda message, i=i: progress(i - 1, len(rows), message)) if progress else None)
         results.append(result)
         if progress:
             what = result.reason if result.status == "failed" else f"{result.files} files"

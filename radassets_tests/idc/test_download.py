@@ -163,3 +163,38 @@ def test_verify_in_place(small_demo, tmp_path):
     assert result.status == "failed" and "unreadable DICOM" in result.reason
     os.remove(sorted(copy.glob("*.dcm"))[1])
     assert "indexed files are gone" in verify_in_place(row, files[:1] + [copy / "missing.dcm"]).reason
+
+
+def test_a_series_being_fetched_by_another_process_is_waited_for(small_demo, tmp_path):
+    """The partial folder of a series is private to the process holding its lock: another fetch of the same
+    series says so and waits, then finds the series present (no raw FileNotFoundError from a shared
+    ``.partial/<uuid>``)."""
+    import threading
+
+    from filelock import FileLock
+
+    rows = [r for r in demo_rows(small_demo) if r["Modality"] == "CT"][:1]
+    uuid = rows[0]["crdc_series_uuid"]
+    dest = tmp_path / "series"
+    (dest / ".partial").mkdir(parents=True)
+    messages: list[str] = []
+    said_so = threading.Event()
+
+    def progress(done, total, message):
+        messages.append(message)
+        if "being fetched by another process" in message:
+            said_so.set()
+
+    results = []
+    with FileLock(dest / ".partial" / f"{uuid}.lock"):  # another process is fetching this series
+        fetcher = threading.Thread(target=lambda: results.extend(
+            fetch_series(rows, dest, Mirror.local_folder(small_demo / "bucket"), progress=progress)))
+        fetcher.start()
+        assert said_so.wait(timeout=120), messages
+        assert not (dest / uuid).exists() and not (dest / ".partial" / uuid).exists()
+        # Meanwhile the other process completes the series.
+        assert fetch_series(rows, dest / "other", Mirror.local_folder(small_demo / "bucket"))[0].status == "downloaded"
+        shutil.copytree(dest / "other" / uuid, dest / uuid)
+    fetcher.join(timeout=120)
+    assert [r.status for r in results] == ["present"]
+    assert f"series {rows[0]['SeriesInstanceUID']} ({uuid}) is being fetched by another process: waiting" in messages
