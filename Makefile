@@ -14,7 +14,7 @@ export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
 
 STAMP := $(VENV)/.radassets-installed
 
-.PHONY: install demo test test-ui ui bench clean
+.PHONY: install demo test test-reliability test-ui ui bench clean
 
 # pyradiomics 3.0.1 ships only an sdist whose setup imports numpy: it is built against ours,
 # without build isolation, before the project's own install.
@@ -55,7 +55,11 @@ demo: install
 	@echo "Next: 'make ui' and open http://127.0.0.1:$(UI_PORT) to see the assets and their runs."
 
 test: install
-	$(BIN)/python -m pytest -m "not ui"
+	$(BIN)/python -m pytest -m "not ui and not reliability"
+
+# Kill-and-rerun and concurrent-run harnesses (issue 13): about 20 minutes on 2 cores, so apart from `make test`.
+test-reliability: install
+	$(BIN)/python -m pytest -m reliability --durations=0
 
 test-ui: install
 	$(BIN)/python -m pytest -m ui
