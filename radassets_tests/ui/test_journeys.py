@@ -108,9 +108,17 @@ def materializations(url: str, asset: str) -> list[dict]:
 
 
 def metadata_row(page, label: str):
-    """The row of the materialization's metadata table whose label is `label`."""
+    """The row of the materialization's metadata table whose label is `label`, once its value shows.
+
+    Dagster renders a Markdown value (our tables) in a lazily loaded component: the row appears with an
+    empty value cell first, so reading it at first sight can read nothing (seen in CI)."""
     row = page.get_by_text(label, exact=True).first.locator("xpath=ancestor::tr[1]")
     row.wait_for(timeout=60000)
+    value = row.locator("td").nth(1)
+    deadline = time.monotonic() + 60
+    while not value.inner_text().strip():
+        assert time.monotonic() < deadline, f"the value of {label!r} did not render in 60 s"
+        page.wait_for_timeout(250)
     return row
 
 
