@@ -37,7 +37,9 @@ def data_dir() -> Path:
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         return Path(env).expanduser().resolve()
-    return Path(__file__).resolve().parent.parent / "data"
+    from radassets.packaged import packaged_data_dir
+
+    return packaged_data_dir()
 
 
 class DatasetDefinitionError(RadassetsError, ValueError):
