@@ -29,11 +29,18 @@ def _progress(message: str) -> None:
 def cmd_datasets_list(args: argparse.Namespace) -> None:
     from radassets import datasets
 
-    defs = datasets.load_all()
+    defs, invalid = datasets.scan_definitions()  # an invalid definition is listed as such; the others still are
     if args.json:
+        for reason in invalid.values():  # on stderr, so that standard output stays a mapping of definitions
+            print(f"radassets: warning: {reason}", file=sys.stderr)
         _print_json({name: d.model_dump() for name, d in defs.items()})
         return
-    for name, d in defs.items():
+    rows = {name: None for name in invalid} | dict(defs)
+    for name in sorted(rows):
+        d = rows[name]
+        if d is None:
+            print(f"{name:40s} {'?':6s} {'?':4s} invalid: {invalid[name]}")
+            continue
         print(f"{name:40s} {d.source.kind:6s} v{d.source.idc_version:<3d} {d.title}")
 
 

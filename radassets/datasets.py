@@ -336,16 +336,36 @@ def definitions_dir(data_root: Path | None = None) -> Path:
     return (data_root or data_dir()) / "datasets"
 
 
-def load_all(data_root: Path | None = None) -> dict[str, DatasetVersion]:
-    """All dataset versions, by name. Any invalid definition fails the whole load, loudly."""
+def _definition_files(data_root: Path | None) -> list[Path]:
     folder = definitions_dir(data_root)
     if not folder.is_dir():
         raise DatasetDefinitionError(f"no dataset definitions folder at {folder}")
+    return sorted(folder.glob("*.yaml"))
+
+
+def load_all(data_root: Path | None = None) -> dict[str, DatasetVersion]:
+    """All dataset versions, by name. Any invalid definition fails the whole load, loudly."""
     out = {}
-    for path in sorted(folder.glob("*.yaml")):
+    for path in _definition_files(data_root):
         definition = load_definition(path, data_root)
         out[definition.name] = definition
     return out
+
+
+def scan_definitions(data_root: Path | None = None) -> tuple[dict[str, DatasetVersion], dict[str, str]]:
+    """Every definition file read: the valid dataset versions by name, and the invalid ones (by file name
+    without ``.yaml``) with the reason, which names the file and the field. One bad file does not hide the
+    others: the code location and ``datasets list`` show the valid ones and report each invalid one."""
+    valid: dict[str, DatasetVersion] = {}
+    invalid: dict[str, str] = {}
+    for path in _definition_files(data_root):
+        try:
+            definition = load_definition(path, data_root)
+        except DatasetDefinitionError as e:
+            invalid[path.stem] = str(e)
+        else:
+            valid[definition.name] = definition
+    return valid, invalid
 
 
 def get(name: str, data_root: Path | None = None) -> DatasetVersion:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from radassets import datasets
 from radassets.datasets import DatasetDefinitionError
+from radassets_tests.test_cli import run_cli
 
 EXPECTED = {
     "demo_v1", "demo_v2", "nsclc_radiomics_idc_v16", "nsclc_radiomics_idc_v25", "nsclc_radiogenomics_idc_v25",
@@ -107,3 +110,50 @@ def test_a_referenced_table_name_too_long_for_the_file_system_is_not_found(tmp_p
     with pytest.raises(DatasetDefinitionError, match=r"long_v1\.yaml: referenced table 'reference/x+'\.\.\. \(314 "
                                                      r"characters\) not found"):
         datasets.load_definition(path, root)
+
+
+# -- one invalid definition among valid ones ------------------------------------------------------
+
+def _with_broken(tmp_path: Path) -> Path:
+    """A copy of the shipped data/ plus broken_v1.yaml: demo_v1 without its source's idc_version."""
+    root = _copy_data(tmp_path)
+    text = (root / "datasets" / "demo_v1.yaml").read_text()
+    _write(root, "broken_v1", text.replace("source: {kind: demo, idc_version: 1}", "source: {kind: demo}", 1))
+    return root
+
+
+def _shipped() -> set[str]:
+    return {p.stem for p in (datasets.data_dir() / "datasets").glob("*.yaml")}
+
+
+BROKEN = r"broken_v1\.yaml: invalid dataset definition: source\.idc_version: Field required"
+
+
+def test_an_invalid_definition_is_reported_and_the_others_load(tmp_path):
+    root = _with_broken(tmp_path)
+    valid, invalid = datasets.scan_definitions(root)
+    assert set(valid) == _shipped() >= EXPECTED
+    assert list(invalid) == ["broken_v1"]
+    assert re.search(BROKEN, invalid["broken_v1"]), invalid
+    with pytest.raises(DatasetDefinitionError, match=BROKEN):  # asked for by name, the same error
+        datasets.get("broken_v1", root)
+
+
+def test_datasets_list_shows_the_valid_ones_and_names_the_invalid_one(tmp_path):
+    root = _with_broken(tmp_path)
+    env = {"RADASSETS_DATA_DIR": str(root), "RADASSETS_HOME": str(tmp_path / "home")}
+    table = run_cli("datasets", "list", env=env)
+    assert table.returncode == 0, table.stderr
+    rows = {line.split()[0]: line for line in table.stdout.splitlines()}
+    assert set(rows) == _shipped() | {"broken_v1"}
+    assert re.search(r"invalid: .*" + BROKEN, rows["broken_v1"]), rows["broken_v1"]
+    assert "Demo collection, release 1" in rows["demo_v1"]
+
+    listed = run_cli("datasets", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert set(json.loads(listed.stdout)) == _shipped()  # standard output stays a mapping of valid definitions
+    assert re.fullmatch(r"radassets: warning: .*" + BROKEN + r"\n", listed.stderr), listed.stderr
+
+    shown = run_cli("cohort", "show", "broken_v1", env=env)
+    assert shown.returncode == 2
+    assert re.fullmatch(r"radassets: error: .*" + BROKEN + r"\n", shown.stderr), shown.stderr

@@ -19,7 +19,7 @@ from dagster_gcp import BigQueryResource
 from radassets.defs.lineage import recorded
 from radassets import datasets
 from radassets.defs.metadata import markdown_table, progress_logger
-from radassets.defs.partitions import dataset_version_partitions
+from radassets.defs.partitions import cohort_problems, dataset_version_partitions
 from radassets.defs.resources import IdcResource
 from radassets.idc.cohort import Cohort, lockfile_path
 from radassets.idc.cohorts import cohort_for, write_cohort
@@ -32,6 +32,7 @@ from radassets.idc.dicom import fetch_dataset_dicom
     kinds={"duckdb", "json"},
     code_version="cohort-1",
     description=(
+        cohort_problems() +  # the UI's place for dataset definitions that are not partitions
         "Cohort lockfile of one dataset version: every series (SeriesInstanceUID and crdc_series_uuid) "
         "as the pinned IDC release served it, with the query, the index version and a content hash. "
         "Read from the IDC index bundled in idc-index-data, or from BigQuery when "

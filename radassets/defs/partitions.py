@@ -1,12 +1,35 @@
-"""Partition dimensions: dataset versions (static, from data/datasets) and models (dynamic)."""
+"""Partition dimensions: dataset versions (static, from data/datasets) and models (dynamic).
+
+The dataset versions are read when the code location loads. An invalid definition does not stop it: the
+valid ones become partitions, and each invalid one is logged as a warning (the terminal of ``dagster dev``)
+and named, with its file and field, at the top of the ``cohort`` asset's description (``cohort_problems``),
+where the UI shows it: on the asset's node in the lineage graph, in the catalog and on the asset's page,
+without a run or the daemon. Asking for it by name (a run, the CLI) is the error naming file and field.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from dagster import DynamicPartitionsDefinition, StaticPartitionsDefinition
 
 from radassets import datasets
 
-dataset_version_partitions = StaticPartitionsDefinition(sorted(datasets.load_all()))
+_valid, invalid_dataset_versions = datasets.scan_definitions()
+for _reason in invalid_dataset_versions.values():
+    logging.getLogger(__name__).warning("dataset definition not loaded, so not a partition: %s", _reason)
+
+dataset_version_partitions = StaticPartitionsDefinition(sorted(_valid))
 
 # Keys are model-registry names; a sensor keeps them in sync with the registry.
 model_partitions = DynamicPartitionsDefinition(name="model")
+
+
+def cohort_problems() -> str:
+    """Markdown ahead of the ``cohort`` description naming each invalid dataset definition; empty if none."""
+    if not invalid_dataset_versions:
+        return ""
+    # Each reason a code span: file names and patterns hold Markdown's '_' and '*'.
+    lines = "\n".join("- `" + reason.replace("`", "'") + "`" for _, reason in sorted(invalid_dataset_versions.items()))
+    return (f"**{len(invalid_dataset_versions)} dataset definition(s) not loaded**, so not partitions; fix the "
+            f"file and reload the code location:\n\n{lines}\n\n")
