@@ -3,8 +3,11 @@
 The dataset versions are read when the code location loads. An invalid definition does not stop it: the
 valid ones become partitions, and each invalid one is logged as a warning (the terminal of ``dagster dev``)
 and named, with its file and field, at the top of the ``cohort`` asset's description (``cohort_problems``),
-where the UI shows it: on the asset's node in the lineage graph, in the catalog and on the asset's page,
-without a run or the daemon. Asking for it by name (a run, the CLI) is the error naming file and field.
+where the UI shows it with no run and no daemon: the first line in the catalog's list of assets, the whole
+of it on the asset's page. (Definitions metadata is not shown by the UI; a sensor's skip reason needs the
+daemon and a look at the Automation tab; an asset check only shows after a run.) The cohort is the first
+asset of every dataset version. Asking for the invalid one by name (a run, the CLI) is the error naming
+file and field.
 """
 
 from __future__ import annotations
@@ -31,5 +34,6 @@ def cohort_problems() -> str:
         return ""
     # Each reason a code span: file names and patterns hold Markdown's '_' and '*'.
     lines = "\n".join("- `" + reason.replace("`", "'") + "`" for _, reason in sorted(invalid_dataset_versions.items()))
-    return (f"**{len(invalid_dataset_versions)} dataset definition(s) not loaded**, so not partitions; fix the "
-            f"file and reload the code location:\n\n{lines}\n\n")
+    # The first line is what the catalog's list of assets shows, as plain text: no Markdown in it.
+    return (f"Invalid dataset definitions, not partitions until fixed and the code location reloaded "
+            f"({len(invalid_dataset_versions)}):\n\n{lines}\n\n")

@@ -54,7 +54,8 @@ def test_the_code_location_loads_the_valid_definitions_and_names_the_invalid_one
     assets = json.loads(out.stdout)
     assert assets["cohort"]["partitions"] == assets["patches"]["partitions"] == shipped
     first = assets["cohort"]["description"].split("\n\n", 2)
-    assert first[0].startswith("**1 dataset definition(s) not loaded**"), first
+    assert first[0] == ("Invalid dataset definitions, not partitions until fixed and the code location reloaded "
+                        "(1):"), first
     assert re.fullmatch(r"- `.*" + BROKEN + "`", first[1]), first[1]
     assert len(re.findall(r"dataset definition not loaded, so not a partition: .*" + BROKEN, out.stderr)) == 1, \
         out.stderr
