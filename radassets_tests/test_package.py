@@ -75,7 +75,8 @@ def test_the_wheel_works_in_a_fresh_virtualenv(tmp_path):
         in_wheel = set(z.namelist())
         metadata = z.read(next(n for n in in_wheel if n.endswith(".dist-info/METADATA"))).decode()
     assert {f"radassets/data/{name}" for name in SHIPPED} <= in_wheel
-    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in in_wheel)
+    licences = {n.split(".dist-info/licenses/", 1)[1] for n in in_wheel if ".dist-info/licenses/" in n}
+    assert licences == {"LICENSE", "data/reference/LICENSES.md"}
     assert "License-Expression: Apache-2.0" in metadata.splitlines()
     assert not any(n.startswith("radassets_tests/") for n in in_wheel)
 
