@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -61,7 +62,14 @@ def test_the_wheel_works_in_a_fresh_virtualenv(tmp_path):
     # The sdist, then the wheel from the unpacked sdist (as `python -m build` does): the wheel can only
     # carry the definitions if the sdist has them.
     dist = tmp_path / "dist"
-    run(sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(dist)!r})", cwd=REPO)
+    egg_info = REPO / "radassets.egg-info"  # setuptools writes it into the checkout: removed if it was not there
+    litter = not egg_info.exists()
+    try:
+        run(sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(dist)!r})",
+            cwd=REPO)
+    finally:
+        if litter:
+            shutil.rmtree(egg_info, ignore_errors=True)
     (sdist,) = dist.glob("radassets-*.tar.gz")
     with tarfile.open(sdist) as tar:
         tar.extractall(tmp_path / "src", filter="data")
