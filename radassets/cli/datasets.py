@@ -1,0 +1,55 @@
+"""``radassets datasets``: the dataset versions defined in data/datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from radassets.cli.output import print_json
+
+
+@click.group(help="dataset versions")
+def datasets() -> None:
+    pass
+
+
+@datasets.command("list", help="list the dataset versions defined in data/datasets")
+@click.option("--json", "as_json", is_flag=True)
+def list_(as_json: bool) -> None:
+    from radassets import datasets  # pydantic: 0.2 s that `radassets --help` need not pay
+
+    defs = datasets.load_all()
+    if as_json:
+        print_json({name: d.model_dump() for name, d in defs.items()})
+        return
+    for name, d in defs.items():
+        print(f"{name:40s} {d.source.kind:6s} v{d.source.idc_version:<3d} {d.title}")
+
+
+@datasets.command("add-local", help="index a folder of your own CT plus SEG/RTSTRUCT files as a new dataset version")
+@click.argument("name", help="new dataset version name, [a-z0-9_]")
+@click.argument("path", help="folder of DICOM files (any names, any nesting)")
+@click.option("--title", default=None)
+@click.option("--segment-label", multiple=True,
+              help="segment label (regex) to take seeds from; repeatable; default: every segment")
+def add_local(name: str, path: str, title: str | None, segment_label: tuple[str, ...]) -> None:
+    from radassets.idc.local import add_local_dataset  # pydicom, highdicom: 1 s
+
+    result = add_local_dataset(name, Path(path), title=title, segment_labels=list(segment_label) or None)
+    print(f"{'re-indexed' if result.reindexed else 'indexed'} {result.series} series ({result.instances} files) "
+          f"of {result.patients} patients from {path}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} files that are not readable DICOM:")
+        for reason in result.skipped[:20]:
+            print(f"  {reason}")
+        if len(result.skipped) > 20:
+            print(f"  ... and {len(result.skipped) - 20} more")
+    if result.linked:
+        print(f"{len(result.linked)} file name(s) are not valid UTF-8; indexed through links under "
+              f"{result.index_root / 'links'} (first: {result.linked[0]})")
+    if result.reindexed:
+        print("the definition is kept as it was; series whose files changed have new ids and are converted again")
+    print(f"definition: {result.definition_path}")
+    print(f"index:      {result.index_root / 'index'}")
+    print(f"next:       radassets cohort show {name}")
