@@ -19,15 +19,7 @@ from typing import Any
 
 import click
 
-from radassets.cli.cohort import cohort
-from radassets.cli.datasets import datasets
-from radassets.cli.demo import demo
-from radassets.cli.dicom import dicom
-from radassets.cli.evaluate import evaluate
-from radassets.cli.imaging import imaging
-from radassets.cli.lineage import lineage
-from radassets.cli.models import models
-from radassets.cli.pipeline import pipeline
+from radassets.cli import cohort, datasets, demo, dicom, evaluate, imaging, lineage, models, pipeline
 from radassets.errors import RadassetsError
 from radassets.interrupts import Interrupted, stop_on_interrupts
 
@@ -39,9 +31,9 @@ class RadassetsCommandLine(click.Group):
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> None:
         """Run a command line: returns when the command succeeds, else exits with its status.
 
-        Not click's ``main``: it turns an interrupt (a ``KeyboardInterrupt``) into a blank line and
-        exit status 1, and a broken pipe into status 1; here they are one line and 128 + the signal
-        number, and 0."""
+        Not click's ``main``, which would print a usage error as several lines, turn an interrupt (a
+        ``KeyboardInterrupt``) into a blank line and status 1, and a broken pipe into status 1: here they
+        are one line with status 2, one line with 128 + the signal number, and status 0."""
         # Our progress at INFO; other libraries only when they warn (alembic, opening the Dagster instance, logs
         # every migration plugin at INFO).
         logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
@@ -78,7 +70,8 @@ class RadassetsCommandLine(click.Group):
 
 
 cli = RadassetsCommandLine(name="radassets", help=__doc__.splitlines()[0],
-                           commands=[datasets, cohort, demo, dicom, imaging, pipeline, evaluate, models, lineage])
+                           commands=[datasets.datasets, cohort.cohort, demo.demo, dicom.dicom, imaging.imaging,
+                                     pipeline.pipeline, evaluate.evaluate, models.models, lineage.lineage])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
