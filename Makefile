@@ -13,8 +13,9 @@ export RADASSETS_HOME ?= $(CURDIR)/var/data
 export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
 
 STAMP := $(VENV)/.radassets-installed
+DOCS_STAMP := $(VENV)/.radassets-docs-installed
 
-.PHONY: install demo test test-reliability test-ui ui bench clean
+.PHONY: install demo test test-reliability test-ui ui bench docs clean
 
 # pyradiomics 3.0.1 ships only an sdist whose setup imports numpy: it is built against ours,
 # without build isolation, before the project's own install.
@@ -72,8 +73,17 @@ bench: install
 	$(BIN)/python bench/evaluation.py
 	$(BIN)/python bench/lineage.py
 
+# The manual (docs/, mkdocs.yml) as a site in site/. --strict: a broken link or anchor, or a page missing
+# from the nav, fails the build. The CLI page imports radassets.cli, hence the project's install first.
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+	@touch $@
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict --clean --site-dir site
+
 ui: install
 	$(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
 
 clean:
-	rm -rf var .pytest_cache
+	rm -rf var .pytest_cache site
