@@ -48,7 +48,8 @@ def test_malformed_definition_is_a_clear_error(tmp_path):
     data = tmp_path / "data"
     (data / "datasets").mkdir(parents=True)
     (data / "datasets" / "bad_v1.yaml").write_text("title: only a title\n")
-    out = run_cli("datasets", "list", env={"RADASSETS_DATA_DIR": str(data)})
+    # Listed as invalid beside the others (test_datasets.py), and an error when asked for by name.
+    out = run_cli("cohort", "show", "bad_v1", env={"RADASSETS_DATA_DIR": str(data)})
     assert out.returncode == 2
     assert "bad_v1.yaml: invalid dataset definition" in out.stderr and "Traceback" not in out.stderr
 
