@@ -70,7 +70,14 @@ def _cohort(name: str, rebuild: bool):
     path = lockfile_path(name)
     if path.is_file() and not rebuild:
         return Cohort.read(path), f"lockfile {path}"
+    _ensure_demo_source(definition)
     return cohort_for(definition), "computed from the index (not materialized yet)"
+
+
+def _ensure_demo_source(definition) -> None:
+    from radassets.demo import ensure_demo_source
+
+    ensure_demo_source(definition, progress=_progress)
 
 
 def cmd_cohort_show(args: argparse.Namespace) -> None:
@@ -91,7 +98,9 @@ def cmd_cohort_build(args: argparse.Namespace) -> None:
     from radassets import datasets
     from radassets.idc.cohorts import cohort_for, write_cohort
 
-    cohort = cohort_for(datasets.get(args.dataset_version))
+    definition = datasets.get(args.dataset_version)
+    _ensure_demo_source(definition)
+    cohort = cohort_for(definition)
     path = write_cohort(cohort)
     print(f"wrote {path} ({len(cohort.series)} series, hash {cohort.content_hash[:12]})")
 

@@ -48,9 +48,11 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from radassets.demo.dicom_writer import Geometry, SeriesIds, write_ct_series, write_rtstruct, write_seg
+from radassets.datasets import DatasetVersion
 from radassets.demo.phantom import Body, Phantom, random_lesion
 from radassets.errors import RadassetsError
 from radassets.idc import schema
+from radassets.idc.index import demo_root
 from radassets.names import shown
 
 GENERATOR_VERSION = 2  # 2: RTSTRUCT contours on the mask boundary
@@ -544,6 +546,17 @@ def ensure_demo_collection(root: Path, spec: DemoSpec | None = None,
             and manifest.get("spec") == asdict(spec) and isinstance(manifest.get("counts"), dict)):
         return DemoCollection(Path(root), spec, manifest["counts"])
     return generate_demo_collection(root, spec, progress)
+
+
+def ensure_demo_source(definition: DatasetVersion, progress: Callable[[str], None] | None = None) -> None:
+    """Generate the demo collection a ``source: demo`` dataset version is selected from, if absent.
+
+    The entry points (the cohort asset, the CLI) call this before building a cohort, so the embedded
+    default works on a fresh machine without a separate step (deterministic, about half a minute).
+    Other sources are left alone. Called here rather than by ``radassets.idc``: idc is the layer below.
+    """
+    if definition.source.kind == "demo":
+        ensure_demo_collection(demo_root(), DemoSpec.from_env(), progress=progress)
 
 
 def _readme(spec: DemoSpec) -> str:
