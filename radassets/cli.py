@@ -231,7 +231,7 @@ def cmd_models_list(args: argparse.Namespace) -> None:
         if e is None:
             print(f"{name:16s} {'?':11s} {'?':>5} {'invalid':13s} {invalid[name]}")
             continue
-        ok, why = runnable_here(e)
+        ok, _ = runnable_here(e)
         pinned = "" if e.weights is None or e.weights.sha256 else "  (weights sha256 not pinned)"
         print(f"{name:16s} {e.kind:11s} {e.embedding_dim or '?':>5} {'ready' if ok else 'needs weights':13s} "
               f"{e.title}{pinned}")

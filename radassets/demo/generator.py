@@ -272,7 +272,8 @@ def _series_row(plan: PatientPlan, *, modality: str, series_uid: str, study_uid:
         "PatientSex": plan.sex, "StudyDate": "2020-01-01", "StudyDescription": "Demo chest CT",
         "BodyPartExamined": "CHEST", "Modality": modality, "SOPClassUID": sop_class,
         "sop_class_name": sop_class_name, "TransferSyntaxUID": "1.2.840.10008.1.2.1",
-        "transfer_syntax_name": "Explicit VR Little Endian", "PhotometricInterpretation": "MONOCHROME2" if modality != "RTSTRUCT" else None,
+        "transfer_syntax_name": "Explicit VR Little Endian",
+        "PhotometricInterpretation": "MONOCHROME2" if modality != "RTSTRUCT" else None,
         "PixelRepresentation": "1" if modality == "CT" else ("0" if modality == "SEG" else None),
         "Manufacturer": "radassets", "ManufacturerModelName": "radassets demo phantom",
         "SeriesDate": "2020-01-01", "SeriesDescription": description, "SeriesNumber": str(number),
@@ -282,7 +283,8 @@ def _series_row(plan: PatientPlan, *, modality: str, series_uid: str, study_uid:
     }
 
 
-def _write_scan(root: Path, spec: DemoSpec, plan: PatientPlan, scan: str, version: int) -> tuple[list[dict], list[dict], list[dict]]:
+def _write_scan(root: Path, spec: DemoSpec, plan: PatientPlan, scan: str,
+                version: int) -> tuple[list[dict], list[dict], list[dict]]:
     """Write one CT series (``scan`` = test or retest) and its mask, at a series ``version`` (1 or 2).
 
     Returns index rows, instance rows and truth rows.
@@ -471,7 +473,8 @@ def generate_demo_collection(root: Path, spec: DemoSpec | None = None,
         shutil.rmtree(work, ignore_errors=True)
         raise
     if progress:
-        progress(f"demo: {counts['files']} files, {counts['series_current']} series in {time.monotonic() - started:.1f} s at {root}")
+        progress(f"demo: {counts['files']} files, {counts['series_current']} series "
+                 f"in {time.monotonic() - started:.1f} s at {root}")
     return DemoCollection(root, spec, counts)
 
 
