@@ -43,13 +43,14 @@ from itertools import repeat
 from multiprocessing import get_context
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.uid import generate_uid
 
 from radassets.demo.dicom_writer import Geometry, SeriesIds, write_ct_series, write_rtstruct, write_seg
 from radassets.datasets import DatasetVersion
-from radassets.demo.phantom import Body, Phantom, random_lesion
+from radassets.demo.phantom import Body, Phantom, random_lesion, xyz
 from radassets.errors import RadassetsError
 from radassets.idc import schema
 from radassets.idc.index import demo_root
@@ -69,7 +70,7 @@ RELEASE_DATES = {1: "2026-01-15", 2: "2026-06-15"}
 # Survival: exponential proportional hazards of the primary lesion (GTV-1).
 #   h(t) = h0 * exp(b_volume * z_log_volume + b_heterogeneity * z_heterogeneity)
 # z_* standardise with the sampling distributions' own mean and SD (fixed constants below).
-HAZARD_MODEL = {
+HAZARD_MODEL: dict[str, Any] = {
     "form": "exponential proportional hazards",
     "baseline_hazard_per_day": float(np.log(2) / 700.0),
     "coefficients": {"z_log_volume": 0.8, "z_heterogeneity": 0.6},
@@ -184,7 +185,7 @@ def _geometry(rng: np.random.Generator, number: int) -> Geometry:
               - (n_slices - 1) / 2 * slice_spacing * normal)
     return Geometry(rows=size, cols=size, row_spacing=row_spacing, col_spacing=col_spacing,
                     slice_spacing=slice_spacing, n_slices=n_slices, row_dir=row_dir, col_dir=col_dir,
-                    origin=tuple(float(v) for v in origin), descending_instances=bool(rng.integers(2)))
+                    origin=xyz(origin), descending_instances=bool(rng.integers(2)))
 
 
 def _phantom(rng: np.random.Generator, geom: Geometry) -> Phantom:
@@ -222,7 +223,7 @@ def plan_patients(spec: DemoSpec) -> list[PatientPlan]:
         shift = None
         if number <= spec.n_test_retest:
             direction = rng.normal(size=3)
-            shift = tuple(float(v) for v in direction / np.linalg.norm(direction) * rng.uniform(1.0, 3.0))
+            shift = xyz(direction / np.linalg.norm(direction) * rng.uniform(1.0, 3.0))
         intercept, slope = (-1000.0, 1.0) if number % 9 == 5 else (-1024.0, 1.0)
         plans.append(PatientPlan(
             number=number, patient_id=f"DEMO-{number:03d}", release=1 if number <= spec.n_patients else 2,

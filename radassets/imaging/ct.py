@@ -83,7 +83,7 @@ def describe_exception(error: BaseException) -> str:
 def _read_headers(files: Sequence[Path]) -> list[tuple[Path, pydicom.Dataset]]:
     """Every file's header. Any exception reading one file (pydicom raises many kinds for broken files)
     is that file's failure; a file that ends before its pixel data (truncated) is one too."""
-    out = []
+    out: list[tuple[Path, pydicom.Dataset]] = []
     for f in files:
         try:
             with open(f, "rb") as fp:
