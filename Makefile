@@ -15,7 +15,7 @@ export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
 STAMP := $(VENV)/.radassets-installed
 DOCS_STAMP := $(VENV)/.radassets-docs-installed
 
-.PHONY: install demo test test-reliability test-ui ui bench docs clean
+.PHONY: install demo lint test test-reliability test-ui ui bench docs clean
 
 # pyradiomics 3.0.1 ships only an sdist whose setup imports numpy: it is built against ours,
 # without build isolation, before the project's own install.
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet numpy setuptools wheel
 	$(BIN)/python -m pip install --quiet --no-build-isolation "pyradiomics==3.0.1"
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	@touch $@
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml $(STAMP)
@@ -55,6 +55,13 @@ demo: install
 	@echo "      $(BIN)/radassets lineage trace $(RADASSETS_HOME)/comparison/demo_v1/auc_os_2y.png"
 	@echo "Next: 'make ui' and open http://127.0.0.1:$(UI_PORT) to see the assets and their runs."
 
+# Style and bug patterns (ruff), the layer contracts (import-linter; also a test), types (mypy): under a minute,
+# so CI runs it before the tests. Configured in pyproject.toml.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/mypy
+
 test: install
 	$(BIN)/python -m pytest -m "not ui and not reliability"
 
@@ -76,7 +83,7 @@ bench: install
 # The manual (docs/, mkdocs.yml) as a site in site/. --strict: a broken link or anchor, or a page missing
 # from the nav, fails the build. The CLI page imports radassets.cli, hence the project's install first.
 $(DOCS_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint,docs]'
 	@touch $@
 
 docs: $(DOCS_STAMP)
@@ -86,4 +93,4 @@ ui: install
 	$(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
 
 clean:
-	rm -rf var .pytest_cache site
+	rm -rf var .pytest_cache site .mypy_cache .ruff_cache .import_linter_cache

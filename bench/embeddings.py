@@ -70,7 +70,8 @@ import time
 import traceback
 from pathlib import Path
 
-from peer import PeerUnavailable, PeerWorker, check_python, error_reply, reply_channel  # bench/ is sys.path[0] when run as a script
+# bench/ is sys.path[0] when run as a script.
+from peer import PeerUnavailable, PeerWorker, check_python, error_reply, reply_channel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -242,7 +243,7 @@ def fmcib_worker(work: Path) -> int:
         notes = []
         try:
             import torchvision  # noqa: F401  (fmcib.preprocessing imports it)
-        except Exception as e:  # e.g. PyPI's CUDA torchvision next to a CPU-only torch
+        except Exception as e:  # noqa: BLE001 - e.g. PyPI's CUDA torchvision next to a CPU-only torch
             import types
 
             for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
@@ -315,7 +316,7 @@ def fmcib_worker(work: Path) -> int:
             send({"batch": batch, "patches": done, "batches": k, "seconds": seconds,
                   "patches_per_s": done / seconds})
         return 0
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure goes to the parent process
         traceback.print_exc()
         send(error_reply(e))
         return 1

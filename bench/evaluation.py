@@ -89,7 +89,8 @@ import time
 import traceback
 from pathlib import Path
 
-from peer import PeerUnavailable, PeerWorker, check_python, error_reply, reply_channel  # bench/ is sys.path[0] when run as a script
+# bench/ is sys.path[0] when run as a script.
+from peer import PeerUnavailable, PeerWorker, check_python, error_reply, reply_channel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,7 +176,7 @@ def optuna_protocol(x, y, sampler_name: str, trials: int, n_splits: int = N_SPLI
         kk = min(k_max, len(train))
         x_train, y_train, x_val, y_val = x[train], y[train], x[val], y[val]
 
-        def objective(trial):
+        def objective(trial, kk=kk, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val):
             k = trial.suggest_int("k", 1, kk)
             knn = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute").fit(x_train, y_train)
             return roc_auc_score(y_val, knn.predict_proba(x_val)[:, 1])
@@ -256,7 +257,7 @@ def optuna_worker(data: Path) -> int:
             send({"partition": message["partition"], "sampler": message["sampler"], "seconds": seconds,
                   "splits": splits, "optuna_own_choice": own})
         return 0
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure goes to the parent process
         traceback.print_exc()
         send(error_reply(e))
         return 1

@@ -141,8 +141,8 @@ def bench_recording() -> None:
         spec = {"n_patients": 6, "n_added_in_release_2": 2, "n_revised_in_release_2": 2, "n_test_retest": 2}
         env.update(RADASSETS_HOME=str(home), DAGSTER_HOME=str(dagster_home), RADASSETS_DEMO_SPEC=json.dumps(spec))
         cli = [sys.executable, "-m", "radassets.cli"]
-        subprocess.run(cli + ["demo", "generate"], env=env, check=True, capture_output=True)
-        subprocess.run(cli + ["pipeline", "run", "demo_v1", "--models", "radiomics"], env=env, capture_output=True)
+        subprocess.run([*cli, "demo", "generate"], env=env, check=True, capture_output=True)
+        subprocess.run([*cli, "pipeline", "run", "demo_v1", "--models", "radiomics"], env=env, capture_output=True)
         out = subprocess.run([sys.executable, __file__, "--recording-worker"], env=env, check=True,
                              capture_output=True, text=True)
         print(out.stdout, end="")

@@ -29,7 +29,7 @@ class PeerWorker:
         env.pop("PYTHONPATH", None)
         self.tag = tag
         self.log_path = work / "worker.log"
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - the worker's stderr while it lives; closed in close()
         self.proc = subprocess.Popen([str(python), str(Path(script).resolve()), flag, argument],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      cwd=work, env=env)

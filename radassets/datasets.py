@@ -304,7 +304,7 @@ def load_named_yaml(path: Path, model: type[BaseModel], what: str, error: type[E
         raise error(f"{path}: a {what} must be a mapping, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
     try:
-        definition = model.model_validate(raw)
+        definition: Any = model.model_validate(raw)  # a model with a ``name`` field
     except ValidationError as e:
         raise error(f"{path}: invalid {what}: {validation_problems(e)}") from None
     if definition.name != path.stem:

@@ -122,3 +122,14 @@ def test_offline_idc_download_fails_fast_with_instructions(tmp_path):
     out = run_cli("dicom", "fetch", "nsclc_radiomics_idc_v16", env=env)
     assert out.returncode == 2
     assert "cannot reach bucket s3://idc-open-data" in out.stderr and "RADASSETS_IDC_MIRROR" in out.stderr
+
+
+def test_cohort_show_generates_the_demo_collection_on_first_use(tmp_path):
+    # The CLI, not radassets.idc (the layer below the generator), makes the demo collection on a fresh home.
+    home = tmp_path / "home"
+    spec = {"n_patients": 2, "n_added_in_release_2": 0, "n_revised_in_release_2": 0, "n_test_retest": 0}
+    out = run_cli("cohort", "show", "demo_v1", "--json", env={"RADASSETS_HOME": str(home),
+                                                              "RADASSETS_DEMO_SPEC": json.dumps(spec)})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["patients"] == 2
+    assert (home / "demo" / "demo_manifest.json").is_file()

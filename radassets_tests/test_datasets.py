@@ -21,7 +21,7 @@ EXPECTED = {
 
 def test_shipped_definitions_load():
     defs = datasets.load_all()
-    assert EXPECTED <= set(defs)
+    assert set(defs) >= EXPECTED
     for name, d in defs.items():
         assert d.name == name
         if d.source.kind == "idc":

@@ -98,7 +98,7 @@ def test_a_bad_name_is_one_line_exit_2_and_nothing_written(data, tmp_path, capsy
     outside.mkdir()
     shutil.copyfile(data / "datasets" / "nsclc_radiomics_idc_v16.yaml", outside / "x.yaml")
     extra = {"datasets": [name, str(folder)], "models": [name, "--table", str(tmp_path / "t.csv"), "--id-column", "id"]}
-    args = [*command, *(extra[command[0]] if command[0] in extra else [name])]
+    args = [*command, *extra.get(command[0], [name])]
     before = tree(tmp_path)
     code, _, err = cli(capsys, *args)
     assert code == 2, err
@@ -216,7 +216,8 @@ def lineage_home(tmp_path, monkeypatch) -> Path:
     """A RADASSETS_HOME whose lineage store holds one run."""
     home = tmp_path / "home"
     monkeypatch.setenv("RADASSETS_HOME", str(home))
-    run = {"run_id": "6f1c3a52-0d7e-4b8e-9a51-3f2d8c1b7e40", "dagster_run_id": "0b7f5e2a-1c9d-4e3f-8a6b-5d4c3b2a1908", "partition_key": "demo_v1", "partition": {"dataset_version": "demo_v1"},
+    run = {"run_id": "6f1c3a52-0d7e-4b8e-9a51-3f2d8c1b7e40", "dagster_run_id": "0b7f5e2a-1c9d-4e3f-8a6b-5d4c3b2a1908",
+           "partition_key": "demo_v1", "partition": {"dataset_version": "demo_v1"},
            "code_version": "seeds-1", "git_commit": "abc"}
     job = {"namespace": "radassets", "name": "seeds"}
     store.write_event({"event_type": "START", "run": run, "job": job})
@@ -295,6 +296,6 @@ def test_models_add_with_a_bad_preprocessing_spec_is_one_line(data, tmp_path, ca
     torch.jit.script(TinyEncoder()).save(str(network))
     spec = tmp_path / "spec.yaml"
     spec.write_bytes(spec_bytes)
-    code, out, err = cli(capsys, "models", "add", "tiny", "--torchscript", str(network), "--preprocessing", str(spec))
+    code, _, err = cli(capsys, "models", "add", "tiny", "--torchscript", str(network), "--preprocessing", str(spec))
     assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
     assert not (data / "models" / "tiny.yaml").exists()

@@ -269,4 +269,4 @@ def test_any_demo_spec_in_the_environment(value):
     with mock.patch.dict(os.environ, {SPEC_ENV: value}):
         spec = outcome(DemoError, DemoSpec.from_env)
     if spec is not None:
-        assert 1 <= spec.n_patients and spec.n_test_retest + spec.n_revised_in_release_2 <= spec.n_patients
+        assert spec.n_patients >= 1 and spec.n_test_retest + spec.n_revised_in_release_2 <= spec.n_patients

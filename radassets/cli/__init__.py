@@ -28,7 +28,8 @@ class RadassetsCommandLine(click.Group):
     """The top-level group. Its ``main`` is what the console script, ``python -m radassets.cli``,
     ``radassets.cli.main`` and click's ``CliRunner`` run, so all of them print and exit alike."""
 
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> None:
+    def main(  # type: ignore[override]  # returns only on success, never click's standalone_mode result
+            self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> None:
         """Run a command line: returns when the command succeeds, else exits with its status.
 
         Not click's ``main``, which would print a usage error as several lines, turn an interrupt (a

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from radassets.cli.output import print_json
+from radassets.cli.output import print_json, progress
 
 # The library is imported inside the commands: radassets.idc (pandas, pyarrow, pydantic) takes about 1 s,
 # which `radassets --help` would pay.
@@ -24,7 +24,15 @@ def _cohort(name: str, rebuild: bool):
     path = lockfile_path(name)
     if path.is_file() and not rebuild:
         return Cohort.read(path), f"lockfile {path}"
+    _ensure_demo_source(definition)
     return cohort_for(definition), "computed from the index (not materialized yet)"
+
+
+def _ensure_demo_source(definition) -> None:
+    """The demo collection is generated on first use; the idc layer only reads it."""
+    from radassets.demo import ensure_demo_source
+
+    ensure_demo_source(definition, progress=progress)
 
 
 @cohort.command("show", help="summarise a dataset version's cohort")
@@ -51,7 +59,9 @@ def build(dataset_version: str) -> None:
     from radassets import datasets
     from radassets.idc.cohorts import cohort_for, write_cohort
 
-    cohort = cohort_for(datasets.get(dataset_version))
+    definition = datasets.get(dataset_version)
+    _ensure_demo_source(definition)
+    cohort = cohort_for(definition)
     path = write_cohort(cohort)
     print(f"wrote {path} ({len(cohort.series)} series, hash {cohort.content_hash[:12]})")
 
@@ -64,14 +74,14 @@ def build(dataset_version: str) -> None:
 def diff(a: str, b: str, as_json: bool, rebuild: bool) -> None:
     from radassets.idc.cohort import diff_cohorts
 
-    a, _ = _cohort(a, rebuild)
-    b, _ = _cohort(b, rebuild)
-    diff = diff_cohorts(a, b)
+    first, _ = _cohort(a, rebuild)
+    second, _ = _cohort(b, rebuild)
+    diff = diff_cohorts(first, second)
     if as_json:
         print_json({"summary": diff.summary(), "added": diff.added, "removed": diff.removed, "revised": diff.revised})
         return
     s = diff.summary()
-    print(f"{a.dataset_version} (IDC v{a.idc_version}) -> {b.dataset_version} (IDC v{b.idc_version}): "
+    print(f"{first.dataset_version} (IDC v{first.idc_version}) -> {second.dataset_version} (IDC v{second.idc_version}): "
           f"{s['added']} added, {s['removed']} removed, {s['revised']} revised")
     for label, rows in (("added", diff.added), ("removed", diff.removed)):
         for r in rows:

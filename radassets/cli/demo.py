@@ -22,8 +22,8 @@ def generate(root: str | None, force: bool) -> None:
     from radassets.demo import DemoSpec, ensure_demo_collection, generate_demo_collection
     from radassets.idc.index import demo_root
 
-    root = Path(root) if root else demo_root()
+    folder = Path(root) if root else demo_root()
     spec = DemoSpec.from_env()
-    collection = (generate_demo_collection(root, spec, progress=progress) if force
-                  else ensure_demo_collection(root, spec, progress=progress))
+    collection = (generate_demo_collection(folder, spec, progress=progress) if force
+                  else ensure_demo_collection(folder, spec, progress=progress))
     print(f"demo collection at {collection.root}")

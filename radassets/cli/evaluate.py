@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -36,9 +37,10 @@ def evaluate() -> None:
 @click.option("--seed", type=int, default=20261124, help="bootstrap seed (recorded)")
 @click.option("--out", required=True, help="output folder")
 def scores(scores: str, id_column: str, score_column: str, clinical: str, clinical_id_column: str, time_column: str,
-           time_unit: str, event_column: str, event_value: tuple[str, ...], censored_value: tuple[str, ...],
-           horizon_days: int, censored_before_horizon: str, threshold: float | None, threshold_from: str | None,
-           threshold_column: str | None, seed: int, out: str) -> None:
+           time_unit: Literal["days", "months"], event_column: str, event_value: tuple[str, ...],
+           censored_value: tuple[str, ...], horizon_days: int, censored_before_horizon: Literal["alive", "drop"],
+           threshold: float | None, threshold_from: str | None, threshold_column: str | None, seed: int,
+           out: str) -> None:
     # Inside: lifelines, scikit-learn and matplotlib take about 3 s to import, which `radassets --help` would pay.
     from radassets.evaluation.scores import ScoreInputError, evaluate_scores
 

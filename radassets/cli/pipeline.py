@@ -26,7 +26,7 @@ def run(dataset_version: tuple[str, ...], select: str | None, models: str | None
     # Inside: Dagster and the definitions (torch among them) take over 10 s to import.
     from radassets.defs.run import materialize_dataset_versions
 
-    models = models.split(",") if models else None
-    ok = materialize_dataset_versions(list(dataset_version), selection=select, models=models, progress=progress)
+    names = models.split(",") if models else None
+    ok = materialize_dataset_versions(list(dataset_version), selection=select, models=names, progress=progress)
     if not ok:
         sys.exit(1)

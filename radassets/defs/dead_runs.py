@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import psutil
@@ -44,7 +44,7 @@ def owner_tags(pid: int | None = None) -> dict[str, str]:
             PID_STARTED_TAG: repr(psutil.Process(pid).create_time())}
 
 
-def owner_alive(tags: dict[str, str]) -> bool | None:
+def owner_alive(tags: Mapping[str, str]) -> bool | None:
     """Whether the process named by ``owner_tags`` still runs: None when it cannot be told (another host, or
     no owner recorded). A pid now used by another process (a later start time) or a zombie is dead."""
     if tags.get(HOST_TAG) != socket.gethostname() or PID_TAG not in tags:
@@ -60,7 +60,7 @@ def owner_alive(tags: dict[str, str]) -> bool | None:
     return abs(started - float(tags.get(PID_STARTED_TAG, started))) < 0.5
 
 
-def describe_owner(tags: dict[str, str]) -> str:
+def describe_owner(tags: Mapping[str, str]) -> str:
     if PID_TAG not in tags:
         return "not started by the radassets command line (the UI or a schedule)"
     return f"radassets pid {tags[PID_TAG]} on {tags.get(HOST_TAG, '?')}"
@@ -120,13 +120,13 @@ def fail_dead_runs(instance: DagsterInstance, log: Callable[[str], None] | None 
         if log:
             log(f"run {run.run_id}: {message}")
     for run_id in sorted(_slot_holders(instance) - set(freed)):
-        run = instance.get_run_by_id(run_id)
-        if run is None:  # a slot claimed before its run was created
+        holder = instance.get_run_by_id(run_id)
+        if holder is None:  # a slot claimed before its run was created
             owner = _owner_file_tags(instance, run_id)
             if owner and owner_alive(owner) is not False:
                 continue  # its command still runs, or runs on another host
             remove_owner_file(instance, run_id)
-        elif not (run.is_finished and HOST_TAG in run.tags):
+        elif not (holder.is_finished and HOST_TAG in holder.tags):
             continue  # running, or not ours: Dagster's run monitoring frees slots of the runs it launched
         instance.event_log_storage.free_concurrency_slots_for_run(run_id)
         freed.append(run_id)

@@ -1,5 +1,6 @@
-"""Evaluation assets: ``evaluation`` per (dataset version × model), and ``hosny2018_figure2``: the Figure 2 analysis of Hosny et al. 2018 (the study
-radassets builds on), reproduced from the published CNN scores on LUNG1 and the clinical table.
+"""Evaluation assets: ``evaluation`` per (dataset version × model), and ``hosny2018_figure2``: the Figure 2
+analysis of Hosny et al. 2018 (the study radassets builds on), reproduced from the published CNN scores on LUNG1
+and the clinical table.
 
 No ``from __future__ import annotations`` here: Dagster inspects the context annotation at runtime.
 """

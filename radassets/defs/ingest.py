@@ -21,6 +21,7 @@ from radassets import datasets
 from radassets.defs.metadata import markdown_table, progress_logger
 from radassets.defs.partitions import cohort_problems, dataset_version_partitions
 from radassets.defs.resources import IdcResource
+from radassets.demo import ensure_demo_source
 from radassets.idc.cohort import Cohort, lockfile_path
 from radassets.idc.cohorts import cohort_for, write_cohort
 from radassets.idc.dicom import fetch_dataset_dicom
@@ -42,6 +43,7 @@ from radassets.idc.dicom import fetch_dataset_dicom
 @recorded
 def cohort(context: AssetExecutionContext, bigquery: BigQueryResource) -> MaterializeResult:
     definition = datasets.get(context.partition_key)
+    ensure_demo_source(definition, progress=context.log.info)
     if bigquery.project and definition.source.kind == "idc":
         with bigquery.get_client() as client:
             result = cohort_for(definition, bigquery_client=client)

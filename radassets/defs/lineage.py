@@ -21,6 +21,7 @@ import functools
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 from dagster import (AssetKey, AssetRecordsFilter, DagsterInstance, Failure, MaterializeResult,
                      MultiPartitionsDefinition, MetadataValue)
@@ -79,7 +80,7 @@ def _upstream_partitions(instance: DagsterInstance, upstream, partition: dict[st
         if "model" in partition:
             return [f"{partition['dataset_version']}|{partition['model']}"]
         materialized = instance.get_materialized_partitions(upstream.key)
-        return sorted(k for k in materialized if k.split("|")[0] == partition["dataset_version"])
+        return [k for k in sorted(materialized) if k.split("|")[0] == partition["dataset_version"]]
     return [partition["dataset_version"]]
 
 
@@ -99,7 +100,7 @@ def _inputs(context, partition: dict[str, str] | None) -> list[dict]:
 def _metadata(result) -> dict:
     if not isinstance(result, MaterializeResult):
         return {}
-    out = {}
+    out: dict[str, Any] = {}
     for name, value in (result.metadata or {}).items():
         raw = value.value if isinstance(value, MetadataValue) else value
         if isinstance(raw, (int, float, bool)) or raw is None or (isinstance(raw, str) and len(raw) <= MAX_METADATA_CHARS):

@@ -101,7 +101,9 @@ def _split(selection: str) -> tuple[list[AssetKey], list[AssetKey], list[AssetKe
     if not keys:
         names = ", ".join(sorted(k.to_user_string() for k in graph.get_all_asset_keys()))
         raise SelectionError(f"the asset selection {selection!r} matches no asset; the assets are: {names}")
-    unpartitioned, single, multi = [], [], []
+    unpartitioned: list[AssetKey] = []
+    single: list[AssetKey] = []
+    multi: list[AssetKey] = []
     for key in sorted(keys, key=lambda k: k.to_user_string()):
         partitions = graph.get(key).partitions_def
         (unpartitioned if partitions is None else multi if isinstance(partitions, MultiPartitionsDefinition)

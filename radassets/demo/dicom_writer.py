@@ -29,7 +29,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import UID_dictionary, CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import UID, UID_dictionary, CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
 DEMO_DATE = "20200101"
 DEMO_TIME = "120000"
@@ -88,7 +88,7 @@ def _ct_dataset(geom: Geometry, ids: SeriesIds, k: int, pixels: np.ndarray, inte
                 slope: float) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = ids.sop_uids[k]
+    meta.MediaStorageSOPInstanceUID = UID(ids.sop_uids[k])
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()

@@ -43,14 +43,17 @@ from itertools import repeat
 from multiprocessing import get_context
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.uid import generate_uid
 
 from radassets.demo.dicom_writer import Geometry, SeriesIds, write_ct_series, write_rtstruct, write_seg
-from radassets.demo.phantom import Body, Phantom, random_lesion
+from radassets.datasets import DatasetVersion
+from radassets.demo.phantom import Body, Phantom, random_lesion, xyz
 from radassets.errors import RadassetsError
 from radassets.idc import schema
+from radassets.idc.index import demo_root
 from radassets.names import shown
 
 GENERATOR_VERSION = 2  # 2: RTSTRUCT contours on the mask boundary
@@ -67,7 +70,7 @@ RELEASE_DATES = {1: "2026-01-15", 2: "2026-06-15"}
 # Survival: exponential proportional hazards of the primary lesion (GTV-1).
 #   h(t) = h0 * exp(b_volume * z_log_volume + b_heterogeneity * z_heterogeneity)
 # z_* standardise with the sampling distributions' own mean and SD (fixed constants below).
-HAZARD_MODEL = {
+HAZARD_MODEL: dict[str, Any] = {
     "form": "exponential proportional hazards",
     "baseline_hazard_per_day": float(np.log(2) / 700.0),
     "coefficients": {"z_log_volume": 0.8, "z_heterogeneity": 0.6},
@@ -182,7 +185,7 @@ def _geometry(rng: np.random.Generator, number: int) -> Geometry:
               - (n_slices - 1) / 2 * slice_spacing * normal)
     return Geometry(rows=size, cols=size, row_spacing=row_spacing, col_spacing=col_spacing,
                     slice_spacing=slice_spacing, n_slices=n_slices, row_dir=row_dir, col_dir=col_dir,
-                    origin=tuple(float(v) for v in origin), descending_instances=bool(rng.integers(2)))
+                    origin=xyz(origin), descending_instances=bool(rng.integers(2)))
 
 
 def _phantom(rng: np.random.Generator, geom: Geometry) -> Phantom:
@@ -220,7 +223,7 @@ def plan_patients(spec: DemoSpec) -> list[PatientPlan]:
         shift = None
         if number <= spec.n_test_retest:
             direction = rng.normal(size=3)
-            shift = tuple(float(v) for v in direction / np.linalg.norm(direction) * rng.uniform(1.0, 3.0))
+            shift = xyz(direction / np.linalg.norm(direction) * rng.uniform(1.0, 3.0))
         intercept, slope = (-1000.0, 1.0) if number % 9 == 5 else (-1024.0, 1.0)
         plans.append(PatientPlan(
             number=number, patient_id=f"DEMO-{number:03d}", release=1 if number <= spec.n_patients else 2,
@@ -270,7 +273,8 @@ def _series_row(plan: PatientPlan, *, modality: str, series_uid: str, study_uid:
         "PatientSex": plan.sex, "StudyDate": "2020-01-01", "StudyDescription": "Demo chest CT",
         "BodyPartExamined": "CHEST", "Modality": modality, "SOPClassUID": sop_class,
         "sop_class_name": sop_class_name, "TransferSyntaxUID": "1.2.840.10008.1.2.1",
-        "transfer_syntax_name": "Explicit VR Little Endian", "PhotometricInterpretation": "MONOCHROME2" if modality != "RTSTRUCT" else None,
+        "transfer_syntax_name": "Explicit VR Little Endian",
+        "PhotometricInterpretation": "MONOCHROME2" if modality != "RTSTRUCT" else None,
         "PixelRepresentation": "1" if modality == "CT" else ("0" if modality == "SEG" else None),
         "Manufacturer": "radassets", "ManufacturerModelName": "radassets demo phantom",
         "SeriesDate": "2020-01-01", "SeriesDescription": description, "SeriesNumber": str(number),
@@ -280,7 +284,8 @@ def _series_row(plan: PatientPlan, *, modality: str, series_uid: str, study_uid:
     }
 
 
-def _write_scan(root: Path, spec: DemoSpec, plan: PatientPlan, scan: str, version: int) -> tuple[list[dict], list[dict], list[dict]]:
+def _write_scan(root: Path, spec: DemoSpec, plan: PatientPlan, scan: str,
+                version: int) -> tuple[list[dict], list[dict], list[dict]]:
     """Write one CT series (``scan`` = test or retest) and its mask, at a series ``version`` (1 or 2).
 
     Returns index rows, instance rows and truth rows.
@@ -469,7 +474,8 @@ def generate_demo_collection(root: Path, spec: DemoSpec | None = None,
         shutil.rmtree(work, ignore_errors=True)
         raise
     if progress:
-        progress(f"demo: {counts['files']} files, {counts['series_current']} series in {time.monotonic() - started:.1f} s at {root}")
+        progress(f"demo: {counts['files']} files, {counts['series_current']} series "
+                 f"in {time.monotonic() - started:.1f} s at {root}")
     return DemoCollection(root, spec, counts)
 
 
@@ -544,6 +550,17 @@ def ensure_demo_collection(root: Path, spec: DemoSpec | None = None,
             and manifest.get("spec") == asdict(spec) and isinstance(manifest.get("counts"), dict)):
         return DemoCollection(Path(root), spec, manifest["counts"])
     return generate_demo_collection(root, spec, progress)
+
+
+def ensure_demo_source(definition: DatasetVersion, progress: Callable[[str], None] | None = None) -> None:
+    """Generate the demo collection a ``source: demo`` dataset version is selected from, if absent.
+
+    The entry points (the cohort asset, the CLI) call this before building a cohort, so the embedded
+    default works on a fresh machine without a separate step (deterministic, about half a minute).
+    Other sources are left alone. Called here rather than by ``radassets.idc``: idc is the layer below.
+    """
+    if definition.source.kind == "demo":
+        ensure_demo_collection(demo_root(), DemoSpec.from_env(), progress=progress)
 
 
 def _readme(spec: DemoSpec) -> str:

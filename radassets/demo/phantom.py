@@ -107,6 +107,12 @@ class Phantom:
         return hu, masks
 
 
+def xyz(values) -> tuple[float, float, float]:
+    """Three numbers (a point or a vector, e.g. a numpy row) as a tuple of Python floats."""
+    x, y, z = (float(v) for v in values)
+    return x, y, z
+
+
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))
     q = q * np.sign(np.diag(r))
@@ -126,12 +132,12 @@ def random_lesion(rng: np.random.Generator, label: str, center: np.ndarray, diam
     k = directions * (2 * np.pi / wavelengths)[:, None]
     return Lesion(
         label=label,
-        center=tuple(float(v) for v in center),
-        semi_axes=tuple(float(v) for v in axes),
+        center=xyz(center),
+        semi_axes=xyz(axes),
         rotation=tuple(tuple(float(v) for v in row) for row in random_rotation(rng)),
         lobulation=(float(rng.uniform(0.0, 0.15)), float(rng.uniform(0.0, 0.15))),
         mean_hu=float(rng.uniform(-10.0, 60.0)),
         heterogeneity=float(heterogeneity),
-        wave_vectors=tuple(tuple(float(v) for v in row) for row in k),
+        wave_vectors=tuple(xyz(row) for row in k),
         wave_phases=tuple(float(v) for v in rng.uniform(0, 2 * np.pi, size=n_waves)),
     )

@@ -166,8 +166,8 @@ def report_markdown(metrics: dict[str, Any], embed_images: bool = False, folder:
     m = metrics
     lines = [f"# Evaluation: {m['dataset_version']} × {m['model']}", ""]
     if m.get("status") == "nothing to evaluate":
-        return "\n".join(lines + [f"Nothing evaluated: {m['reason']}.", "", "---",
-                                   f"radassets evaluation · lineage id `{m['lineage_id']}`"]) + "\n"
+        return "\n".join([*lines, f"Nothing evaluated: {m['reason']}.", "", "---",
+                          f"radassets evaluation · lineage id `{m['lineage_id']}`"]) + "\n"
     lines += [f"Patients: {m['patients']} ({m['patient_rule']}). Weights sha256: `{m['weights_sha256'] or 'none'}`; "
               f"preprocessing `{m['preprocessing_hash'][:12]}`.", ""]
     for name, e in m["endpoints"].items():
@@ -228,7 +228,7 @@ def markdown_to_html(text: str) -> str:
         return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", s)
 
     out, table = [], []
-    for line in text.splitlines() + [""]:
+    for line in [*text.splitlines(), ""]:
         if line.startswith("|"):
             if not set(line) <= set("|-: "):
                 table.append([c.strip() for c in line.strip("|").split("|")])

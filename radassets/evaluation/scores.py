@@ -23,7 +23,7 @@ import math
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lifelines
 import pandas as pd
@@ -85,11 +85,12 @@ def _numeric(table: Table, column: str, what: str) -> pd.Series:
 
 
 def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: Path, clinical_id_column: str,
-                    time_column: str, event_column: str, horizon_days: int, censored_before_horizon: str,
+                    time_column: str, event_column: str, horizon_days: int,
+                    censored_before_horizon: Literal["alive", "drop"],
                     out_dir: Path, *, event_values: tuple[str, ...] = ("1",),
                     censored_values: tuple[str, ...] | None = None, threshold: float | None = None,
                     threshold_from: Path | None = None, threshold_column: str | None = None,
-                    time_unit: str = "days", seed: int = DEFAULT_SEED, n_boot: int = N_BOOT,
+                    time_unit: Literal["days", "months"] = "days", seed: int = DEFAULT_SEED, n_boot: int = N_BOOT,
                     title: str | None = None) -> dict[str, Any]:
     """Evaluate, write ``metrics.json``, ``roc.png`` and ``km.png`` under ``out_dir``; return the metrics.
     ``censored_values``: the event column's values that mean censored (default: the known ones, see

@@ -177,7 +177,8 @@ def selection_query(definition: DatasetVersion, source_root: Path | None) -> tup
         params["source_dois"] = list(sel.source_dois)
     if sel.series_from:
         tables["series_from_table"] = resolve_table(sel.series_from.table, source_root)
-        keep = f"SeriesInstanceUID IN (SELECT {_quote_ident(sel.series_from.column)} FROM read_csv($series_from_table, all_varchar = true))"
+        keep = (f"SeriesInstanceUID IN (SELECT {_quote_ident(sel.series_from.column)} "
+                f"FROM read_csv($series_from_table, all_varchar = true))")
         if sel.series_from.modalities:
             params["series_from_modalities"] = list(sel.series_from.modalities)
             keep = f"(NOT list_contains($series_from_modalities, Modality) OR {keep})"

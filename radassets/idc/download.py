@@ -25,6 +25,7 @@ partition) says so and waits, then finds it present.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -194,7 +195,8 @@ def verify_files(files: Sequence[Path], row: dict[str, Any], *, hash_files: bool
     expected_count = row.get("instanceCount")
     if not files:
         return Verification(False, False, "no files", [])
-    records, seen = [], set()
+    records: list[dict[str, Any]] = []
+    seen: set[str] = set()
     for f in files:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
@@ -323,7 +325,7 @@ def fetch_series(rows: Sequence[dict[str, Any]], dest_root: Path, mirror: Mirror
         else:
             result = fetch_one(row, dest_root, mirror, attempts=attempts, retry_count=retry_count, workers=workers,
                                backoff_s=backoff_s,
-                               on_wait=(lambda message, i=i: progress(i - 1, len(rows), message)) if progress else None)
+                               on_wait=functools.partial(progress, i - 1, len(rows)) if progress else None)
         results.append(result)
         if progress:
             what = result.reason if result.status == "failed" else f"{result.files} files"

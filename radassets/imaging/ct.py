@@ -83,7 +83,7 @@ def describe_exception(error: BaseException) -> str:
 def _read_headers(files: Sequence[Path]) -> list[tuple[Path, pydicom.Dataset]]:
     """Every file's header. Any exception reading one file (pydicom raises many kinds for broken files)
     is that file's failure; a file that ends before its pixel data (truncated) is one too."""
-    out = []
+    out: list[tuple[Path, pydicom.Dataset]] = []
     for f in files:
         try:
             with open(f, "rb") as fp:
@@ -163,7 +163,7 @@ def _check_decodable(path: Path, uid: str) -> None:
         raise SeriesError("unreadable_file", uid, f"cannot read {path}: {describe_exception(e)}") from None
     try:
         ds.pixel_array  # noqa: B018 - decoding is the check
-    except Exception as e:  # pydicom raises RuntimeError/NotImplementedError/ValueError by plugin
+    except Exception as e:  # noqa: BLE001 - pydicom raises RuntimeError/NotImplementedError/ValueError by plugin
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax = (ts.name or str(ts)) if ts else "an unknown transfer syntax"
         raise SeriesError("undecodable", uid, f"pixel data of {path} in {syntax} cannot be decoded: "

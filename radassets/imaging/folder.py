@@ -85,7 +85,8 @@ def _ct_for(header, scan: FolderScan) -> str:
     for uid in header.referenced_series:
         if uid in scan.ct_series:
             return uid
-    same_frame = [uid for uid, frame in scan.ct_frames.items() if header.frame_of_reference and frame == header.frame_of_reference]
+    same_frame = [uid for uid, frame in scan.ct_frames.items()
+                  if header.frame_of_reference and frame == header.frame_of_reference]
     if len(same_frame) == 1:
         return same_frame[0]
     raise MaskError("no_reference", header.series_uid,

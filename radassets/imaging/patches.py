@@ -34,6 +34,7 @@ import SimpleITK as sitk
 
 from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha256_json
 
+Point = Sequence[float] | np.ndarray  # x, y, z in LPS mm
 AIR_HU = -1024
 MARGIN_VOXELS = 3  # B-spline (order 3) support; linear needs 1
 INTERPOLATORS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline, "nearest": sitk.sitkNearestNeighbor}
@@ -58,7 +59,7 @@ class PatchSpec:
         if self.size < 8 or self.spacing_mm <= 0 or self.interpolator not in INTERPOLATORS:
             raise ValueError(f"invalid patch spec {self}")
 
-    def origin(self, center: Sequence[float]) -> np.ndarray:
+    def origin(self, center: Point) -> np.ndarray:
         """LPS position of voxel (0, 0, 0) of the patch centred at ``center``."""
         return np.asarray(center, dtype=float) - (self.size - 1) / 2 * self.spacing_mm
 
@@ -73,7 +74,7 @@ def _to_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:
     return (points - np.array(image.GetOrigin())) @ np.linalg.inv(matrix).T
 
 
-def padded_fraction(image: sitk.Image, center: Sequence[float], spec: PatchSpec) -> float:
+def padded_fraction(image: sitk.Image, center: Point, spec: PatchSpec) -> float:
     """Fraction of patch voxels whose centre falls outside the volume (ITK's half-voxel rule)."""
     axis = np.arange(spec.size) * spec.spacing_mm
     origin = spec.origin(center)
@@ -83,7 +84,7 @@ def padded_fraction(image: sitk.Image, center: Sequence[float], spec: PatchSpec)
     return float(1.0 - inside.mean())
 
 
-def crop_for_patch(image: sitk.Image, center: Sequence[float], spec: PatchSpec) -> sitk.Image | None:
+def crop_for_patch(image: sitk.Image, center: Point, spec: PatchSpec) -> sitk.Image | None:
     """The part of ``image`` that a patch at ``center`` samples (None if the patch misses the volume)."""
     half = (spec.size - 1) / 2 * spec.spacing_mm
     corners = np.asarray(center, float) + np.array(list(itertools.product((-half, half), repeat=3)))
@@ -96,7 +97,7 @@ def crop_for_patch(image: sitk.Image, center: Sequence[float], spec: PatchSpec) 
     return image[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), int(lo[2]):int(hi[2])]
 
 
-def sample(image: sitk.Image, center: Sequence[float], spec: PatchSpec, interpolator: int, default: float,
+def sample(image: sitk.Image, center: Point, spec: PatchSpec, interpolator: int, default: float,
            pixel_type: int) -> np.ndarray:
     """Resample ``image`` onto the patch grid at ``center``: an array [k, j, i]."""
     source = crop_for_patch(image, center, spec)
@@ -107,13 +108,13 @@ def sample(image: sitk.Image, center: Sequence[float], spec: PatchSpec, interpol
     return sitk.GetArrayFromImage(out)
 
 
-def extract_patch(image: sitk.Image, center: Sequence[float], spec: PatchSpec = PatchSpec()) -> np.ndarray:
+def extract_patch(image: sitk.Image, center: Point, spec: PatchSpec = PatchSpec()) -> np.ndarray:
     """The int16 HU patch at ``center`` (crop, then resample; outside the volume is ``pad_hu``)."""
     values = sample(image, center, spec, INTERPOLATORS[spec.interpolator], float(spec.pad_hu), sitk.sitkFloat32)
     return np.clip(np.rint(values), -32768, 32767).astype(np.int16)
 
 
-def extract_mask_patch(mask: sitk.Image, center: Sequence[float], spec: PatchSpec = PatchSpec()) -> np.ndarray:
+def extract_mask_patch(mask: sitk.Image, center: Point, spec: PatchSpec = PatchSpec()) -> np.ndarray:
     """The uint8 0/1 mask patch at ``center`` (nearest neighbour)."""
     return sample(mask, center, spec, sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
 

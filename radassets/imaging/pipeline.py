@@ -92,7 +92,7 @@ def run_volumes(definition: DatasetVersion, tolerances: Tolerances = Tolerances(
         manifest = read_manifest(definition.name)
     except FileNotFoundError as e:
         raise StepInputMissing(str(e)) from None
-    files_of = series_files(definition)
+    files_of: FilesOf = series_files(definition)
     if definition.source.kind == "local":
         files_of = unchanged_local_files(definition, files_of)
     out_dir = step_dir("volumes", definition.name)

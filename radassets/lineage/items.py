@@ -125,7 +125,7 @@ def _report(folder: Path, parents: list[str]) -> list[dict]:
         items.append({"item_id": f"figure:{lineage_id}/{path.name}", "kind": "figure", "name": path.name,
                       "sha256": sha256_file(path), "path": str(path), "parents": [report],
                       "attributes": {"lineage_id": lineage_id}})
-    for path in sorted(folder.glob("*.md")) + [folder / "metrics.json"]:
+    for path in [*sorted(folder.glob("*.md")), folder / "metrics.json"]:
         if path.is_file() and path != main:
             items.append({"item_id": f"file:{lineage_id}/{path.name}", "kind": "report_file", "name": path.name,
                           "sha256": sha256_file(path), "path": str(path), "parents": [report],

@@ -26,6 +26,7 @@ into a new database beside it, then renames it into place and keeps the old file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -207,10 +208,8 @@ def _ingest_file(con: duckdb.DuckDBPyConnection, root: Path, path: Path, state: 
         ingest(con, event)
         con.commit()
     except BaseException as e:
-        try:
+        with contextlib.suppress(duckdb.Error):  # the failure came before the transaction began
             con.rollback()
-        except duckdb.Error:  # the failure came before the transaction began
-            pass
         if not isinstance(e, BAD_FILE_ERRORS):
             raise
         rejected = _events_dir(root, "rejected")

@@ -202,8 +202,8 @@ def format_trace(t: dict[str, Any]) -> str:
     for f in t["files"]:
         lines.append(f"input file    {f['asset']}[{f['partition_key'] or ''}] {f['input']}: {f['path']} "
                      f"(sha256 {f['sha256']})")
-    lines += ["", f"code          radassets {t['radassets_version']}, git {t['git_commit']}; " + ", ".join(f"{a} {v}" for a, v in t["code_version"].items()),
-              "runs"]
+    code_versions = ", ".join(f"{a} {v}" for a, v in t["code_version"].items())
+    lines += ["", f"code          radassets {t['radassets_version']}, git {t['git_commit']}; {code_versions}", "runs"]
     for r in t["runs"]:
         lines.append(f"  {r['asset']:<18} {r['partition_key'] or '-':<24} {r['status'] or '?':<8} "
                      f"{r['started_at'] or '?'} → {r['ended_at'] or '?'}  run {r['run_id']} (Dagster {r['dagster_run_id']})")

@@ -101,7 +101,7 @@ def check_network(entry: ModelEntry, path: Path, shown: Path | None = None) -> i
             vectors = extractor.embed(batch, np.zeros(batch.shape, np.uint8), [{}] * len(patches))
         except RadassetsError:
             raise
-        except Exception as e:  # the network itself failed: most often an input shape it was not made for
+        except Exception as e:  # noqa: BLE001 - the network itself failed: most often a wrong input shape
             shape = (len(patches), 1, *entry.preprocessing.input_size)
             raise ModelOutputError(f"model {entry.name!r} fails on an input of shape {shape} (from the preprocessing "
                                    f"spec): {_network_failure(e)}") from None

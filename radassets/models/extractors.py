@@ -53,7 +53,7 @@ class OnnxExtractor:
         options.intra_op_num_threads = torch.get_num_threads()
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ONNX Runtime raises its own classes (InvalidProtobuf, Fail, ...) for a bad file
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own classes (InvalidProtobuf, Fail...)
             raise WeightsError(f"model {entry.name!r}: {shown or path} is not an ONNX model ONNX Runtime can run: "
                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         self.input_name = self.session.get_inputs()[0].name

@@ -40,12 +40,12 @@ def fmcib_resnet50() -> nn.Module:
 
 def ct_fm_segresenc() -> nn.Module:
     return SegResEncoder(spatial_dims=3, in_channels=1, init_filters=32, blocks_down=(1, 2, 2, 4, 4),
-                         head_module=pool_deepest_stage)
+                         head_module=pool_deepest_stage)  # type: ignore[arg-type]  # monai calls any callable
 
 
 def vista3d_segresenc() -> nn.Module:
     return SegResEncoder(spatial_dims=3, in_channels=1, init_filters=48, blocks_down=(1, 2, 2, 4, 4),
-                         norm="instance", head_module=pool_deepest_stage)
+                         norm="instance", head_module=pool_deepest_stage)  # type: ignore[arg-type]  # as above
 
 
 def resnet10_control() -> nn.Module:

@@ -8,7 +8,7 @@ Shared by the Dagster asset and the CLI (no Dagster imports). Output under
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from radassets.imaging.patches import load_patches
 from radassets.imaging.pipeline import StepInputMissing, step_dir

@@ -7,11 +7,10 @@ that says where to put it and which sha256 it must have.
 
 Loading is strict, in this order: sha256, then ``torch.load(..., weights_only=True)`` (no
 pickled code runs; a checkpoint holding pickled objects is refused, saying which, never with torch's
-advice to load it unsafely; ``.safetensors`` files through safetensors), then the registry's key handling (a top-level key such as ``state_dict``,
-prefixes such as ``module.`` from DataParallel, an encoder sub-tree, the parts named unused such as
-a decoder), then every key and shape
-compared with the architecture. Any difference is an error listing the missing, unexpected and
-mis-shaped keys; nothing is loaded partially.
+advice to load it unsafely; ``.safetensors`` files through safetensors), then the registry's key handling
+(a top-level key such as ``state_dict``, prefixes such as ``module.`` from DataParallel, an encoder sub-tree,
+the parts named unused such as a decoder), then every key and shape compared with the architecture. Any
+difference is an error listing the missing, unexpected and mis-shaped keys; nothing is loaded partially.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -113,10 +113,10 @@ def published_state_dict(path: Path, w: Weights) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            obj = load_file(str(path), device="cpu")
+            obj: Any = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for files it cannot read safely
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError... for unsafe files
         raise _unsafe_file(path, e) from None
     if w.state_dict_key is not None:
         if not isinstance(obj, Mapping) or w.state_dict_key not in obj:

@@ -81,7 +81,7 @@ def test_one_bad_series_is_recorded_and_the_partition_completes(instance, defaul
 def test_partition_fails_above_the_failure_ratio(instance, default_demo_home, demo_collection, tmp_path):
     assert run(instance, "demo_v1").success
     shutil.rmtree(default_demo_home / "dicom")
-    mirror, victim = _broken_mirror(demo_collection, tmp_path / "mirror")
+    mirror, _ = _broken_mirror(demo_collection, tmp_path / "mirror")
     result = run(instance, "demo_v1", {"idc": IdcResource(mirror=str(mirror), attempts=1, max_failed_fraction=0.0)},
                  raise_on_error=False)
     assert not result.success

@@ -173,10 +173,11 @@ def test_two_commands_of_one_partition_on_a_fresh_dagster_home(small_demo_home, 
             both = [Command(tmp_path, f"concurrent{i}", *select, env=env) for i in (1, 2)]
             commands.extend(both)
             for command in both:
-                wait_for(lambda: "waiting for another radassets command to open the Dagster instance" in command.text(),
+                wait_for(lambda command=command: "waiting for another radassets command to open the Dagster instance"
+                         in command.text(),
                          "both commands to wait for the instance")
         for command in both:
-            wait_for(lambda: "cohort demo_v1 is being materialized by" in command.text(),
+            wait_for(lambda command=command: "cohort demo_v1 is being materialized by" in command.text(),
                      "both commands to wait for the cohort partition")
     for command in both:
         assert command.wait() == 0, command.text()

@@ -155,7 +155,7 @@ def test_release_2_adds_and_revises_series_like_idc(demo):
 
 
 def test_test_retest_pairs(demo):
-    pairs = list(csv.DictReader(open(demo / "truth" / "test_retest.csv")))
+    pairs = list(csv.DictReader((demo / "truth" / "test_retest.csv").read_text().splitlines()))
     assert len(pairs) == SMALL.n_test_retest
     truth = pd.read_csv(demo / "truth" / "lesions.csv")
     for pair in pairs:

@@ -169,7 +169,7 @@ def test_an_unmoved_seed_changes_no_score_and_no_prediction(cohort):
 
 
 def test_a_mask_changed_since_the_patches_step_is_refused(cohort):
-    definition, patients, x, clinical, seeds, patches_dir = cohort
+    _, patients, _, _, seeds, patches_dir = cohort
     mask = sitk.ReadImage(seeds["mask_path"][0])
     sitk.WriteImage(sitk.BinaryDilate(mask, [1, 1, 1]), seeds["mask_path"][0])  # every segment one voxel larger
     with pytest.raises(PerturbationError, match=r"patient P\d+: the mask patch extracted again .*differs"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from pathlib import Path
@@ -87,10 +88,8 @@ class StoppingProxy:
         self.stopped.set()
         with self.lock:
             for s in [self.listener, *self.sockets]:
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
             self.sockets.clear()
 
@@ -125,7 +124,5 @@ class StoppingProxy:
             pass
         finally:
             for s in (source, target):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass

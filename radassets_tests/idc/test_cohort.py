@@ -43,7 +43,7 @@ def _patient(series: str) -> str:
 def write_history_index(root: Path) -> Path:
     current, prior = [], []
     first_release = {}
-    for series, uuid, releases, bucket, modality, doi in HISTORY:
+    for series, _, releases, *_ in HISTORY:
         first_release.setdefault(series, releases.start)
     for series, uuid, releases, bucket, modality, doi in HISTORY:
         base = {"collection_id": "toy", "PatientID": _patient(series), "SeriesInstanceUID": series,
@@ -186,7 +186,7 @@ def test_bigquery_cohort_equals_reconstructed_cohort(toy_index):
         bq = build_cohort_bigquery(toy_definition(version), client)
         assert bq.content_hash == build_cohort(toy_definition(version), toy_index).content_hash, version
         assert bq.backend == "bigquery" and bq.index["version"] == f"idc_v{version}"
-        assert "`bigquery-public-data.idc_v%d.dicom_all`" % version in client.queries[-1]
+        assert f"`bigquery-public-data.idc_v{version}.dicom_all`" in client.queries[-1]
     # The documented limit of the reconstruction: a series removed from IDC (S3) has no DOI in the
     # bundled index, so a DOI filter cannot keep it; BigQuery still knows its DOI.
     with_doi = toy_definition(2, source_dois=["10.1/A"])

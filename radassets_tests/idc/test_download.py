@@ -162,7 +162,7 @@ def test_verify_in_place(small_demo, tmp_path):
     result = verify_in_place(row, sorted(copy.glob("*.dcm")))
     assert result.status == "failed" and "unreadable DICOM" in result.reason
     os.remove(sorted(copy.glob("*.dcm"))[1])
-    assert "indexed files are gone" in verify_in_place(row, files[:1] + [copy / "missing.dcm"]).reason
+    assert "indexed files are gone" in verify_in_place(row, [*files[:1], copy / "missing.dcm"]).reason
 
 
 def test_a_series_being_fetched_by_another_process_is_waited_for(small_demo, tmp_path):

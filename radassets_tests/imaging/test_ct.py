@@ -34,7 +34,7 @@ def test_geometry_and_voxels_match_the_generator_exactly(small_demo):
     """Flipped, oblique, non-square, reversed InstanceNumber, another intercept: all exact."""
     plans = {p.patient_id: p for p in plan_patients(DemoSpec(**SMALL_DEMO_SPEC))}
     kinds = set()
-    for patient, (uid, files) in ct_series(small_demo).items():
+    for patient, (_, files) in ct_series(small_demo).items():
         geom = plans[patient].geometry
         volume = read_ct_series(files)
         image = volume.image
@@ -150,7 +150,7 @@ def test_malformed_series_fail_with_their_cause(good_series, code):
 
 
 def test_compressed_series_decode_to_the_same_volume(good_series):
-    uid, files = good_series["DEMO-006"]
+    _, files = good_series["DEMO-006"]
     plain = sitk.GetArrayFromImage(read_ct_series(files).image)
     for f in files:
         ds = pydicom.dcmread(f)

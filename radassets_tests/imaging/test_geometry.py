@@ -80,7 +80,7 @@ def test_crop_then_resample_equals_resampling_the_whole_volume(phantom):
 
 
 def test_patch_at_the_border_is_padded_with_air_not_shifted(phantom):
-    series, image = phantom
+    _, image = phantom
     spec = PatchSpec(size=48)
     # A seed 6 mm inside the first slice: part of the patch lies beyond the volume.
     first_corner = np.array(image.TransformIndexToPhysicalPoint((40, 40, 0)))

@@ -94,7 +94,7 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 def test_reference_table_errors_name_the_problem(tmp_path):
     path = _write(tmp_path / "bad.csv", [{"PatientID": "A", "coordX": 1, "coordY": "n/a", "coordZ": 3}])
-    with pytest.raises(ValueError, match="without numeric coordinates.*'A'"):
+    with pytest.raises(ValueError, match=r"without numeric coordinates.*'A'"):
         ReferenceTable.read(path, "PatientID", "PatientID")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['Case ID'\]"):
         ReferenceTable.read(path, "Case ID", "PatientID")

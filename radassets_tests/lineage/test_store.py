@@ -3,7 +3,6 @@ duplicates nothing; writers in several processes at once lose no row."""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import shutil
 import time
@@ -163,9 +162,8 @@ def test_concurrent_writers_lose_no_rows(tmp_path):
 
 
 def test_reading_an_empty_store_is_a_clear_error(tmp_path):
-    with pytest.raises(store.LineageError, match="no lineage recorded yet"):
-        with store.reader(tmp_path):
-            pass
+    with pytest.raises(store.LineageError, match="no lineage recorded yet"), store.reader(tmp_path):
+        pass
 
 
 def test_unknown_event_types_are_refused_before_anything_is_written(tmp_path):

@@ -65,7 +65,7 @@ def test_every_model_sees_the_anatomy_in_its_own_axes(name):
 def test_a_model_wider_than_the_patch_is_an_error_naming_the_patch_size():
     p = Preprocessing(spacing_mm=1.5, input_size=(96, 96, 96), axes="RAS",
                       intensity=Intensity(kind="scale_range", a_min=-175, a_max=250, clip=True))
-    with pytest.raises(PreprocessingError, match="144 mm field of view.*patches are 64 mm.*patch_size to at least 144"):
+    with pytest.raises(PreprocessingError, match=r"144 mm field of view.*patches are 64 mm.*patch_size to at least 144"):
         model_input(np.zeros((SIZE,) * 3, np.int16), p)
 
 
@@ -166,14 +166,14 @@ def test_user_torchscript_and_onnx_files_register_and_agree(models_home, tmp_pat
         load_extractor(entry, CPU, download=False)
 
 
-def test_models_add_refuses_bad_input(models_home, tmp_path):
+def test_models_add_refuses_bad_input(models_home, tmp_path, capsys):
     (tmp_path / "bad.pt").write_bytes(b"not torchscript")
     spec = _spec(tmp_path)
     for argv, message in [
         (["models", "add", "fmcib", "--torchscript", str(tmp_path / "bad.pt"), "--preprocessing", str(spec)],
          "already registered"),
         (["models", "add", "Bad-Name", "--torchscript", str(tmp_path / "bad.pt"), "--preprocessing", str(spec)],
-         "must match"),
+         "model name 'Bad-Name' is not valid"),
         (["models", "add", "nospec", "--torchscript", str(tmp_path / "bad.pt")], "needs --preprocessing"),
         (["models", "add", "broken", "--torchscript", str(tmp_path / "bad.pt"), "--preprocessing", str(spec)],
          "is not a TorchScript file"),
@@ -181,6 +181,7 @@ def test_models_add_refuses_bad_input(models_home, tmp_path):
         with pytest.raises(SystemExit) as exit_:
             cli_main(argv)
         assert exit_.value.code == 2, argv
+        assert message in capsys.readouterr().err, argv
     assert not (models_home / "broken.yaml").exists() and not (models_home / "nospec.yaml").exists()
 
 

@@ -150,7 +150,7 @@ def test_documented_prefixes_are_handled_and_others_are_not(cache):
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["state_dict"]["module.extra_head.weight"] = torch.zeros(3)
     torch.save(checkpoint, path)
-    with pytest.raises(WeightsError, match="1 unexpected keys: extra_head.weight"):
+    with pytest.raises(WeightsError, match=r"1 unexpected keys: extra_head\.weight"):
         load_published(pinned("models_genesis", path), families.build("genesis_unet3d"), download=False)
 
 

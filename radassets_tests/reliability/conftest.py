@@ -155,10 +155,8 @@ def wait_or_kill(process: subprocess.Popen, log: Path, args: tuple[str, ...], st
 
 
 def kill_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def group_alive(pgid: int, grace_s: float = 10.0) -> bool:

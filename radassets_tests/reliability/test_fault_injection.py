@@ -23,9 +23,9 @@ written". Candidates belong to the asset that writes them; lineage merging owns 
 ``events/merged``, where the merge moves each file it ingested). ``numpy.random.default_rng(SEED)`` picks
 ``QUOTA[asset]`` of each asset's candidates and, for each, SIGINT with probability SIGINT_SHARE, else SIGKILL.
 The list depends only on what the clean run writes, so it is the same on every run of the same code; it is
-printed with the verdict of each point (``RADASSETS_KILL_POINTS=4,16`` runs only those). Where a point fires is exact; what the process does in the few
-milliseconds before the signal lands (the harness polls every POLL_S) varies a little between runs, as it does
-for real crashes.
+printed with the verdict of each point (``RADASSETS_KILL_POINTS=4,16`` runs only those). Where a point fires is
+exact; what the process does in the few milliseconds before the signal lands (the harness polls every POLL_S)
+varies a little between runs, as it does for real crashes.
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ CLI_LINE = re.compile(r"^materializing (.+?) for ", re.MULTILINE)
 
 @dataclass(frozen=True, order=True)
 class Trigger:
-    kind: str  # "file": `count` files match the glob `what` (relative to RADASSETS_HOME); "log": `count` lines match the regex `what`
+    # "file": `count` files match the glob `what` (relative to RADASSETS_HOME);
+    # "log": `count` lines match the regex `what`
+    kind: str
     what: str
     count: int
 

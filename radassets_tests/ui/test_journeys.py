@@ -14,6 +14,7 @@ They build on each other as one person's session does, so they run in file order
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -49,10 +50,8 @@ def graphql(url: str, query: str) -> dict:
 
 def dismiss_welcome(page) -> None:
     """A new instance greets with a 'Join the Dagster community' dialog."""
-    try:
+    with contextlib.suppress(Exception):  # not shown (already dismissed)
         page.get_by_role("button", name="Skip").click(timeout=8000)
-    except Exception:  # noqa: BLE001 - not shown (already dismissed)
-        pass
 
 
 def open_materialize_dialog(page, url: str, selection: str, assets: int):
@@ -188,7 +187,8 @@ def test_2_backfill_a_new_model_over_every_dataset_version(ui_server, page, new_
     # The run list, with the runs inside the backfill shown: what each one materialized.
     page.goto(f"{ui_server.url}/runs?q%5B0%5D=tag%3Adagster%2Fbackfill%3D{backfill_id}")
     page.get_by_text("Show runs within backfills").click()
-    runs = graphql(ui_server.url, '{ runsOrError(filter: {tags: [{key: "dagster/backfill", value: "%s"}]}) '
+    # %-formatting, not an f-string: GraphQL's own braces stay as they are.
+    runs = graphql(ui_server.url, '{ runsOrError(filter: {tags: [{key: "dagster/backfill", value: "%s"}]}) '  # noqa: UP031
                                   '{ ... on Runs { results { runId status assetSelection { path } '
                                   'tags { key value } } } } }' % backfill_id)["runsOrError"]["results"]
     for run in runs:
