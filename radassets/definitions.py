@@ -5,14 +5,17 @@ from __future__ import annotations
 from dagster import Definitions
 
 from radassets.defs import evaluation, imaging, ingest, models
+from radassets.defs.automation import automation_sensor
 from radassets.defs.dead_runs import dead_run_sensor
+from radassets.defs.jobs import JOBS
 from radassets.defs.resources import IdcResource, bigquery_resource
 
 defs = Definitions(
     assets=[ingest.cohort, ingest.dicom, imaging.volumes, imaging.seeds, imaging.patches, models.embeddings,
             evaluation.evaluation, evaluation.comparison, evaluation.hosny2018_figure2,
             evaluation.seed_stability],
-    sensors=[models.model_registry_sensor, dead_run_sensor],
+    jobs=JOBS,
+    sensors=[models.model_registry_sensor, dead_run_sensor, automation_sensor],
     resources={"idc": IdcResource(), "bigquery": bigquery_resource(), "imaging": imaging.ImagingResource(),
                "models": models.ModelsResource()},
 )

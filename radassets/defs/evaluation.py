@@ -26,6 +26,7 @@ from dagster import (
 from radassets.defs.lineage import recorded
 from radassets import datasets
 from radassets.datasets import data_dir
+from radassets.defs.automation import COMPARES_WHAT_EXISTS, FOLLOWS_PATCHES
 from radassets.defs.imaging import patches, seeds
 from radassets.defs.metadata import markdown_table, progress_logger, user_failure
 from radassets.defs.models import ModelsResource, embeddings, embeddings_partitions
@@ -98,6 +99,7 @@ with warnings.catch_warnings():  # the mapping is marked beta; it is the documen
     group_name="evaluation",
     kinds={"scikitlearn", "png", "html"},
     code_version="evaluation-2",
+    automation_condition=FOLLOWS_PATCHES,
     check_specs=[AssetCheckSpec("endpoints_evaluated", asset="evaluation",
                                 description="every endpoint had enough patients of each class to evaluate")],
     description=(
@@ -169,6 +171,7 @@ def evaluation(context: AssetExecutionContext) -> MaterializeResult:
     group_name="evaluation",
     kinds={"scipy", "png", "html"},
     code_version="comparison-2",
+    automation_condition=COMPARES_WHAT_EXISTS,
     check_specs=[AssetCheckSpec("evaluations_current", asset="comparison",
                                 description="every evaluation compared was made under the current dataset definition "
                                             "from the current embeddings, seeds and clinical table")],

@@ -30,6 +30,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from radassets.defs.automation import FOLLOWS_PATCHES
 from radassets.defs.lineage import recorded
 from radassets.defs.imaging import patches
 from radassets.defs.metadata import markdown_table, progress_logger, user_failure
@@ -63,6 +64,7 @@ class ModelsResource(ConfigurableResource):
     kinds={"pytorch", "parquet"},
     code_version="embeddings-1",
     pool="gpu",
+    automation_condition=FOLLOWS_PATCHES,
     check_specs=[AssetCheckSpec("all_seeds_embedded", asset="embeddings",
                                 description="every seed has a finite embedding")],
     description=(

@@ -22,27 +22,17 @@ Reliability of the runs this process executes:
 from __future__ import annotations
 
 import os
-import time
-import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dagster import (AssetKey, AssetSelection, BetaWarning, DagsterInstance, DagsterRun, Definitions,
-                     MultiPartitionKey, MultiPartitionsDefinition, define_asset_job)
+from dagster import AssetKey, AssetSelection, BetaWarning, DagsterInstance, MultiPartitionKey, MultiPartitionsDefinition
 from dagster._core.definitions.asset_selection import DagsterInvalidAssetSelectionError
-from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 from filelock import FileLock, Timeout
 
-from radassets import interrupts
-from radassets.defs.dead_runs import describe_owner, fail_dead_runs, owner_tags, remove_owner_file, write_owner_file
+from radassets.defs.launch import Launcher, describe
 from radassets.defs.evaluation import OPT_IN
 from radassets.errors import RadassetsError
-
-RUN_JOB_NAME = "__ephemeral_asset_job__"  # the name Dagster's ``materialize`` gives its job: the UI shows it
-SLOT_POLL_S = 1.0
-SLOT_WAIT_REPORT_S = 60.0  # a waiting command says again who holds the pool this often
-
 
 class SelectionError(RadassetsError, ValueError):
     """An asset selection that does not parse, or that matches no asset."""
@@ -128,88 +118,6 @@ def _parser_complaint(selection: str) -> str:
     return "not a selection Dagster understands"
 
 
-def _pool_steps(keys: list[AssetKey]) -> dict[str, str]:
-    """Step key -> pool of the first selected asset (in run order) of each pool (``embeddings``: ``gpu``).
-
-    One step per pool: a run's later step of the same pool (``seed_stability`` after ``embeddings``) can
-    only claim the slot once the first has given it back, so Dagster's executor claims it in the run."""
-    from radassets.definitions import defs
-
-    selected = set(keys)
-    steps: dict[str, str] = {}
-    for key in defs.resolve_asset_graph().toposorted_asset_keys:
-        op = defs.get_assets_def(key).op
-        if key in selected and op.pool and op.pool not in steps.values():
-            steps[op.name] = op.pool
-    return steps
-
-
-def _holders(instance: DagsterInstance, pool: str) -> str:
-    info = instance.event_log_storage.get_concurrency_info(pool)
-    held = []
-    for slot in info.claimed_slots:
-        run = instance.get_run_by_id(slot.run_id)
-        held.append(f"run {slot.run_id} (step {slot.step_key}; "
-                    f"{describe_owner(run.tags) if run else 'being started'})")
-    return f"pool {pool!r} (limit {info.limit}) is held by {', '.join(held) or 'runs queued before this one'}"
-
-
-def _claim_pool_slots(instance: DagsterInstance, run_id: str, pool_steps: dict[str, str],
-                      progress: Callable[[str], None]) -> None:
-    """Claim a slot for each pool step of the run about to start, as Dagster's executor would, but here,
-    where the wait is reported, interruptible, and frees the slots of runs whose process died."""
-    if not pool_steps:
-        return
-    waiting = dict(pool_steps)
-    reported_at = None
-    # The context reads the run id and priority only: the run itself is created when it starts. On an
-    # interrupt it withdraws the claims still pending.
-    with InstanceConcurrencyContext(instance, DagsterRun(job_name=RUN_JOB_NAME, run_id=run_id)) as claims:
-        while True:
-            for step, pool in list(waiting.items()):
-                if claims.claim(pool, step):
-                    del waiting[step]
-            if not waiting:
-                return
-            if fail_dead_runs(instance, progress):
-                continue
-            if reported_at is None or time.monotonic() - reported_at > SLOT_WAIT_REPORT_S:
-                for step, pool in waiting.items():
-                    progress(f"{step} waits for a slot: {_holders(instance, pool)} (Ctrl-C stops)")
-                reported_at = time.monotonic()
-            time.sleep(SLOT_POLL_S)
-
-
-def _materialize(keys: list[AssetKey], partition_key, instance: DagsterInstance,
-                 progress: Callable[[str], None]) -> tuple[bool, str]:
-    """One run of ``keys`` (what ``dagster.materialize`` does, with a run id known in advance so that its
-    pool slots can be claimed first). Whatever happens, the run does not stay unfinished and holds no slot."""
-    from radassets.definitions import defs
-
-    run_id = str(uuid.uuid4())
-    write_owner_file(instance, run_id)
-    try:
-        fail_dead_runs(instance, progress)
-        _claim_pool_slots(instance, run_id, _pool_steps(keys), progress)
-        job = Definitions(jobs=[define_asset_job(RUN_JOB_NAME, selection=keys)], assets=list(defs.assets),
-                          resources=defs.resources).resolve_job_def(RUN_JOB_NAME)
-        result = job.execute_in_process(
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}}, instance=instance,
-            partition_key=partition_key, raise_on_error=False, tags=owner_tags(), run_id=run_id)
-        interrupts.raise_if_interrupted(run_id)  # Dagster ended the run on the interrupt, then carried on
-        return result.success, run_id
-    except interrupts.Interrupted as e:
-        if instance.get_run_by_id(run_id) is not None:  # else it was interrupted before its run was created
-            e.run_id = run_id
-        raise
-    finally:
-        instance.event_log_storage.free_concurrency_slots_for_run(run_id)
-        run = instance.get_run_by_id(run_id)
-        if run is not None and not run.is_finished:
-            instance.report_run_failed(run, "radassets: the command stopped before the run ended")
-        remove_owner_file(instance, run_id)
-
-
 def materialize_dataset_versions(names: Sequence[str], *, selection: str | None = None,
                                  models: Sequence[str] | None = None, progress: Callable[[str], None] = print) -> bool:
     """Materialize ``selection`` for each dataset version, and for each model where partitioned by model.
@@ -232,23 +140,20 @@ def materialize_dataset_versions(names: Sequence[str], *, selection: str | None 
         registry.get(model)  # unknown models too
     instance = open_instance(progress)
     added = sync_model_partitions(instance)
+    launcher = Launcher(instance, progress)
     if added:
         progress(f"model partitions added: {', '.join(added)}")
     ok = True
     if unpartitioned:  # e.g. reproductions of published analyses: once, not per dataset version
-        success, run_id = _materialize(unpartitioned, None, instance, progress)
-        progress(f"{', '.join(k.to_user_string() for k in unpartitioned)}: run {run_id} "
-                 f"{'succeeded' if success else 'FAILED'}")
+        success, _ = launcher.run(unpartitioned, None, describe(unpartitioned))
         ok &= success
     for name in names:
         runs = ([(single, name, "")] if single else []) + \
                [(multi, MultiPartitionKey({"dataset_version": name, "model": m}), f" × {m}") for m in models if multi] + \
                ([(after, name, " (every model)")] if after else [])
         for keys, partition_key, label in runs:
-            what = ", ".join(k.to_user_string() for k in keys)
-            progress(f"materializing {what} for {name}{label} ...")
-            success, run_id = _materialize(keys, partition_key, instance, progress)
-            progress(f"{name}{label}: run {run_id} {'succeeded' if success else 'FAILED'}")
+            progress(f"materializing {describe(keys)} for {name}{label} ...")
+            success, _ = launcher.run(keys, partition_key, f"{name}{label}")
             ok &= success
             if not success and keys is single:
                 break  # the model steps need this dataset version's patches
@@ -270,15 +175,14 @@ def backfill_model(model: str, dataset_versions: Sequence[str] | None = None,
         progress(f"{n}: skipped, its patches are not materialized")
     instance = open_instance(progress)
     sync_model_partitions(instance)
+    launcher = Launcher(instance, progress)
     _, _, multi, after = _split(f"key:embeddings+ and {DEFAULT_SELECTION}")
     ok = True
     for name in ready:
-        success, run_id = _materialize(multi, MultiPartitionKey({"dataset_version": name, "model": model}), instance,
-                                       progress)
-        progress(f"{name} × {model}: run {run_id} {'succeeded' if success else 'FAILED'}")
+        success, _ = launcher.run(multi, MultiPartitionKey({"dataset_version": name, "model": model}),
+                                  f"{name} × {model}")
         ok &= success
         if success and after:  # what compares every model of the dataset version, now with this one
-            success, run_id = _materialize(after, name, instance, progress)
-            progress(f"{name} (every model): run {run_id} {'succeeded' if success else 'FAILED'}")
+            success, _ = launcher.run(after, name, f"{name} (every model)")
             ok &= success
     return ok

@@ -1,0 +1,256 @@
+"""Runs of the command line, submitted to the Dagster instance and followed to their end.
+
+Design (issue 14, point 3):
+
+- **One orchestrator.** ``radassets pipeline run`` and ``models backfill`` no longer execute runs in their own
+  process (``materialize``). Each run is created in the instance as a run of Dagster's implicit asset job
+  (``__ASSET_JOB``, what the UI's "Materialize" launches) with an asset selection and a partition key, from
+  the code location ``radassets`` of ``workspace.yaml`` (loaded in this process, ``InProcessCodeLocationOrigin``
+  with that location name, so that the daemon of ``make ui`` finds the run's code under the same name). The
+  run is then *submitted*: the instance's run coordinator (``QueuedRunCoordinator``, ``dagster.yaml``) queues
+  it like a UI launch.
+- **With a daemon** (its queued-run heartbeat is fresh): the daemon dequeues the run under
+  ``max_concurrent_runs`` and launches it through the instance's run launcher; the command only follows it.
+- **With no daemon** (``make demo``, offline, CI): the command dequeues its own runs, one at a time, when the
+  instance's ``max_concurrent_runs`` leaves room (counted under a file lock, so two commands do not both take
+  the last place), and starts the run worker itself: ``dagster api execute_run`` (``ExecuteRunArgs``), the
+  very process the default run launcher's code server starts. (The default launcher itself cannot be used
+  here: it needs a code location *server*, a second process that imports the definitions, torch among them,
+  before every command; see ``DefaultRunLauncher.launch_run``.) The run executes in that process with the
+  in-process executor (one import of the definitions per run, not one per step).
+- **Pools are the instance's.** The run worker's executor claims the ``gpu`` slot (granularity ``op``), as for
+  a UI run; the private ``InstanceConcurrencyContext`` claim of the old in-process path is gone. While the run
+  waits for a slot the command says who holds the pool, and frees the slots of dead runs.
+- **Dead runs.** The run worker is in its own session; its host, pid and start time are the run's owner
+  tags (``radassets.defs.dead_runs``), so a killed worker's run is failed and its slot freed by the next
+  command or by ``dead_run_sensor`` (the default launcher cannot report a dead worker to Dagster's run
+  monitoring). A command killed with SIGKILL leaves its current run to finish, as a launched run does.
+- **Interrupts.** Ctrl-C, SIGTERM or SIGHUP to the command is passed to the run worker as SIGINT (Dagster
+  stops the step, the run ends FAILURE); if the worker has not ended after ``STOP_GRACE_S`` (waiting for a
+  pool slot, Dagster defers interrupts) it is killed and the run marked failed. Then ``Interrupted`` carries
+  the run id (exit status 130 for Ctrl-C), and no later run starts.
+- **Output.** A progress bar per run (rich: steps done of the run's plan) and one line with the result. The
+  whole event log is in the instance (the UI, ``dagster run``); the worker's own output goes to
+  ``$DAGSTER_HOME/radassets/runs/<run id>.log``, named in the line of a failed run with its step errors.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
+from dagster._core.definitions.selector import JobSubsetSelector
+from dagster._core.events import DagsterEvent
+from dagster._core.run_coordinator import QueuedRunCoordinator
+from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.storage.tags import PARTITION_NAME_TAG
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._grpc.types import ExecuteRunArgs
+from dagster._serdes import serialize_value
+from filelock import FileLock
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from radassets import interrupts
+from radassets.defs.dead_runs import describe_owner, fail_dead_runs, owner_tags
+
+LOCATION_NAME = "radassets"  # workspace.yaml's location name: the daemon finds a queued run's code by it
+DEFINITIONS_MODULE = "radassets.definitions"
+POLL_S = 0.5
+POOL_WAIT_REPORT_S = 60.0  # a run waiting for a pool slot is reported again this often
+STOP_GRACE_S = 30.0  # after an interrupt, how long the run worker has to end its run before it is killed
+QUEUED_DAEMON = "QUEUED_RUN_COORDINATOR"
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}  # one process per run, not per step
+_UNFINISHED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+
+
+def daemon_dequeues(instance: DagsterInstance) -> bool:
+    """Whether a daemon with a fresh heartbeat dequeues the instance's queued runs."""
+    from dagster._daemon.controller import get_daemon_statuses
+
+    if not isinstance(instance.run_coordinator, QueuedRunCoordinator):
+        return False
+    status = get_daemon_statuses(instance, [QUEUED_DAEMON], ignore_errors=True).get(QUEUED_DAEMON)
+    return bool(status and status.healthy)
+
+
+class Launcher:
+    """Creates, submits, launches (when no daemon does) and follows the runs of one command."""
+
+    def __init__(self, instance: DagsterInstance, progress: Callable[[str], None] = print):
+        self.instance = instance
+        self.progress = progress
+        origin = InProcessCodeLocationOrigin(
+            LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE,
+                                 working_directory=os.getcwd()),
+            location_name=LOCATION_NAME)
+        self.location = origin.create_location(instance)
+        [self.repository] = self.location.get_repositories().values()
+        self.console = Console(stderr=True)
+
+    def create_run(self, keys: Sequence[AssetKey], partition_key: str | None) -> DagsterRun:
+        """A run of ``keys`` for ``partition_key`` (a ``MultiPartitionKey`` for the dataset version × model)."""
+        keys = sorted(keys, key=lambda k: k.to_user_string())
+        selector = JobSubsetSelector(location_name=LOCATION_NAME, repository_name=self.repository.name,
+                                     job_name=IMPLICIT_ASSET_JOB_NAME, op_selection=None, asset_selection=keys)
+        job = self.location.get_job(selector)
+        plan = self.location.get_execution_plan(job, IN_PROCESS, step_keys_to_execute=None, known_state=None,
+                                                instance=self.instance).execution_plan_snapshot
+        tags = dict(job.tags)
+        if partition_key is not None:
+            tags[PARTITION_NAME_TAG] = str(partition_key)
+            for dimension, key in getattr(partition_key, "keys_by_dimension", {}).items():
+                tags[f"{PARTITION_NAME_TAG}/{dimension}"] = key
+        return self.instance.create_run(
+            job_name=IMPLICIT_ASSET_JOB_NAME, run_id=None, run_config=IN_PROCESS, resolved_op_selection=None,
+            step_keys_to_execute=plan.step_keys_to_execute, op_selection=None, status=None, root_run_id=None,
+            parent_run_id=None, tags=tags, job_snapshot=job.job_snapshot, execution_plan_snapshot=plan,
+            parent_job_snapshot=job.parent_job_snapshot, remote_job_origin=job.get_remote_origin(),
+            job_code_origin=job.get_python_origin(), asset_selection=frozenset(keys), asset_check_selection=None,
+            asset_graph=self.repository.asset_graph)
+
+    def run(self, keys: Sequence[AssetKey], partition_key: str | None, label: str) -> tuple[bool, str]:
+        """Create, submit and follow one run; returns whether it succeeded and its id."""
+        run = self.create_run(keys, partition_key)
+        self.instance.submit_run(run.run_id, workspace=None)  # the run coordinator: QUEUED
+        worker = None
+        try:
+            if not daemon_dequeues(self.instance):
+                self._wait_for_a_place(run.run_id)
+                worker = self._launch(run.run_id)
+            status = self._follow(run.run_id, label, worker)
+        except interrupts.Interrupted as e:
+            e.run_id = run.run_id
+            self._stop(run.run_id, worker)
+            raise
+        success = status == DagsterRunStatus.SUCCESS
+        self.progress(f"{label}: run {run.run_id} {'succeeded' if success else status.value}"
+                      + ("" if success else self._failure_summary(run.run_id)))
+        return success, run.run_id
+
+    # -- no daemon: this command dequeues and launches its own runs ------------------------------------------
+
+    def _wait_for_a_place(self, run_id: str) -> None:
+        limit = self.instance.run_coordinator.get_run_queue_config().max_concurrent_runs
+        reported = False
+        while True:
+            with FileLock(Path(self.instance.root_directory) / ".radassets-dequeue.lock"):
+                running = self.instance.get_runs_count(RunsFilter(statuses=_UNFINISHED))
+                if limit < 0 or running < limit:
+                    # What instance.launch_run records before it hands the run to the launcher.
+                    self.instance.report_dagster_event(
+                        DagsterEvent(event_type_value=DagsterEventType.PIPELINE_STARTING.value,
+                                     job_name=IMPLICIT_ASSET_JOB_NAME), run_id=run_id)
+                    return
+            if fail_dead_runs(self.instance, self.progress):
+                continue
+            if not reported:
+                self.progress(f"run {run_id} queued: {running} runs in progress, max_concurrent_runs {limit} "
+                              "(Ctrl-C stops)")
+                reported = True
+            interrupts.raise_if_interrupted(run_id)
+            time.sleep(POLL_S)
+
+    def _launch(self, run_id: str) -> subprocess.Popen:
+        """Start the run worker, the process the default launcher's code server starts."""
+        run = self.instance.get_run_by_id(run_id)
+        args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run_id,
+                              instance_ref=self.instance.get_ref(), set_exit_code_on_failure=True)
+        log = Path(self.instance.root_directory) / "radassets" / "runs" / f"{run_id}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as out:
+            worker = subprocess.Popen([sys.executable, "-m", "dagster", "api", "execute_run", serialize_value(args)],
+                                      stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      start_new_session=True)  # interrupts reach it through this command only
+        self.instance.add_run_tags(run_id, owner_tags(worker.pid))
+        return worker
+
+    def _stop(self, run_id: str, worker: subprocess.Popen | None) -> None:
+        """After an interrupt: the run ends failed, its worker with it (see the module docstring)."""
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGINT)
+            try:
+                worker.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        run = self.instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            if worker is None and run.status == DagsterRunStatus.QUEUED and daemon_dequeues(self.instance):
+                self.instance.run_coordinator.cancel_run(run_id)
+            else:
+                self.instance.report_run_failed(run, "radassets: the command was interrupted")
+        self.instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+
+    # -- following a run -------------------------------------------------------------------------------------
+
+    def _follow(self, run_id: str, label: str, worker: subprocess.Popen | None) -> DagsterRunStatus:
+        run = self.instance.get_run_by_id(run_id)
+        total = len(run.step_keys_to_execute or [])
+        cursor = None
+        done = 0
+        pool_reported_at: float | None = None
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=self.console, transient=False) as bar:
+            task = bar.add_task(label, total=total)
+            while True:
+                interrupts.raise_if_interrupted(run_id)
+                records = self.instance.event_log_storage.get_records_for_run(
+                    run_id, cursor=cursor, of_type={DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE,
+                                                    DagsterEventType.STEP_SKIPPED}, limit=100)
+                cursor = records.cursor
+                done += len(records.records)
+                bar.update(task, completed=done)
+                run = self.instance.get_run_by_id(run_id)
+                if run.is_finished:
+                    return run.status
+                if worker is not None and worker.poll() is not None:
+                    time.sleep(POLL_S)  # its last events may still be landing
+                    run = self.instance.get_run_by_id(run_id)
+                    if not run.is_finished:
+                        self.instance.report_run_failed(run, f"the run worker exited with status {worker.returncode}")
+                    return self.instance.get_run_by_id(run_id).status
+                waiting = self._pending_pool_steps(run_id)
+                if waiting and (pool_reported_at is None or time.monotonic() - pool_reported_at > POOL_WAIT_REPORT_S):
+                    fail_dead_runs(self.instance, self.progress)
+                    for step, pool in waiting:
+                        bar.console.print(f"{step} waits for a slot: {self._holders(pool)} (Ctrl-C stops)")
+                    pool_reported_at = time.monotonic()
+                time.sleep(POLL_S)
+
+    def _pending_pool_steps(self, run_id: str) -> list[tuple[str, str]]:
+        storage = self.instance.event_log_storage
+        pools = [limit.name for limit in storage.get_pool_limits()]
+        return [(slot.step_key, pool) for pool, info in storage.get_concurrency_infos(pools).items()
+                for slot in info.pending_steps if slot.run_id == run_id and slot.assigned_timestamp is None]
+
+    def _holders(self, pool: str) -> str:
+        info = self.instance.event_log_storage.get_concurrency_info(pool)
+        held = []
+        for slot in info.claimed_slots:
+            run = self.instance.get_run_by_id(slot.run_id)
+            held.append(f"run {slot.run_id} (step {slot.step_key}; "
+                        f"{describe_owner(run.tags) if run else 'being started'})")
+        return f"pool {pool!r} (limit {info.limit}) is held by {', '.join(held) or 'runs queued before this one'}"
+
+    def _failure_summary(self, run_id: str) -> str:
+        errors = []
+        for record in self.instance.event_log_storage.get_records_for_run(
+                run_id, of_type=DagsterEventType.STEP_FAILURE).records:
+            event = record.event_log_entry.dagster_event
+            error = event.step_failure_data.error if event and event.step_failure_data else None
+            errors.append(f"{event.step_key}: {error.message.strip() if error else 'failed'}")
+        log = Path(self.instance.root_directory) / "radassets" / "runs" / f"{run_id}.log"
+        return "".join(f"\n  {e}" for e in errors) + (f"\n  run worker output: {log}" if log.exists() else "")
+
+
+def describe(keys: Sequence[AssetKey]) -> str:
+    return ", ".join(k.to_user_string() for k in keys)
+
