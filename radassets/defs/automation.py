@@ -16,7 +16,8 @@
 from dagster import AssetSelection, AutomationCondition, AutomationConditionSensorDefinition, DefaultSensorStatus
 
 FOLLOWS_PATCHES = AutomationCondition.eager()
-COMPARES_WHAT_EXISTS = AutomationCondition.eager().without(~AutomationCondition.any_deps_missing())
+COMPARES_WHAT_EXISTS = AutomationCondition.eager().without(~AutomationCondition.any_deps_missing()).with_label(
+    "eager, some inputs missing")
 
 # Explicit, and running by default: Dagster's implicit ``default_automation_condition_sensor`` would start
 # stopped, and a person would have to find and turn it on in the UI before anything followed.

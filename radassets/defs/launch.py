@@ -25,10 +25,11 @@ Design (issue 14, point 3):
   tags (``radassets.defs.dead_runs``), so a killed worker's run is failed and its slot freed by the next
   command or by ``dead_run_sensor`` (the default launcher cannot report a dead worker to Dagster's run
   monitoring). A command killed with SIGKILL leaves its current run to finish, as a launched run does.
-- **Interrupts.** Ctrl-C, SIGTERM or SIGHUP to the command is passed to the run worker as SIGINT (Dagster
+- **Interrupts.** Ctrl-C, SIGTERM or SIGHUP to the command is passed to its run worker as SIGINT (Dagster
   stops the step, the run ends FAILURE); if the worker has not ended after ``STOP_GRACE_S`` (waiting for a
-  pool slot, Dagster defers interrupts) it is killed and the run marked failed. Then ``Interrupted`` carries
-  the run id (exit status 130 for Ctrl-C), and no later run starts.
+  pool slot, Dagster defers interrupts) it is killed and the run marked failed. A run the daemon launched
+  is terminated through the instance's run launcher (it ends CANCELED), one still queued is cancelled.
+  Then ``Interrupted`` carries the run id (exit status 130 for Ctrl-C), and no later run starts.
 - **Output.** A progress bar per run (rich: steps done of the run's plan) and one line with the result. The
   whole event log is in the instance (the UI, ``dagster run``); the worker's own output goes to
   ``$DAGSTER_HOME/radassets/runs/<run id>.log``, named in the line of a failed run with its step errors.
@@ -118,6 +119,7 @@ class Launcher:
 
     def run(self, keys: Sequence[AssetKey], partition_key: str | None, label: str) -> tuple[bool, str]:
         """Create, submit and follow one run; returns whether it succeeded and its id."""
+        fail_dead_runs(self.instance, self.progress)  # their slots and places in the queue first
         run = self.create_run(keys, partition_key)
         self.instance.submit_run(run.run_id, workspace=None)  # the run coordinator: QUEUED
         worker = None
@@ -182,12 +184,15 @@ class Launcher:
                 worker.kill()
                 worker.wait()
         run = self.instance.get_run_by_id(run_id)
-        if run is not None and not run.is_finished:
-            if worker is None and run.status == DagsterRunStatus.QUEUED and daemon_dequeues(self.instance):
-                self.instance.run_coordinator.cancel_run(run_id)
-            else:
-                self.instance.report_run_failed(run, "radassets: the command was interrupted")
-        self.instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+        if run is None or run.is_finished:
+            return
+        if worker is None and run.status == DagsterRunStatus.QUEUED:
+            self.instance.run_coordinator.cancel_run(run_id)  # still in the daemon's queue: it never starts
+        elif worker is None:  # launched by the daemon, through the instance's run launcher: ask it to stop the run
+            self.instance.run_launcher.terminate(run_id)
+        else:
+            self.instance.report_run_failed(run, "radassets: the command was interrupted")
+            self.instance.event_log_storage.free_concurrency_slots_for_run(run_id)
 
     # -- following a run -------------------------------------------------------------------------------------
 

@@ -1,21 +1,18 @@
 """Materialize assets in the instance at $DAGSTER_HOME from the command line (``make demo``, the CLI).
 
-The runs are recorded in the same instance the UI shows, so `make demo` and the UI agree. A
-selection is split by partitioning: assets partitioned by dataset version run once per dataset
-version; assets partitioned by (dataset version × model) run once per model, after the ``model``
-partitions have been synced with the registry (what the sensor does when the daemon runs).
+The runs are submitted to the same instance the UI shows, through its run queue and pools, and followed
+to their end (``radassets.defs.launch``), so `make demo` and the UI agree. A selection is split by
+partitioning: assets partitioned by dataset version run once per dataset version; assets partitioned by
+(dataset version × model) run once per model, after the ``model`` partitions have been synced with the
+registry (what the sensor does when the daemon runs). The runs of a command follow one another: a later
+one needs what the earlier made (the models' runs need the patches).
 
-Reliability of the runs this process executes:
+Reliability:
 - the instance's storage is created once, under a file lock, so that two commands on a fresh
   ``DAGSTER_HOME`` do not both create its SQLite schema;
-- every run carries its process's identity in its tags, and before each run (and while waiting for a
-  pool slot) runs of this host whose process died are marked failed and their slots freed
-  (``radassets.defs.dead_runs``);
-- the slots of a run's pool steps (``embeddings`` in the ``gpu`` pool) are claimed here, before the run
-  starts, with a line saying which run holds the pool; this wait can be interrupted. (Dagster's
-  in-process executor would wait inside the run, silently, at full CPU, deaf to Ctrl-C.);
-- an interrupt (SIGINT, SIGTERM, SIGHUP) stops the command: the current run ends failed, no later
-  run starts (``radassets.interrupts``);
+- runs whose worker died are marked failed and their slots freed, pool waits are reported, and an
+  interrupt (SIGINT, SIGTERM, SIGHUP) ends the current run failed and starts no later one
+  (``radassets.defs.launch``, ``radassets.defs.dead_runs``, ``radassets.interrupts``);
 - a selection that does not parse, or that matches no asset, is an error before anything runs.
 """
 

@@ -1,4 +1,4 @@
-"""A snapshot of every asset spec: a change to keys, partitions, groups, kinds or checks is deliberate.
+"""A snapshot of every asset spec: a change to keys, partitions, groups, kinds, checks or automation is deliberate.
 
 Regenerate after an intended change with: RADASSETS_UPDATE_SNAPSHOTS=1 make test
 """
@@ -30,6 +30,7 @@ def asset_specs() -> dict:
             "code_version": node.code_version,
             "checks": sorted(c.name for c in node.check_keys) if hasattr(node, "check_keys") else [],
             "has_description": bool(node.description),
+            "automation": node.automation_condition.get_label() if node.automation_condition else None,
         }
     return out
 

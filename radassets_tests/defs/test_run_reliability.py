@@ -1,11 +1,12 @@
 """Runs that die, interrupts and concurrent runs, with real `radassets pipeline run` processes on the small
-demo: a run killed with SIGKILL while it holds the gpu pool is failed and its slot freed by the next
-command, which says what it waits for and can be interrupted; SIGINT, SIGTERM and SIGHUP stop a command
+demo: a run whose worker is killed with SIGKILL while it holds the gpu pool is failed and its slot freed by
+the next command, which says what it waits for and can be interrupted; SIGINT, SIGTERM and SIGHUP stop a command
 as a whole; two commands of one partition on a fresh DAGSTER_HOME both complete with identical outputs.
 
 The tests make a step wait deterministically by holding, in the test process, the partition lock the
-step takes (``radassets.defs.locks``), and they wait for conditions (a log line, a claimed slot) with a
-timeout, never for a fixed time. Signals go only to the processes the tests start.
+step takes (``radassets.defs.locks``), and they wait for conditions (a line of a run's event log or of a
+command's output, a claimed slot) with a timeout, never for a fixed time. Signals go only to the processes
+the tests start, and to the run workers those started (their pids are in the runs' tags).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 from filelock import FileLock
 
+from radassets.defs.dead_runs import PID_TAG, owner_alive
 from radassets.defs.locks import lock_path
 from radassets.defs.run import materialize_dataset_versions
 from radassets_tests.conftest import REPO
@@ -77,6 +79,17 @@ def wait_for(condition, what: str, timeout: float = CONDITION_TIMEOUT_S):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def logged(instance: DagsterInstance, text: str) -> list[str]:
+    """Ids of the runs whose event log has a message containing ``text`` (a step's log lines are there: the
+    step runs in the run's worker process, not in the command)."""
+    return [run.run_id for run in instance.get_runs()
+            if any(text in (entry.user_message or "") for entry in instance.all_logs(run.run_id))]
+
+
+def worker_pid(instance: DagsterInstance, run_id: str) -> int:
+    return int(instance.get_run_by_id(run_id).tags[PID_TAG])
+
+
 def gpu_holders(instance: DagsterInstance) -> list[str]:
     return [slot.run_id for slot in instance.event_log_storage.get_concurrency_info("gpu").claimed_slots]
 
@@ -91,34 +104,37 @@ def patched_demo(small_demo_home, instance):
 
 def test_a_killed_run_is_failed_and_its_gpu_slot_freed_by_the_next_command(patched_demo, instance, tmp_path,
                                                                             commands):
+    waiting = "embeddings demo_v1|radiomics is being materialized by"
     embeddings_lock = FileLock(lock_path("embeddings", "demo_v1|radiomics"))
     with embeddings_lock:  # the first command's embeddings step claims the gpu slot, then waits for this lock
         first = Command(tmp_path, "first", *EMBED)
         commands.append(first)
-        wait_for(lambda: "embeddings demo_v1|radiomics is being materialized by" in first.text(),
-                 "the first command's embeddings step to wait for the partition lock")
+        wait_for(lambda: logged(instance, waiting), "the first command's embeddings step to wait for the partition lock")
         [dead_run] = gpu_holders(instance)
+        dead_worker = worker_pid(instance, dead_run)
 
         # A second command waits for the pool, says who holds it, and stops on Ctrl-C.
         second = Command(tmp_path, "second", *EMBED)
         commands.append(second)
         wait_for(lambda: "embeddings waits for a slot" in second.text(), "the second command to wait for the pool")
         assert f"pool 'gpu' (limit 1) is held by run {dead_run} (step embeddings; radassets pid " \
-               f"{first.process.pid} on" in second.text()
+               f"{dead_worker} on" in second.text()
         second.process.send_signal(signal.SIGINT)
         assert second.wait() == 130
-        assert "radassets: interrupted by SIGINT: stopped, no later run started" in second.text()
+        assert "radassets: interrupted by SIGINT during run " in second.text()
         assert "Traceback" not in second.text()
 
-        first.process.kill()  # SIGKILL while it holds the only gpu slot
+        first.process.kill()  # SIGKILL to the command, and to its run worker while it holds the only gpu slot
         first.wait()
+        os.kill(dead_worker, signal.SIGKILL)
+        wait_for(lambda: owner_alive(instance.get_run_by_id(dead_run).tags) is False, "the run worker to be gone")
     assert instance.get_run_by_id(dead_run).status == DagsterRunStatus.STARTED
     assert gpu_holders(instance) == [dead_run]
 
     third = Command(tmp_path, "third", *EMBED)
     commands.append(third)
     assert third.wait() == 0, third.text()
-    assert f"run {dead_run}: The process of this run (radassets pid {first.process.pid} on" in third.text()
+    assert f"run {dead_run}: The process of this run (radassets pid {dead_worker} on" in third.text()
     assert instance.get_run_by_id(dead_run).status == DagsterRunStatus.FAILURE
     assert gpu_holders(instance) == []
     assert not instance.event_log_storage.get_concurrency_info("gpu").pending_steps
@@ -131,7 +147,7 @@ def test_an_interrupt_stops_the_command_and_fails_the_run(patched_demo, instance
     with FileLock(lock_path("embeddings", "demo_v1|radiomics")):  # holds the run inside its embeddings step
         command = Command(tmp_path, "interrupted", *EMBED)
         commands.append(command)
-        wait_for(lambda: "embeddings demo_v1|radiomics is being materialized by" in command.text(),
+        wait_for(lambda: logged(instance, "embeddings demo_v1|radiomics is being materialized by"),
                  "the embeddings step to start")
         [run_id] = gpu_holders(instance)
         command.process.send_signal(signum)
@@ -176,9 +192,9 @@ def test_two_commands_of_one_partition_on_a_fresh_dagster_home(small_demo_home, 
                 wait_for(lambda command=command: "waiting for another radassets command to open the Dagster instance"
                          in command.text(),
                          "both commands to wait for the instance")
-        for command in both:
-            wait_for(lambda command=command: "cohort demo_v1 is being materialized by" in command.text(),
-                     "both commands to wait for the cohort partition")
+        with DagsterInstance.from_config(str(fresh)) as fresh_instance:
+            wait_for(lambda: len(logged(fresh_instance, "cohort demo_v1 is being materialized by")) == 2,
+                     "both commands' runs to wait for the cohort partition")
     for command in both:
         assert command.wait() == 0, command.text()
         assert "Traceback" not in command.text()
