@@ -21,10 +21,14 @@ Design (issue 14, point 3):
 - **Pools are the instance's.** The run worker's executor claims the ``gpu`` slot (granularity ``op``), as for
   a UI run; the private ``InstanceConcurrencyContext`` claim of the old in-process path is gone. While the run
   waits for a slot the command says who holds the pool, and frees the slots of dead runs.
-- **Dead runs.** The run worker is in its own session; its host, pid and start time are the run's owner
-  tags (``radassets.defs.dead_runs``), so a killed worker's run is failed and its slot freed by the next
-  command or by ``dead_run_sensor`` (the default launcher cannot report a dead worker to Dagster's run
-  monitoring). A command killed with SIGKILL leaves its current run to finish, as a launched run does.
+- **Dead runs.** The run worker's host, pid and start time are the run's owner tags
+  (``radassets.defs.dead_runs``), so a killed worker's run is failed and its slot freed by the next command
+  or by ``dead_run_sensor`` (the default launcher cannot report a dead worker to Dagster's run monitoring).
+  The worker dies with its command (Linux: ``PR_SET_PDEATHSIG``), so ``kill -9`` of the command, or of the
+  terminal's job, stops the run as it did when the run executed in the command's process; the next command
+  fails that run. (Elsewhere the worker finishes the run, as a launched run would.)
+- **Process group.** The worker is in a session of its own, so that a terminal's Ctrl-C reaches it once,
+  passed on by the command (Dagster's handler would take a second SIGINT in the middle of failing the step).
 - **Interrupts.** Ctrl-C, SIGTERM or SIGHUP to the command is passed to its run worker as SIGINT (Dagster
   stops the step, the run ends FAILURE); if the worker has not ended after ``STOP_GRACE_S`` (waiting for a
   pool slot, Dagster defers interrupts) it is killed and the run marked failed. A run the daemon launched
@@ -37,6 +41,7 @@ Design (issue 14, point 3):
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -68,6 +73,7 @@ POLL_S = 0.5
 POOL_WAIT_REPORT_S = 60.0  # a run waiting for a pool slot is reported again this often
 STOP_GRACE_S = 30.0  # after an interrupt, how long the run worker has to end its run before it is killed
 QUEUED_DAEMON = "QUEUED_RUN_COORDINATOR"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}  # one process per run, not per step
 _UNFINISHED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
@@ -80,6 +86,12 @@ def daemon_dequeues(instance: DagsterInstance) -> bool:
         return False
     status = get_daemon_statuses(instance, [QUEUED_DAEMON], ignore_errors=True).get(QUEUED_DAEMON)
     return bool(status and status.healthy)
+
+
+def _die_with_parent() -> None:
+    """In the run worker before it starts: SIGKILL when the command that started it dies (Linux only)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Launcher:
@@ -170,7 +182,8 @@ class Launcher:
         with log.open("w") as out:
             worker = subprocess.Popen([sys.executable, "-m", "dagster", "api", "execute_run", serialize_value(args)],
                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True)  # interrupts reach it through this command only
+                                      start_new_session=True,  # interrupts reach it through this command only
+                                      preexec_fn=_die_with_parent)
         self.instance.add_run_tags(run_id, owner_tags(worker.pid))
         return worker
 
@@ -205,6 +218,10 @@ class Launcher:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=self.console, transient=False) as bar:
             task = bar.add_task(label, total=total)
+
+            def say(message: str) -> None:  # above the bar, unwrapped, as written (no rich markup)
+                bar.console.print(message, soft_wrap=True, markup=False, highlight=False)
+
             while True:
                 interrupts.raise_if_interrupted(run_id)
                 records = self.instance.event_log_storage.get_records_for_run(
@@ -224,9 +241,9 @@ class Launcher:
                     return self.instance.get_run_by_id(run_id).status
                 waiting = self._pending_pool_steps(run_id)
                 if waiting and (pool_reported_at is None or time.monotonic() - pool_reported_at > POOL_WAIT_REPORT_S):
-                    fail_dead_runs(self.instance, self.progress)
+                    fail_dead_runs(self.instance, say)
                     for step, pool in waiting:
-                        bar.console.print(f"{step} waits for a slot: {self._holders(pool)} (Ctrl-C stops)")
+                        say(f"{step} waits for a slot: {self._holders(pool)} (Ctrl-C stops)")
                     pool_reported_at = time.monotonic()
                 time.sleep(POLL_S)
 
