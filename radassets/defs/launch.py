@@ -49,7 +49,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
+from dagster import _check as check
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
 from dagster._core.definitions.selector import JobSubsetSelector
@@ -67,6 +69,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from radassets import interrupts
 from radassets.defs.dead_runs import describe_owner, fail_dead_runs, owner_tags
 
+if TYPE_CHECKING:
+    from dagster._core.workspace.context import BaseWorkspaceRequestContext
+
 LOCATION_NAME = "radassets"  # workspace.yaml's location name: the daemon finds a queued run's code by it
 DEFINITIONS_MODULE = "radassets.definitions"
 POLL_S = 0.5
@@ -74,7 +79,7 @@ POOL_WAIT_REPORT_S = 60.0  # a run waiting for a pool slot is reported again thi
 STOP_GRACE_S = 30.0  # after an interrupt, how long the run worker has to end its run before it is killed
 QUEUED_DAEMON = "QUEUED_RUN_COORDINATOR"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}  # one process per run, not per step
+IN_PROCESS: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}  # one process per run, not per step
 _UNFINISHED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
 
@@ -133,7 +138,10 @@ class Launcher:
         """Create, submit and follow one run; returns whether it succeeded and its id."""
         fail_dead_runs(self.instance, self.progress)  # their slots and places in the queue first
         run = self.create_run(keys, partition_key)
-        self.instance.submit_run(run.run_id, workspace=None)  # the run coordinator: QUEUED
+        if isinstance(self.instance.run_coordinator, QueuedRunCoordinator):
+            # The queued coordinator only records the run as QUEUED: it needs no workspace. (Another coordinator
+            # would launch the run at once, with a workspace this command does not have: it launches its own.)
+            self.instance.submit_run(run.run_id, workspace=cast("BaseWorkspaceRequestContext", None))
         worker = None
         try:
             if not daemon_dequeues(self.instance):
@@ -152,7 +160,9 @@ class Launcher:
     # -- no daemon: this command dequeues and launches its own runs ------------------------------------------
 
     def _wait_for_a_place(self, run_id: str) -> None:
-        limit = self.instance.run_coordinator.get_run_queue_config().max_concurrent_runs
+        coordinator = self.instance.run_coordinator
+        limit = (coordinator.get_run_queue_config().max_concurrent_runs
+                 if isinstance(coordinator, QueuedRunCoordinator) else -1)
         reported = False
         while True:
             with FileLock(Path(self.instance.root_directory) / ".radassets-dequeue.lock"):
@@ -174,8 +184,8 @@ class Launcher:
 
     def _launch(self, run_id: str) -> subprocess.Popen:
         """Start the run worker, the process the default launcher's code server starts."""
-        run = self.instance.get_run_by_id(run_id)
-        args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run_id,
+        run = self._get(run_id)
+        args = ExecuteRunArgs(job_origin=check.not_none(run.job_code_origin), run_id=run_id,
                               instance_ref=self.instance.get_ref(), set_exit_code_on_failure=True)
         log = Path(self.instance.root_directory) / "radassets" / "runs" / f"{run_id}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -196,8 +206,8 @@ class Launcher:
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
-        run = self.instance.get_run_by_id(run_id)
-        if run is None or run.is_finished:
+        run = self._get(run_id)
+        if run.is_finished:
             return
         if worker is None and run.status == DagsterRunStatus.QUEUED:
             self.instance.run_coordinator.cancel_run(run_id)  # still in the daemon's queue: it never starts
@@ -210,7 +220,7 @@ class Launcher:
     # -- following a run -------------------------------------------------------------------------------------
 
     def _follow(self, run_id: str, label: str, worker: subprocess.Popen | None) -> DagsterRunStatus:
-        run = self.instance.get_run_by_id(run_id)
+        run = self._get(run_id)
         total = len(run.step_keys_to_execute or [])
         cursor = None
         done = 0
@@ -230,15 +240,15 @@ class Launcher:
                 cursor = records.cursor
                 done += len(records.records)
                 bar.update(task, completed=done)
-                run = self.instance.get_run_by_id(run_id)
+                run = self._get(run_id)
                 if run.is_finished:
                     return run.status
                 if worker is not None and worker.poll() is not None:
                     time.sleep(POLL_S)  # its last events may still be landing
-                    run = self.instance.get_run_by_id(run_id)
+                    run = self._get(run_id)
                     if not run.is_finished:
                         self.instance.report_run_failed(run, f"the run worker exited with status {worker.returncode}")
-                    return self.instance.get_run_by_id(run_id).status
+                    return self._get(run_id).status
                 waiting = self._pending_pool_steps(run_id)
                 if waiting and (pool_reported_at is None or time.monotonic() - pool_reported_at > POOL_WAIT_REPORT_S):
                     fail_dead_runs(self.instance, say)
@@ -246,6 +256,9 @@ class Launcher:
                         say(f"{step} waits for a slot: {self._holders(pool)} (Ctrl-C stops)")
                     pool_reported_at = time.monotonic()
                 time.sleep(POLL_S)
+
+    def _get(self, run_id: str) -> DagsterRun:
+        return check.not_none(self.instance.get_run_by_id(run_id), f"run {run_id} is not in the instance")
 
     def _pending_pool_steps(self, run_id: str) -> list[tuple[str, str]]:
         storage = self.instance.event_log_storage
@@ -266,8 +279,8 @@ class Launcher:
         errors = []
         for record in self.instance.event_log_storage.get_records_for_run(
                 run_id, of_type=DagsterEventType.STEP_FAILURE).records:
-            event = record.event_log_entry.dagster_event
-            error = event.step_failure_data.error if event and event.step_failure_data else None
+            event = check.not_none(record.event_log_entry.dagster_event)
+            error = event.step_failure_data.error if event.step_failure_data else None
             errors.append(f"{event.step_key}: {error.message.strip() if error else 'failed'}")
         log = Path(self.instance.root_directory) / "radassets" / "runs" / f"{run_id}.log"
         return "".join(f"\n  {e}" for e in errors) + (f"\n  run worker output: {log}" if log.exists() else "")

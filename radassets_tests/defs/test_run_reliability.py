@@ -87,7 +87,9 @@ def logged(instance: DagsterInstance, text: str) -> list[str]:
 
 
 def worker_pid(instance: DagsterInstance, run_id: str) -> int:
-    return int(instance.get_run_by_id(run_id).tags[PID_TAG])
+    run = instance.get_run_by_id(run_id)
+    assert run is not None
+    return int(run.tags[PID_TAG])
 
 
 def gpu_holders(instance: DagsterInstance) -> list[str]:
