@@ -16,6 +16,13 @@ from typing import Any
 
 from radassets.errors import RadassetsError
 
+def _settings():
+    """The settings, read once per command (environment, radassets.toml, defaults)."""
+    from radassets.settings import Settings
+
+    return Settings.load()
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
@@ -29,7 +36,7 @@ def _progress(message: str) -> None:
 def cmd_datasets_list(args: argparse.Namespace) -> None:
     from radassets import datasets
 
-    defs = datasets.load_all()
+    defs = datasets.load_all(_settings().resolved_data_dir())
     if args.json:
         _print_json({name: d.model_dump() for name, d in defs.items()})
         return
@@ -40,7 +47,9 @@ def cmd_datasets_list(args: argparse.Namespace) -> None:
 def cmd_datasets_add_local(args: argparse.Namespace) -> None:
     from radassets.idc.local import add_local_dataset
 
-    result = add_local_dataset(args.name, Path(args.path), title=args.title, segment_labels=args.segment_label)
+    settings = _settings()
+    result = add_local_dataset(args.name, Path(args.path), settings.layout(), title=args.title,
+                               segment_labels=args.segment_label, data_root=settings.resolved_data_dir())
     print(f"{'re-indexed' if result.reindexed else 'indexed'} {result.series} series ({result.instances} files) "
           f"of {result.patients} patients from {args.path}")
     if result.skipped:
@@ -63,14 +72,15 @@ def cmd_datasets_add_local(args: argparse.Namespace) -> None:
 
 def _cohort(name: str, rebuild: bool):
     from radassets import datasets
-    from radassets.idc.cohort import Cohort, lockfile_path
+    from radassets.idc.cohort import Cohort
     from radassets.idc.cohorts import cohort_for
 
-    definition = datasets.get(name)
-    path = lockfile_path(name)
+    settings = _settings()
+    definition = datasets.get(name, settings.resolved_data_dir())
+    path = settings.layout().cohort_lockfile(name)
     if path.is_file() and not rebuild:
         return Cohort.read(path), f"lockfile {path}"
-    return cohort_for(definition), "computed from the index (not materialized yet)"
+    return cohort_for(definition, settings.layout(), demo_spec=settings.demo()), "computed from the index (not materialized yet)"
 
 
 def cmd_cohort_show(args: argparse.Namespace) -> None:
@@ -91,8 +101,10 @@ def cmd_cohort_build(args: argparse.Namespace) -> None:
     from radassets import datasets
     from radassets.idc.cohorts import cohort_for, write_cohort
 
-    cohort = cohort_for(datasets.get(args.dataset_version))
-    path = write_cohort(cohort)
+    settings = _settings()
+    cohort = cohort_for(datasets.get(args.dataset_version, settings.resolved_data_dir()), settings.layout(),
+                        demo_spec=settings.demo())
+    path = write_cohort(cohort, settings.layout())
     print(f"wrote {path} ({len(cohort.series)} series, hash {cohort.content_hash[:12]})")
 
 
@@ -119,11 +131,11 @@ def cmd_cohort_diff(args: argparse.Namespace) -> None:
 # -- demo and DICOM -----------------------------------------------------------------------------
 
 def cmd_demo_generate(args: argparse.Namespace) -> None:
-    from radassets.demo import DemoSpec, ensure_demo_collection, generate_demo_collection
-    from radassets.idc.index import demo_root
+    from radassets.demo import ensure_demo_collection, generate_demo_collection
 
-    root = Path(args.root) if args.root else demo_root()
-    spec = DemoSpec.from_env()
+    settings = _settings()
+    root = Path(args.root) if args.root else settings.layout().demo_root()
+    spec = settings.demo()
     collection = (generate_demo_collection(root, spec, progress=_progress) if args.force
                   else ensure_demo_collection(root, spec, progress=_progress))
     print(f"demo collection at {collection.root}")
@@ -131,12 +143,14 @@ def cmd_demo_generate(args: argparse.Namespace) -> None:
 
 def cmd_dicom_fetch(args: argparse.Namespace) -> None:
     from radassets import datasets
-    from radassets.idc.cohort import Cohort, lockfile_path
+    from radassets.idc.cohort import Cohort
     from radassets.idc.dicom import fetch_dataset_dicom
 
-    definition = datasets.get(args.dataset_version)
-    cohort = Cohort.read(lockfile_path(args.dataset_version))
-    report = fetch_dataset_dicom(definition, cohort, progress=lambda done, total, msg: _progress(f"[{done}/{total}] {msg}"))
+    settings = _settings()
+    definition = datasets.get(args.dataset_version, settings.resolved_data_dir())
+    cohort = Cohort.read(settings.layout().cohort_lockfile(args.dataset_version))
+    report = fetch_dataset_dicom(definition, cohort, settings.layout(), mirror=settings.mirror(),
+                                 progress=lambda done, total, msg: _progress(f"[{done}/{total}] {msg}"))
     _print_json(report.summary())
     if report.failed:
         sys.exit(1)
@@ -175,7 +189,8 @@ def cmd_pipeline_run(args: argparse.Namespace) -> None:
     from radassets.defs.run import materialize_dataset_versions
 
     models = args.models.split(",") if args.models else None
-    ok = materialize_dataset_versions(args.dataset_version, selection=args.select, models=models, progress=_progress)
+    ok = materialize_dataset_versions(args.dataset_version, settings=_settings(), selection=args.select, models=models,
+                                      progress=_progress)
     if not ok:
         sys.exit(1)
 
@@ -210,7 +225,8 @@ def cmd_models_list(args: argparse.Namespace) -> None:
     from radassets.models import registry
     from radassets.models.pipeline import runnable_here
 
-    entries, invalid = registry.scan_registry()  # an invalid entry is listed as such; the others still are
+    settings = _settings()
+    entries, invalid = registry.scan_registry(settings.resolved_models_dir())  # an invalid entry is listed as such
     if args.json:
         for reason in invalid.values():  # on stderr, so that standard output stays a mapping of entries
             print(f"radassets: warning: {reason}", file=sys.stderr)
@@ -222,7 +238,7 @@ def cmd_models_list(args: argparse.Namespace) -> None:
         if e is None:
             print(f"{name:16s} {'?':11s} {'?':>5} {'invalid':13s} {invalid[name]}")
             continue
-        ok, why = runnable_here(e)
+        ok, why = runnable_here(e, settings.layout().weights_dir(), settings.resolved_data_dir())
         pinned = "" if e.weights is None or e.weights.sha256 else "  (weights sha256 not pinned)"
         print(f"{name:16s} {e.kind:11s} {e.embedding_dim or '?':>5} {'ready' if ok else 'needs weights':13s} "
               f"{e.title}{pinned}")
@@ -233,7 +249,8 @@ def cmd_models_add(args: argparse.Namespace) -> None:
 
     entry, path = add_model(args.name, torchscript=args.torchscript, onnx=args.onnx, table=args.table,
                             preprocessing=args.preprocessing, id_column=args.id_column, id_kind=args.id_kind,
-                            title=args.title, licence=args.licence)
+                            title=args.title, licence=args.licence, registry_dir=_settings().resolved_models_dir(),
+                            weights_dir=_settings().layout().weights_dir())
     print(f"registered {entry.name} ({entry.kind}, {entry.embedding_dim}-d) in {path}")
     _sync_partitions()
     print(f"next: radassets models backfill {entry.name}   (or launch a backfill of its partitions in the UI)")
@@ -242,6 +259,7 @@ def cmd_models_add(args: argparse.Namespace) -> None:
 def _sync_partitions() -> None:
     import os
 
+    _settings().export_dagster_home()
     if not os.environ.get("DAGSTER_HOME"):
         print("DAGSTER_HOME is not set: the sensor model_registry_sensor adds the partition when the UI runs")
         return
@@ -260,7 +278,7 @@ def cmd_models_sync(args: argparse.Namespace) -> None:
 def cmd_models_backfill(args: argparse.Namespace) -> None:
     from radassets.defs.run import backfill_model
 
-    if not backfill_model(args.name, args.dataset_version or None, progress=_progress):
+    if not backfill_model(args.name, args.dataset_version or None, settings=_settings(), progress=_progress):
         sys.exit(1)
 
 
@@ -268,7 +286,7 @@ def cmd_lineage_trace(args: argparse.Namespace) -> None:
     from radassets.lineage.store import reader
     from radassets.lineage.trace import format_trace, trace
 
-    with reader() as con:
+    with reader(_settings().layout().lineage_dir()) as con:
         result = trace(con, args.target, full=args.full)
     print(json.dumps(result, indent=2, default=str) if args.json else format_trace(result))
 
@@ -299,7 +317,7 @@ def cmd_lineage_sql(args: argparse.Namespace) -> None:
     from radassets.lineage.store import LineageError, is_damage, reader
 
     _only_a_query(args.query)
-    with reader() as con:  # read-only: a statement that writes is refused by DuckDB
+    with reader(_settings().layout().lineage_dir()) as con:  # read-only: a statement that writes is refused by DuckDB
         con.execute("SET enable_external_access = false")  # nor may a query read or write other files
         try:
             frame = con.sql(args.query).df()
@@ -314,7 +332,7 @@ def cmd_lineage_export(args: argparse.Namespace) -> None:
     from radassets.lineage.openlineage import export_events
     from radassets.lineage.store import reader
 
-    with reader() as con:
+    with reader(_settings().layout().lineage_dir()) as con:
         written = export_events(con, args.openlineage)
     print(f"{len(written)} OpenLineage run events written to {args.openlineage}")
 
@@ -322,7 +340,7 @@ def cmd_lineage_export(args: argparse.Namespace) -> None:
 def cmd_lineage_rebuild(args: argparse.Namespace) -> None:
     from radassets.lineage.store import rebuild
 
-    report = rebuild()
+    report = rebuild(_settings().layout().lineage_dir())
     print(f"rebuilt {report.database} from {report.events} merged event files")
     for name, reason in report.set_aside:
         print(f"set aside, no longer readable: events/rejected/{name} ({reason})")
@@ -471,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # number (130 for Ctrl-C). A run they interrupt is marked failed in the instance.
     try:
         with stop_on_interrupts():
+            _settings().export_dagster_home()  # Dagster reads DAGSTER_HOME from the environment
             args.fn(args)
     except RadassetsError as e:
         print(f"radassets: error: {e}", file=sys.stderr)

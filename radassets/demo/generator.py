@@ -90,27 +90,27 @@ class DemoSpec:
     seed: int = 20261123
 
     @classmethod
-    def from_env(cls) -> DemoSpec:
-        """The default spec, or the one given as JSON in ``$RADASSETS_DEMO_SPEC`` (e.g. a larger demo),
-        such as ``{"n_patients": 120, "n_test_retest": 20}``; fields left out keep their default."""
-        text = os.environ.get(SPEC_ENV)
+    def from_text(cls, text: str | None, where: str = SPEC_ENV) -> DemoSpec:
+        """The default spec, or the one given as JSON (``$RADASSETS_DEMO_SPEC``, read by ``radassets.settings``;
+        ``where`` names it in errors) for a larger demo, such as ``{"n_patients": 120, "n_test_retest": 20}``;
+        fields left out keep their default."""
         if not text:
             return cls()
         try:
             raw = json.loads(text)
         except (ValueError, RecursionError) as e:
-            raise DemoError(f"{SPEC_ENV} is not valid JSON ({e}): {shown(text)}") from None
+            raise DemoError(f"{where} is not valid JSON ({e}): {shown(text)}") from None
         if not isinstance(raw, dict):
-            raise DemoError(f"{SPEC_ENV} must be a JSON object like {{\"n_patients\": 120}}, got {shown(text)}")
+            raise DemoError(f"{where} must be a JSON object like {{\"n_patients\": 120}}, got {shown(text)}")
         fields = list(asdict(cls()))
         unknown = sorted(set(raw) - set(fields))
         if unknown:
-            raise DemoError(f"{SPEC_ENV} has unknown fields {', '.join(shown(k) for k in unknown)}; "
+            raise DemoError(f"{where} has unknown fields {', '.join(shown(k) for k in unknown)}; "
                             f"known: {', '.join(fields)}")
         try:
             return cls(**raw)
         except DemoError as e:
-            raise DemoError(f"{SPEC_ENV} is not a valid demo spec: {e}") from None
+            raise DemoError(f"{where} is not a valid demo spec: {e}") from None
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import duckdb
 
-from radassets.datasets import SOURCE_PREFIX, DatasetDefinitionError, DatasetVersion, data_dir
-from radassets.storage import storage_root
+from radassets.datasets import SOURCE_PREFIX, DatasetDefinitionError, DatasetVersion
 from radassets.errors import RadassetsError
+from radassets.layout import Layout
+from radassets.packaged import packaged_data_dir
 
 BUNDLED_PACKAGE = "idc-index-data"
 log = logging.getLogger(__name__)
@@ -87,31 +88,25 @@ def folder_index(root: Path, package: str) -> IndexSource:
     return IndexSource(package, __version__, tables, source_root=Path(root))
 
 
-def demo_root() -> Path:
-    return storage_root() / "demo"
-
-
-def local_root(name: str) -> Path:
-    return storage_root() / "local" / name
-
-
-def index_for(definition: DatasetVersion, *, generate_demo: bool = True) -> IndexSource:
+def index_for(definition: DatasetVersion, layout: Layout, *, generate_demo: bool = True,
+              demo_spec=None) -> IndexSource:
     """The index a dataset version's cohort is selected from.
 
     For the demo, the collection is generated on first use (deterministic, about half a minute),
-    so the embedded default works on a fresh machine without a separate step.
+    so the embedded default works on a fresh machine without a separate step; ``demo_spec`` (a
+    ``DemoSpec``, the default one if None) says which.
     """
     kind = definition.source.kind
     if kind == "idc":
         return bundled_index()
     if kind == "demo":
-        root = demo_root()
+        root = layout.demo_root()
         if generate_demo:
             from radassets.demo import DemoSpec, ensure_demo_collection
 
-            ensure_demo_collection(root, DemoSpec.from_env(), progress=log.info)
+            ensure_demo_collection(root, demo_spec or DemoSpec(), progress=log.info)
         return folder_index(root, "radassets-demo")
-    root = local_root(definition.name)
+    root = layout.local_root(definition.name)
     if not (root / "index").is_dir():
         raise IndexMissingError(
             f"dataset version {definition.name!r} is a local source but has no index at {root / 'index'}; "
@@ -120,12 +115,12 @@ def index_for(definition: DatasetVersion, *, generate_demo: bool = True) -> Inde
     return folder_index(root, "radassets-local")
 
 
-def source_root(definition: DatasetVersion) -> Path | None:
+def source_root(definition: DatasetVersion, layout: Layout) -> Path | None:
     """The folder that ``source:`` table paths of a definition are relative to (as ``index_for`` sets it)."""
     if definition.source.kind == "demo":
-        return demo_root()
+        return layout.demo_root()
     if definition.source.kind == "local":
-        return local_root(definition.name)
+        return layout.local_root(definition.name)
     return None
 
 
@@ -136,7 +131,7 @@ def resolve_table(table: str, source_root: Path | None, data_root: Path | None =
             raise DatasetDefinitionError(f"table {table!r} refers to a source folder, but this source has none")
         path = source_root / table[len(SOURCE_PREFIX):]
     else:
-        path = (data_root or data_dir()) / table
+        path = (data_root or packaged_data_dir()) / table
     if not path.is_file():
         raise DatasetDefinitionError(f"table {table!r} not found at {path}")
     return path
