@@ -80,7 +80,8 @@ def _cohort(name: str, rebuild: bool):
     path = settings.layout().cohort_lockfile(name)
     if path.is_file() and not rebuild:
         return Cohort.read(path), f"lockfile {path}"
-    return cohort_for(definition, settings.layout(), demo_spec=settings.demo()), "computed from the index (not materialized yet)"
+    computed = cohort_for(definition, settings.layout(), demo_spec=settings.demo())
+    return computed, "computed from the index (not materialized yet)"
 
 
 def cmd_cohort_show(args: argparse.Namespace) -> None:

@@ -109,7 +109,8 @@ class Layout:
         """Whether the partition's step finished: its record file, written last, is there."""
         return self.record(asset, dataset_version, model).is_file()
 
-    def require_finished(self, asset: str, dataset_version: str, needed_by: str, model: str | None = None) -> Path | UPath:
+    def require_finished(self, asset: str, dataset_version: str, needed_by: str,
+                         model: str | None = None) -> Path | UPath:
         """The record of a finished partition that ``needed_by`` reads; ``StepInputMissing`` if unfinished."""
         path = self.record(asset, dataset_version, model)
         if not path.is_file():

@@ -156,7 +156,9 @@ class Settings(BaseSettings):
     def demo(self) -> DemoSpec:
         from radassets.demo.generator import DemoSpec
 
-        return DemoSpec.from_text(self.demo_spec, ENV_NAMES["demo_spec"])
+        var = ENV_NAMES["demo_spec"]
+        where = var if os.environ.get(var) or self._file is None else f"settings file {self._file}: field 'demo_spec'"
+        return DemoSpec.from_text(self.demo_spec, where)
 
     def export_dagster_home(self) -> None:
         """Dagster reads ``DAGSTER_HOME`` from the environment: set it from these settings where it is not set."""

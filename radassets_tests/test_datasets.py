@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from radassets import datasets
+from radassets.packaged import packaged_data_dir
 from radassets.datasets import DatasetDefinitionError
 
 EXPECTED = {
@@ -35,7 +36,7 @@ def test_label_conventions_are_explicit():
 
 def _copy_data(tmp_path: Path) -> Path:
     root = tmp_path / "data"
-    shutil.copytree(datasets.data_dir(), root)
+    shutil.copytree(packaged_data_dir(), root)
     return root
 
 

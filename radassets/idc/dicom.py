@@ -113,7 +113,8 @@ def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, layout: Layo
         if progress:
             progress(len(results), len(results), f"verified {len(results)} local series in place")
     else:
-        results = download.fetch_series(cohort.series, layout.dicom_series_dir(), mirror_for(definition, layout, mirror),
+        source = mirror_for(definition, layout, mirror)
+        results = download.fetch_series(cohort.series, layout.dicom_series_dir(), source,
                                         attempts=attempts, progress=progress)
     by_uuid = {r.crdc_series_uuid: r for r in results}
     rows = []

@@ -21,6 +21,7 @@ from radassets.idc.download import (
     fetch_series,
     verify_in_place,
 )
+from radassets.settings import Settings
 from radassets_tests.idc.conftest import StoppingProxy, free_port, upload_bucket
 
 pytestmark = pytest.mark.integration
@@ -130,7 +131,7 @@ def test_one_bad_series_is_quarantined_and_the_rest_proceeds(s3_server, served_d
 
 def test_local_folder_mirror(small_demo, tmp_path, monkeypatch):
     monkeypatch.setenv(MIRROR_ENV, str(small_demo / "bucket"))
-    mirror = Mirror.from_env()
+    mirror = Settings.load().mirror()  # the setting, read where the CLI and the assets read it
     assert mirror.kind == "folder"
     rows = demo_rows(small_demo)
     results = fetch_series(rows, tmp_path / "series", mirror)

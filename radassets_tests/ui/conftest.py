@@ -141,9 +141,9 @@ def _private_data_dir(data: Path) -> Path:
 def demo_collection_for_ui() -> Path:
     """The default demo collection, generated once under the session's RADASSETS_HOME."""
     from radassets.demo import ensure_demo_collection
-    from radassets.idc.index import demo_root
+    from radassets.settings import Settings
 
-    return ensure_demo_collection(demo_root()).root
+    return ensure_demo_collection(Settings.load().layout().demo_root()).root
 
 
 @pytest.fixture(scope="module")
