@@ -75,10 +75,6 @@ class Layout:
     def __repr__(self) -> str:
         return f"Layout({str(self.root)!r})"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Layout) and (str(self.root), self._weights_dir, self.state_dir) == (
-            str(other.root), other._weights_dir, other.state_dir)
-
     # -- assets and partitions -----------------------------------------------------------------------
 
     def asset_dir(self, asset: str, dataset_version: str | None = None, model: str | None = None) -> Path | UPath:
