@@ -70,10 +70,10 @@ def test_demo_v1_volumes_seeds_patches(instance, small_demo_home):
     assert all(uid in check.metadata["disagreeing seeds"].value for uid in flagged["SeriesInstanceUID"])
 
 
-def _break_one_ct() -> str:
+def _break_one_ct(layout: Layout) -> str:
     """Tilt one downloaded CT series. The local mirror hard-links files, so each is first replaced by
     a copy of its own: the shared demo collection must stay intact."""
-    series = next(r for r in read_manifest("demo_v1")["series"] if r["Modality"] == "CT")
+    series = next(r for r in read_manifest("demo_v1", layout)["series"] if r["Modality"] == "CT")
     files = sorted(Path(series["folder"]).glob("*.dcm"))
     for f in files:
         shutil.copy(f, f.with_suffix(".tmp"))
@@ -84,7 +84,7 @@ def _break_one_ct() -> str:
 
 def test_one_bad_series_is_quarantined_and_the_partition_completes(instance, small_demo_home):
     assert run(instance, ["cohort", "dicom"]).success
-    victim = _break_one_ct()
+    victim = _break_one_ct(Layout(small_demo_home))
     # 2 of 16 series (the CT and its mask) fail: above the default 10 %, within 20 %.
     result = run(instance, IMAGING, {"imaging": ImagingResource(max_failed_fraction=0.2)})
     assert result.success
@@ -100,7 +100,7 @@ def test_one_bad_series_is_quarantined_and_the_partition_completes(instance, sma
 
 def test_volumes_fail_above_the_failure_ratio(instance, small_demo_home):
     assert run(instance, ["cohort", "dicom"]).success
-    _break_one_ct()
+    _break_one_ct(Layout(small_demo_home))
     result = run(instance, IMAGING, {"imaging": ImagingResource(max_failed_fraction=0.0)}, raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
