@@ -8,12 +8,15 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 UI_PORT ?= 3000
 
-# Generated data and the Dagster instance live outside git (var/ is ignored).
+# Generated data and the Dagster instance live outside git (var/ is ignored). `make install` records them in
+# radassets.toml (ignored too), the project's settings, so that `.venv/bin/radassets` run from any directory
+# finds what `make demo` made; the environment still overrides the file.
 export RADASSETS_HOME ?= $(CURDIR)/var/data
 export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
 
 STAMP := $(VENV)/.radassets-installed
 DOCS_STAMP := $(VENV)/.radassets-docs-installed
+SETTINGS := radassets.toml
 
 .PHONY: install demo lint test test-reliability test-ui ui bench docs clean
 
@@ -32,15 +35,19 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml $(STAMP)
 	cp dagster.yaml $@
 	$(BIN)/dagster instance concurrency set gpu 1 >/dev/null
 
-install: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+# Paths in it are relative to its folder. Written once: a user's edits are kept.
+$(SETTINGS):
+	@printf '%s\n' '# radassets settings of this checkout (written by `make install`; environment variables override them).' \
+	  'home = "var/data"' 'dagster_home = "var/dagster_home"' > $@
+
+install: $(STAMP) $(DAGSTER_HOME)/dagster.yaml $(SETTINGS)
 
 demo: install
 	$(BIN)/radassets demo generate
 	$(BIN)/radassets pipeline run demo_v1 demo_v2
 	@$(BIN)/radassets cohort diff demo_v1 demo_v2
 	@echo
-	@echo "Outputs are under $(RADASSETS_HOME). To use the CLI on them:"
-	@echo "  export RADASSETS_HOME=$(RADASSETS_HOME) DAGSTER_HOME=$(DAGSTER_HOME)"
+	@echo "Outputs are under $(RADASSETS_HOME); $(BIN)/radassets finds them from any directory (radassets.toml)."
 	@echo "  cohort/<dataset_version>/cohort.lock.json   the pinned series list (radassets cohort show demo_v1)"
 	@echo "  dicom/<dataset_version>/manifest.json       every series, verified, with its files"
 	@echo "  volumes/<dataset_version>/qc.parquet        one QC row per series; ct/ and masks/ hold the NRRDs"

@@ -34,6 +34,8 @@ from radassets.defs.lineage import recorded
 from radassets.defs.imaging import patches
 from radassets.defs.metadata import markdown_table, progress_logger, user_failure
 from radassets.defs.partitions import dataset_version_partitions, model_partitions
+from radassets.defs.resources import StorageResource
+from radassets.settings import Settings
 from radassets.models import registry
 from radassets.models.pipeline import run_model
 
@@ -73,12 +75,14 @@ class ModelsResource(ConfigurableResource):
     ),
 )
 @recorded
-def embeddings(context: AssetExecutionContext, models: ModelsResource) -> MaterializeResult:
+def embeddings(context: AssetExecutionContext, models: ModelsResource, storage: StorageResource) -> MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     dataset_version, model = keys["dataset_version"], keys["model"]
+    settings = storage.settings()
     with user_failure():
-        report = run_model(dataset_version, model, batch_size=models.batch_size, device=models.device,
-                           download=models.download_weights, progress=progress_logger(context))
+        report = run_model(dataset_version, model, settings.layout(), registry_dir=settings.resolved_models_dir(),
+                           data_root=settings.resolved_data_dir(), batch_size=models.batch_size,
+                           device=models.device, download=models.download_weights, progress=progress_logger(context))
     summary = report.summary()
     failures = MetadataValue.md(markdown_table(report.failures, ["PatientID", "segment_label", "reason"], 50))
     if summary["seeds"] and summary["failed"] / summary["seeds"] > models.max_failed_fraction:
@@ -101,10 +105,12 @@ def embeddings(context: AssetExecutionContext, models: ModelsResource) -> Materi
     )
 
 
-def registry_partition_changes(existing: set[str]) -> tuple[list[str], list[str], dict[str, str]]:
+def registry_partition_changes(existing: set[str],
+                               registry_dir=None) -> tuple[list[str], list[str], dict[str, str]]:
     """Registry names missing from the ``model`` partitions, partitions no longer registered, and the
-    invalid registry files with the reason (they get no partition; one bad file does not stop the others)."""
-    entries, invalid = registry.scan_registry()
+    invalid registry files with the reason (they get no partition; one bad file does not stop the others).
+    The registry is ``registry_dir``, by default the settings' (read now: the sensor sees a changed setting)."""
+    entries, invalid = registry.scan_registry(registry_dir or Settings.load().resolved_models_dir())
     names = set(entries)
     return sorted(names - existing), sorted(existing - names - set(invalid)), invalid
 

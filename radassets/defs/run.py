@@ -38,6 +38,7 @@ from radassets import interrupts
 from radassets.defs.dead_runs import describe_owner, fail_dead_runs, owner_tags, remove_owner_file, write_owner_file
 from radassets.defs.evaluation import OPT_IN
 from radassets.errors import RadassetsError
+from radassets.settings import Settings
 
 RUN_JOB_NAME = "__ephemeral_asset_job__"  # the name Dagster's ``materialize`` gives its job: the UI shows it
 SLOT_POLL_S = 1.0
@@ -210,7 +211,7 @@ def _materialize(keys: list[AssetKey], partition_key, instance: DagsterInstance,
         remove_owner_file(instance, run_id)
 
 
-def materialize_dataset_versions(names: Sequence[str], *, selection: str | None = None,
+def materialize_dataset_versions(names: Sequence[str], *, settings: Settings, selection: str | None = None,
                                  models: Sequence[str] | None = None, progress: Callable[[str], None] = print) -> bool:
     """Materialize ``selection`` for each dataset version, and for each model where partitioned by model.
 
@@ -222,14 +223,15 @@ def materialize_dataset_versions(names: Sequence[str], *, selection: str | None 
     from radassets.models.pipeline import default_models
 
     for name in names:
-        datasets.get(name)  # unknown names fail before anything runs
+        datasets.get(name, settings.resolved_data_dir())  # unknown names fail before anything runs
     unpartitioned, single, multi, after = _split(selection or DEFAULT_SELECTION)  # a bad selection, too
     if models is None:
-        models, skipped = default_models()
+        models, skipped = default_models(settings.layout().weights_dir(), settings.resolved_models_dir(),
+                                         settings.resolved_data_dir())
         for model, why in skipped.items():
             progress(f"model {model} skipped: {why}")
     for model in models:
-        registry.get(model)  # unknown models too
+        registry.get(model, settings.resolved_models_dir())  # unknown models too
     instance = open_instance(progress)
     added = sync_model_partitions(instance)
     if added:
@@ -255,17 +257,17 @@ def materialize_dataset_versions(names: Sequence[str], *, selection: str | None 
     return ok
 
 
-def backfill_model(model: str, dataset_versions: Sequence[str] | None = None,
+def backfill_model(model: str, dataset_versions: Sequence[str] | None = None, *, settings: Settings,
                    progress: Callable[[str], None] = print) -> bool:
     """Materialize one model's assets (embeddings and what depends on them) for every dataset version
     whose patches are materialized: nothing upstream is recomputed."""
     from radassets import datasets
-    from radassets.imaging.pipeline import step_dir
     from radassets.models import registry
 
-    registry.get(model)
-    names = list(dataset_versions) if dataset_versions else sorted(datasets.load_all())
-    ready = [n for n in names if (step_dir("patches", n) / "manifest.json").is_file()]
+    registry.get(model, settings.resolved_models_dir())
+    names = list(dataset_versions) if dataset_versions else sorted(datasets.load_all(settings.resolved_data_dir()))
+    layout = settings.layout()
+    ready = [n for n in names if layout.is_finished("patches", n)]
     for n in sorted(set(names) - set(ready)):
         progress(f"{n}: skipped, its patches are not materialized")
     instance = open_instance(progress)
