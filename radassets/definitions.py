@@ -9,7 +9,9 @@ from radassets.defs.dead_runs import dead_run_sensor
 from radassets.defs.resources import IdcResource, StorageResource, bigquery_resource
 from radassets.settings import Settings
 
-settings = Settings.load()  # the edge: Dagster's environment gets DAGSTER_HOME from here when it lacks it
+# The edge. DAGSTER_HOME from the settings reaches what this process starts (the CLI's runs); `dagster dev` and
+# the daemon read DAGSTER_HOME before they load this module, from their own environment.
+settings = Settings.load()
 settings.export_dagster_home()
 
 defs = Definitions(

@@ -33,7 +33,9 @@ def _ensure_demo_source(definition) -> None:
     """The demo collection is generated on first use; the idc layer only reads it."""
     from radassets.demo import ensure_demo_source
 
-    ensure_demo_source(definition, current_layout(), current_settings().demo(), progress=progress)
+    if definition.source.kind == "demo":  # the demo spec is read (and checked) only for the demo
+        current_layout().require_local("generating the demo collection")
+        ensure_demo_source(definition, current_layout(), current_settings().demo(), progress=progress)
 
 
 @cohort.command("show", help="summarise a dataset version's cohort")

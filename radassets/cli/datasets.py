@@ -45,6 +45,7 @@ def list_(as_json: bool) -> None:
 def add_local(name: str, path: str, title: str | None, segment_label: tuple[str, ...]) -> None:
     from radassets.idc.local import add_local_dataset  # pydicom, highdicom: 1 s
 
+    current_layout().require_local("radassets datasets add-local")
     result = add_local_dataset(name, Path(path), current_layout(), title=title, segment_labels=list(segment_label) or None,
                                data_root=current_settings().resolved_data_dir())
     print(f"{'re-indexed' if result.reindexed else 'indexed'} {result.series} series ({result.instances} files) "

@@ -22,6 +22,8 @@ def generate(root: str | None, force: bool) -> None:
     # Inside: the generator (SimpleITK, highdicom) takes over 1 s to import, which `radassets --help` would pay.
     from radassets.demo import ensure_demo_collection, generate_demo_collection
 
+    if not root:
+        current_layout().require_local("radassets demo generate")
     folder = Path(root) if root else current_layout().demo_root()
     spec = current_settings().demo()
     collection = (generate_demo_collection(folder, spec, progress=progress) if force

@@ -45,7 +45,8 @@ def cohort(context: AssetExecutionContext, bigquery: BigQueryResource, storage: 
     settings = storage.settings()
     layout = settings.layout()
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())
-    ensure_demo_source(definition, layout, settings.demo(), progress=context.log.info)
+    if definition.source.kind == "demo":  # the demo spec is read (and checked) only for the demo
+        ensure_demo_source(definition, layout, settings.demo(), progress=context.log.info)
     if bigquery.project and definition.source.kind == "idc":
         with bigquery.get_client() as client:
             result = cohort_for(definition, layout, bigquery_client=client)
@@ -93,9 +94,8 @@ def dicom(context: AssetExecutionContext, idc: IdcResource, storage: StorageReso
     layout = settings.layout()
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())
     lock = Cohort.read(layout.cohort_lockfile(definition.name))
-    mirror = settings.mirror(idc.mirror)
-    report = fetch_dataset_dicom(definition, lock, layout, mirror=mirror, attempts=idc.attempts,
-                                 progress=progress_logger(context))
+    report = fetch_dataset_dicom(definition, lock, layout, mirror=settings.mirror(idc.mirror) if idc.mirror else None,
+                                 idc_mirror=settings.mirror(), attempts=idc.attempts, progress=progress_logger(context))
     summary = report.summary()
     failures = markdown_table(report.failures(), ["PatientID", "Modality", "SeriesInstanceUID", "reason"])
     if summary["failed_fraction"] > idc.max_failed_fraction:

@@ -20,7 +20,10 @@ class StorageResource(ConfigurableResource):
 
     def settings(self) -> Settings:
         settings = Settings.load()
-        return settings.model_copy(update={"home": self.home}) if self.home else settings
+        if not self.home:
+            return settings
+        # Validated like a setting read from the environment: a relative folder becomes absolute.
+        return Settings.model_validate({**settings.model_dump(), "home": self.home})
 
     def layout(self) -> Layout:
         return self.settings().layout()

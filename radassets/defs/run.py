@@ -265,7 +265,13 @@ def backfill_model(model: str, dataset_versions: Sequence[str] | None = None, *,
     from radassets.models import registry
 
     registry.get(model, settings.resolved_models_dir())
-    names = list(dataset_versions) if dataset_versions else sorted(datasets.load_all(settings.resolved_data_dir()))
+    if dataset_versions:
+        names = list(dataset_versions)
+    else:  # an invalid definition is named and left out; the others are backfilled
+        valid, invalid = datasets.scan_definitions(settings.resolved_data_dir())
+        names = sorted(valid)
+        for reason in invalid.values():
+            progress(f"skipped, not a valid definition: {reason}")
     layout = settings.layout()
     ready = [n for n in names if layout.is_finished("patches", n)]
     for n in sorted(set(names) - set(ready)):

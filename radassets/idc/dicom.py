@@ -60,14 +60,16 @@ class DicomReport:
         return sha256_json(sorted((r["crdc_series_uuid"], r["status"]) for r in self.rows))
 
 
-def mirror_for(definition: DatasetVersion, layout: Layout, configured: download.Mirror | None) -> download.Mirror:
-    """A configured mirror wins (the resource's, else the settings' ``idc_mirror``); otherwise the demo comes
-    from its generated bucket folder and IDC from the public buckets."""
+def mirror_for(definition: DatasetVersion, layout: Layout, configured: download.Mirror | None,
+               idc_mirror: download.Mirror | None = None) -> download.Mirror:
+    """A mirror configured for this run wins (the ``idc`` resource's); otherwise the demo comes from its
+    generated bucket folder, and IDC from ``idc_mirror`` (the settings' mirror of the IDC buckets) or the
+    public buckets. The settings' mirror stands in for IDC only: it never hides the demo's own bucket."""
     if configured:
         return configured
     if definition.source.kind == "demo":
         return download.Mirror.local_folder(layout.demo_root() / "bucket")
-    return download.Mirror.aws()
+    return idc_mirror or download.Mirror.aws()
 
 
 def _local_files(definition: DatasetVersion, layout: Layout) -> dict[str, list[Path]]:
@@ -99,10 +101,11 @@ def read_manifest(dataset_version: str, layout: Layout) -> dict[str, Any]:
 
 
 def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, layout: Layout, *,
-                        mirror: download.Mirror | None = None, attempts: int = 3,
-                        progress: Progress | None = None) -> DicomReport:
+                        mirror: download.Mirror | None = None, idc_mirror: download.Mirror | None = None,
+                        attempts: int = 3, progress: Progress | None = None) -> DicomReport:
     """Fetch or verify every series of ``cohort``; failures are recorded, never raised per series.
-    ``mirror`` is where series are copied from (``mirror_for`` says which when it is None).
+    ``mirror`` is where series are copied from; when it is None, ``mirror_for`` says which (``idc_mirror``
+    for IDC sources).
 
     Raises ``download.BucketUnreachableError`` before doing anything when the source cannot be
     reached at all: that is not a property of any one series.
@@ -113,7 +116,7 @@ def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, layout: Layo
         if progress:
             progress(len(results), len(results), f"verified {len(results)} local series in place")
     else:
-        source = mirror_for(definition, layout, mirror)
+        source = mirror_for(definition, layout, mirror, idc_mirror)
         results = download.fetch_series(cohort.series, layout.dicom_series_dir(), source,
                                         attempts=attempts, progress=progress)
     by_uuid = {r.crdc_series_uuid: r for r in results}

@@ -3,7 +3,8 @@
 Where objects come from (a ``Mirror``):
 - the public IDC buckets on AWS (default; unsigned requests, no account needed);
 - an S3-compatible server (``RADASSETS_IDC_MIRROR=http://host:port``: MinIO, a test server);
-  requests are signed when AWS credentials are in the environment, unsigned otherwise;
+  requests are signed when the ``Mirror`` says so (``Settings.mirror`` does when AWS credentials are in the
+  environment), unsigned otherwise;
 - a local folder laid out like the buckets (``RADASSETS_IDC_MIRROR=/path``:
   ``<folder>/<bucket>/<crdc_series_uuid>/*.dcm``). s5cmd refuses local-to-local copies, so
   this kind is copied (hard-linked where possible) by Python.
