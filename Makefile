@@ -18,7 +18,7 @@ STAMP := $(VENV)/.radassets-installed
 DOCS_STAMP := $(VENV)/.radassets-docs-installed
 SETTINGS := radassets.toml
 
-.PHONY: install demo lint test test-reliability test-ui ui bench docs clean
+.PHONY: install demo lint test test-package test-reliability test-ui ui bench docs clean
 
 # pyradiomics 3.0.1 ships only an sdist whose setup imports numpy: it is built against ours,
 # without build isolation, before the project's own install.
@@ -70,7 +70,11 @@ lint: install
 	$(BIN)/mypy
 
 test: install
-	$(BIN)/python -m pytest -m "not ui and not reliability"
+	$(BIN)/python -m pytest -m "not ui and not reliability and not packaging"
+
+# The wheel, built and installed in a fresh virtualenv outside the checkout (one to two minutes, so apart).
+test-package: install
+	$(BIN)/python -m pytest -m packaging
 
 # Kill-and-rerun and concurrent-run harnesses (issue 13): about 20 minutes on 2 cores, so apart from `make test`.
 test-reliability: install
