@@ -8,14 +8,17 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 UI_PORT ?= 3000
 
-# Generated data and the Dagster instance live outside git (var/ is ignored).
+# Generated data and the Dagster instance live outside git (var/ is ignored). `make install` records them in
+# radassets.toml (ignored too), the project's settings, so that `.venv/bin/radassets` run from any directory
+# finds what `make demo` made; the environment still overrides the file.
 export RADASSETS_HOME ?= $(CURDIR)/var/data
 export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
 
 STAMP := $(VENV)/.radassets-installed
 DOCS_STAMP := $(VENV)/.radassets-docs-installed
+SETTINGS := radassets.toml
 
-.PHONY: install demo lint test test-reliability test-ui ui bench docs clean
+.PHONY: install demo lint test test-package test-reliability test-automation test-ui ui bench docs clean
 
 # pyradiomics 3.0.1 ships only an sdist whose setup imports numpy: it is built against ours,
 # without build isolation, before the project's own install.
@@ -32,15 +35,19 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml $(STAMP)
 	cp dagster.yaml $@
 	$(BIN)/dagster instance concurrency set gpu 1 >/dev/null
 
-install: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+# Paths in it are relative to its folder. Written once: a user's edits are kept.
+$(SETTINGS):
+	@printf '%s\n' '# radassets settings of this checkout (written by `make install`; environment variables override them).' \
+	  'home = "var/data"' 'dagster_home = "var/dagster_home"' > $@
+
+install: $(STAMP) $(DAGSTER_HOME)/dagster.yaml $(SETTINGS)
 
 demo: install
 	$(BIN)/radassets demo generate
 	$(BIN)/radassets pipeline run demo_v1 demo_v2
 	@$(BIN)/radassets cohort diff demo_v1 demo_v2
 	@echo
-	@echo "Outputs are under $(RADASSETS_HOME). To use the CLI on them:"
-	@echo "  export RADASSETS_HOME=$(RADASSETS_HOME) DAGSTER_HOME=$(DAGSTER_HOME)"
+	@echo "Outputs are under $(RADASSETS_HOME); $(BIN)/radassets finds them from any directory (radassets.toml)."
 	@echo "  cohort/<dataset_version>/cohort.lock.json   the pinned series list (radassets cohort show demo_v1)"
 	@echo "  dicom/<dataset_version>/manifest.json       every series, verified, with its files"
 	@echo "  volumes/<dataset_version>/qc.parquet        one QC row per series; ct/ and masks/ hold the NRRDs"
@@ -63,11 +70,19 @@ lint: install
 	$(BIN)/mypy
 
 test: install
-	$(BIN)/python -m pytest -m "not ui and not reliability"
+	$(BIN)/python -m pytest -m "not ui and not reliability and not packaging and not daemon"
+
+# The wheel, built and installed in a fresh virtualenv outside the checkout (one to two minutes, so apart).
+test-package: install
+	$(BIN)/python -m pytest -m packaging
 
 # Kill-and-rerun and concurrent-run harnesses (issue 13): about 20 minutes on 2 cores, so apart from `make test`.
 test-reliability: install
 	$(BIN)/python -m pytest -m reliability --durations=0
+
+# Declarative automation with the Dagster daemon running (about 8 minutes on 2 cores, so apart).
+test-automation: install
+	$(BIN)/python -m pytest -m daemon
 
 test-ui: install
 	$(BIN)/python -m pytest -m ui

@@ -152,10 +152,12 @@ def recording_worker() -> None:
     """In the bench's instance: time the recording work of each asset on its finished outputs."""
     from radassets.lineage import store
     from radassets.lineage.items import output_record
+    from radassets.settings import Settings
 
     from dagster import DagsterEventType, DagsterInstance
 
-    with store.reader() as con:
+    layout = Settings.load().layout()
+    with store.reader(layout.lineage_dir()) as con:
         runs = con.execute("SELECT job_name, partition_key, partition, epoch(ended_at - started_at), dagster_run_id "
                            "FROM runs WHERE status = 'COMPLETE' ORDER BY started_at").fetchall()
     step_seconds = {}
@@ -173,7 +175,7 @@ def recording_worker() -> None:
         seconds = step_seconds[(dagster_run_id, asset)]
         partition = json.loads(partition) if partition else None
         started = time.perf_counter()
-        settings, items = output_record(asset, partition)
+        settings, items = output_record(layout, asset, partition)
         run = {"run_id": str(uuid.uuid4()), "partition_key": partition_key, "partition": partition}
         job = {"namespace": "radassets", "name": asset}
         store.write_event({"event_type": "START", "run": run, "job": job}, root)

@@ -14,32 +14,21 @@ demo collection, or a local DICOM folder), and exists only once that source is t
 
 from __future__ import annotations
 
-import os
 import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from radassets.errors import RadassetsError
 from radassets.names import NAME_MAX_LENGTH, check_name, name_problem, shown
+from radassets.packaged import packaged_data_dir
 
 # The name rule as a pattern, for callers that still use ``NAME_RE.match``; ``\A...\Z`` so that a
 # trailing newline does not pass (``$`` would). New code calls ``radassets.names.check_name``.
 NAME_RE = re.compile(rf"\A[a-z0-9_]{{1,{NAME_MAX_LENGTH}}}\Z")
-DATA_DIR_ENV = "RADASSETS_DATA_DIR"
 SOURCE_PREFIX = "source:"
-
-
-def data_dir() -> Path:
-    """The folder holding dataset definitions and reference tables (``data/`` of the checkout)."""
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    from radassets.packaged import packaged_data_dir
-
-    return packaged_data_dir()
 
 
 class DatasetDefinitionError(RadassetsError, ValueError):
@@ -240,6 +229,12 @@ class DatasetVersion(_Strict):
     seeds: Seeds
     test_retest: TestRetest | None = None
     citation: str | None = Field(default=None, description="the study this dataset version reproduces")
+    _data_root: Path | None = PrivateAttr(default=None)  # the data folder it was read from
+
+    @property
+    def data_root(self) -> Path:
+        """The folder its ``data/``-relative table paths are relative to: where it was read from."""
+        return self._data_root or packaged_data_dir()
 
     @field_validator("name")
     @classmethod
@@ -322,8 +317,9 @@ def _is_file(path: Path) -> bool:
 def load_definition(path: Path, data_root: Path | None = None) -> DatasetVersion:
     """Read and validate one definition; the file name must equal its ``name``."""
     path = Path(path)
-    data_root = data_root or data_dir()
+    data_root = data_root or packaged_data_dir()
     definition = load_named_yaml(path, DatasetVersion, "dataset definition", DatasetDefinitionError)
+    definition._data_root = data_root
     for table in definition.referenced_tables:
         if table.startswith(SOURCE_PREFIX):
             continue  # lives in the source folder, which may not be generated yet
@@ -333,7 +329,7 @@ def load_definition(path: Path, data_root: Path | None = None) -> DatasetVersion
 
 
 def definitions_dir(data_root: Path | None = None) -> Path:
-    return (data_root or data_dir()) / "datasets"
+    return (data_root or packaged_data_dir()) / "datasets"
 
 
 def _definition_files(data_root: Path | None) -> list[Path]:

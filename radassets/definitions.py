@@ -8,7 +8,13 @@ from radassets.defs import evaluation, imaging, ingest, models
 from radassets.defs.automation import automation_sensor
 from radassets.defs.dead_runs import dead_run_sensor
 from radassets.defs.jobs import JOBS
-from radassets.defs.resources import IdcResource, bigquery_resource
+from radassets.defs.resources import IdcResource, StorageResource, bigquery_resource
+from radassets.settings import Settings
+
+# The edge. DAGSTER_HOME from the settings reaches what this process starts (the CLI's runs); `dagster dev` and
+# the daemon read DAGSTER_HOME before they load this module, from their own environment.
+settings = Settings.load()
+settings.export_dagster_home()
 
 defs = Definitions(
     assets=[ingest.cohort, ingest.dicom, imaging.volumes, imaging.seeds, imaging.patches, models.embeddings,
@@ -16,6 +22,6 @@ defs = Definitions(
             evaluation.seed_stability],
     jobs=JOBS,
     sensors=[models.model_registry_sensor, dead_run_sensor, automation_sensor],
-    resources={"idc": IdcResource(), "bigquery": bigquery_resource(), "imaging": imaging.ImagingResource(),
-               "models": models.ModelsResource()},
+    resources={"storage": StorageResource(), "idc": IdcResource(), "bigquery": bigquery_resource(settings),
+               "imaging": imaging.ImagingResource(), "models": models.ModelsResource()},
 )

@@ -1,7 +1,10 @@
-"""Where generated artifacts live, and how they are written.
+"""How generated artifacts are written (``radassets.layout`` says where).
 
-Every write is atomic (temporary file ``.<name>.<random>.tmp`` in the same folder, then
-``os.replace``), so a crash leaves either the old file or the new one, never half of one. The
+Every write is atomic, so a crash leaves either the old file or the new one, never half of one. On a
+local file system: a temporary file ``.<name>.<random>.tmp`` in the same folder, then ``os.replace``. On
+an object store (a ``UPath`` such as ``s3://...``): one put of the whole object, which the store makes
+visible only once complete (objects are written once, never appended to); ``atomic_path`` writes a local
+temporary file and uploads it in one put. The
 temporary file is created with mode 0666 less the process's umask, as ``open()`` would create the
 file itself: outputs are 0644 under umask 022 and 0664 under 002, so collaborators on a shared
 server can read them (``tempfile.mkstemp`` would make every output 0600).
@@ -18,19 +21,19 @@ import json
 import os
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-STORAGE_ENV = "RADASSETS_HOME"
+from upath import UPath
 
 
-def storage_root() -> Path:
-    """The root of all generated artifacts: ``$RADASSETS_HOME``, else ``~/.radassets``."""
-    root = os.environ.get(STORAGE_ENV)
-    return Path(root).expanduser().resolve() if root else Path.home() / ".radassets"
+def is_local(path: Path) -> bool:
+    """A path of this machine's file system (``pathlib.Path``); a ``UPath`` of an object store is not."""
+    return isinstance(path, Path)
 
 
 TEMPORARY_RE = re.compile(r"^\..+\.tmp$")  # .<name>.<random>.tmp (and schema.write_table's .<name>.tmp)
@@ -52,7 +55,15 @@ def _create_temporary(path: Path) -> Path:
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
+    """Yield a local temporary path; on success it becomes ``path``: renamed onto it (beside it, on the same
+    file system), or uploaded in one put to an object store."""
+    if not is_local(path):
+        with tempfile.TemporaryDirectory(prefix="radassets-upload-") as folder:
+            tmp_path = Path(folder) / path.name
+            yield tmp_path
+            remote = cast(UPath, path)
+            remote.fs.put_file(str(tmp_path), remote.path)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = _create_temporary(path)
@@ -72,6 +83,8 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     partition (Dagster runs a step once per run, and concurrent runs of one partition are refused
     by the partition lock), so every temporary file there belongs to a writer that is gone.
     """
+    if not is_local(folder):
+        return []  # an object store keeps no partial objects: a put is whole or absent
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -84,6 +97,10 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    if not is_local(path):
+        remote = cast(UPath, path)
+        remote.fs.pipe_file(remote.path, data)  # one put of the whole object
+        return path
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
@@ -99,7 +116,7 @@ def atomic_write_json(path: Path, obj: Any) -> Path:
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with (open(path, "rb") if is_local(path) else path.open("rb")) as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()

@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 
-# Set before radassets or dagster are imported by any test module.
+from radassets.layout import Layout
+
+# Set before radassets or dagster are imported by any test module. The Dagster assets and the CLI read their
+# settings where a user's do (the environment, then a settings file); library calls get a Layout explicitly.
 _SESSION_ROOT = Path(tempfile.mkdtemp(prefix="radassets-tests-"))
 os.environ["RADASSETS_HOME"] = str(_SESSION_ROOT / "data")
 os.environ["DAGSTER_HOME"] = str(_SESSION_ROOT / "dagster_home")
-os.environ.pop("RADASSETS_IDC_MIRROR", None)
-os.environ.pop("RADASSETS_GCP_PROJECT", None)
+for _name in ("RADASSETS_IDC_MIRROR", "RADASSETS_GCP_PROJECT", "RADASSETS_DATA_DIR", "RADASSETS_MODELS_DIR",
+              "RADASSETS_WEIGHTS_DIR", "RADASSETS_DEMO_SPEC"):
+    os.environ.pop(_name, None)
+# An empty settings file: a radassets.toml of the checkout (written by `make install`) is not the tests'.
+(_SESSION_ROOT / "radassets.toml").write_text("# the tests' settings: none beyond the environment\n")
+os.environ["RADASSETS_CONFIG"] = str(_SESSION_ROOT / "radassets.toml")
 (_SESSION_ROOT / "dagster_home").mkdir(parents=True, exist_ok=True)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,12 +31,24 @@ def session_root() -> Path:
     return _SESSION_ROOT
 
 
+@pytest.fixture(scope="session")
+def session_layout() -> Layout:
+    """The layout of the session's RADASSETS_HOME."""
+    return Layout(_SESSION_ROOT / "data")
+
+
 @pytest.fixture
 def storage(tmp_path, monkeypatch) -> Path:
-    """A private RADASSETS_HOME for one test."""
+    """A private artifact root for one test (RADASSETS_HOME for the assets and the CLI it runs)."""
     root = tmp_path / "radassets_home"
     monkeypatch.setenv("RADASSETS_HOME", str(root))
     return root
+
+
+@pytest.fixture
+def layout(storage) -> Layout:
+    """The layout of the test's private artifact root, for library calls."""
+    return Layout(storage)
 
 
 SMALL_DEMO_SPEC = dict(n_patients=6, n_added_in_release_2=2, n_revised_in_release_2=2, n_test_retest=2)

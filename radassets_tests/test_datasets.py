@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from radassets import datasets
+from radassets.packaged import packaged_data_dir
 from radassets.datasets import DatasetDefinitionError
 from radassets_tests.test_cli import run_cli
 
@@ -38,7 +39,7 @@ def test_label_conventions_are_explicit():
 
 def _copy_data(tmp_path: Path) -> Path:
     root = tmp_path / "data"
-    shutil.copytree(datasets.data_dir(), root)
+    shutil.copytree(packaged_data_dir(), root)
     return root
 
 
@@ -123,7 +124,7 @@ def _with_broken(tmp_path: Path) -> Path:
 
 
 def _shipped() -> set[str]:
-    return {p.stem for p in (datasets.data_dir() / "datasets").glob("*.yaml")}
+    return {p.stem for p in (packaged_data_dir() / "datasets").glob("*.yaml")}
 
 
 BROKEN = r"broken_v1\.yaml: invalid dataset definition: source\.idc_version: Field required"

@@ -24,7 +24,7 @@ import pytest
 
 from radassets_tests.conftest import REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.packaging]
 
 SHIPPED = {"datasets/demo_v1.yaml", "models/radiomics.yaml", "reference/LICENSES.md", "reference/PROVENANCE.tsv",
            "reference/nsclc_radiomics/clinical.csv"}

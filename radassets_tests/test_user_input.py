@@ -24,7 +24,9 @@ from radassets.cli import main
 from radassets.lineage import store
 from radassets.models import registry
 from radassets.models.registry import RegistryError
+from radassets.layout import Layout
 from radassets.names import InvalidNameError, check_name
+from radassets.packaged import packaged_data_dir
 from radassets_tests.test_cli import run_cli
 
 BAD_NAMES = ["nl\n", "x" * 300, "../../outside/x", "Upper", "", "with space", "caf\u00e9", "a/b", "demo_v1\x00"]
@@ -65,7 +67,7 @@ def tree(root: Path) -> dict[str, str]:
 def data(tmp_path, monkeypatch) -> Path:
     """A private copy of data/ (definitions and registry) and a private RADASSETS_HOME."""
     root = tmp_path / "data"
-    shutil.copytree(datasets.data_dir(), root)
+    shutil.copytree(packaged_data_dir(), root)
     monkeypatch.setenv("RADASSETS_DATA_DIR", str(root))
     monkeypatch.delenv("RADASSETS_MODELS_DIR", raising=False)
     monkeypatch.setenv("RADASSETS_HOME", str(tmp_path / "home"))
@@ -146,7 +148,7 @@ def test_a_definition_that_is_not_utf8_is_one_line_naming_the_file(data, capsys)
 def test_a_model_definition_that_is_not_utf8_is_named(data):
     (data / "models" / "latin.yaml").write_bytes(b"title: \xff\xfe\n")
     with pytest.raises(RegistryError, match=r"latin\.yaml: a model definition must be UTF-8 text; byte 7"):
-        registry.get("latin", data)
+        registry.get("latin", data / "models")
 
 
 def test_a_yaml_syntax_error_is_one_line(data, capsys):
@@ -173,7 +175,7 @@ def _entry_text(data: Path, model: str, old: str, new: str) -> str:
 def test_a_bad_registry_entry_names_file_and_field(data, old, new, message):
     (data / "models" / "ct_fm.yaml").write_text(_entry_text(data, "ct_fm", old, new))
     with pytest.raises(RegistryError, match=r"ct_fm\.yaml: invalid model definition: " + message):
-        registry.get("ct_fm", data)
+        registry.get("ct_fm", data / "models")
 
 
 def test_models_list_shows_an_invalid_entry_and_the_others(data, capsys):
@@ -192,7 +194,7 @@ def test_models_list_shows_an_invalid_entry_and_the_others(data, capsys):
     assert "invalid model definition" in err  # said on stderr, so the JSON stays entries only
 
 
-def test_an_invalid_entry_does_not_stop_the_sensor_or_the_default_models(data):
+def test_an_invalid_entry_does_not_stop_the_sensor_or_the_default_models(data, tmp_path):
     """The partition sync and the default model list skip a bad file with its reason; the others go on."""
     from radassets.defs.models import registry_partition_changes
     from radassets.models.pipeline import default_models
@@ -200,7 +202,7 @@ def test_an_invalid_entry_does_not_stop_the_sensor_or_the_default_models(data):
     (data / "models" / "odd.yaml").write_bytes(b"\xff")
     added, orphaned, invalid = registry_partition_changes({"odd"})
     assert "radiomics" in added and "odd" not in added and orphaned == [] and "UTF-8" in invalid["odd"]
-    run, skipped = default_models()
+    run, skipped = default_models(Layout(tmp_path / "home").weights_dir(), data / "models", data)
     assert "radiomics" in run and skipped["odd"].startswith("invalid registry entry") and "UTF-8" in skipped["odd"]
 
 
@@ -220,10 +222,11 @@ def lineage_home(tmp_path, monkeypatch) -> Path:
            "partition_key": "demo_v1", "partition": {"dataset_version": "demo_v1"},
            "code_version": "seeds-1", "git_commit": "abc"}
     job = {"namespace": "radassets", "name": "seeds"}
-    store.write_event({"event_type": "START", "run": run, "job": job})
+    root = Layout(home).lineage_dir()
+    store.write_event({"event_type": "START", "run": run, "job": job}, root)
     store.write_event({"event_type": "COMPLETE", "run": run, "job": job, "inputs": [],
-                       "outputs": [{"asset": "seeds", "partition_key": "demo_v1", "version": "s1", "items": []}]})
-    store.merge()
+                       "outputs": [{"asset": "seeds", "partition_key": "demo_v1", "version": "s1", "items": []}]}, root)
+    store.merge(root)
     return home
 
 

@@ -28,18 +28,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from radassets import datasets
+from radassets.packaged import packaged_data_dir
 from radassets.datasets import DatasetDefinitionError, DatasetVersion
-from radassets.demo.generator import SPEC_ENV, DemoError, DemoSpec
+from radassets.demo.generator import SPEC_ENV, DemoError
 from radassets.errors import RadassetsError
 from radassets.models import registry
 from radassets.models.preprocessing import PreprocessingError, model_input
 from radassets.models.registry import ModelEntry, Preprocessing, RegistryError
 from radassets.names import NAME_MAX_LENGTH, InvalidNameError, check_name
+from radassets.settings import Settings
 
 PROPERTY = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-DATA = datasets.data_dir()
+DATA = packaged_data_dir()
 DEFINITIONS = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((DATA / "datasets").glob("*.yaml"))}
 ENTRIES = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((DATA / "models").glob("*.yaml"))}
 
@@ -267,6 +269,6 @@ env_text = st.text(st.characters(blacklist_characters="\x00", blacklist_categori
 @given(spec_like.map(json.dumps) | json_values.map(json.dumps) | env_text)
 def test_any_demo_spec_in_the_environment(value):
     with mock.patch.dict(os.environ, {SPEC_ENV: value}):
-        spec = outcome(DemoError, DemoSpec.from_env)
+        spec = outcome(DemoError, lambda: Settings.load().demo())
     if spec is not None:
         assert spec.n_patients >= 1 and spec.n_test_retest + spec.n_revised_in_release_2 <= spec.n_patients

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 VOLATILE = {"created", "created_at", "written_at", "started_at", "finished_at", "timestamp", "time",
             "duration_s", "elapsed_s", "radassets_version", "git_commit", "code_version", "run_id",
-            "dagster_run_id", "python", "platform", "host", "versions"}
+            "dagster_run_id", "python", "platform", "host", "versions", "seconds", "patches_per_second"}
 SKIPPED = {"demo", "lineage", ".locks", "local", "weights"}
 
 

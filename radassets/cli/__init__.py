@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from radassets.cli import cohort, datasets, demo, dicom, evaluate, imaging, lineage, models, pipeline
+from radassets.cli.settings import current_settings
 from radassets.errors import RadassetsError
 from radassets.interrupts import Interrupted, stop_on_interrupts
 
@@ -44,6 +45,8 @@ class RadassetsCommandLine(click.Group):
         # number (130 for Ctrl-C). A run they interrupt is marked failed in the instance.
         try:
             with stop_on_interrupts(), self.make_context(prog_name or self.name, argv, **extra) as ctx:
+                # The settings are read once per command line, here; Dagster reads DAGSTER_HOME from the environment.
+                current_settings().export_dagster_home()
                 self.invoke(ctx)
         except click.exceptions.Exit as e:  # --help, after printing the help
             if e.exit_code:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from radassets.cli.output import print_json, progress
+from radassets.cli.settings import current_layout, current_settings
 
 # The library is imported inside the commands: radassets.idc (pandas, pyarrow, pydantic) takes about 1 s,
 # which `radassets --help` would pay.
@@ -17,22 +18,24 @@ def cohort() -> None:
 
 def _cohort(name: str, rebuild: bool):
     from radassets import datasets
-    from radassets.idc.cohort import Cohort, lockfile_path
+    from radassets.idc.cohort import Cohort
     from radassets.idc.cohorts import cohort_for
 
-    definition = datasets.get(name)
-    path = lockfile_path(name)
+    definition = datasets.get(name, current_settings().resolved_data_dir())
+    path = current_layout().cohort_lockfile(name)
     if path.is_file() and not rebuild:
         return Cohort.read(path), f"lockfile {path}"
     _ensure_demo_source(definition)
-    return cohort_for(definition), "computed from the index (not materialized yet)"
+    return cohort_for(definition, current_layout()), "computed from the index (not materialized yet)"
 
 
 def _ensure_demo_source(definition) -> None:
     """The demo collection is generated on first use; the idc layer only reads it."""
     from radassets.demo import ensure_demo_source
 
-    ensure_demo_source(definition, progress=progress)
+    if definition.source.kind == "demo":  # the demo spec is read (and checked) only for the demo
+        current_layout().require_local("generating the demo collection")
+        ensure_demo_source(definition, current_layout(), current_settings().demo(), progress=progress)
 
 
 @cohort.command("show", help="summarise a dataset version's cohort")
@@ -59,10 +62,10 @@ def build(dataset_version: str) -> None:
     from radassets import datasets
     from radassets.idc.cohorts import cohort_for, write_cohort
 
-    definition = datasets.get(dataset_version)
+    definition = datasets.get(dataset_version, current_settings().resolved_data_dir())
     _ensure_demo_source(definition)
-    cohort = cohort_for(definition)
-    path = write_cohort(cohort)
+    cohort = cohort_for(definition, current_layout())
+    path = write_cohort(cohort, current_layout())
     print(f"wrote {path} ({len(cohort.series)} series, hash {cohort.content_hash[:12]})")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from radassets.cli.output import print_json
+from radassets.cli.settings import current_layout, current_settings
 
 
 @click.group(help="dataset versions")
@@ -19,7 +20,8 @@ def datasets() -> None:
 def list_(as_json: bool) -> None:
     from radassets import datasets  # pydantic: 0.2 s that `radassets --help` need not pay
 
-    defs, invalid = datasets.scan_definitions()  # an invalid definition is listed as such; the others still are
+    # An invalid definition is listed as such; the others still are.
+    defs, invalid = datasets.scan_definitions(current_settings().resolved_data_dir())
     if as_json:
         for reason in invalid.values():  # on stderr, so that standard output stays a mapping of definitions
             click.echo(f"radassets: warning: {reason}", err=True)
@@ -43,7 +45,9 @@ def list_(as_json: bool) -> None:
 def add_local(name: str, path: str, title: str | None, segment_label: tuple[str, ...]) -> None:
     from radassets.idc.local import add_local_dataset  # pydicom, highdicom: 1 s
 
-    result = add_local_dataset(name, Path(path), title=title, segment_labels=list(segment_label) or None)
+    current_layout().require_local("radassets datasets add-local")
+    result = add_local_dataset(name, Path(path), current_layout(), title=title, segment_labels=list(segment_label) or None,
+                               data_root=current_settings().resolved_data_dir())
     print(f"{'re-indexed' if result.reindexed else 'indexed'} {result.series} series ({result.instances} files) "
           f"of {result.patients} patients from {path}")
     if result.skipped:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from radassets.cli.output import progress
+from radassets.cli.settings import current_layout, current_settings
 
 
 @click.group(help="the generated demo collection")
@@ -19,11 +20,12 @@ def demo() -> None:
 @click.option("--force", is_flag=True, help="regenerate even if present")
 def generate(root: str | None, force: bool) -> None:
     # Inside: the generator (SimpleITK, highdicom) takes over 1 s to import, which `radassets --help` would pay.
-    from radassets.demo import DemoSpec, ensure_demo_collection, generate_demo_collection
-    from radassets.idc.index import demo_root
+    from radassets.demo import ensure_demo_collection, generate_demo_collection
 
-    folder = Path(root) if root else demo_root()
-    spec = DemoSpec.from_env()
+    if not root:
+        current_layout().require_local("radassets demo generate")
+    folder = Path(root) if root else current_layout().demo_root()
+    spec = current_settings().demo()
     collection = (generate_demo_collection(folder, spec, progress=progress) if force
                   else ensure_demo_collection(folder, spec, progress=progress))
     print(f"demo collection at {collection.root}")

@@ -7,6 +7,7 @@ import sys
 import click
 
 from radassets.cli.output import print_json, progress
+from radassets.cli.settings import current_layout, current_settings
 
 
 @click.group(help="DICOM files")
@@ -19,12 +20,15 @@ def dicom() -> None:
 def fetch(dataset_version: str) -> None:
     # Inside: radassets.idc (pandas, pyarrow, pydicom) takes about 1 s to import, which `radassets --help` would pay.
     from radassets import datasets
-    from radassets.idc.cohort import Cohort, lockfile_path
+    from radassets.idc.cohort import Cohort
     from radassets.idc.dicom import fetch_dataset_dicom
 
-    definition = datasets.get(dataset_version)
-    cohort = Cohort.read(lockfile_path(dataset_version))
-    report = fetch_dataset_dicom(definition, cohort, progress=lambda done, total, msg: progress(f"[{done}/{total}] {msg}"))
+    settings, layout = current_settings(), current_layout()
+    definition = datasets.get(dataset_version, settings.resolved_data_dir())
+    cohort = Cohort.read(layout.cohort_lockfile(dataset_version))
+    layout.require_local("radassets dicom fetch")
+    report = fetch_dataset_dicom(definition, cohort, layout, idc_mirror=settings.mirror(),
+                                 progress=lambda done, total, msg: progress(f"[{done}/{total}] {msg}"))
     print_json(report.summary())
     if report.failed:
         sys.exit(1)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from radassets.cli.settings import current_layout
+
 # The library is imported inside the commands: DuckDB and the store take about 0.5 s, OpenLineage's client 1 s,
 # which `radassets --help` would pay.
 
@@ -25,7 +27,7 @@ def trace(target: str, full: bool, as_json: bool) -> None:
     from radassets.lineage.store import reader
     from radassets.lineage.trace import format_trace, trace
 
-    with reader() as con:
+    with reader(current_layout().lineage_dir()) as con:
         result = trace(con, target, full=full)
     print(json.dumps(result, indent=2, default=str) if as_json else format_trace(result))
 
@@ -59,7 +61,7 @@ def sql(query: str, as_csv: bool) -> None:
     from radassets.lineage.store import LineageError, is_damage, reader
 
     _only_a_query(query)
-    with reader() as con:  # read-only: a statement that writes is refused by DuckDB
+    with reader(current_layout().lineage_dir()) as con:  # read-only: a statement that writes is refused by DuckDB
         con.execute("SET enable_external_access = false")  # nor may a query read or write other files
         try:
             frame = con.sql(query).df()
@@ -76,7 +78,7 @@ def export(openlineage: Path) -> None:
     from radassets.lineage.openlineage import export_events
     from radassets.lineage.store import reader
 
-    with reader() as con:
+    with reader(current_layout().lineage_dir()) as con:
         written = export_events(con, openlineage)
     print(f"{len(written)} OpenLineage run events written to {openlineage}")
 
@@ -86,7 +88,7 @@ def export(openlineage: Path) -> None:
 def rebuild() -> None:
     from radassets.lineage.store import rebuild
 
-    report = rebuild()
+    report = rebuild(current_layout().lineage_dir())
     print(f"rebuilt {report.database} from {report.events} merged event files")
     for name, reason in report.set_aside:
         print(f"set aside, no longer readable: events/rejected/{name} ({reason})")

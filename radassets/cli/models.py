@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from radassets.cli.output import print_json, progress
+from radassets.cli.settings import current_layout, current_settings
 
 # The library is imported inside the commands: the registry (pydantic) takes 0.3 s, checking or running a model
 # (torch, onnxruntime) and Dagster over 10 s, which `radassets --help` would pay.
@@ -25,7 +26,9 @@ def list_(as_json: bool) -> None:
     from radassets.models import registry
     from radassets.models.pipeline import runnable_here
 
-    entries, invalid = registry.scan_registry()  # an invalid entry is listed as such; the others still are
+    settings = current_settings()
+    # An invalid entry is listed as such; the others still are.
+    entries, invalid = registry.scan_registry(settings.resolved_models_dir())
     if as_json:
         for reason in invalid.values():  # on stderr, so that standard output stays a mapping of entries
             print(f"radassets: warning: {reason}", file=sys.stderr)
@@ -37,7 +40,7 @@ def list_(as_json: bool) -> None:
         if e is None:
             print(f"{name:16s} {'?':11s} {'?':>5} {'invalid':13s} {invalid[name]}")
             continue
-        ok, _ = runnable_here(e)
+        ok, _ = runnable_here(e, current_layout().weights_dir(), settings.resolved_data_dir())
         pinned = "" if e.weights is None or e.weights.sha256 else "  (weights sha256 not pinned)"
         print(f"{name:16s} {e.kind:11s} {e.embedding_dim or '?':>5} {'ready' if ok else 'needs weights':13s} "
               f"{e.title}{pinned}")
@@ -64,7 +67,8 @@ def add(name: str, torchscript: Path | None, onnx: Path | None, table: Path | No
 
     entry, path = add_model(name, torchscript=torchscript, onnx=onnx, table=table,
                             preprocessing=preprocessing, id_column=id_column, id_kind=id_kind,
-                            title=title, licence=licence)
+                            title=title, licence=licence, registry_dir=current_settings().resolved_models_dir(),
+                            weights_dir=current_layout().weights_dir())
     print(f"registered {entry.name} ({entry.kind}, {entry.embedding_dim}-d) in {path}")
     _sync_partitions()
     print(f"next: radassets models backfill {entry.name}   (or launch a backfill of its partitions in the UI)")
@@ -94,5 +98,5 @@ def sync() -> None:
 def backfill(name: str, dataset_version: tuple[str, ...]) -> None:
     from radassets.defs.run import backfill_model
 
-    if not backfill_model(name, list(dataset_version) or None, progress=progress):
+    if not backfill_model(name, list(dataset_version) or None, settings=current_settings(), progress=progress):
         sys.exit(1)

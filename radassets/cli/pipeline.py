@@ -7,6 +7,7 @@ import sys
 import click
 
 from radassets.cli.output import progress
+from radassets.cli.settings import current_settings
 
 
 @click.group(help="run assets through Dagster")
@@ -27,6 +28,7 @@ def run(dataset_version: tuple[str, ...], select: str | None, models: str | None
     from radassets.defs.run import materialize_dataset_versions
 
     names = models.split(",") if models else None
-    ok = materialize_dataset_versions(list(dataset_version), selection=select, models=names, progress=progress)
+    ok = materialize_dataset_versions(list(dataset_version), settings=current_settings(), selection=select, models=names,
+                                      progress=progress)
     if not ok:
         sys.exit(1)

@@ -25,19 +25,17 @@ from dagster import (
 
 from radassets.defs.lineage import recorded
 from radassets import datasets
-from radassets.datasets import data_dir
 from radassets.defs.automation import COMPARES_WHAT_EXISTS, FOLLOWS_PATCHES
 from radassets.defs.imaging import patches, seeds
 from radassets.defs.metadata import markdown_table, progress_logger, user_failure
 from radassets.defs.models import ModelsResource, embeddings, embeddings_partitions
 from radassets.defs.partitions import dataset_version_partitions
+from radassets.defs.resources import StorageResource
 from radassets.evaluation.compare_report import compare_models
 from radassets.evaluation.perturbation import SD_VOXELS, TRIALS, run_seed_stability
 from radassets.evaluation.report import evaluate_model
 from radassets.evaluation.scores import evaluate_scores
-from radassets.imaging.pipeline import step_dir
-from radassets.models.pipeline import embeddings_dir
-from radassets.storage import storage_root
+from radassets.idc.index import source_root
 
 # Assets with this tag are left out of `radassets pipeline run` and `models backfill` unless selected by name
 # (they cost many times their upstream step); the UI shows and runs them as any other.
@@ -66,9 +64,10 @@ def _png(path) -> MetadataValue:
     ),
 )
 @recorded
-def hosny2018_figure2(context: AssetExecutionContext) -> MaterializeResult:
-    root = data_dir()
-    out = storage_root() / "reports" / "hosny2018_figure2"
+def hosny2018_figure2(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
+    settings = storage.settings()
+    root = settings.resolved_data_dir()
+    out = settings.layout().asset_dir("hosny2018_figure2")
     metrics = evaluate_scores(
         root / HOSNY["scores"], "PatientID", "CNN_logit0", root / HOSNY["clinical"], "PatientID", "Survival.time",
         "deadstatus.event", 730, "alive", out, threshold_from=root / HOSNY["threshold_from"],
@@ -111,14 +110,17 @@ with warnings.catch_warnings():  # the mapping is marked beta; it is the documen
     ),
 )
 @recorded
-def evaluation(context: AssetExecutionContext) -> MaterializeResult:
+def evaluation(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     dataset_version, model = keys["dataset_version"], keys["model"]
-    definition = datasets.get(dataset_version)
-    out = storage_root() / "evaluation" / dataset_version / model
+    settings = storage.settings()
+    layout = settings.layout()
+    definition = datasets.get(dataset_version, settings.resolved_data_dir())
+    out = layout.asset_dir("evaluation", dataset_version, model)
     with user_failure():
-        metrics = evaluate_model(definition, model, embeddings_dir(dataset_version, model),
-                                 step_dir("seeds", dataset_version) / "seeds.parquet", out)
+        metrics = evaluate_model(definition, model, layout.asset_dir("embeddings", dataset_version, model),
+                                 layout.seeds_table(dataset_version), out,
+                                 source_root=source_root(definition, layout))
     metadata: dict = {"lineage_id": metrics["lineage_id"], "patients": metrics["patients"],
                       "definition_sha256": metrics["definition_sha256"],
                       "report": MetadataValue.path(str(out / "report.html")),
@@ -184,13 +186,16 @@ def evaluation(context: AssetExecutionContext) -> MaterializeResult:
     ),
 )
 @recorded
-def comparison(context: AssetExecutionContext) -> MaterializeResult:
+def comparison(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
     dataset_version = context.partition_key
-    out = storage_root() / "comparison" / dataset_version
+    settings = storage.settings()
+    layout = settings.layout()
+    definition = datasets.get(dataset_version, settings.resolved_data_dir())
+    out = layout.asset_dir("comparison", dataset_version)
     with user_failure():
-        metrics = compare_models(datasets.get(dataset_version), storage_root() / "evaluation" / dataset_version,
-                                 step_dir("embeddings", dataset_version),
-                                 step_dir("seeds", dataset_version) / "seeds.parquet", out)
+        metrics = compare_models(definition, layout.asset_dir("evaluation", dataset_version),
+                                 layout.asset_dir("embeddings", dataset_version), layout.seeds_table(dataset_version),
+                                 out, source_root=source_root(definition, layout))
     metadata: dict = {"lineage_id": metrics["lineage_id"], "models": len(metrics["models"]),
                       "report": MetadataValue.path(str(out / "report.html"))}
     if metrics.get("status") == "nothing to compare":
@@ -239,16 +244,21 @@ class SeedStabilityConfig(Config):
 )
 @recorded
 def seed_stability(context: AssetExecutionContext, config: SeedStabilityConfig,
-                   models: ModelsResource) -> MaterializeResult:
+                   models: ModelsResource, storage: StorageResource) -> MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     dataset_version, model = keys["dataset_version"], keys["model"]
-    out = storage_root() / "stability" / dataset_version / model
+    settings = storage.settings()
+    layout = settings.layout()
+    definition = datasets.get(dataset_version, settings.resolved_data_dir())
+    out = layout.asset_dir("seed_stability", dataset_version, model)
     with user_failure():
         metrics = run_seed_stability(
-            datasets.get(dataset_version), model, embeddings_dir(dataset_version, model),
-            step_dir("seeds", dataset_version) / "seeds.parquet", step_dir("patches", dataset_version), out,
+            definition, model, layout.asset_dir("embeddings", dataset_version, model),
+            layout.seeds_table(dataset_version), layout.asset_dir("patches", dataset_version), out,
             trials=config.trials, sd_voxels=config.sd_voxels, batch_size=models.batch_size, device=models.device,
-            download=models.download_weights, progress=progress_logger(context))
+            download=models.download_weights, progress=progress_logger(context),
+            source_root=source_root(definition, layout), registry_dir=settings.resolved_models_dir(),
+            weights_dir=layout.weights_dir(), data_root=settings.resolved_data_dir())
     rows = [{"endpoint": name, "patients": e["patients"],
              "kappa": f"{e['kappa_mean']:.3f} ± {e['kappa_sd']:.3f} (min {e['kappa_min']:.3f})",
              "changed": f"{e['changed_mean']:.1%}",

@@ -26,6 +26,7 @@ from radassets import datasets
 from radassets.defs.ingest import dicom
 from radassets.defs.metadata import markdown_table, progress_logger, user_failure
 from radassets.defs.partitions import dataset_version_partitions
+from radassets.defs.resources import StorageResource
 from radassets.imaging import pipeline
 from radassets.imaging.ct import Tolerances
 from radassets.imaging.patches import PatchSpec
@@ -74,10 +75,11 @@ def _table(rows: list[dict], columns: list[str], limit: int = 50) -> MetadataVal
     ),
 )
 @recorded
-def volumes(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
-    definition = datasets.get(context.partition_key)
+def volumes(context: AssetExecutionContext, imaging: ImagingResource, storage: StorageResource) -> MaterializeResult:
+    settings = storage.settings()
+    definition = datasets.get(context.partition_key, settings.resolved_data_dir())
     with user_failure():
-        report = pipeline.run_volumes(definition, imaging.tolerances(), progress_logger(context))
+        report = pipeline.run_volumes(definition, settings.layout(), imaging.tolerances(), progress_logger(context))
     summary = report.summary()
     failures = _table(report.failed, ["PatientID", "Modality", "SeriesInstanceUID", "code", "message"])
     if summary["failed_fraction"] > imaging.max_failed_fraction:
@@ -120,10 +122,11 @@ def volumes(context: AssetExecutionContext, imaging: ImagingResource) -> Materia
     ),
 )
 @recorded
-def seeds(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
-    definition = datasets.get(context.partition_key)
+def seeds(context: AssetExecutionContext, imaging: ImagingResource, storage: StorageResource) -> MaterializeResult:
+    settings = storage.settings()
+    definition = datasets.get(context.partition_key, settings.resolved_data_dir())
     with user_failure():
-        report = pipeline.run_seeds(definition, imaging.seed_disagreement_mm)
+        report = pipeline.run_seeds(definition, settings.layout(), imaging.seed_disagreement_mm)
     summary = report.summary()
     context.log.info(f"{summary['seeds']} seeds of {summary['patients']} patients; {summary}")
     disagreeing = [s for s in report.seeds if s.get("reference_disagrees")]
@@ -161,10 +164,11 @@ def seeds(context: AssetExecutionContext, imaging: ImagingResource) -> Materiali
     ),
 )
 @recorded
-def patches(context: AssetExecutionContext, imaging: ImagingResource) -> MaterializeResult:
-    definition = datasets.get(context.partition_key)
+def patches(context: AssetExecutionContext, imaging: ImagingResource, storage: StorageResource) -> MaterializeResult:
+    settings = storage.settings()
+    definition = datasets.get(context.partition_key, settings.resolved_data_dir())
     with user_failure():
-        report, montage = pipeline.run_patches(definition, imaging.patch_spec(),
+        report, montage = pipeline.run_patches(definition, settings.layout(), imaging.patch_spec(),
                                                 progress_logger(context, flag=("border",)))
     summary = report.summary()
     image = base64.b64encode(montage.read_bytes()).decode("ascii")

@@ -20,9 +20,9 @@ from radassets.defs.lineage import recorded
 from radassets import datasets
 from radassets.defs.metadata import markdown_table, progress_logger
 from radassets.defs.partitions import cohort_problems, dataset_version_partitions
-from radassets.defs.resources import IdcResource
+from radassets.defs.resources import IdcResource, StorageResource
 from radassets.demo import ensure_demo_source
-from radassets.idc.cohort import Cohort, lockfile_path
+from radassets.idc.cohort import Cohort
 from radassets.idc.cohorts import cohort_for, write_cohort
 from radassets.idc.dicom import fetch_dataset_dicom
 
@@ -41,15 +41,18 @@ from radassets.idc.dicom import fetch_dataset_dicom
     ),
 )
 @recorded
-def cohort(context: AssetExecutionContext, bigquery: BigQueryResource) -> MaterializeResult:
-    definition = datasets.get(context.partition_key)
-    ensure_demo_source(definition, progress=context.log.info)
+def cohort(context: AssetExecutionContext, bigquery: BigQueryResource, storage: StorageResource) -> MaterializeResult:
+    settings = storage.settings()
+    layout = settings.layout()
+    definition = datasets.get(context.partition_key, settings.resolved_data_dir())
+    if definition.source.kind == "demo":  # the demo spec is read (and checked) only for the demo
+        ensure_demo_source(definition, layout, settings.demo(), progress=context.log.info)
     if bigquery.project and definition.source.kind == "idc":
         with bigquery.get_client() as client:
-            result = cohort_for(definition, bigquery_client=client)
+            result = cohort_for(definition, layout, bigquery_client=client)
     else:
-        result = cohort_for(definition)
-    path = write_cohort(result)
+        result = cohort_for(definition, layout)
+    path = write_cohort(result, layout)
     stats = result.stats()
     context.log.info(f"{definition.name}: {stats['series']} series of {stats['patients']} patients at IDC v{result.idc_version}")
     return MaterializeResult(
@@ -86,11 +89,13 @@ def cohort(context: AssetExecutionContext, bigquery: BigQueryResource) -> Materi
     ),
 )
 @recorded
-def dicom(context: AssetExecutionContext, idc: IdcResource) -> MaterializeResult:
-    definition = datasets.get(context.partition_key)
-    lock = Cohort.read(lockfile_path(definition.name))
-    report = fetch_dataset_dicom(definition, lock, mirror=idc.mirror, attempts=idc.attempts,
-                                 progress=progress_logger(context))
+def dicom(context: AssetExecutionContext, idc: IdcResource, storage: StorageResource) -> MaterializeResult:
+    settings = storage.settings()
+    layout = settings.layout()
+    definition = datasets.get(context.partition_key, settings.resolved_data_dir())
+    lock = Cohort.read(layout.cohort_lockfile(definition.name))
+    report = fetch_dataset_dicom(definition, lock, layout, mirror=settings.mirror(idc.mirror) if idc.mirror else None,
+                                 idc_mirror=settings.mirror(), attempts=idc.attempts, progress=progress_logger(context))
     summary = report.summary()
     failures = markdown_table(report.failures(), ["PatientID", "Modality", "SeriesInstanceUID", "reason"])
     if summary["failed_fraction"] > idc.max_failed_fraction:

@@ -80,6 +80,8 @@ STOP_GRACE_S = 30.0  # after an interrupt, how long the run worker has to end it
 QUEUED_DAEMON = "QUEUED_RUN_COORDINATOR"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 IN_PROCESS: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}  # one process per run, not per step
+RESULT_WORDS = {DagsterRunStatus.SUCCESS: "succeeded", DagsterRunStatus.FAILURE: "failed",
+                DagsterRunStatus.CANCELED: "was canceled"}
 _UNFINISHED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
 
@@ -153,7 +155,7 @@ class Launcher:
             self._stop(run.run_id, worker)
             raise
         success = status == DagsterRunStatus.SUCCESS
-        self.progress(f"{label}: run {run.run_id} {'succeeded' if success else status.value}"
+        self.progress(f"{label}: run {run.run_id} {RESULT_WORDS.get(status, status.value)}"
                       + ("" if success else self._failure_summary(run.run_id)))
         return success, run.run_id
 
@@ -192,6 +194,7 @@ class Launcher:
         with log.open("w") as out:
             worker = subprocess.Popen([sys.executable, "-m", "dagster", "api", "execute_run", serialize_value(args)],
                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1"},  # the log is live (tail -f)
                                       start_new_session=True,  # interrupts reach it through this command only
                                       preexec_fn=_die_with_parent)
         self.instance.add_run_tags(run_id, owner_tags(worker.pid))

@@ -27,6 +27,7 @@ from dagster import (AssetKey, AssetRecordsFilter, DagsterInstance, Failure, Mat
                      MultiPartitionsDefinition, MetadataValue)
 
 import radassets
+from radassets.defs.metadata import user_failure
 from radassets.defs.locks import exclusive_partition
 from radassets.lineage import store
 from radassets.lineage.items import output_record
@@ -110,11 +111,11 @@ def _metadata(result) -> dict:
     return out
 
 
-def _merge(context) -> None:
+def _merge(context, root) -> None:
     """Merge without waiting. The events are on disk already: a store that cannot take them now (locked,
     or broken) costs the run nothing, and the next merge picks them up."""
     try:
-        store.merge(wait=False)
+        store.merge(root, wait=False)
     except Exception as e:  # noqa: BLE001
         context.log.warning(f"lineage events written, not merged yet: {type(e).__name__}: {e}")
 
@@ -131,6 +132,10 @@ def recorded(fn):
     @functools.wraps(fn)
     def wrapper(context, *args, **kwargs):
         asset = context.asset_key.to_user_string()
+        layout = context.resources.storage.layout()  # every asset has the ``storage`` resource
+        with user_failure():
+            layout.require_local(f"materializing {asset}")
+        root = layout.lineage_dir()
         partition_key, partition = _partition(context)
         # One lineage run per step attempt: a retry is a run of its own.
         key = f"{context.run.run_id}/{asset}/{partition_key or ''}/{context.retry_number}"
@@ -143,15 +148,15 @@ def recorded(fn):
         # What the asset reads, as it starts: a concurrent run that rematerializes an upstream partition
         # meanwhile does not change what this one read.
         inputs = _inputs(context, partition)
-        store.write_event({"event_type": "START", "run": run, "job": job, "inputs": inputs})
+        store.write_event({"event_type": "START", "run": run, "job": job, "inputs": inputs}, root)
         ended = False
 
         def end(event_type: str, run_facets: dict, outputs: list[dict] | None = None) -> None:
             nonlocal ended
             store.write_event({"event_type": event_type, "run": {**run, **run_facets}, "job": job, "inputs": inputs,
-                               **({"outputs": outputs} if outputs is not None else {})})
+                               **({"outputs": outputs} if outputs is not None else {})}, root)
             ended = True
-            _merge(context)
+            _merge(context, root)
 
         try:
             try:
@@ -160,7 +165,7 @@ def recorded(fn):
                 end("FAIL", {"error": _error(e)})
                 raise
             try:
-                settings, items = output_record(asset, partition)
+                settings, items = output_record(layout, asset, partition)
                 facets = {"settings": settings, "metadata": _metadata(result)}
             except Exception as e:  # noqa: BLE001 - the asset succeeded; a lineage reader's problem must not fail it
                 context.log.warning(f"lineage: the outputs of {asset} could not be read for their items: "
@@ -176,8 +181,8 @@ def recorded(fn):
             # after the start: in the asset, while its items are read, or before its end was written.
             if not ended:
                 store.write_event({"event_type": "ABORT", "run": {**run, "error": _error(e)}, "job": job,
-                                   "inputs": inputs})
-                _merge(context)
+                                   "inputs": inputs}, root)
+                _merge(context, root)
             raise
 
     wrapper.radassets_recorded = True

@@ -1,7 +1,7 @@
 """One run at a time per asset partition: ``@exclusive_partition``, applied by ``@recorded`` to every asset.
 
 Two runs of the same partition (two ``pipeline run`` commands, or one and a UI launch) would write the
-same files at once. The step takes a file lock, ``$RADASSETS_HOME/.locks/<asset>/<partition>.lock``,
+same files at once. The step takes a file lock, ``Layout.lock_file``: ``<home>/.locks/<asset>/<partition>.lock``,
 for as long as it runs; a second run's step waits for it, with a log line naming the run and process
 that holds it, and then runs in turn (the steps skip what is already done and verified, so both runs
 end with the same, complete outputs). The wait is interruptible like any step (Ctrl-C, SIGTERM, or
@@ -19,15 +19,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from radassets.storage import storage_root
+from radassets.layout import Layout
 
 WAIT_POLL_S = 0.5
-
-
-def lock_path(asset: str, partition: str | None) -> Path:
-    """``<root>/.locks/<asset>/<partition>.lock``; a multi-partition key ``demo_v1|radiomics`` becomes
-    ``demo_v1+radiomics`` (dimension keys are ``[a-z0-9_]``)."""
-    return storage_root() / ".locks" / asset / f"{(partition or 'all').replace('|', '+')}.lock"
 
 
 def _holder(path: Path) -> str:
@@ -39,10 +33,10 @@ def _holder(path: Path) -> str:
 
 
 @contextmanager
-def partition_lock(asset: str, partition: str | None, run_id: str,
+def partition_lock(layout: Layout, asset: str, partition: str | None, run_id: str,
                    log: Callable[[str], None]) -> Iterator[None]:
     """Hold the partition's lock; if another run holds it, log who and wait for it."""
-    path = lock_path(asset, partition)
+    path = layout.lock_file(asset, partition)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path)
     try:
@@ -66,7 +60,9 @@ def exclusive_partition(fn):
     @functools.wraps(fn)
     def wrapper(context, *args, **kwargs):
         partition = str(context.partition_key) if context.has_partition_key else None
-        with partition_lock(context.asset_key.to_user_string(), partition, context.run.run_id, context.log.info):
+        layout = context.resources.storage.layout()
+        with partition_lock(layout, context.asset_key.to_user_string(), partition, context.run.run_id,
+                            context.log.info):
             return fn(context, *args, **kwargs)
 
     return wrapper

@@ -30,11 +30,13 @@ from dagster import (
 )
 from pydantic import Field
 
-from radassets.defs.automation import FOLLOWS_PATCHES
+from radassets.defs.automation import EMBEDS_WHAT_RUNS_HERE
 from radassets.defs.lineage import recorded
 from radassets.defs.imaging import patches
 from radassets.defs.metadata import markdown_table, progress_logger, user_failure
 from radassets.defs.partitions import dataset_version_partitions, model_partitions
+from radassets.defs.resources import StorageResource
+from radassets.settings import Settings
 from radassets.models import registry
 from radassets.models.pipeline import run_model
 
@@ -64,7 +66,7 @@ class ModelsResource(ConfigurableResource):
     kinds={"pytorch", "parquet"},
     code_version="embeddings-1",
     pool="gpu",
-    automation_condition=FOLLOWS_PATCHES,
+    automation_condition=EMBEDS_WHAT_RUNS_HERE,
     check_specs=[AssetCheckSpec("all_seeds_embedded", asset="embeddings",
                                 description="every seed has a finite embedding")],
     description=(
@@ -75,12 +77,14 @@ class ModelsResource(ConfigurableResource):
     ),
 )
 @recorded
-def embeddings(context: AssetExecutionContext, models: ModelsResource) -> MaterializeResult:
+def embeddings(context: AssetExecutionContext, models: ModelsResource, storage: StorageResource) -> MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     dataset_version, model = keys["dataset_version"], keys["model"]
+    settings = storage.settings()
     with user_failure():
-        report = run_model(dataset_version, model, batch_size=models.batch_size, device=models.device,
-                           download=models.download_weights, progress=progress_logger(context))
+        report = run_model(dataset_version, model, settings.layout(), registry_dir=settings.resolved_models_dir(),
+                           data_root=settings.resolved_data_dir(), batch_size=models.batch_size,
+                           device=models.device, download=models.download_weights, progress=progress_logger(context))
     summary = report.summary()
     failures = MetadataValue.md(markdown_table(report.failures, ["PatientID", "segment_label", "reason"], 50))
     if summary["seeds"] and summary["failed"] / summary["seeds"] > models.max_failed_fraction:
@@ -103,10 +107,12 @@ def embeddings(context: AssetExecutionContext, models: ModelsResource) -> Materi
     )
 
 
-def registry_partition_changes(existing: set[str]) -> tuple[list[str], list[str], dict[str, str]]:
+def registry_partition_changes(existing: set[str],
+                               registry_dir=None) -> tuple[list[str], list[str], dict[str, str]]:
     """Registry names missing from the ``model`` partitions, partitions no longer registered, and the
-    invalid registry files with the reason (they get no partition; one bad file does not stop the others)."""
-    entries, invalid = registry.scan_registry()
+    invalid registry files with the reason (they get no partition; one bad file does not stop the others).
+    The registry is ``registry_dir``, by default the settings' (read now: the sensor sees a changed setting)."""
+    entries, invalid = registry.scan_registry(registry_dir or Settings.load().resolved_models_dir())
     names = set(entries)
     return sorted(names - existing), sorted(existing - names - set(invalid)), invalid
 

@@ -17,8 +17,9 @@ import logging
 from dagster import DynamicPartitionsDefinition, StaticPartitionsDefinition
 
 from radassets import datasets
+from radassets.settings import Settings
 
-_valid, invalid_dataset_versions = datasets.scan_definitions()
+_valid, invalid_dataset_versions = datasets.scan_definitions(Settings.load().resolved_data_dir())
 for _reason in invalid_dataset_versions.values():
     logging.getLogger(__name__).warning("dataset definition not loaded, so not a partition: %s", _reason)
 

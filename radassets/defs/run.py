@@ -30,6 +30,7 @@ from filelock import FileLock, Timeout
 from radassets.defs.launch import Launcher, describe
 from radassets.defs.evaluation import OPT_IN
 from radassets.errors import RadassetsError
+from radassets.settings import Settings
 
 class SelectionError(RadassetsError, ValueError):
     """An asset selection that does not parse, or that matches no asset."""
@@ -115,7 +116,7 @@ def _parser_complaint(selection: str) -> str:
     return "not a selection Dagster understands"
 
 
-def materialize_dataset_versions(names: Sequence[str], *, selection: str | None = None,
+def materialize_dataset_versions(names: Sequence[str], *, settings: Settings, selection: str | None = None,
                                  models: Sequence[str] | None = None, progress: Callable[[str], None] = print) -> bool:
     """Materialize ``selection`` for each dataset version, and for each model where partitioned by model.
 
@@ -127,14 +128,15 @@ def materialize_dataset_versions(names: Sequence[str], *, selection: str | None 
     from radassets.models.pipeline import default_models
 
     for name in names:
-        datasets.get(name)  # unknown names fail before anything runs
+        datasets.get(name, settings.resolved_data_dir())  # unknown names fail before anything runs
     unpartitioned, single, multi, after = _split(selection or DEFAULT_SELECTION)  # a bad selection, too
     if models is None:
-        models, skipped = default_models()
+        models, skipped = default_models(settings.layout().weights_dir(), settings.resolved_models_dir(),
+                                         settings.resolved_data_dir())
         for model, why in skipped.items():
             progress(f"model {model} skipped: {why}")
     for model in models:
-        registry.get(model)  # unknown models too
+        registry.get(model, settings.resolved_models_dir())  # unknown models too
     instance = open_instance(progress)
     added = sync_model_partitions(instance)
     launcher = Launcher(instance, progress)
@@ -157,17 +159,23 @@ def materialize_dataset_versions(names: Sequence[str], *, selection: str | None 
     return ok
 
 
-def backfill_model(model: str, dataset_versions: Sequence[str] | None = None,
+def backfill_model(model: str, dataset_versions: Sequence[str] | None = None, *, settings: Settings,
                    progress: Callable[[str], None] = print) -> bool:
     """Materialize one model's assets (embeddings and what depends on them) for every dataset version
     whose patches are materialized: nothing upstream is recomputed."""
     from radassets import datasets
-    from radassets.imaging.pipeline import step_dir
     from radassets.models import registry
 
-    registry.get(model)
-    names = list(dataset_versions) if dataset_versions else sorted(datasets.load_all())
-    ready = [n for n in names if (step_dir("patches", n) / "manifest.json").is_file()]
+    registry.get(model, settings.resolved_models_dir())
+    if dataset_versions:
+        names = list(dataset_versions)
+    else:  # an invalid definition is named and left out; the others are backfilled
+        valid, invalid = datasets.scan_definitions(settings.resolved_data_dir())
+        names = sorted(valid)
+        for reason in invalid.values():
+            progress(f"skipped, not a valid definition: {reason}")
+    layout = settings.layout()
+    ready = [n for n in names if layout.is_finished("patches", n)]
     for n in sorted(set(names) - set(ready)):
         progress(f"{n}: skipped, its patches are not materialized")
     instance = open_instance(progress)

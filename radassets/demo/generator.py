@@ -53,7 +53,7 @@ from radassets.datasets import DatasetVersion
 from radassets.demo.phantom import Body, Phantom, random_lesion, xyz
 from radassets.errors import RadassetsError
 from radassets.idc import schema
-from radassets.idc.index import demo_root
+from radassets.layout import Layout
 from radassets.names import shown
 
 GENERATOR_VERSION = 2  # 2: RTSTRUCT contours on the mask boundary
@@ -93,27 +93,27 @@ class DemoSpec:
     seed: int = 20261123
 
     @classmethod
-    def from_env(cls) -> DemoSpec:
-        """The default spec, or the one given as JSON in ``$RADASSETS_DEMO_SPEC`` (e.g. a larger demo),
-        such as ``{"n_patients": 120, "n_test_retest": 20}``; fields left out keep their default."""
-        text = os.environ.get(SPEC_ENV)
+    def from_text(cls, text: str | None, where: str = SPEC_ENV) -> DemoSpec:
+        """The default spec, or the one given as JSON (``$RADASSETS_DEMO_SPEC``, read by ``radassets.settings``;
+        ``where`` names it in errors) for a larger demo, such as ``{"n_patients": 120, "n_test_retest": 20}``;
+        fields left out keep their default."""
         if not text:
             return cls()
         try:
             raw = json.loads(text)
         except (ValueError, RecursionError) as e:
-            raise DemoError(f"{SPEC_ENV} is not valid JSON ({e}): {shown(text)}") from None
+            raise DemoError(f"{where} is not valid JSON ({e}): {shown(text)}") from None
         if not isinstance(raw, dict):
-            raise DemoError(f"{SPEC_ENV} must be a JSON object like {{\"n_patients\": 120}}, got {shown(text)}")
+            raise DemoError(f"{where} must be a JSON object like {{\"n_patients\": 120}}, got {shown(text)}")
         fields = list(asdict(cls()))
         unknown = sorted(set(raw) - set(fields))
         if unknown:
-            raise DemoError(f"{SPEC_ENV} has unknown fields {', '.join(shown(k) for k in unknown)}; "
+            raise DemoError(f"{where} has unknown fields {', '.join(shown(k) for k in unknown)}; "
                             f"known: {', '.join(fields)}")
         try:
             return cls(**raw)
         except DemoError as e:
-            raise DemoError(f"{SPEC_ENV} is not a valid demo spec: {e}") from None
+            raise DemoError(f"{where} is not a valid demo spec: {e}") from None
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -552,15 +552,17 @@ def ensure_demo_collection(root: Path, spec: DemoSpec | None = None,
     return generate_demo_collection(root, spec, progress)
 
 
-def ensure_demo_source(definition: DatasetVersion, progress: Callable[[str], None] | None = None) -> None:
-    """Generate the demo collection a ``source: demo`` dataset version is selected from, if absent.
+def ensure_demo_source(definition: DatasetVersion, layout: Layout, spec: DemoSpec | None = None,
+                       progress: Callable[[str], None] | None = None) -> None:
+    """Generate the demo collection a ``source: demo`` dataset version is selected from, if absent, under the
+    layout's demo root with ``spec`` (the default spec if None).
 
     The entry points (the cohort asset, the CLI) call this before building a cohort, so the embedded
     default works on a fresh machine without a separate step (deterministic, about half a minute).
     Other sources are left alone. Called here rather than by ``radassets.idc``: idc is the layer below.
     """
     if definition.source.kind == "demo":
-        ensure_demo_collection(demo_root(), DemoSpec.from_env(), progress=progress)
+        ensure_demo_collection(layout.demo_root(), spec or DemoSpec(), progress=progress)
 
 
 def _readme(spec: DemoSpec) -> str:

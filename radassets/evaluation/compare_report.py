@@ -87,8 +87,8 @@ def stale_causes(evaluation: dict[str, Any], definition_hash: str, current_files
 
 
 def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings_root: Path, seeds_parquet: Path,
-                   out_dir: Path) -> dict[str, Any]:
-    from radassets.idc.index import resolve_table, source_root
+                   out_dir: Path, *, source_root: Path | None = None) -> dict[str, Any]:
+    from radassets.idc.index import resolve_table
     from radassets.models.embed import read_embeddings
 
     dataset_version = definition.name
@@ -102,7 +102,7 @@ def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings
         raise EvaluationInputError(f"no evaluated model for {dataset_version!r} under {evaluation_root}: materialize "
                          f"'evaluation' first")
     definition_hash = definition_sha256(definition)
-    clinical = resolve_table(definition.clinical.table, source_root(definition))
+    clinical = resolve_table(definition.clinical.table, source_root, definition.data_root)
     stale = {}
     for m, evaluation in evaluations.items():
         causes = stale_causes(evaluation, definition_hash, {"embeddings": Path(embeddings_root) / m / "embeddings.parquet",

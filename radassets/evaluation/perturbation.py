@@ -284,18 +284,22 @@ def report_markdown(metrics: dict[str, Any], title: str, embed_from: Path | None
 def run_seed_stability(definition: DatasetVersion, model: str, embeddings_dir: Path, seeds_parquet: Path,
                        patches_dir: Path, out_dir: Path, *, trials: int = TRIALS, sd_voxels: float = SD_VOXELS,
                        seed: int = SEED, batch_size: int = 8, device: str = "auto", download: bool = True,
-                       progress: Progress | None = None) -> dict[str, Any]:
-    """Seed-perturbation stability of one (dataset version, model), written under ``out_dir``."""
+                       progress: Progress | None = None, source_root: Path | None = None,
+                       registry_dir: Path | None = None, weights_dir: Path | None = None,
+                       data_root: Path | None = None) -> dict[str, Any]:
+    """Seed-perturbation stability of one (dataset version, model), written under ``out_dir``; the model
+    from the registry ``registry_dir``, its weights from ``weights_dir``."""
     from radassets.evaluation.report import read_evaluation_inputs
     from radassets.models import registry
     from radassets.models.embed import choose_device
     from radassets.models.extractors import load_extractor
 
-    inputs = read_evaluation_inputs(definition, model, embeddings_dir, seeds_parquet)
+    inputs = read_evaluation_inputs(definition, model, embeddings_dir, seeds_parquet, source_root)
     if not (patches_dir / "manifest.json").is_file():
         raise PerturbationError(f"{definition.name} × {model}: {patches_dir / 'manifest.json'} is missing; "
                                 f"materialize 'patches' first")
-    extractor = load_extractor(registry.get(model), choose_device(device), download)
+    extractor = load_extractor(registry.get(model, registry_dir), choose_device(device), download,
+                               weights_dir=weights_dir, data_root=data_root)
     if extractor.weights_sha256 != inputs.manifest.get("weights_sha256"):
         raise PerturbationError(f"{definition.name} × {model}: the weights now registered "
                                 f"({extractor.weights_sha256}) are not those of the stored embeddings "

@@ -27,13 +27,14 @@ from radassets.datasets import DatasetVersion
 from radassets.evaluation.evaluate import (EndpointResult, SEED, cosine_stability, evaluate_endpoint,
                                            patient_embeddings, test_retest_pairs)
 from radassets.evaluation.figures import km_figure, roc_figure
-from radassets.idc.index import resolve_table, source_root
+from radassets.idc.index import resolve_table
 from radassets.storage import atomic_path, atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from radassets.errors import RadassetsError
 
 
-def _table(definition: DatasetVersion, table: str, id_column: str | None = None) -> tuple[pd.DataFrame, Path]:
-    path = resolve_table(table, source_root(definition))
+def _table(definition: DatasetVersion, source_root: Path | None, table: str,
+           id_column: str | None = None) -> tuple[pd.DataFrame, Path]:
+    path = resolve_table(table, source_root, definition.data_root)
     return pd.read_csv(path, dtype={id_column: str} if id_column else None), path
 
 
@@ -71,7 +72,8 @@ def nothing_to_evaluate(definition: DatasetVersion) -> str | None:
 
 
 def read_evaluation_inputs(definition: DatasetVersion, model: str, embeddings_dir: Path,
-                           seeds_parquet: Path) -> EvaluationInputs:
+                           seeds_parquet: Path, source_root: Path | None = None) -> EvaluationInputs:
+    """What an evaluation reads; ``source_root`` is the folder of the source's own tables (``source:...``)."""
     from radassets.models.embed import read_embeddings
 
     if why := nothing_to_evaluate(definition):
@@ -82,14 +84,14 @@ def read_evaluation_inputs(definition: DatasetVersion, model: str, embeddings_di
                                        f"before 'evaluation' first")
     rows, matrix = read_embeddings(embeddings_dir)
     seeds = pd.read_parquet(seeds_parquet)
-    clinical, clinical_path = _table(definition, definition.clinical.table, definition.clinical.id_column)
+    clinical, clinical_path = _table(definition, source_root, definition.clinical.table, definition.clinical.id_column)
     pairs: list[tuple[str, str]] = []
     files = {"embeddings": {"path": str(embeddings_dir / "embeddings.parquet"),
                             "sha256": sha256_file(embeddings_dir / "embeddings.parquet")},
              "seeds": {"path": str(seeds_parquet), "sha256": sha256_file(seeds_parquet)},
              "clinical": {"path": str(clinical_path), "sha256": sha256_file(clinical_path)}}
     if definition.test_retest is not None:
-        retest, retest_path = _table(definition, definition.test_retest.table)
+        retest, retest_path = _table(definition, source_root, definition.test_retest.table)
         pairs = test_retest_pairs(definition, retest)
         files["test_retest"] = {"path": str(retest_path), "sha256": sha256_file(retest_path)}
     patients, x = patient_embeddings(rows, matrix, seeds, {b for _, b in pairs})
@@ -98,10 +100,10 @@ def read_evaluation_inputs(definition: DatasetVersion, model: str, embeddings_di
 
 
 def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path, seeds_parquet: Path,
-                   out_dir: Path, seed: int = SEED) -> dict[str, Any]:
+                   out_dir: Path, seed: int = SEED, *, source_root: Path | None = None) -> dict[str, Any]:
     if why := nothing_to_evaluate(definition):
         return write_not_evaluated(definition, model, why, out_dir, seed)
-    read = read_evaluation_inputs(definition, model, embeddings_dir, seeds_parquet)
+    read = read_evaluation_inputs(definition, model, embeddings_dir, seeds_parquet, source_root)
     rows, matrix, patients, x, clinical, pairs = read.rows, read.matrix, read.patients, read.x, read.clinical, read.pairs
     manifest, inputs = read.manifest, read.files
     definition_hash = definition_sha256(definition)

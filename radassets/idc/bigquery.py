@@ -63,7 +63,7 @@ def bigquery_selection(definition: DatasetVersion, source_root: Path | None = No
         extra += "\n  AND LOWER(Source_DOI) IN UNNEST(@source_dois)"
         params["source_dois"] = list(sel.source_dois)
     if sel.series_from:
-        tables["series_from_table"] = path = resolve_table(sel.series_from.table, source_root)
+        tables["series_from_table"] = path = resolve_table(sel.series_from.table, source_root, definition.data_root)
         params["series_uids"] = _column_values(path, sel.series_from.column)
         keep = "SeriesInstanceUID IN UNNEST(@series_uids)"
         if sel.series_from.modalities:
@@ -71,7 +71,7 @@ def bigquery_selection(definition: DatasetVersion, source_root: Path | None = No
             keep = f"(Modality NOT IN UNNEST(@series_from_modalities) OR {keep})"
         extra += f"\n  AND {keep}"
     if sel.patients_from:
-        tables["patients_from_table"] = path = resolve_table(sel.patients_from.table, source_root)
+        tables["patients_from_table"] = path = resolve_table(sel.patients_from.table, source_root, definition.data_root)
         params["patient_ids"] = _column_values(path, sel.patients_from.column)
         extra += "\n  AND PatientID IN UNNEST(@patient_ids)"
     sql = DICOM_ALL_SQL.format(project=project, version=definition.source.idc_version, extra=extra)

@@ -33,7 +33,7 @@ from typing import Any
 from radassets import __version__
 from radassets.datasets import DatasetVersion
 from radassets.idc.index import IndexSource, resolve_table
-from radassets.storage import atomic_write_json, sha256_file, sha256_json, storage_root
+from radassets.storage import atomic_write_json, sha256_file, sha256_json
 from radassets.errors import RadassetsError
 
 LOCKFILE_FORMAT = 1
@@ -148,10 +148,6 @@ def _counts(values) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def lockfile_path(dataset_version: str) -> Path:
-    return storage_root() / "cohort" / dataset_version / "cohort.lock.json"
-
-
 def series_hash(idc_version: int, series: list[dict[str, Any]]) -> str:
     """Content identity of a cohort: the release and the exact series versions in it."""
     keys = sorted((s["SeriesInstanceUID"], s["crdc_series_uuid"]) for s in series)
@@ -176,7 +172,7 @@ def selection_query(definition: DatasetVersion, source_root: Path | None) -> tup
         sql += "\n  AND list_contains($source_dois, lower(source_DOI))"
         params["source_dois"] = list(sel.source_dois)
     if sel.series_from:
-        tables["series_from_table"] = resolve_table(sel.series_from.table, source_root)
+        tables["series_from_table"] = resolve_table(sel.series_from.table, source_root, definition.data_root)
         keep = (f"SeriesInstanceUID IN (SELECT {_quote_ident(sel.series_from.column)} "
                 f"FROM read_csv($series_from_table, all_varchar = true))")
         if sel.series_from.modalities:
@@ -184,7 +180,7 @@ def selection_query(definition: DatasetVersion, source_root: Path | None) -> tup
             keep = f"(NOT list_contains($series_from_modalities, Modality) OR {keep})"
         sql += f"\n  AND {keep}"
     if sel.patients_from:
-        tables["patients_from_table"] = resolve_table(sel.patients_from.table, source_root)
+        tables["patients_from_table"] = resolve_table(sel.patients_from.table, source_root, definition.data_root)
         sql += (f"\n  AND PatientID IN (SELECT {_quote_ident(sel.patients_from.column)} "
                 "FROM read_csv($patients_from_table, all_varchar = true))")
     sql += "\nORDER BY collection_id, PatientID, StudyInstanceUID, Modality, SeriesInstanceUID, crdc_series_uuid"

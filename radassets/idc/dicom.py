@@ -20,18 +20,10 @@ import duckdb
 from radassets.datasets import DatasetVersion
 from radassets.idc import download
 from radassets.idc.cohort import Cohort
-from radassets.idc.index import demo_root, local_root
-from radassets.storage import atomic_write_json, sha256_json, storage_root
+from radassets.layout import Layout
+from radassets.storage import atomic_write_json, sha256_json
 
 Progress = Callable[[int, int, str], None]
-
-
-def series_root() -> Path:
-    return storage_root() / "dicom" / "series"
-
-
-def manifest_path(dataset_version: str) -> Path:
-    return storage_root() / "dicom" / dataset_version / "manifest.json"
 
 
 @dataclass
@@ -68,19 +60,21 @@ class DicomReport:
         return sha256_json(sorted((r["crdc_series_uuid"], r["status"]) for r in self.rows))
 
 
-def mirror_for(definition: DatasetVersion, configured: str | None) -> download.Mirror:
-    """A configured mirror wins; otherwise the demo comes from its generated bucket folder and
-    IDC from ``$RADASSETS_IDC_MIRROR`` or the public buckets."""
+def mirror_for(definition: DatasetVersion, layout: Layout, configured: download.Mirror | None,
+               idc_mirror: download.Mirror | None = None) -> download.Mirror:
+    """A mirror configured for this run wins (the ``idc`` resource's); otherwise the demo comes from its
+    generated bucket folder, and IDC from ``idc_mirror`` (the settings' mirror of the IDC buckets) or the
+    public buckets. The settings' mirror stands in for IDC only: it never hides the demo's own bucket."""
     if configured:
-        return download.Mirror.parse(configured)
+        return configured
     if definition.source.kind == "demo":
-        return download.Mirror.local_folder(demo_root() / "bucket")
-    return download.Mirror.from_env()
+        return download.Mirror.local_folder(layout.demo_root() / "bucket")
+    return idc_mirror or download.Mirror.aws()
 
 
-def _local_files(definition: DatasetVersion) -> dict[str, list[Path]]:
+def _local_files(definition: DatasetVersion, layout: Layout) -> dict[str, list[Path]]:
     """crdc_series_uuid -> files, from the index written by ``add-local``."""
-    table = local_root(definition.name) / "index" / "instances.parquet"
+    table = layout.local_root(definition.name) / "index" / "instances.parquet"
     with duckdb.connect() as con:
         rows = con.execute("SELECT crdc_series_uuid, path FROM read_parquet(?) ORDER BY path", [str(table)]).fetchall()
     files: dict[str, list[Path]] = {}
@@ -89,37 +83,41 @@ def _local_files(definition: DatasetVersion) -> dict[str, list[Path]]:
     return files
 
 
-def series_files(definition: DatasetVersion) -> Callable[[dict[str, Any]], list[Path]]:
+def series_files(definition: DatasetVersion, layout: Layout) -> Callable[[dict[str, Any]], list[Path]]:
     """A lookup of the DICOM files of each verified series of a ``dicom`` manifest row, wherever they lie
     (a local source's index is read once, not once per series)."""
     if definition.source.kind == "local":
-        local = _local_files(definition)
+        local = _local_files(definition, layout)
         return lambda row: local.get(row["crdc_series_uuid"], [])
     return lambda row: download.dicom_files(Path(row["folder"])) if row.get("folder") else []
 
 
-def read_manifest(dataset_version: str) -> dict[str, Any]:
+def read_manifest(dataset_version: str, layout: Layout) -> dict[str, Any]:
     """The ``dicom`` partition's manifest (written by ``fetch_dataset_dicom``)."""
-    path = manifest_path(dataset_version)
-    if not path.is_file():
+    path = layout.dicom_manifest(dataset_version)
+    if not layout.is_finished("dicom", dataset_version):
         raise FileNotFoundError(f"no DICOM manifest for {dataset_version!r} at {path}: materialize 'dicom' first")
     return json.loads(path.read_text())
 
 
-def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, *, mirror: str | None = None,
+def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, layout: Layout, *,
+                        mirror: download.Mirror | None = None, idc_mirror: download.Mirror | None = None,
                         attempts: int = 3, progress: Progress | None = None) -> DicomReport:
     """Fetch or verify every series of ``cohort``; failures are recorded, never raised per series.
+    ``mirror`` is where series are copied from; when it is None, ``mirror_for`` says which (``idc_mirror``
+    for IDC sources).
 
     Raises ``download.BucketUnreachableError`` before doing anything when the source cannot be
     reached at all: that is not a property of any one series.
     """
     if definition.source.kind == "local":
-        files = _local_files(definition)
+        files = _local_files(definition, layout)
         results = [download.verify_in_place(row, files.get(row["crdc_series_uuid"], [])) for row in cohort.series]
         if progress:
             progress(len(results), len(results), f"verified {len(results)} local series in place")
     else:
-        results = download.fetch_series(cohort.series, series_root(), mirror_for(definition, mirror),
+        source = mirror_for(definition, layout, mirror, idc_mirror)
+        results = download.fetch_series(cohort.series, layout.dicom_series_dir(), source,
                                         attempts=attempts, progress=progress)
     by_uuid = {r.crdc_series_uuid: r for r in results}
     rows = []
@@ -131,7 +129,7 @@ def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, *, mirror: s
             "how": r.status, "folder": str(r.folder) if r.folder else None, "files": r.files, "bytes": r.bytes,
             "reason": r.reason,
         })
-    report = DicomReport(definition.name, manifest_path(definition.name), rows)
+    report = DicomReport(definition.name, layout.dicom_manifest(definition.name), rows)
     atomic_write_json(report.manifest_path, {"summary": report.summary(), "cohort_hash": cohort.content_hash,
                                              "content_hash": report.content_hash, "series": rows})
     return report

@@ -3,7 +3,8 @@
 Where objects come from (a ``Mirror``):
 - the public IDC buckets on AWS (default; unsigned requests, no account needed);
 - an S3-compatible server (``RADASSETS_IDC_MIRROR=http://host:port``: MinIO, a test server);
-  requests are signed when AWS credentials are in the environment, unsigned otherwise;
+  requests are signed when the ``Mirror`` says so (``Settings.mirror`` does when AWS credentials are in the
+  environment), unsigned otherwise;
 - a local folder laid out like the buckets (``RADASSETS_IDC_MIRROR=/path``:
   ``<folder>/<bucket>/<crdc_series_uuid>/*.dcm``). s5cmd refuses local-to-local copies, so
   this kind is copied (hard-linked where possible) by Python.
@@ -66,30 +67,26 @@ class Mirror:
     kind: Literal["aws", "s3", "folder"]
     endpoint_url: str | None = None
     folder: Path | None = None
+    signed: bool = False  # an S3-compatible server asked with the S3 client's credentials (s5cmd reads them)
 
     @classmethod
     def aws(cls) -> Mirror:
         return cls("aws", endpoint_url=AWS_ENDPOINT)
 
     @classmethod
-    def s3(cls, endpoint_url: str) -> Mirror:
-        return cls("s3", endpoint_url=endpoint_url.rstrip("/"))
+    def s3(cls, endpoint_url: str, signed: bool = False) -> Mirror:
+        return cls("s3", endpoint_url=endpoint_url.rstrip("/"), signed=signed)
 
     @classmethod
     def local_folder(cls, folder: Path) -> Mirror:
         return cls("folder", folder=Path(folder))
 
     @classmethod
-    def parse(cls, text: str) -> Mirror:
+    def parse(cls, text: str, signed: bool = False) -> Mirror:
         """``http(s)://...`` is an S3-compatible server; anything else a local folder."""
         if text.startswith(("http://", "https://")):
-            return cls.s3(text)
+            return cls.s3(text, signed)
         return cls.local_folder(Path(text).expanduser())
-
-    @classmethod
-    def from_env(cls) -> Mirror:
-        value = os.environ.get(MIRROR_ENV)
-        return cls.parse(value) if value else cls.aws()
 
     def describe(self) -> str:
         if self.kind == "folder":
@@ -152,7 +149,7 @@ def _s5cmd_copy(mirror: Mirror, series_url: str, dest: Path, retry_count: int, w
     cmd = [s5cmd_path(), "--json", "--retry-count", str(retry_count), "--numworkers", str(workers)]
     if mirror.kind == "s3":
         cmd += ["--endpoint-url", mirror.endpoint_url]
-    if mirror.kind == "aws" or not os.environ.get("AWS_ACCESS_KEY_ID"):
+    if mirror.kind == "aws" or not mirror.signed:
         cmd.append("--no-sign-request")
     cmd += ["cp", "--if-size-differ", series_url.rstrip("/") + "/*", str(dest) + "/"]
     proc = subprocess.run(cmd, capture_output=True, text=True)

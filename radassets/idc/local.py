@@ -46,7 +46,7 @@ from radassets.datasets import DatasetVersion, definitions_dir, load_definition
 from radassets.errors import RadassetsError
 from radassets.names import check_name
 from radassets.idc import schema
-from radassets.idc.index import local_root
+from radassets.layout import Layout
 from radassets.storage import atomic_write_text, sha256_file
 
 # Stable namespace for local series identities (uuid5 of the series' content).
@@ -219,15 +219,15 @@ def index_folder(folder: Path, collection_id: str, out_root: Path,
     return patients, len(index_rows), len(instance_rows), skipped, linked
 
 
-def _remove_staging(name: str) -> None:
+def _remove_staging(name: str, layout: Layout) -> None:
     """Staging folders of ``name`` left by an ``add-local`` that was killed."""
-    parent = local_root(name).parent
+    parent = layout.local_sources_dir()
     if parent.is_dir():
         for stale in parent.glob(f".{name}.*.staging"):
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def add_local_dataset(name: str, folder: Path, *, title: str | None = None,
+def add_local_dataset(name: str, folder: Path, layout: Layout, *, title: str | None = None,
                       segment_labels: list[str] | None = None, data_root: Path | None = None) -> LocalIndexResult:
     """Index ``folder`` and write the dataset definition ``data/datasets/NAME.yaml``.
 
@@ -257,8 +257,8 @@ def add_local_dataset(name: str, folder: Path, *, title: str | None = None,
     }
     if not reindex:
         DatasetVersion.model_validate(dict(definition, name=name))  # what we write must validate, before any write
-    out_root = local_root(name)
-    _remove_staging(name)
+    out_root = layout.local_root(name)
+    _remove_staging(name, layout)
     staging = out_root.parent / f".{name}.{secrets.token_hex(6)}.staging"
     previous = out_root.parent / f".{name}.{secrets.token_hex(6)}.previous.staging"
     placed = False
@@ -290,9 +290,9 @@ class IndexedFile:
     sha256: str
 
 
-def indexed_files(definition: DatasetVersion) -> dict[str, IndexedFile]:
+def indexed_files(definition: DatasetVersion, layout: Layout) -> dict[str, IndexedFile]:
     """What each file of a local dataset version was when it was indexed, by the path the index gives."""
-    table = local_root(definition.name) / "index" / FILES_TABLE
+    table = layout.local_root(definition.name) / "index" / FILES_TABLE
     if not table.is_file():
         raise LocalIndexError(f"dataset version {definition.name!r} was indexed without content hashes (no {table}); "
                               f"run: radassets datasets add-local {definition.name} {definition.source.path}")

@@ -1,8 +1,8 @@
 """The imaging steps of one dataset version: volumes → seeds → patches, each reading the step before.
 
-Shared by the Dagster assets and the CLI (no Dagster imports). Outputs live under
-``$RADASSETS_HOME/{volumes,seeds,patches}/<dataset_version>/``; each step writes its manifest
-last, so a partition without one is unfinished and is never read by the next step.
+Shared by the Dagster assets and the CLI (no Dagster imports). Outputs live where the ``Layout`` says
+(``{volumes,seeds,patches}/<dataset_version>/``); each step writes its manifest last, so a partition
+without one is unfinished and is never read by the next step.
 
 Each step starts by removing the temporary files (``.<name>.*.tmp``) that a killed run left in its
 own output folder: one run at a time materializes a partition, so none of them has a live writer.
@@ -21,37 +21,48 @@ import numpy as np
 import pandas as pd
 
 from radassets.datasets import DatasetVersion
-from radassets.errors import RadassetsError
 from radassets.idc import local
 from radassets.idc.dicom import read_manifest, series_files
 from radassets.idc.index import resolve_table, source_root
 from radassets.imaging.ct import SeriesError, Tolerances
 from radassets.imaging.masks import MaskError
 from radassets.imaging.montage import write_montage
-from radassets.imaging.patches import PatchesReport, PatchSpec, load_patches, write_patches
-from radassets.imaging.seeds import (DISAGREEMENT_MM, SEED_COLUMNS, ReferenceTable, compare_with_reference,
-                                     outside_volume, seeds_from_reference, seeds_from_segments)
-from radassets.imaging.volumes import (MASK_MODALITIES, ConversionSettings, FilesOf, SegmentSelection, VolumesReport,
-                                       convert_dataset)
-from radassets.storage import atomic_path, atomic_write_json, remove_stale_temporaries, sha256_json, storage_root
+from radassets.imaging.patches import (
+    PatchesReport,
+    PatchSpec,
+    load_patches,
+    write_patches,
+)
+from radassets.imaging.seeds import (
+    DISAGREEMENT_MM,
+    SEED_COLUMNS,
+    ReferenceTable,
+    compare_with_reference,
+    outside_volume,
+    seeds_from_reference,
+    seeds_from_segments,
+)
+from radassets.imaging.volumes import (
+    MASK_MODALITIES,
+    ConversionSettings,
+    FilesOf,
+    SegmentSelection,
+    VolumesReport,
+    convert_dataset,
+)
+from radassets.layout import Layout, StepInputMissing
+from radassets.storage import (
+    atomic_path,
+    atomic_write_json,
+    remove_stale_temporaries,
+    sha256_json,
+)
 
 Progress = Callable[[int, int, str], None]
 
 
-class StepInputMissing(RadassetsError, RuntimeError):
-    """The step before has not been materialized for this dataset version."""
-
-
-def step_dir(step: str, dataset_version: str) -> Path:
-    return storage_root() / step / dataset_version
-
-
-def _manifest(step: str, dataset_version: str, needed_by: str) -> dict[str, Any]:
-    path = step_dir(step, dataset_version) / "manifest.json"
-    if not path.is_file():
-        raise StepInputMissing(f"{needed_by} of {dataset_version!r} needs '{step}', which is not materialized "
-                               f"(no {path}); materialize '{step}' first")
-    return json.loads(path.read_text())
+def _manifest(layout: Layout, step: str, dataset_version: str, needed_by: str) -> dict[str, Any]:
+    return json.loads(layout.require_finished(step, dataset_version, needed_by).read_text())
 
 
 # -- volumes --------------------------------------------------------------------------------------
@@ -67,10 +78,10 @@ def conversion_settings(definition: DatasetVersion, tolerances: Tolerances = Tol
     return ConversionSettings(tolerances, selection)
 
 
-def unchanged_local_files(definition: DatasetVersion, files_of: FilesOf) -> FilesOf:
+def unchanged_local_files(definition: DatasetVersion, layout: Layout, files_of: FilesOf) -> FilesOf:
     """``files_of`` of a local source that refuses a series whose files changed since ``add-local``
     indexed them: the series' failure, not a silent reuse of a volume made from other pixels."""
-    indexed = local.indexed_files(definition)
+    indexed = local.indexed_files(definition, layout)
 
     def checked(row: dict) -> Sequence[Path]:
         files = files_of(row)
@@ -86,16 +97,16 @@ def unchanged_local_files(definition: DatasetVersion, files_of: FilesOf) -> File
     return checked
 
 
-def run_volumes(definition: DatasetVersion, tolerances: Tolerances = Tolerances(),
+def run_volumes(definition: DatasetVersion, layout: Layout, tolerances: Tolerances = Tolerances(),
                 progress: Progress | None = None) -> VolumesReport:
     try:
-        manifest = read_manifest(definition.name)
+        manifest = read_manifest(definition.name, layout)
     except FileNotFoundError as e:
         raise StepInputMissing(str(e)) from None
-    files_of: FilesOf = series_files(definition)
+    files_of: FilesOf = series_files(definition, layout)
     if definition.source.kind == "local":
-        files_of = unchanged_local_files(definition, files_of)
-    out_dir = step_dir("volumes", definition.name)
+        files_of = unchanged_local_files(definition, layout, files_of)
+    out_dir = layout.asset_dir("volumes", definition.name)
     remove_stale_temporaries(out_dir)
     return convert_dataset(manifest["series"], files_of, out_dir, conversion_settings(definition, tolerances), progress)
 
@@ -128,17 +139,17 @@ class SeedsReport:
                                   for s in self.seeds))
 
 
-def _reference_table(definition: DatasetVersion) -> ReferenceTable | None:
+def _reference_table(definition: DatasetVersion, layout: Layout) -> ReferenceTable | None:
     ref = definition.seeds.reference
     if ref is None:
         return None
-    path = resolve_table(ref.table, source_root(definition))
+    path = resolve_table(ref.table, source_root(definition, layout), definition.data_root)
     return ReferenceTable.read(path, ref.id_column, ref.id_kind, ref.coord_columns, ref.label_column)
 
 
-def run_seeds(definition: DatasetVersion, threshold_mm: float = DISAGREEMENT_MM) -> SeedsReport:
-    volumes = _manifest("volumes", definition.name, "seeds")
-    reference = _reference_table(definition)
+def run_seeds(definition: DatasetVersion, layout: Layout, threshold_mm: float = DISAGREEMENT_MM) -> SeedsReport:
+    volumes = _manifest(layout, "volumes", definition.name, "seeds")
+    reference = _reference_table(definition, layout)
     failures: list[dict[str, Any]] = []
     if definition.seeds.source == "mask":
         seeds = seeds_from_segments(volumes["segments"])
@@ -152,7 +163,7 @@ def run_seeds(definition: DatasetVersion, threshold_mm: float = DISAGREEMENT_MM)
         failures.append({"seed_id": seed["seed_id"], "id": seed["SeriesInstanceUID"],
                          "reason": f"point ({seed['coordX']:.1f}, {seed['coordY']:.1f}, {seed['coordZ']:.1f}) LPS mm "
                                    f"lies outside its CT volume"})
-    out_dir = step_dir("seeds", definition.name)
+    out_dir = layout.asset_dir("seeds", definition.name)
     remove_stale_temporaries(out_dir)
     frame = pd.DataFrame(seeds, columns=SEED_COLUMNS)
     with atomic_path(out_dir / "seeds.parquet") as tmp:
@@ -171,20 +182,20 @@ def run_seeds(definition: DatasetVersion, threshold_mm: float = DISAGREEMENT_MM)
     return report
 
 
-def read_seeds(dataset_version: str, needed_by: str = "patches") -> list[dict[str, Any]]:
-    _manifest("seeds", dataset_version, needed_by)
-    frame = pd.read_parquet(step_dir("seeds", dataset_version) / "seeds.parquet")
+def read_seeds(dataset_version: str, layout: Layout, needed_by: str = "patches") -> list[dict[str, Any]]:
+    layout.require_finished("seeds", dataset_version, needed_by)
+    frame = pd.read_parquet(layout.seeds_table(dataset_version))
     return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
             for r in frame.to_dict("records")]
 
 
 # -- patches --------------------------------------------------------------------------------------
 
-def run_patches(definition: DatasetVersion, spec: PatchSpec = PatchSpec(),
+def run_patches(definition: DatasetVersion, layout: Layout, spec: PatchSpec = PatchSpec(),
                 progress: Progress | None = None) -> tuple[PatchesReport, Path]:
     """Extract the patches and write the QC montage; returns the report and the montage path."""
-    seeds = read_seeds(definition.name)
-    out_dir = step_dir("patches", definition.name)
+    seeds = read_seeds(definition.name, layout)
+    out_dir = layout.asset_dir("patches", definition.name)
     remove_stale_temporaries(out_dir)
     report = write_patches(seeds, out_dir, spec, progress)
     patches, masks, rows = load_patches(out_dir)

@@ -9,8 +9,9 @@ one asset partition; its parents are logical ids in the same version (a figure's
 the versions its run read (the run's inputs), so "this seed's volume" means the volume in the
 ``volumes`` version the seeds run consumed.
 
-The readers here know the files each step writes (manifests, parquet tables, metrics.json); they
-read them after the step succeeded, so the items are exactly what the run left.
+The readers here know what is in the files each step writes (manifests, parquet tables, metrics.json);
+where they are is the ``Layout``'s. They read them after the step succeeded, so the items are exactly
+what the run left.
 """
 
 from __future__ import annotations
@@ -22,21 +23,10 @@ from typing import Any
 
 import pandas as pd
 
-from radassets.storage import sha256_file, storage_root
+from radassets.layout import Layout
+from radassets.storage import sha256_file
 
-# Output folder of each asset under $RADASSETS_HOME, before /<dataset_version>[/<model>].
-FOLDERS = {"seed_stability": "stability"}
-UNPARTITIONED = {"hosny2018_figure2": "reports/hosny2018_figure2"}
-SETTINGS_FILES = ("manifest.json", "cohort.lock.json", "metrics.json")
 MAX_LIST = 50  # longer lists in a settings facet are replaced by their length (the items hold the rows)
-
-
-def output_dir(asset: str, partition: dict[str, str] | None) -> Path:
-    if asset in UNPARTITIONED:
-        return storage_root() / UNPARTITIONED[asset]
-    partition = partition or {}
-    path = storage_root() / FOLDERS.get(asset, asset) / partition["dataset_version"]
-    return path / partition["model"] if "model" in partition else path
 
 
 def _trim(value: Any) -> Any:
@@ -47,13 +37,11 @@ def _trim(value: Any) -> Any:
     return value
 
 
-def settings_facet(folder: Path) -> dict[str, Any]:
-    """The output's own record of how it was made (its manifest or metrics), long lists trimmed."""
-    for name in SETTINGS_FILES:
-        path = folder / name
-        if path.is_file():
-            return {"file": name, "sha256": sha256_file(path), "content": _trim(json.loads(path.read_text()))}
-    return {}
+def settings_facet(record: Path) -> dict[str, Any]:
+    """The output's own record of how it was made (its manifest, lockfile or metrics), long lists trimmed."""
+    if not record.is_file():
+        return {}
+    return {"file": record.name, "sha256": sha256_file(record), "content": _trim(json.loads(record.read_text()))}
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -61,7 +49,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
 
-def _cohort(folder: Path, partition) -> list[dict]:
+def _cohort(layout: Layout, folder: Path, partition) -> list[dict]:
     lock = json.loads((folder / "cohort.lock.json").read_text())
     keep = ("SeriesInstanceUID", "PatientID", "StudyInstanceUID", "Modality", "collection_id",
             "series_revised_idc_version", "instanceCount")
@@ -69,7 +57,7 @@ def _cohort(folder: Path, partition) -> list[dict]:
              "attributes": {k: s.get(k) for k in keep}} for s in lock["series"]]
 
 
-def _dicom(folder: Path, partition) -> list[dict]:
+def _dicom(layout: Layout, folder: Path, partition) -> list[dict]:
     manifest = json.loads((folder / "manifest.json").read_text())
     return [{"item_id": f"dicom:{s['crdc_series_uuid']}", "kind": "dicom", "name": s["SeriesInstanceUID"],
              "status": s.get("status"), "path": s.get("folder"), "parents": [f"series:{s['crdc_series_uuid']}"],
@@ -77,7 +65,7 @@ def _dicom(folder: Path, partition) -> list[dict]:
             for s in manifest["series"]]
 
 
-def _volumes(folder: Path, partition) -> list[dict]:
+def _volumes(layout: Layout, folder: Path, partition) -> list[dict]:
     return [{"item_id": f"volume:{r['crdc_series_uuid']}", "kind": "volume" if r["Modality"] == "CT" else "mask",
              "name": r["SeriesInstanceUID"], "status": r["status"], "sha256": r.get("sha256"), "path": r.get("path"),
              "parents": [f"dicom:{r['crdc_series_uuid']}"],
@@ -86,7 +74,7 @@ def _volumes(folder: Path, partition) -> list[dict]:
             for r in _records(folder / "qc.parquet")]
 
 
-def _seeds(folder: Path, partition) -> list[dict]:
+def _seeds(layout: Layout, folder: Path, partition) -> list[dict]:
     items = []
     for r in _records(folder / "seeds.parquet"):
         parents = [f"volume:{r['crdc_series_uuid']}"]
@@ -98,14 +86,14 @@ def _seeds(folder: Path, partition) -> list[dict]:
     return items
 
 
-def _patches(folder: Path, partition) -> list[dict]:
+def _patches(layout: Layout, folder: Path, partition) -> list[dict]:
     return [{"item_id": f"patch:{r['seed_id']}", "kind": "patch", "name": str(r["index"]),
              "parents": [f"seed:{r['seed_id']}"],
              "attributes": {"index": r["index"], "at_border": r["at_border"], "padded_fraction": r["padded_fraction"]}}
             for r in _records(folder / "patches.parquet")]
 
 
-def _embeddings(folder: Path, partition) -> list[dict]:
+def _embeddings(layout: Layout, folder: Path, partition) -> list[dict]:
     table = pd.read_parquet(folder / "embeddings.parquet", columns=["seed_id", "PatientID", "status", "reason", "model"])
     return [{"item_id": f"embedding:{r['model']}:{r['seed_id']}", "kind": "embedding", "name": r["seed_id"],
              "status": r["status"], "parents": [f"patch:{r['seed_id']}"],
@@ -133,28 +121,29 @@ def _report(folder: Path, parents: list[str]) -> list[dict]:
     return items
 
 
-def _embedded_seeds(partition: dict[str, str]) -> list[str]:
-    table = pd.read_parquet(output_dir("embeddings", partition) / "embeddings.parquet", columns=["seed_id", "status"])
+def _embedded_seeds(layout: Layout, partition: dict[str, str]) -> list[str]:
+    table = pd.read_parquet(layout.partition_dir("embeddings", partition) / "embeddings.parquet",
+                            columns=["seed_id", "status"])
     return [f"embedding:{partition['model']}:{s}" for s in table.loc[table["status"] == "ok", "seed_id"]]
 
 
-def _evaluation(folder: Path, partition) -> list[dict]:
-    return _report(folder, _embedded_seeds(partition))
+def _evaluation(layout: Layout, folder: Path, partition) -> list[dict]:
+    return _report(folder, _embedded_seeds(layout, partition))
 
 
-def _comparison(folder: Path, partition) -> list[dict]:
+def _comparison(layout: Layout, folder: Path, partition) -> list[dict]:
     parents = []
     for model in json.loads((folder / "metrics.json").read_text())["models"]:
-        evaluated = output_dir("evaluation", {**partition, "model": model}) / "metrics.json"
+        evaluated = layout.record("evaluation", partition["dataset_version"], model)
         parents.append(f"report:{json.loads(evaluated.read_text())['lineage_id']}")
     return _report(folder, parents)
 
 
-def _unparented_report(folder: Path, partition) -> list[dict]:
+def _unparented_report(layout: Layout, folder: Path, partition) -> list[dict]:
     return _report(folder, [])
 
 
-READERS: dict[str, Callable[[Path, dict | None], list[dict]]] = {
+READERS: dict[str, Callable[[Layout, Path, dict | None], list[dict]]] = {
     "cohort": _cohort, "dicom": _dicom, "volumes": _volumes, "seeds": _seeds, "patches": _patches,
     "embeddings": _embeddings,
     "evaluation": _evaluation, "comparison": _comparison, "seed_stability": _evaluation,
@@ -162,8 +151,11 @@ READERS: dict[str, Callable[[Path, dict | None], list[dict]]] = {
 }
 
 
-def output_record(asset: str, partition: dict[str, str] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(settings facet, items) of what ``asset`` wrote for ``partition``."""
-    folder = output_dir(asset, partition)
+def output_record(layout: Layout, asset: str,
+                  partition: dict[str, str] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(settings facet, items) of what ``asset`` wrote for ``partition``, found where ``layout`` says."""
+    partition = partition or {}
+    folder = layout.partition_dir(asset, partition)
     reader = READERS.get(asset)
-    return settings_facet(folder), (reader(folder, partition) if reader else [])
+    return (settings_facet(layout.record(asset, partition.get("dataset_version"), partition.get("model"))),
+            reader(layout, folder, partition) if reader else [])

@@ -40,7 +40,7 @@ from typing import Any
 import duckdb
 from filelock import FileLock, Timeout
 
-from radassets.storage import atomic_write_json, storage_root
+from radassets.storage import atomic_write_json
 from radassets.errors import RadassetsError
 
 SCHEMA_VERSION = 1
@@ -76,12 +76,9 @@ class LineageError(RadassetsError, RuntimeError):
     """The lineage store cannot answer: named cause."""
 
 
-def lineage_root() -> Path:
-    return storage_root() / "lineage"
-
-
-def database_path(root: Path | None = None) -> Path:
-    return (root or lineage_root()) / "lineage.duckdb"
+def database_path(root: Path) -> Path:
+    """The store's database in its folder ``root`` (``Layout.lineage_dir()``)."""
+    return Path(root) / "lineage.duckdb"
 
 
 def _events_dir(root: Path, state: str) -> Path:
@@ -104,14 +101,14 @@ def dataset_name(asset: str, partition_key: str | None) -> str:
     return f"{asset}[{partition_key or ''}]"
 
 
-def write_event(event: dict[str, Any], root: Path | None = None) -> Path:
+def write_event(event: dict[str, Any], root: Path) -> Path:
     """Queue one event for the store: a JSON file under ``events/pending`` (atomic)."""
     if event.get("event_type") not in EVENT_TYPES:
         raise ValueError(f"event type must be one of {EVENT_TYPES}, got {event.get('event_type')!r}")
     event = {"event_id": str(uuid.uuid4()), "event_time": now(), **event}
     # Names sort by time, so a merge ingests a run's start before its end.
     name = f"{event['event_time'].replace(':', '').replace('+', '_')}-{event['event_id']}.json"
-    return atomic_write_json(_events_dir(Path(root or lineage_root()), "pending") / name, event)
+    return atomic_write_json(_events_dir(Path(root), "pending") / name, event)
 
 
 @contextmanager
@@ -166,10 +163,10 @@ def _connect(root: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     return _open(path, read_only)
 
 
-def merge(root: Path | None = None, wait: bool = True) -> int:
+def merge(root: Path, wait: bool = True) -> int:
     """Ingest every pending event file; returns how many were ingested (0 if the lock was busy and
     ``wait`` is False)."""
-    root = Path(root or lineage_root())
+    root = Path(root)
     try:
         with _locked(root, LOCK_TIMEOUT_S if wait else 0):
             pending = sorted(_events_dir(root, "pending").glob("*.json"))
@@ -303,9 +300,9 @@ def _items(con: duckdb.DuckDBPyConnection, vid: str, items: list[dict[str, Any]]
 
 
 @contextmanager
-def reader(root: Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def reader(root: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection to the store, after merging what is pending (under the lock)."""
-    root = Path(root or lineage_root())
+    root = Path(root)
     merge(root)
     with _locked(root, LOCK_TIMEOUT_S):
         con = _connect(root, read_only=True)
@@ -353,14 +350,14 @@ def _aside_name(path: Path, state: str) -> Path:
     return candidate
 
 
-def rebuild(root: Path | None = None) -> RebuildReport:
+def rebuild(root: Path) -> RebuildReport:
     """Re-create ``lineage.duckdb`` from ``events/merged``, atomically; the old file is kept aside, never deleted.
 
     Each merged file is ingested as a merge ingests it, in name (event time) order. A file that can no longer be
     ingested (damaged since its merge) is moved to ``events/rejected`` with its reason and named in the report.
     Pending files are merged afterwards, as any reader would.
     """
-    root = Path(root or lineage_root())
+    root = Path(root)
     database = database_path(root)
     with _locked(root, LOCK_TIMEOUT_S):
         merged = sorted(_events_dir(root, "merged").glob("*.json"))

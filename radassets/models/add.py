@@ -146,10 +146,12 @@ def _staged_copy(source: Path, dest: Path) -> Path:
 
 def add_model(name: str, *, torchscript: Path | None = None, onnx: Path | None = None, table: Path | None = None,
               preprocessing: Path | None = None, id_column: str | None = None, id_kind: str = "PatientID",
-              title: str | None = None, licence: str = "as stated by the model's authors") -> tuple[ModelEntry, Path]:
-    """Validate, pin and register a model; returns the entry and its definition file."""
+              title: str | None = None, licence: str = "as stated by the model's authors",
+              registry_dir: Path | None = None, weights_dir: Path) -> tuple[ModelEntry, Path]:
+    """Validate, pin and register a model in ``registry_dir`` (its network file cached in ``weights_dir``);
+    returns the entry and its definition file."""
     check_name("model", name)  # before the name becomes a path: no "../x", no trailing newline
-    path = registry.models_dir() / f"{name}.yaml"
+    path = registry.models_dir(registry_dir) / f"{name}.yaml"
     if path.exists():
         raise RegistryError(f"a model called {name!r} is already registered ({path}); choose another name")
     if sum(x is not None for x in (torchscript, onnx, table)) != 1:
@@ -170,7 +172,7 @@ def add_model(name: str, *, torchscript: Path | None = None, onnx: Path | None =
                    weights={"uri": source.as_uri(), "file": source.name, "sha256": sha256_file(source)})
     entry = entry_from(raw, f"model {name!r}")  # one line naming the fields
     if entry.kind in ("torchscript", "onnx"):
-        cached = weights_path(entry)
+        cached = weights_path(entry, weights_dir)
         staged = _staged_copy(source, cached)
         try:
             if sha256_file(staged) != entry.weights.sha256:

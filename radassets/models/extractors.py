@@ -81,17 +81,21 @@ def load_network_file(entry: ModelEntry, path: Path, device: torch.device,
     return TorchExtractor(entry, module, entry.weights.sha256, device)
 
 
-def load_extractor(entry: ModelEntry, device: torch.device, download: bool = True):
-    """The extractor of ``entry``, ready to embed (weights verified and loaded)."""
+def load_extractor(entry: ModelEntry, device: torch.device, download: bool = True, *,
+                   weights_dir: Path | None = None, data_root: Path | None = None):
+    """The extractor of ``entry``, ready to embed (weights verified and loaded from the cache ``weights_dir``;
+    a table's relative path is relative to ``data_root``, the data folder, by default the shipped one)."""
+    if entry.kind in ("torch", "torchscript", "onnx") and weights_dir is None:
+        raise WeightsError(f"model {entry.name!r} needs its weights, and no weights folder was given")
     if entry.kind == "torch":
         module = families.build(entry.family)
-        return TorchExtractor(entry, module, load_published(entry, module, download), device)
+        return TorchExtractor(entry, module, load_published(entry, module, weights_dir, download), device)
     if entry.kind == "untrained":
         torch.manual_seed(entry.seed)
         module = families.build(entry.family)
         return TorchExtractor(entry, module, None, device)
     if entry.kind in ("torchscript", "onnx"):
-        return load_network_file(entry, resolve_weights(entry, download), device)
+        return load_network_file(entry, resolve_weights(entry, weights_dir, download), device)
     if entry.kind == "radiomics":
         from radassets.models.radiomics import RadiomicsExtractor
 
@@ -99,5 +103,5 @@ def load_extractor(entry: ModelEntry, device: torch.device, download: bool = Tru
     if entry.kind == "table":
         from radassets.models.table import TableExtractor
 
-        return TableExtractor(entry)
+        return TableExtractor(entry, data_root)
     raise ValueError(f"unknown model kind {entry.kind!r}")

@@ -22,18 +22,17 @@ file does not hide the others (``models list`` shows it as invalid).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from radassets.datasets import data_dir, load_named_yaml, validation_problems
+from radassets.datasets import load_named_yaml, validation_problems
 from radassets.errors import RadassetsError
 from radassets.names import check_name, name_problem
+from radassets.packaged import packaged_data_dir
 from radassets.storage import sha256_json
 
-MODELS_DIR_ENV = "RADASSETS_MODELS_DIR"
 Axes = Literal["SPL", "LPS", "RAS", "SAR"]
 # Voxels along one axis of a model's input: 512 is a whole CT slice, far beyond any lesion patch.
 MAX_INPUT_SIZE = 512
@@ -163,11 +162,9 @@ class ModelEntry(_Strict):
                             "preprocessing": self.preprocessing.model_dump() if self.preprocessing else None})
 
 
-def models_dir(data_root: Path | None = None) -> Path:
-    env = os.environ.get(MODELS_DIR_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    return (data_root or data_dir()) / "models"
+def models_dir(folder: Path | None = None) -> Path:
+    """The registry folder: ``folder`` (``Settings.resolved_models_dir()``), else the shipped registry."""
+    return Path(folder) if folder is not None else packaged_data_dir() / "models"
 
 
 def load_entry(path: Path) -> ModelEntry:
@@ -194,19 +191,19 @@ def preprocessing_from(raw: Any, where: str) -> Preprocessing:
     return _validated(Preprocessing, raw, where, "preprocessing spec")
 
 
-def _registry_folder(data_root: Path | None) -> Path:
-    folder = models_dir(data_root)
+def _registry_folder(folder: Path | None) -> Path:
+    folder = models_dir(folder)
     if not folder.is_dir():
         raise RegistryError(f"no model registry folder at {folder}")
     return folder
 
 
-def scan_registry(data_root: Path | None = None) -> tuple[dict[str, ModelEntry], dict[str, str]]:
+def scan_registry(folder: Path | None = None) -> tuple[dict[str, ModelEntry], dict[str, str]]:
     """Every definition file read: the valid entries by name, and the invalid ones (by file name
     without ``.yaml``) with the reason. One bad file does not hide the others."""
     entries: dict[str, ModelEntry] = {}
     invalid: dict[str, str] = {}
-    for path in sorted(_registry_folder(data_root).glob("*.yaml")):
+    for path in sorted(_registry_folder(folder).glob("*.yaml")):
         try:
             entry = load_entry(path)
         except RegistryError as e:
@@ -216,15 +213,15 @@ def scan_registry(data_root: Path | None = None) -> tuple[dict[str, ModelEntry],
     return entries, invalid
 
 
-def load_registry(data_root: Path | None = None) -> dict[str, ModelEntry]:
+def load_registry(folder: Path | None = None) -> dict[str, ModelEntry]:
     """Every registered model, by name. Any invalid entry fails the whole load, loudly."""
-    return {e.name: e for e in (load_entry(p) for p in sorted(_registry_folder(data_root).glob("*.yaml")))}
+    return {e.name: e for e in (load_entry(p) for p in sorted(_registry_folder(folder).glob("*.yaml")))}
 
 
-def get(name: str, data_root: Path | None = None) -> ModelEntry:
-    """The entry called ``name``. The name is checked before it becomes a path."""
+def get(name: str, folder: Path | None = None) -> ModelEntry:
+    """The entry called ``name`` in the registry ``folder``. The name is checked before it becomes a path."""
     check_name("model", name)
-    folder = models_dir(data_root)
+    folder = models_dir(folder)
     path = folder / f"{name}.yaml"
     if not path.is_file():
         # The file names, not load_registry(): another entry's error must not hide this one.

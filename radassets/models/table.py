@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from radassets.datasets import data_dir
+from radassets.packaged import packaged_data_dir
 from radassets.models.registry import ModelEntry
 from radassets.storage import sha256_file
 from radassets.errors import RadassetsError
@@ -25,15 +25,17 @@ class TableError(RadassetsError, ValueError):
     """An embedding table cannot serve as a model."""
 
 
-def table_path(entry: ModelEntry) -> Path:
+def table_path(entry: ModelEntry, data_root: Path | None = None) -> Path:
+    """The entry's table: a relative path is relative to ``data_root`` (the data folder; the shipped one by
+    default)."""
     path = Path(entry.table.path).expanduser()
-    return path if path.is_absolute() else data_dir() / path
+    return path if path.is_absolute() else (data_root or packaged_data_dir()) / path
 
 
 class TableExtractor:
-    def __init__(self, entry: ModelEntry):
+    def __init__(self, entry: ModelEntry, data_root: Path | None = None):
         source = entry.table
-        path = table_path(entry)
+        path = table_path(entry, data_root)
         if not path.is_file():
             raise TableError(f"model {entry.name!r}: no embedding table at {path}")
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={source.id_column: str})

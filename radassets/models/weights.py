@@ -1,6 +1,7 @@
 """Model weights: found in a local cache or downloaded, verified by sha256, loaded strictly.
 
-Cache: ``$RADASSETS_WEIGHTS_DIR`` (default ``$RADASSETS_HOME/weights``), one folder per model:
+Cache: a folder given by the caller (``Layout.weights_dir()``: ``RADASSETS_WEIGHTS_DIR``, default
+``<home>/weights``), one folder per model:
 ``<cache>/<model>/<file>``. A file is used only when its sha256 is the registry's; a download
 goes to a temporary name and is renamed after it verifies. Offline, a missing file is an error
 that says where to put it and which sha256 it must have.
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from radassets.models.registry import ModelEntry, Weights
-from radassets.storage import sha256_file, storage_root
+from radassets.storage import sha256_file
 from radassets.errors import RadassetsError
 
 WEIGHTS_DIR_ENV = "RADASSETS_WEIGHTS_DIR"
@@ -40,13 +41,9 @@ class WeightsError(RadassetsError, RuntimeError):
     """Weights are missing, corrupt, or do not fit the architecture."""
 
 
-def weights_dir() -> Path:
-    env = os.environ.get(WEIGHTS_DIR_ENV)
-    return Path(env).expanduser().resolve() if env else storage_root() / "weights"
-
-
-def weights_path(entry: ModelEntry) -> Path:
-    return weights_dir() / entry.name / entry.weights.file
+def weights_path(entry: ModelEntry, weights_dir: Path) -> Path:
+    """Where the cache ``weights_dir`` holds ``entry``'s weights file."""
+    return Path(weights_dir) / entry.name / entry.weights.file
 
 
 def _download(uri: str, dest: Path) -> None:
@@ -61,10 +58,10 @@ def _download(uri: str, dest: Path) -> None:
             os.unlink(tmp)
 
 
-def resolve_weights(entry: ModelEntry, download: bool = True) -> Path:
-    """The verified weights file of ``entry``: from the cache, else downloaded (when online)."""
+def resolve_weights(entry: ModelEntry, weights_dir: Path, download: bool = True) -> Path:
+    """The verified weights file of ``entry``: from the cache ``weights_dir``, else downloaded (when online)."""
     w: Weights = entry.weights
-    path = weights_path(entry)
+    path = weights_path(entry, weights_dir)
     if not path.is_file() and download:
         try:
             _download(w.uri, path)
@@ -159,8 +156,8 @@ def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what
     module.load_state_dict(state, strict=True)
 
 
-def load_published(entry: ModelEntry, module: torch.nn.Module, download: bool = True) -> str:
+def load_published(entry: ModelEntry, module: torch.nn.Module, weights_dir: Path, download: bool = True) -> str:
     """Verify, read and strictly load ``entry``'s weights into ``module``; returns the sha256."""
-    path = resolve_weights(entry, download)
+    path = resolve_weights(entry, weights_dir, download)
     load_strict(module, published_state_dict(path, entry.weights), f"model {entry.name!r} ({path.name})")
     return entry.weights.sha256

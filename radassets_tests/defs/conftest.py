@@ -22,12 +22,11 @@ def instance(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def demo_collection() -> Path:
+def demo_collection(session_layout) -> Path:
     """The default demo collection (60 patients), generated once under the session's RADASSETS_HOME."""
     from radassets.demo import ensure_demo_collection
-    from radassets.idc.index import demo_root
 
-    return ensure_demo_collection(demo_root()).root
+    return ensure_demo_collection(session_layout.demo_root()).root
 
 
 def _home_over(collection: Path, tmp_path: Path, monkeypatch, instance) -> Path:

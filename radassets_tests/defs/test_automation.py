@@ -22,10 +22,10 @@ from dagster import AssetKey, DagsterInstance
 
 from radassets.defs.launch import daemon_dequeues
 from radassets.defs.run import materialize_dataset_versions
-from radassets.models.registry import MODELS_DIR_ENV
+from radassets.settings import ENV_NAMES, Settings
 from radassets_tests.conftest import REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.daemon]
 
 TIMEOUT_S = 900  # a loaded 2-core machine: each run's process imports the definitions (torch) in 10-30 s
 
@@ -49,7 +49,7 @@ def registry(tmp_path, monkeypatch) -> Path:
     """An empty model registry: no model partition until a model is added."""
     folder = tmp_path / "models"
     folder.mkdir()
-    monkeypatch.setenv(MODELS_DIR_ENV, str(folder))
+    monkeypatch.setenv(ENV_NAMES["models_dir"], str(folder))
     return folder
 
 
@@ -84,7 +84,8 @@ def test_a_new_model_and_new_patches_are_followed_by_automation(small_demo_home,
     quiet = lambda message: None  # noqa: E731
     # demo_v1's patches with no daemon: the command launches its own run.
     assert not daemon_dequeues(instance)
-    assert materialize_dataset_versions(["demo_v1"], selection="+key:patches", models=[], progress=quiet)
+    assert materialize_dataset_versions(["demo_v1"], settings=Settings.load(), selection="+key:patches", models=[],
+                                        progress=quiet)
     assert instance.get_dynamic_partitions("model") == []
     process = start()
     wait_for(lambda: daemon_dequeues(instance), "the daemon's first heartbeat", process, log)
@@ -96,7 +97,8 @@ def test_a_new_model_and_new_patches_are_followed_by_automation(small_demo_home,
     assert materialized(instance, "evaluation") == {"demo_v1|untrained_cnn"}
 
     # A dataset version's patches (this command's run, dequeued and launched by the daemon): its models follow.
-    assert materialize_dataset_versions(["demo_v2"], selection="+key:patches", models=[], progress=quiet)
+    assert materialize_dataset_versions(["demo_v2"], settings=Settings.load(), selection="+key:patches", models=[],
+                                        progress=quiet)
     wait_for(lambda: "demo_v2" in materialized(instance, "comparison"), "demo_v2's comparison", process, log)
     assert materialized(instance, "embeddings") == {"demo_v1|untrained_cnn", "demo_v2|untrained_cnn"}
     assert materialized(instance, "evaluation") == {"demo_v1|untrained_cnn", "demo_v2|untrained_cnn"}

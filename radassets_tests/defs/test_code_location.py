@@ -17,7 +17,7 @@ import textwrap
 
 import pytest
 
-from radassets import datasets
+from radassets.packaged import packaged_data_dir
 from radassets_tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ BROKEN = r"broken_v1\.yaml: invalid dataset definition: source\.idc_version: Fie
 
 def test_the_code_location_loads_the_valid_definitions_and_names_the_invalid_one(tmp_path):
     data = tmp_path / "data"
-    shutil.copytree(datasets.data_dir(), data)
+    shutil.copytree(packaged_data_dir(), data)
     shipped = sorted(p.stem for p in (data / "datasets").glob("*.yaml"))
     text = (data / "datasets" / "demo_v1.yaml").read_text()
     (data / "datasets" / "broken_v1.yaml").write_text(

@@ -17,7 +17,8 @@ from dagster_gcp import BigQueryResource
 
 from radassets import datasets
 from radassets.definitions import defs
-from radassets.idc.cohort import Cohort, build_cohort, lockfile_path
+from radassets.idc.cohort import Cohort, build_cohort
+from radassets.layout import Layout
 from radassets.idc.index import bundled_index
 from radassets_tests.conftest import REPO
 from radassets_tests.standins import DuckDBBigQueryStandIn
@@ -54,7 +55,7 @@ def test_cohort_asset_uses_bigquery_when_a_project_is_configured(dicom_all_v16, 
                              partition_key="nsclc_radiomics_idc_v16",
                              resources={**defs.resources, "bigquery": StandInBigQuery(project="my-billing-project")})
     assert result.success
-    cohort = Cohort.read(lockfile_path("nsclc_radiomics_idc_v16"))
+    cohort = Cohort.read(Layout(storage).cohort_lockfile("nsclc_radiomics_idc_v16"))
     assert cohort.backend == "bigquery" and cohort.index["version"] == "idc_v16"
     stats = cohort.stats()
     assert (stats["patients"], stats["series"], stats["instances"]) == (422, 844, 51652)
@@ -70,4 +71,4 @@ def test_default_path_needs_no_credentials(storage, tmp_path):
         result = materialize([a for a in defs.assets if a.key.to_user_string() == "cohort"], instance=instance,
                              partition_key="nsclc_radiomics_idc_v16", resources=defs.resources)
     assert result.success
-    assert Cohort.read(lockfile_path("nsclc_radiomics_idc_v16")).backend == "duckdb"
+    assert Cohort.read(Layout(storage).cohort_lockfile("nsclc_radiomics_idc_v16")).backend == "duckdb"

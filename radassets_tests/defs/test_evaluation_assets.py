@@ -10,6 +10,8 @@ from dagster import AssetCheckSeverity, AssetKey, MultiPartitionKey, materialize
 
 from radassets.definitions import defs
 from radassets.evaluation.figures import lineage_id_of
+from radassets.layout import Layout
+from radassets.settings import Settings
 from radassets_tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -33,7 +35,7 @@ def test_hosny2018_figure2_asset(instance, storage):
     from radassets.lineage.store import LineageError, reader
     from radassets.lineage.trace import trace
 
-    with reader() as con:
+    with reader(Layout(storage).lineage_dir()) as con:
         t = trace(con, str(out / "km.png"))
         with pytest.raises(LineageError, match="neither a file nor a recorded item"):
             trace(con, "no-such-figure")
@@ -49,7 +51,8 @@ def test_radiomics_recovers_the_demo_hazard_model(instance, default_demo_home, t
     all three: the pipeline up to the evaluation takes most of this test's time)."""
     from radassets.defs.run import materialize_dataset_versions
 
-    assert materialize_dataset_versions(["demo_v1"], models=["radiomics"], progress=lambda m: None)
+    assert materialize_dataset_versions(["demo_v1"], settings=Settings.load(), models=["radiomics"],
+                                        progress=lambda m: None)
     key = AssetKey("evaluation")
     meta = instance.get_latest_materialization_event(key).asset_materialization.metadata
     out = default_demo_home / "evaluation" / "demo_v1" / "radiomics"
@@ -82,8 +85,6 @@ def check_seed_stability(instance, home, evaluation_metrics):
 
     from radassets import datasets
     from radassets.evaluation.perturbation import run_seed_stability
-    from radassets.imaging.pipeline import step_dir
-    from radassets.models.pipeline import embeddings_dir
 
     key = AssetKey("seed_stability")
     assert instance.get_latest_materialization_event(key) is None  # opt-in: not part of the default run
@@ -112,9 +113,11 @@ def check_seed_stability(instance, home, evaluation_metrics):
     assert meta["figure"].value.startswith("![seed_stability.png](data:image/png;base64,")
     assert lineage_id_of(out / "seed_stability.png") == metrics["lineage_id"] == meta["lineage_id"].value
     # No movement, no change: every prediction and AUC as unperturbed.
-    still = run_seed_stability(datasets.get("demo_v1"), "radiomics", embeddings_dir("demo_v1", "radiomics"),
-                               step_dir("seeds", "demo_v1") / "seeds.parquet", step_dir("patches", "demo_v1"),
-                               home / "still", trials=2, sd_voxels=0.0)
+    layout = Layout(home)
+    still = run_seed_stability(datasets.get("demo_v1"), "radiomics",
+                               layout.asset_dir("embeddings", "demo_v1", "radiomics"),
+                               layout.seeds_table("demo_v1"), layout.asset_dir("patches", "demo_v1"),
+                               home / "still", trials=2, sd_voxels=0.0, source_root=layout.demo_root())
     s = still["endpoints"]["os_2y"]
     assert s["kappa_min"] == 1.0 and s["changed_mean"] == 0.0 and s["auc_mean"] == pytest.approx(s["unperturbed_auc"])
     assert still["cosine"]["min"] > 0.99999
@@ -204,7 +207,8 @@ def test_the_comparison_leaves_out_an_evaluation_of_another_definition(instance,
     for model in ("radiomics", "untrained_cnn"):
         shutil.copy(REPO / "data" / "models" / f"{model}.yaml", models)
     monkeypatch.setenv("RADASSETS_MODELS_DIR", str(models))
-    assert materialize_dataset_versions(["demo_v1"], models=["radiomics", "untrained_cnn"], progress=lambda m: None)
+    assert materialize_dataset_versions(["demo_v1"], settings=Settings.load(), models=["radiomics", "untrained_cnn"],
+                                        progress=lambda m: None)
     compared = json.loads((small_demo_home / "comparison" / "demo_v1" / "metrics.json").read_text())
     assert sorted(compared["models"]) == ["radiomics", "untrained_cnn"] and compared["stale"] == {}
 

@@ -12,8 +12,8 @@ from dagster import AssetKey, materialize
 
 from radassets.defs.resources import IdcResource
 from radassets.definitions import defs
-from radassets.idc.cohort import Cohort, lockfile_path
-from radassets.idc.dicom import manifest_path
+from radassets.idc.cohort import Cohort
+from radassets.layout import Layout
 
 pytestmark = pytest.mark.integration
 
@@ -31,32 +31,32 @@ def latest(instance, key: str, partition: str):
 def test_demo_v1_cohort_and_dicom(instance, default_demo_home):
     result = run(instance, "demo_v1")
     assert result.success
-    cohort = Cohort.read(lockfile_path("demo_v1"))
+    cohort = Cohort.read(Layout(default_demo_home).cohort_lockfile("demo_v1"))
     stats = cohort.stats()
     assert (stats["patients"], stats["series"]) == (60, 144)
     meta = latest(instance, "cohort", "demo_v1").metadata
     assert meta["series"].value == 144 and meta["content_hash"].value == cohort.content_hash
     assert latest(instance, "cohort", "demo_v1").tags["dagster/data_version"] == cohort.content_hash
-    manifest = json.loads(manifest_path("demo_v1").read_text())
+    manifest = json.loads(Layout(default_demo_home).dicom_manifest("demo_v1").read_text())
     assert manifest["summary"]["verified"] == 144 and manifest["summary"]["failed"] == 0
     assert manifest["cohort_hash"] == cohort.content_hash
     checks = result.get_asset_check_evaluations()
     assert [(c.check_name, c.passed) for c in checks] == [("all_series_verified", True)]
     # demo_v2 shares every unrevised series with demo_v1: those are present, not copied again.
     assert run(instance, "demo_v2").success
-    manifest2 = json.loads(manifest_path("demo_v2").read_text())
+    manifest2 = json.loads(Layout(default_demo_home).dicom_manifest("demo_v2").read_text())
     hows = {row["how"] for row in manifest2["series"]}
     assert hows == {"present", "downloaded"}
     assert sum(row["how"] == "downloaded" for row in manifest2["series"]) == 16 + 8  # added + revised
 
 
-def _broken_mirror(demo: Path, target: Path) -> tuple[Path, str]:
+def _broken_mirror(demo: Path, target: Path, home: Path) -> tuple[Path, str]:
     """A hard-linked copy of the demo bucket in which one CT series has an unreadable file."""
     for f in (demo / "bucket").rglob("*.dcm"):
         dest = target / f.relative_to(demo / "bucket")
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.link(f, dest)
-    cohort = Cohort.read(lockfile_path("demo_v1"))
+    cohort = Cohort.read(Layout(home).cohort_lockfile("demo_v1"))
     victim = next(s for s in cohort.series if s["Modality"] == "CT")
     bad = sorted((target / "radassets-demo-data" / victim["crdc_series_uuid"]).glob("*.dcm"))[0]
     bad.unlink()  # a new inode: the original stays intact
@@ -67,7 +67,7 @@ def _broken_mirror(demo: Path, target: Path) -> tuple[Path, str]:
 def test_one_bad_series_is_recorded_and_the_partition_completes(instance, default_demo_home, demo_collection, tmp_path):
     assert run(instance, "demo_v1").success  # the cohort lockfile, and a first verified copy
     shutil.rmtree(default_demo_home / "dicom")  # forget the verified copies
-    mirror, victim = _broken_mirror(demo_collection, tmp_path / "mirror")
+    mirror, victim = _broken_mirror(demo_collection, tmp_path / "mirror", default_demo_home)
     result = run(instance, "demo_v1", {"idc": IdcResource(mirror=str(mirror), attempts=1, max_failed_fraction=0.1)})
     assert result.success
     [check] = result.get_asset_check_evaluations()
@@ -81,7 +81,7 @@ def test_one_bad_series_is_recorded_and_the_partition_completes(instance, defaul
 def test_partition_fails_above_the_failure_ratio(instance, default_demo_home, demo_collection, tmp_path):
     assert run(instance, "demo_v1").success
     shutil.rmtree(default_demo_home / "dicom")
-    mirror, _ = _broken_mirror(demo_collection, tmp_path / "mirror")
+    mirror, _ = _broken_mirror(demo_collection, tmp_path / "mirror", default_demo_home)
     result = run(instance, "demo_v1", {"idc": IdcResource(mirror=str(mirror), attempts=1, max_failed_fraction=0.0)},
                  raise_on_error=False)
     assert not result.success

@@ -20,11 +20,11 @@ from radassets.definitions import defs
 from radassets.defs.models import ModelsResource, model_registry_sensor
 from radassets.defs.run import materialize_dataset_versions
 from radassets.imaging.patches import load_patches
-from radassets.imaging.pipeline import step_dir
+from radassets.layout import Layout
+from radassets.settings import Settings
 from radassets.models import registry
 from radassets.models.embed import read_embeddings
 from radassets.models.preprocessing import model_input
-from radassets.models.pipeline import embeddings_dir
 from radassets_tests.conftest import REPO
 from radassets_tests.standins import TinyEncoder
 
@@ -69,7 +69,7 @@ class NanAboveMean(torch.nn.Module):
 
 
 def test_a_new_model_is_backfilled_without_recomputing_anything_upstream(instance, home, tmp_path, capsys):
-    assert materialize_dataset_versions(["demo_v1", "demo_v2"], progress=lambda m: None)
+    assert materialize_dataset_versions(["demo_v1", "demo_v2"], settings=Settings.load(), progress=lambda m: None)
     before = counts(instance)
     assert before == {"cohort": 2, "dicom": 2, "volumes": 2, "seeds": 2, "patches": 2, "embeddings": 2}
     upstream_versions = {k: instance.get_latest_materialization_event(AssetKey(k)).asset_materialization
@@ -97,7 +97,7 @@ def test_a_new_model_is_backfilled_without_recomputing_anything_upstream(instanc
     for dataset_version in ("demo_v1", "demo_v2"):
         key = MultiPartitionKey({"dataset_version": dataset_version, "model": "tiny"})
         assert instance.get_materialized_partitions(AssetKey("embeddings")) >= {key}
-        rows, matrix = read_embeddings(embeddings_dir(dataset_version, "tiny"))
+        rows, matrix = read_embeddings(Layout(home).asset_dir("embeddings", dataset_version, "tiny"))
         assert matrix.shape == (len(rows), 4) and {r["model"] for r in rows} == {"tiny"}
     # The existing model's partitions were not touched.
     materialized = instance.get_materialized_partitions(AssetKey("embeddings"))
@@ -105,8 +105,8 @@ def test_a_new_model_is_backfilled_without_recomputing_anything_upstream(instanc
 
     # A model that gives NaN vectors for a quarter of the patches: within the allowed fraction the partition
     # succeeds, and its check fails naming the patients (the Checks tab of embeddings shows this table).
-    patches, _, patch_rows = load_patches(step_dir("patches", "demo_v1"))
-    preprocessing = registry.get("tiny").preprocessing
+    patches, _, patch_rows = load_patches(Layout(home).asset_dir("patches", "demo_v1"))
+    preprocessing = registry.get("tiny", Path(os.environ["RADASSETS_MODELS_DIR"])).preprocessing
     means = np.array([model_input(p, preprocessing).mean(dtype=np.float64) for p in patches])
     ordered = np.sort(means)
     k = len(means) - len(means) // 4  # the threshold halfway between two patches' means: no rounding decides

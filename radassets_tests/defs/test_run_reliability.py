@@ -25,7 +25,8 @@ from dagster import DagsterInstance, DagsterRunStatus
 from filelock import FileLock
 
 from radassets.defs.dead_runs import PID_TAG, owner_alive
-from radassets.defs.locks import lock_path
+from radassets.layout import Layout
+from radassets.settings import Settings
 from radassets.defs.run import materialize_dataset_versions
 from radassets_tests.conftest import REPO
 
@@ -99,15 +100,15 @@ def gpu_holders(instance: DagsterInstance) -> list[str]:
 @pytest.fixture
 def patched_demo(small_demo_home, instance):
     """The small demo's demo_v1 up to its patches, so that the commands below start at the embeddings."""
-    assert materialize_dataset_versions(["demo_v1"], selection="+key:patches", models=["radiomics"],
-                                        progress=lambda message: None)
+    assert materialize_dataset_versions(["demo_v1"], settings=Settings.load(), selection="+key:patches",
+                                        models=["radiomics"], progress=lambda message: None)
     return small_demo_home
 
 
 def test_a_killed_run_is_failed_and_its_gpu_slot_freed_by_the_next_command(patched_demo, instance, tmp_path,
                                                                             commands):
     waiting = "embeddings demo_v1|radiomics is being materialized by"
-    embeddings_lock = FileLock(lock_path("embeddings", "demo_v1|radiomics"))
+    embeddings_lock = FileLock(Layout(patched_demo).lock_file("embeddings", "demo_v1|radiomics"))
     with embeddings_lock:  # the first command's embeddings step claims the gpu slot, then waits for this lock
         first = Command(tmp_path, "first", *EMBED)
         commands.append(first)
@@ -145,7 +146,8 @@ def test_a_killed_run_is_failed_and_its_gpu_slot_freed_by_the_next_command(patch
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_an_interrupt_stops_the_command_and_fails_the_run(patched_demo, instance, tmp_path, commands, signum):
     before = {r.run_id for r in instance.get_runs()}
-    with FileLock(lock_path("embeddings", "demo_v1|radiomics")):  # holds the run inside its embeddings step
+    lock = Layout(patched_demo).lock_file("embeddings", "demo_v1|radiomics")
+    with FileLock(lock):  # holds the run inside its embeddings step
         command = Command(tmp_path, "interrupted", *EMBED)
         commands.append(command)
         wait_for(lambda: logged(instance, "embeddings demo_v1|radiomics is being materialized by"),
@@ -184,7 +186,8 @@ def test_two_commands_of_one_partition_on_a_fresh_dagster_home(small_demo_home, 
     select = ["pipeline", "run", "demo_v1", "--models", "radiomics", "--select", "+key:patches"]
     # Both commands are held where they would race, and let go together: opening the fresh instance (creating
     # its SQLite schema), then the first step of the partition.
-    instance_lock, cohort_lock = FileLock(fresh / ".radassets-instance.lock"), FileLock(lock_path("cohort", "demo_v1"))
+    instance_lock = FileLock(fresh / ".radassets-instance.lock")
+    cohort_lock = FileLock(Layout(small_demo_home).lock_file("cohort", "demo_v1"))
     with cohort_lock:
         with instance_lock:
             both = [Command(tmp_path, f"concurrent{i}", *select, env=env) for i in (1, 2)]

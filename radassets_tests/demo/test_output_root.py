@@ -18,6 +18,7 @@ import pytest
 
 from radassets.demo import DemoError, DemoSpec, ensure_demo_collection, generate_demo_collection
 from radassets.demo.generator import MANIFEST, SPEC_ENV
+from radassets.settings import Settings
 from radassets_tests.conftest import REPO
 from radassets_tests.test_cli import run_cli
 
@@ -155,13 +156,13 @@ def test_a_generation_killed_half_way_leaves_the_previous_collection(tmp_path):
 def test_an_invalid_spec_names_the_variable(monkeypatch, text, message):
     monkeypatch.setenv(SPEC_ENV, text)
     with pytest.raises(DemoError, match=f"{SPEC_ENV} .*{message}") as err:
-        DemoSpec.from_env()
+        Settings.load().demo()
     assert "\n" not in str(err.value)
 
 
 def test_a_valid_spec_from_the_environment(monkeypatch):
     monkeypatch.setenv(SPEC_ENV, '{"n_patients": 120, "n_test_retest": 20}')
-    assert DemoSpec.from_env() == DemoSpec(n_patients=120, n_test_retest=20)
+    assert Settings.load().demo() == DemoSpec(n_patients=120, n_test_retest=20)
 
 
 def test_an_invalid_spec_is_one_line_exit_2(tmp_path):

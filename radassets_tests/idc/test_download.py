@@ -21,6 +21,7 @@ from radassets.idc.download import (
     fetch_series,
     verify_in_place,
 )
+from radassets.settings import Settings
 from radassets_tests.idc.conftest import StoppingProxy, free_port, upload_bucket
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ def test_download_verify_and_skip_on_rerun(s3_server, served_demo, tmp_path):
     rows, _ = served_demo
     dest = tmp_path / "series"
     seen = []
-    results = fetch_series(rows, dest, Mirror.s3(s3_server), progress=lambda d, t, m: seen.append((d, t)))
+    results = fetch_series(rows, dest, Mirror.s3(s3_server, signed=True), progress=lambda d, t, m: seen.append((d, t)))
     assert [r.status for r in results] == ["downloaded"] * len(rows)
     assert seen[-1] == (len(rows), len(rows))
     for row, result in zip(rows, results):
@@ -70,7 +71,7 @@ def test_download_resumes_after_the_server_stops_mid_download(s3_server, served_
     second_ct = [i for i, r in enumerate(rows) if r["Modality"] == "CT"][1]
     cut = int(sum(sizes[:second_ct]) + sizes[second_ct] / 2)
     proxy = StoppingProxy(urlparse(s3_server).port, budget=cut)
-    first = fetch_series(rows, dest, Mirror.s3(proxy.url), attempts=1, retry_count=0, backoff_s=0)
+    first = fetch_series(rows, dest, Mirror.s3(proxy.url, signed=True), attempts=1, retry_count=0, backoff_s=0)
     assert proxy.stopped.is_set(), "the server should have stopped mid-download"
     failed = [r for r in first if r.status == "failed"]
     done = [r for r in first if r.status == "downloaded"]
@@ -82,7 +83,7 @@ def test_download_resumes_after_the_server_stops_mid_download(s3_server, served_
     kept_bytes = sum(f.stat().st_size for f in dest.rglob("*.dcm"))
 
     proxy.restart(budget=None)  # the server is back
-    second = fetch_series(rows, dest, Mirror.s3(proxy.url), attempts=2, retry_count=1, backoff_s=0)
+    second = fetch_series(rows, dest, Mirror.s3(proxy.url, signed=True), attempts=2, retry_count=1, backoff_s=0)
     assert all(r.status in ("present", "downloaded") for r in second), [(r.status, r.reason) for r in second]
     by_uuid = {r.crdc_series_uuid: r for r in second}
     for uuid in done_stamps:
@@ -115,7 +116,7 @@ def test_one_bad_series_is_quarantined_and_the_rest_proceeds(s3_server, served_d
     # A series with fewer objects in the bucket than the cohort says: incomplete, kept for resume.
     short = dict(ct[2], instanceCount=ct[2]["instanceCount"] + 3)
     batch = [ct[3], bad, short, ct[4]]
-    results = fetch_series(batch, tmp_path / "series", Mirror.s3(s3_server), attempts=2, backoff_s=0)
+    results = fetch_series(batch, tmp_path / "series", Mirror.s3(s3_server, signed=True), attempts=2, backoff_s=0)
     status = {r.crdc_series_uuid: r for r in results}
     assert status[ct[3]["crdc_series_uuid"]].status == "downloaded"
     assert status[ct[4]["crdc_series_uuid"]].status == "downloaded"
@@ -130,7 +131,7 @@ def test_one_bad_series_is_quarantined_and_the_rest_proceeds(s3_server, served_d
 
 def test_local_folder_mirror(small_demo, tmp_path, monkeypatch):
     monkeypatch.setenv(MIRROR_ENV, str(small_demo / "bucket"))
-    mirror = Mirror.from_env()
+    mirror = Settings.load().mirror()  # the setting, read where the CLI and the assets read it
     assert mirror.kind == "folder"
     rows = demo_rows(small_demo)
     results = fetch_series(rows, tmp_path / "series", mirror)

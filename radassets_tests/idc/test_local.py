@@ -27,11 +27,10 @@ PATIENTS = ("DEMO-005", "DEMO-006")  # a CT with a RTSTRUCT, a CT with a SEG
 
 
 @pytest.fixture
-def data_dir(tmp_path, monkeypatch, storage) -> Path:
-    """A copy of data/ (add-local writes definitions there) and a private RADASSETS_HOME."""
+def data_dir(tmp_path) -> Path:
+    """A copy of data/ (add-local writes definitions there); the tests' artifact root is ``layout``."""
     data = tmp_path / "data"
     shutil.copytree(REPO / "data", data)
-    monkeypatch.setenv("RADASSETS_DATA_DIR", str(data))
     return data
 
 
@@ -50,22 +49,22 @@ def user_folder(small_demo, tmp_path) -> Path:
     return folder
 
 
-def materialize_volumes(name: str):
+def materialize_volumes(name: str, data_dir: Path, layout):
     """cohort → dicom → volumes, as the assets call them."""
-    definition = datasets.get(name)
-    cohort = cohort_for(definition)
-    write_cohort(cohort)
-    assert not fetch_dataset_dicom(definition, cohort).failed
-    return run_volumes(definition)
+    definition = datasets.get(name, data_dir)
+    cohort = cohort_for(definition, layout)
+    write_cohort(cohort, layout)
+    assert not fetch_dataset_dicom(definition, cohort, layout).failed
+    return run_volumes(definition, layout)
 
 
 def ct_row(report, patient: str) -> dict:
     return next(r for r in report.qc if r["PatientID"] == patient and r["Modality"] == "CT")
 
 
-def test_a_file_edited_in_place_is_noticed_and_converted_again(data_dir, user_folder):
-    add_local_dataset("my_study_v1", user_folder)
-    first = materialize_volumes("my_study_v1")
+def test_a_file_edited_in_place_is_noticed_and_converted_again(data_dir, layout, user_folder):
+    add_local_dataset("my_study_v1", user_folder, layout, data_root=data_dir)
+    first = materialize_volumes("my_study_v1", data_dir, layout)
     assert first.summary()["failed"] == 0
     old = ct_row(first, "DEMO-005")
     # Edit one slice's pixels in place (same size). The mtime is set one second later explicitly: file
@@ -80,16 +79,16 @@ def test_a_file_edited_in_place_is_noticed_and_converted_again(data_dir, user_fo
     os.utime(victim, ns=(indexed_mtime + 10**9, indexed_mtime + 10**9))
 
     # Not indexed again: the series is refused by name, never reused from the old pixels.
-    stale = materialize_volumes("my_study_v1")
+    stale = materialize_volumes("my_study_v1", data_dir, layout)
     row = ct_row(stale, "DEMO-005")
     assert (row["status"], row["code"], row.get("reused")) == ("failed", "changed_since_indexed", None), row
     assert str(victim) in row["message"] and "radassets datasets add-local my_study_v1" in row["message"]
     assert ct_row(stale, "DEMO-006")["status"] == "ok"
 
     # Indexed again (same name, same folder): a new series version, converted afresh.
-    again = add_local_dataset("my_study_v1", user_folder)
+    again = add_local_dataset("my_study_v1", user_folder, layout, data_root=data_dir)
     assert again.reindexed
-    second = materialize_volumes("my_study_v1")
+    second = materialize_volumes("my_study_v1", data_dir, layout)
     new = ct_row(second, "DEMO-005")
     assert new["status"] == "ok" and not new["reused"]
     assert new["crdc_series_uuid"] != old["crdc_series_uuid"] and new["sha256"] != old["sha256"]
@@ -101,28 +100,28 @@ def test_a_file_edited_in_place_is_noticed_and_converted_again(data_dir, user_fo
     assert stored.GetOrigin() == fresh.GetOrigin() and stored.GetSpacing() == fresh.GetSpacing()
 
 
-def test_reindexing_another_folder_under_a_taken_name_is_refused(data_dir, user_folder, tmp_path):
-    add_local_dataset("my_study_v1", user_folder)
+def test_reindexing_another_folder_under_a_taken_name_is_refused(data_dir, layout, user_folder, tmp_path):
+    add_local_dataset("my_study_v1", user_folder, layout, data_root=data_dir)
     other = tmp_path / "other"
     shutil.copytree(user_folder / "DEMO-006", other)
     with pytest.raises(LocalIndexError, match="already exists"):
-        add_local_dataset("my_study_v1", other)
+        add_local_dataset("my_study_v1", other, layout, data_root=data_dir)
     with pytest.raises(LocalIndexError, match="already exists"):
-        add_local_dataset("demo_v1", other)
+        add_local_dataset("demo_v1", other, layout, data_root=data_dir)
 
 
-def test_a_file_name_that_is_not_utf8_is_indexed_and_read(data_dir, user_folder):
+def test_a_file_name_that_is_not_utf8_is_indexed_and_read(data_dir, layout, user_folder):
     ct = sorted((user_folder / "DEMO-006" / "CT").iterdir())
     odd = ct[3].parent / os.fsdecode(b"ct_\xff.dcm")
     ct[3].rename(odd)
-    result = add_local_dataset("odd_names_v1", user_folder)
+    result = add_local_dataset("odd_names_v1", user_folder, layout, data_root=data_dir)
     assert result.linked == [str(user_folder / "DEMO-006" / "CT") + "/ct_\\xff.dcm"]
-    report = materialize_volumes("odd_names_v1")
+    report = materialize_volumes("odd_names_v1", data_dir, layout)
     row = ct_row(report, "DEMO-006")
     assert row["status"] == "ok" and row["slices"] == len(ct)  # the odd slice is part of the volume
 
 
-def test_a_failed_add_local_leaves_nothing_behind(data_dir, user_folder, storage):
+def test_a_failed_add_local_leaves_nothing_behind(data_dir, layout, user_folder, storage):
     # A staging folder of a killed add-local is cleared by the next one.
     (storage / "local" / ".my_study_v1.0123456789ab.staging" / "index").mkdir(parents=True)
     # The definition cannot be written (data/datasets/my_study_v1.yaml's folder is a file): after the index
@@ -132,12 +131,12 @@ def test_a_failed_add_local_leaves_nothing_behind(data_dir, user_folder, storage
     definitions.rename(kept)
     definitions.write_text("not a folder")
     with pytest.raises(OSError):
-        add_local_dataset("my_study_v1", user_folder)
+        add_local_dataset("my_study_v1", user_folder, layout, data_root=data_dir)
     assert not (storage / "local").exists() or not any((storage / "local").iterdir())
     definitions.unlink()
     kept.rename(definitions)
     assert not (definitions / "my_study_v1.yaml").exists()
     # And it works once the cause is gone.
-    assert add_local_dataset("my_study_v1", user_folder).series == 4
+    assert add_local_dataset("my_study_v1", user_folder, layout, data_root=data_dir).series == 4
     assert sorted(p.name for p in (storage / "local").iterdir()) == ["my_study_v1"]
-    assert json.loads(json.dumps(datasets.get("my_study_v1").source.model_dump()))["kind"] == "local"
+    assert json.loads(json.dumps(datasets.get("my_study_v1", data_dir).source.model_dump()))["kind"] == "local"

@@ -3,7 +3,6 @@ no temporary files of killed runs after a rerun, which gives the same bytes."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
@@ -13,7 +12,9 @@ import pytest
 from radassets import datasets
 from radassets.idc.cohorts import cohort_for, write_cohort
 from radassets.idc.dicom import fetch_dataset_dicom
-from radassets.imaging.pipeline import run_patches, run_seeds, run_volumes, step_dir
+from radassets.demo import DemoSpec, ensure_demo_source
+from radassets.imaging.pipeline import run_patches, run_seeds, run_volumes
+from radassets.layout import Layout
 from radassets.storage import atomic_write_text
 from radassets_tests.conftest import SMALL_DEMO_SPEC
 
@@ -21,13 +22,11 @@ STEPS = ("volumes", "seeds", "patches")
 
 
 @pytest.fixture
-def demo_home(small_demo, tmp_path, monkeypatch) -> Path:
+def demo_layout(small_demo, tmp_path) -> Layout:
     home = tmp_path / "home"
     home.mkdir()
     (home / "demo").symlink_to(small_demo)
-    monkeypatch.setenv("RADASSETS_HOME", str(home))
-    monkeypatch.setenv("RADASSETS_DEMO_SPEC", json.dumps(SMALL_DEMO_SPEC))
-    return home
+    return Layout(home)
 
 
 def with_umask(mask: int, work):
@@ -38,15 +37,16 @@ def with_umask(mask: int, work):
         os.umask(previous)
 
 
-def imaging_steps() -> None:
+def imaging_steps(layout: Layout) -> None:
     definition = datasets.get("demo_v1")
-    run_volumes(definition)
-    run_seeds(definition)
-    run_patches(definition)
+    run_volumes(definition, layout)
+    run_seeds(definition, layout)
+    run_patches(definition, layout)
 
 
-def outputs() -> dict[Path, bytes]:
-    return {p: p.read_bytes() for step in STEPS for p in sorted(step_dir(step, "demo_v1").rglob("*")) if p.is_file()}
+def outputs(layout: Layout) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for step in STEPS for p in sorted(layout.asset_dir(step, "demo_v1").rglob("*"))
+            if p.is_file()}
 
 
 def mode(path: Path) -> int:
@@ -59,27 +59,29 @@ def test_an_atomic_write_has_the_mode_of_a_plain_write(tmp_path, umask, expected
     assert mode(path) == expected
 
 
-def test_outputs_follow_the_umask_and_a_rerun_removes_stale_temporaries(demo_home):
+def test_outputs_follow_the_umask_and_a_rerun_removes_stale_temporaries(demo_layout):
+    layout = demo_layout
     definition = datasets.get("demo_v1")
-    cohort = cohort_for(definition)
-    write_cohort(cohort)
-    assert not fetch_dataset_dicom(definition, cohort).failed
-    with_umask(0o022, imaging_steps)
-    first = outputs()
+    ensure_demo_source(definition, layout, DemoSpec(**SMALL_DEMO_SPEC))
+    cohort = cohort_for(definition, layout)
+    write_cohort(cohort, layout)
+    assert not fetch_dataset_dicom(definition, cohort, layout).failed
+    with_umask(0o022, lambda: imaging_steps(layout))
+    first = outputs(layout)
     assert len(first) > 20
     assert {path.name: mode(path) for path in first if mode(path) != 0o644} == {}
     # What kill -9 leaves: atomic-write temporaries in each step's folders (330 MB of them at LUNG1 scale).
-    stale = [step_dir("patches", "demo_v1") / ".patches.npy.k3x9q2.tmp",
-             step_dir("patches", "demo_v1") / ".masks.npy.a1b2c3.tmp",
-             step_dir("seeds", "demo_v1") / ".seeds.parquet.zz11yy.tmp",
-             step_dir("volumes", "demo_v1") / "ct" / ".half.nrrd.4f4f4f.tmp"]
+    stale = [layout.asset_dir("patches", "demo_v1") / ".patches.npy.k3x9q2.tmp",
+             layout.asset_dir("patches", "demo_v1") / ".masks.npy.a1b2c3.tmp",
+             layout.asset_dir("seeds", "demo_v1") / ".seeds.parquet.zz11yy.tmp",
+             layout.asset_dir("volumes", "demo_v1") / "ct" / ".half.nrrd.4f4f4f.tmp"]
     for path in stale:
         path.write_bytes(b"\0" * 4096)
-    with_umask(0o002, imaging_steps)
+    with_umask(0o002, lambda: imaging_steps(layout))
     assert [p for p in stale if p.exists()] == []
-    again = outputs()
+    again = outputs(layout)
     assert again.keys() == first.keys()
     # Byte-identical, the volumes' QC table and manifest included (they record no timing, nor what was reused).
     assert [p.name for p in first if again[p] != first[p]] == []
-    patches = step_dir("patches", "demo_v1")
+    patches = layout.asset_dir("patches", "demo_v1")
     assert mode(patches / "patches.npy") == mode(patches / "manifest.json") == 0o664  # written again under 002

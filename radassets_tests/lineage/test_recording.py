@@ -73,7 +73,7 @@ def test_four_materializations_at_once_lose_no_row(home):
         assert p.returncode == 0, err.decode()[-2000:]
     with DagsterInstance.get() as instance:
         dagster_runs = {r.dagster_run.run_id for r in instance.get_run_records()}
-    with store.reader() as con:
+    with store.reader(home / "lineage") as con:
         runs = con.execute("SELECT dagster_run_id, status FROM runs WHERE job_name = 'hosny2018_figure2'").fetchall()
         assert {r for r, _ in runs} == dagster_runs and len(runs) == 4
         assert {s for _, s in runs} == {"COMPLETE"}
@@ -93,7 +93,7 @@ def test_a_failed_materialization_is_recorded_with_its_error(home):
                              partition_key=MultiPartitionKey({"dataset_version": "demo_v1", "model": "radiomics"}),
                              raise_on_error=False)
     assert not result.success
-    with store.reader() as con:
+    with store.reader(home / "lineage") as con:
         row = con.execute("SELECT status, error, partition_key, partition FROM runs WHERE job_name = 'evaluation'").fetchone()
         assert row[0] == "FAIL" and "is missing; materialize the steps before 'evaluation' first" in row[1]
         assert json.loads(row[3]) == {"dataset_version": "demo_v1", "model": "radiomics"}
@@ -122,7 +122,7 @@ def test_a_run_killed_mid_way_leaves_the_store_consistent(home, small_demo, monk
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    with store.reader() as con:
+    with store.reader(home / "lineage") as con:
         runs = dict(con.execute("SELECT job_name, status FROM runs").fetchall())
         assert runs == {"cohort": "COMPLETE", "dicom": "COMPLETE", "volumes": "START"}
         assert con.execute("SELECT count(*) FROM items WHERE kind = 'series'").fetchone()[0] == 16

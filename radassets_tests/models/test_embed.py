@@ -17,6 +17,7 @@ from radassets.cli import main as cli_main
 from radassets.models import registry
 from radassets.models.embed import read_embeddings, run_embeddings
 from radassets.models.extractors import load_extractor
+from radassets_tests.models.conftest import home_weights
 from radassets.models.preprocessing import PreprocessingError, model_input
 from radassets.models.registry import Intensity, Preprocessing
 from radassets.models.table import TableError, TableExtractor
@@ -122,12 +123,14 @@ def _spec(tmp_path, size=(48, 48, 48), axes="SPL"):
 
 
 def test_nan_vectors_are_recorded_failures(models_home, tmp_path, capsys):
+    weights = home_weights(models_home)
     scripted = torch.jit.script(NanForLargeLesions())
     scripted.save(str(tmp_path / "nan.pt"))
     cli_main(["models", "add", "nan_model", "--torchscript", str(tmp_path / "nan.pt"), "--preprocessing",
               str(_spec(tmp_path))])
     patches, masks, rows = _patches()
-    report = run_embeddings(load_extractor(registry.get("nan_model"), CPU), patches, masks, rows, tmp_path / "out")
+    report = run_embeddings(load_extractor(registry.get("nan_model", models_home), CPU, weights_dir=weights),
+                            patches, masks, rows, tmp_path / "out")
     failed = [r["seed_id"] for r in report.failures]
     assert failed and len(failed) < len(rows)  # the large lesions only
     assert all("3 NaN and 0 infinite values" in r["reason"] for r in report.failures)
@@ -135,6 +138,7 @@ def test_nan_vectors_are_recorded_failures(models_home, tmp_path, capsys):
 
 
 def test_user_torchscript_and_onnx_files_register_and_agree(models_home, tmp_path, capsys):
+    weights = home_weights(models_home)
     net = TinyEncoder().eval()
     example = torch.zeros(1, 1, 40, 40, 40)
     torch.jit.trace(net, example).save(str(tmp_path / "tiny.pt"))
@@ -147,11 +151,12 @@ def test_user_torchscript_and_onnx_files_register_and_agree(models_home, tmp_pat
     cli_main(["models", "add", "tiny_onnx", "--onnx", str(tmp_path / "tiny.onnx"), "--preprocessing", str(spec)])
     out = capsys.readouterr().out
     assert "registered tiny_ts (torchscript, 6-d)" in out and "registered tiny_onnx (onnx, 6-d)" in out
-    entry = registry.get("tiny_ts")
+    entry = registry.get("tiny_ts", models_home)
     assert entry.weights.sha256 == sha256_file(tmp_path / "tiny.pt") and entry.weights.uri.startswith("file://")
     patches, masks, rows = _patches()
-    ts = run_embeddings(load_extractor(entry, CPU), patches, masks, rows, tmp_path / "ts")
-    onnx = run_embeddings(load_extractor(registry.get("tiny_onnx"), CPU), patches, masks, rows, tmp_path / "onnx")
+    ts = run_embeddings(load_extractor(entry, CPU, weights_dir=weights), patches, masks, rows, tmp_path / "ts")
+    onnx = run_embeddings(load_extractor(registry.get("tiny_onnx", models_home), CPU, weights_dir=weights),
+                          patches, masks, rows, tmp_path / "onnx")
     assert ts.weights_sha256 == entry.weights.sha256
     assert onnx.weights_sha256 == sha256_file(tmp_path / "tiny.onnx")
     assert np.allclose(read_embeddings(tmp_path / "ts")[1], read_embeddings(tmp_path / "onnx")[1], atol=1e-5)
@@ -163,7 +168,7 @@ def test_user_torchscript_and_onnx_files_register_and_agree(models_home, tmp_pat
     cached = next((tmp_path / "home" / "weights" / "tiny_ts").glob("*.pt"))
     cached.write_bytes(cached.read_bytes() + b"\0")
     with pytest.raises(Exception, match="refusing to load it"):
-        load_extractor(entry, CPU, download=False)
+        load_extractor(entry, CPU, weights_dir=weights, download=False)
 
 
 def test_models_add_refuses_bad_input(models_home, tmp_path, capsys):
@@ -202,18 +207,20 @@ def test_radiomics_features_of_a_sphere(tmp_path):
 
 
 def test_precomputed_table_as_a_model(models_home, tmp_path, capsys):
+    weights = home_weights(models_home)
     table = pd.DataFrame({"ID": ["P0", "P1", "P2", "P4"], "f1": [1.0, 2, 3, 5], "f2": [0.5, 0.5, 0.5, 0.5]})
     table.to_csv(tmp_path / "emb.csv", index=False)
     cli_main(["models", "add", "published", "--table", str(tmp_path / "emb.csv"), "--id-column", "ID"])
     assert "registered published (table, 2-d)" in capsys.readouterr().out
     patches, masks, rows = _patches()
-    report = run_embeddings(load_extractor(registry.get("published"), CPU), patches, masks, rows, tmp_path / "t")
+    report = run_embeddings(load_extractor(registry.get("published", models_home), CPU, weights_dir=weights),
+                            patches, masks, rows, tmp_path / "t")
     assert sorted(r["PatientID"] for r in report.failures) == ["P3", "P5"]
     ok_rows, matrix = read_embeddings(tmp_path / "t")
     assert [r["PatientID"] for r in ok_rows] == ["P0", "P1", "P2", "P4"] and matrix[:, 0].tolist() == [1, 2, 3, 5]
     table.loc[4] = ["P1", 9.0, 9.0]
     table.to_csv(tmp_path / "dup.csv", index=False)
-    entry = registry.get("published")
+    entry = registry.get("published", models_home)
     dup = entry.model_copy(update={"table": entry.table.model_copy(update={"path": str(tmp_path / "dup.csv")})})
     with pytest.raises(TableError, match="duplicated id"):
         TableExtractor(dup)

@@ -18,7 +18,7 @@ from radassets.errors import RadassetsError
 from radassets.models import registry
 from radassets.models.embed import read_embeddings, run_embeddings
 from radassets.models.extractors import load_extractor
-from radassets.models.weights import weights_dir
+from radassets_tests.models.conftest import home_weights
 from radassets_tests.models.test_embed import _patches, _spec
 from radassets_tests.standins import TinyEncoder
 
@@ -120,7 +120,7 @@ def test_a_misshaped_or_batch_dependent_network_is_refused(models_home, tmp_path
     assert err.startswith("radassets: error: model 'user_net'") and err.count("\n") == 1, err
     assert re.search(message, err), err
     assert not (models_home / "user_net.yaml").exists()
-    assert not (weights_dir() / "user_net").exists()  # nothing cached, nothing staged
+    assert not (home_weights(models_home) / "user_net").exists()  # nothing cached, nothing staged
 
 
 class FixedInput(torch.nn.Module):
@@ -146,40 +146,46 @@ def test_a_network_failing_on_the_specified_input_is_refused_naming_the_shape(mo
 
 
 def test_a_pooled_map_left_unflattened_registers_with_the_same_vectors(models_home, tmp_path, capsys):
+    weights = home_weights(models_home)
     add("tiny", export(TinyEncoder(), "torchscript", tmp_path), "torchscript", tmp_path)
     add("pooled", export(PooledNotFlattened(), "onnx", tmp_path), "onnx", tmp_path)
     assert "registered pooled (onnx, 6-d)" in capsys.readouterr().out
     patches, masks, rows = _patches()
-    run_embeddings(load_extractor(registry.get("tiny"), CPU), patches, masks, rows, tmp_path / "tiny")
-    run_embeddings(load_extractor(registry.get("pooled"), CPU), patches, masks, rows, tmp_path / "pooled")
+    run_embeddings(load_extractor(registry.get("tiny", models_home), CPU, weights_dir=weights),
+                   patches, masks, rows, tmp_path / "tiny")
+    run_embeddings(load_extractor(registry.get("pooled", models_home), CPU, weights_dir=weights),
+                   patches, masks, rows, tmp_path / "pooled")
     assert np.allclose(read_embeddings(tmp_path / "tiny")[1], read_embeddings(tmp_path / "pooled")[1], atol=1e-5)
 
 
 def test_every_batch_is_checked_at_embedding_time(models_home, tmp_path):
+    weights = home_weights(models_home)
     path = tmp_path / "late.pt"
     torch.jit.script(TransposedForLargeBatches().eval()).save(str(path))
     add("late", path, "torchscript", tmp_path)  # batches of one and two: right
     patches, masks, rows = _patches()
-    extractor = load_extractor(registry.get("late"), CPU)
+    extractor = load_extractor(registry.get("late", models_home), CPU, weights_dir=weights)
     with pytest.raises(RadassetsError, match=r"model 'late' returned shape \(6, 4\) for a batch of 4 patches"):
         run_embeddings(extractor, patches, masks, rows, tmp_path / "out", batch_size=4)
     assert not (tmp_path / "out" / "embeddings.parquet").exists()
     # A registry entry edited to another dimension than the network's.
-    entry = registry.get("late").model_copy(update={"embedding_dim": 7})
+    entry = registry.get("late", models_home).model_copy(update={"embedding_dim": 7})
     with pytest.raises(RadassetsError, match=r"model 'late' returned 6 values per patch; the registry says "
                                              r"embedding_dim 7"):
-        run_embeddings(load_extractor(entry, CPU), patches, masks, rows, tmp_path / "out", batch_size=2)
+        run_embeddings(load_extractor(entry, CPU, weights_dir=weights),
+                       patches, masks, rows, tmp_path / "out", batch_size=2)
 
 
 @pytest.mark.parametrize("kind", ["torchscript", "onnx"])
 def test_a_failed_add_leaves_nothing_and_a_corrected_file_registers(models_home, tmp_path, capsys, kind):
+    weights = home_weights(models_home)
     suffix = {"torchscript": "pt", "onnx": "onnx"}[kind]
     path = tmp_path / f"my_net.{suffix}"
     path.write_bytes(b"not a network")
     with pytest.raises(SystemExit):
         add("my_net", path, kind, tmp_path)
     assert "radassets: error: model 'my_net'" in capsys.readouterr().err
-    cache = weights_dir() / "my_net"
+    cache = home_weights(models_home) / "my_net"
     assert not cache.exists()  # nothing cached, nothing staged
     good = export(TinyEncoder(), kind, tmp_path)
     path.write_bytes(good.read_bytes())
@@ -187,8 +193,8 @@ def test_a_failed_add_leaves_nothing_and_a_corrected_file_registers(models_home,
     assert f"registered my_net ({kind}, 6-d)" in capsys.readouterr().out
     assert [p.name for p in cache.iterdir()] == [path.name]  # the verified file, and nothing staged beside it
     patches, masks, rows = _patches(2)
-    report = run_embeddings(load_extractor(registry.get("my_net"), CPU, download=False), patches, masks, rows,
-                            tmp_path / "out")
+    extractor = load_extractor(registry.get("my_net", models_home), CPU, weights_dir=weights, download=False)
+    report = run_embeddings(extractor, patches, masks, rows, tmp_path / "out")
     assert report.summary()["embedded"] == 2
 
 

@@ -17,10 +17,8 @@ from radassets.storage import sha256_file
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "weights"
-    monkeypatch.setenv("RADASSETS_WEIGHTS_DIR", str(root))
-    return root
+def cache(tmp_path) -> Path:
+    return tmp_path / "weights"
 
 
 def _randomized(state: dict[str, torch.Tensor], seed: int = 1) -> dict[str, torch.Tensor]:
@@ -81,7 +79,7 @@ def test_built_in_architecture_loads_its_published_layout(name, cache):
     path, encoder = published_file(name, cache / name)
     entry = pinned(name, path)
     module = families.build(entry.family)
-    assert load_published(entry, module, download=False) == sha256_file(path)
+    assert load_published(entry, module, cache, download=False) == sha256_file(path)
     for key, value in module.state_dict().items():
         assert torch.equal(value, encoder[key]), key
     # The loaded network embeds a patch into the registry's dimension.
@@ -102,20 +100,20 @@ def test_wrong_sha256_is_refused(cache):
     torch.save({"trunk_state_dict": families.build("resnet10").state_dict()}, cache / "fmcib" / "model_weights.torch")
     entry = registry.get("fmcib")  # pins the published file's hash, which this generated file is not
     with pytest.raises(WeightsError, match=r"has sha256 [0-9a-f]{64}, the registry expects 8cc92ec4.*refusing"):
-        load_published(entry, families.build("fmcib_resnet50"), download=False)
+        load_published(entry, families.build("fmcib_resnet50"), cache, download=False)
 
 
 def test_unpinned_weights_are_refused_with_the_hash_to_pin(cache):
     path, _ = published_file("ct_fm", cache / "ct_fm")
     with pytest.raises(WeightsError, match=f"pins no sha256.*'sha256: {sha256_file(path)}'.*data/models/ct_fm.yaml"):
-        load_published(registry.get("ct_fm"), families.build("ct_fm_segresenc"), download=False)
+        load_published(registry.get("ct_fm"), families.build("ct_fm_segresenc"), cache, download=False)
 
 
 def test_missing_weights_offline_say_where_to_put_them(cache):
     entry = registry.get("fmcib")
     offline = entry.model_copy(update={"weights": entry.weights.model_copy(update={"uri": "http://127.0.0.1:9/w.torch"})})
     with pytest.raises(WeightsError) as err:
-        load_published(offline, families.build("fmcib_resnet50"), download=True)
+        load_published(offline, families.build("fmcib_resnet50"), cache, download=True)
     message = str(err.value)
     assert str(cache / "fmcib" / "model_weights.torch") in message and entry.weights.sha256 in message
     assert "download failed" in message
@@ -133,7 +131,7 @@ def test_missing_unexpected_and_misshaped_keys_are_listed(cache):
     torch.save({"trunk_state_dict": state}, path)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     with pytest.raises(WeightsError) as err:
-        load_published(pinned("fmcib", path), module, download=False)
+        load_published(pinned("fmcib", path), module, cache, download=False)
     message = str(err.value)
     assert "2 missing keys: bn1.bias, layer4.0.conv2.weight" in message
     assert "1 unexpected keys: fc.weight" in message
@@ -151,7 +149,7 @@ def test_documented_prefixes_are_handled_and_others_are_not(cache):
     checkpoint["state_dict"]["module.extra_head.weight"] = torch.zeros(3)
     torch.save(checkpoint, path)
     with pytest.raises(WeightsError, match=r"1 unexpected keys: extra_head\.weight"):
-        load_published(pinned("models_genesis", path), families.build("genesis_unet3d"), download=False)
+        load_published(pinned("models_genesis", path), families.build("genesis_unet3d"), cache, download=False)
 
 
 def test_weights_that_are_not_a_safe_torch_file_are_refused(cache):
@@ -160,7 +158,7 @@ def test_weights_that_are_not_a_safe_torch_file_are_refused(cache):
     path = folder / "model_weights.torch"
     path.write_bytes(b"not a torch file at all")
     with pytest.raises(WeightsError, match="not a weights file torch can load safely") as err:
-        load_published(pinned("fmcib", path), families.build("fmcib_resnet50"), download=False)
+        load_published(pinned("fmcib", path), families.build("fmcib_resnet50"), cache, download=False)
     assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
@@ -178,7 +176,7 @@ def test_a_checkpoint_with_pickled_objects_is_refused_without_unsafe_advice(cach
     path = folder / "model_weights.torch"
     torch.save({"trunk_state_dict": families.build("resnet10").state_dict(), "settings": TrainingSettings()}, path)
     with pytest.raises(WeightsError) as err:
-        load_published(pinned("fmcib", path), families.build("fmcib_resnet50"), download=False)
+        load_published(pinned("fmcib", path), families.build("fmcib_resnet50"), cache, download=False)
     message = str(err.value)
     assert "weights_only=False" not in message and "add_safe_globals" not in message, message
     assert str(path) in message and "radassets_tests.models.test_weights.TrainingSettings" in message, message

@@ -50,7 +50,7 @@ RUN_ONLY_FIELDS = frozenset({"created_at", "seconds", "patches_per_second", "reu
 # And values: the DICOM manifest's "how" says whether this run downloaded a series or found it verified on
 # disk (radassets/idc/dicom.py); either way the series is there ("failed" is still a difference).
 RUN_ONLY_VALUES = {"how": {"downloaded": "on disk", "present": "on disk"}}
-RUN_LINE = re.compile(r": run ([0-9a-f-]{36}) (succeeded|FAILED)")
+RUN_LINE = re.compile(r": run ([0-9a-f-]{36}) (succeeded|failed|was canceled)")
 
 
 def say(config: pytest.Config, line: str = "") -> None:
@@ -79,6 +79,11 @@ class Finished:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.text.splitlines()[-lines:])
+
+    @property
+    def worker_text(self) -> str:
+        """The command's output and its run workers' (their step logs: ``radassets.defs.launch``)."""
+        return output_with_workers(self.log)
 
     @property
     def dagster_run_ids(self) -> list[str]:
@@ -141,6 +146,13 @@ class Workspace:
         started = time.monotonic()
         process, log = self.start(*args, name=name)
         return wait_or_kill(process, log, args, started, timeout)
+
+
+def output_with_workers(log: Path) -> str:
+    """A command's output (``<ws>/logs/<name>.log``) followed by every run worker's output of its workspace
+    (``<ws>/dagster_home/radassets/runs/<run id>.log``), where Dagster's step log lines are."""
+    workers = sorted((log.parent.parent / "dagster_home" / "radassets" / "runs").glob("*.log"))
+    return "\n".join(p.read_text(errors="replace") for p in [log, *workers])
 
 
 def wait_or_kill(process: subprocess.Popen, log: Path, args: tuple[str, ...], started: float,

@@ -16,16 +16,16 @@ point starts from an empty workspace at the same path, so each is one user's sto
   clean run's data version, items and parents;
 - the Dagster instance shows no run still active and no gpu pool slot claimed or waited for.
 
-Kill points. The clean reference run is recorded: the files it wrote and its log. A candidate trigger is "the
-k-th file matching a pattern exists" (a count, so files written in parallel do not change the list; ids in
-names become ``*``) or "the k-th log line of an asset's step, or the line announcing its Dagster run, has been
-written". Candidates belong to the asset that writes them; lineage merging owns ``lineage/`` (the store and
-``events/merged``, where the merge moves each file it ingested). ``numpy.random.default_rng(SEED)`` picks
-``QUOTA[asset]`` of each asset's candidates and, for each, SIGINT with probability SIGINT_SHARE, else SIGKILL.
-The list depends only on what the clean run writes, so it is the same on every run of the same code; it is
-printed with the verdict of each point (``RADASSETS_KILL_POINTS=4,16`` runs only those). Where a point fires is
-exact; what the process does in the few milliseconds before the signal lands (the harness polls every POLL_S)
-varies a little between runs, as it does for real crashes.
+Kill points. The clean reference run is recorded: the files it wrote and its log. A candidate trigger is "the k-th
+file matching a pattern exists" (a count, so files written in parallel do not change the list; ids in names become
+``*``) or "the k-th log line of an asset's step, or the line announcing its Dagster run, has been written" (step
+lines are in the run workers' logs). Candidates belong to the asset that writes them; lineage merging owns
+``lineage/`` (the store and ``events/merged``, where the merge moves each file it ingested).
+``numpy.random.default_rng(SEED)`` picks ``QUOTA[asset]`` of each asset's candidates and, for each, SIGINT with
+probability SIGINT_SHARE, else SIGKILL. The list depends only on what the clean run writes, so it is the same on
+every run of the same code; it is printed with the verdict of each point (``RADASSETS_KILL_POINTS=4,16`` runs only
+those). Where a point fires is exact; what the process does in the few milliseconds before the signal lands (the
+harness polls every POLL_S) varies a little between runs, as it does for real crashes.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import pytest
 from radassets_tests.reliability.conftest import (Finished, Workspace, compare_lineage, compare_outputs,
                                                   dagster_problems, dagster_run_ids, group_alive, kill_group,
                                                   lineage_outputs, lineage_problems, litter, merge_lineage,
-                                                  output_digests, say, tree)
+                                                  output_digests, output_with_workers, say, tree)
 
 pytestmark = pytest.mark.reliability
 
@@ -81,7 +81,7 @@ class Trigger:
     def reached(self, home: Path, log: Path) -> bool:
         if self.kind == "file":
             return sum(1 for _ in home.glob(self.what)) >= self.count
-        return len(re.findall(self.what, log.read_text(errors="replace"), re.MULTILINE)) >= self.count
+        return len(re.findall(self.what, output_with_workers(log), re.MULTILINE)) >= self.count
 
     def __str__(self) -> str:
         if self.kind == "file":
@@ -191,7 +191,7 @@ def reference(base, reliability_demo, pytestconfig) -> Reference:
     if not problems:
         problems += lineage_problems(ws.home) + dagster_problems(ws.dagster_home)
     ref = Reference(done.seconds, output_digests(ws.home), tree(ws.home), lineage_outputs(ws.home, done.dagster_run_ids),
-                    candidates(ws.home, done.text), problems)
+                    candidates(ws.home, done.worker_text), problems)
     ws.root.rename(base / "reference")
     return ref
 

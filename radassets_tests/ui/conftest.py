@@ -125,6 +125,7 @@ def _private_data_dir(data: Path) -> Path:
     download (the journeys add one). Reference tables are the checkout's own."""
     from radassets import datasets
     from radassets.models.pipeline import default_models
+    from radassets.settings import Settings
 
     (data / "datasets").mkdir(parents=True)
     (data / "models").mkdir()
@@ -132,7 +133,7 @@ def _private_data_dir(data: Path) -> Path:
     for name, definition in datasets.load_all().items():
         if definition.source.kind == "demo":
             shutil.copy(REPO / "data" / "datasets" / f"{name}.yaml", data / "datasets" / f"{name}.yaml")
-    for name in default_models()[0]:
+    for name in default_models(Settings.load().layout().weights_dir())[0]:
         shutil.copy(REPO / "data" / "models" / f"{name}.yaml", data / "models" / f"{name}.yaml")
     return data
 
@@ -141,9 +142,9 @@ def _private_data_dir(data: Path) -> Path:
 def demo_collection_for_ui() -> Path:
     """The default demo collection, generated once under the session's RADASSETS_HOME."""
     from radassets.demo import ensure_demo_collection
-    from radassets.idc.index import demo_root
+    from radassets.settings import Settings
 
-    return ensure_demo_collection(demo_root()).root
+    return ensure_demo_collection(Settings.load().layout().demo_root()).root
 
 
 @pytest.fixture(scope="module")
