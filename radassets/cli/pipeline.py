@@ -15,7 +15,8 @@ def pipeline() -> None:
     pass
 
 
-@pipeline.command("run", help="materialize assets for dataset versions in the Dagster instance at $DAGSTER_HOME")
+@pipeline.command("run", help="materialize assets for dataset versions: runs submitted to the Dagster instance at "
+                  "$DAGSTER_HOME (its queue and pools apply), followed with a progress bar each")
 @click.argument("dataset_version", nargs=-1, required=True)
 @click.option("--select", default=None,
               help="Dagster asset selection (default: every asset but the opt-in ones, e.g. seed_stability, "

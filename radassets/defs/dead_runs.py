@@ -1,30 +1,24 @@
 """Runs whose process died: found, marked failed, and their pool slots given back.
 
-A run that the CLI executes in its own process (``radassets pipeline run``, ``models backfill``) and that
-is killed with SIGKILL, or loses its terminal, cannot report its own end: Dagster keeps it STARTED and
-keeps the pool slots it claimed (the only ``gpu`` slot), so every later run of that pool waits for ever.
-Dagster's run monitoring does not see it: it asks the run launcher whether a run's worker is alive, and
-neither the CLI's in-process runs nor the default run launcher can answer that (see ``dagster.yaml``).
+A run worker started by the CLI (``radassets pipeline run``, ``models backfill``: ``radassets.defs.launch``)
+that is killed with SIGKILL, or dies with its command, cannot report its own end: Dagster keeps the run
+STARTED and keeps the pool slots it claimed (the only ``gpu`` slot), so every later run of that pool waits
+for ever. Dagster's run monitoring does not see it: it asks the run launcher whether a run's worker is
+alive, and the default run launcher cannot answer that (see ``dagster.yaml``).
 
-So each run the CLI starts carries the identity of its process in its tags (``OWNER_TAGS``: host, pid and
-the process's start time, which tells a reused pid from the original process), and ``fail_dead_runs``
-(a function of the instance only, so that any caller can use it: the CLI before each run and while it
-waits for a slot, the sensor ``dead_run_sensor`` in the daemon) reports every unfinished run of this host
-whose process is gone as failed and frees its slots. Runs of other hosts are left alone: their processes
-cannot be checked from here.
-
-A slot is claimed before its run is created (``radassets.defs.run`` claims pool slots itself, so that the
-wait can be logged and interrupted); for that moment the owner is written to a file under
-``$DAGSTER_HOME/radassets/owners/<run_id>.json``, removed when the command is done with the run.
+So each run worker the CLI starts carries the identity of its process in its run's tags (``owner_tags``: host,
+pid and the process's start time, which tells a reused pid from the original process), and ``fail_dead_runs``
+(a function of the instance only, so that any caller can use it: the CLI before each run and while it waits
+for a slot, the sensor ``dead_run_sensor`` in the daemon) reports every unfinished run of this host whose
+process is gone as failed and frees its slots. Runs of other hosts are left alone: their processes cannot be
+checked from here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import psutil
 from dagster import (DagsterInstance, DagsterRunStatus, DefaultSensorStatus, RunsFilter, SensorEvaluationContext,
@@ -66,31 +60,6 @@ def describe_owner(tags: Mapping[str, str]) -> str:
     return f"radassets pid {tags[PID_TAG]} on {tags.get(HOST_TAG, '?')}"
 
 
-def _owners_dir(instance: DagsterInstance) -> Path:
-    return Path(instance.root_directory) / "radassets" / "owners"
-
-
-def write_owner_file(instance: DagsterInstance, run_id: str) -> Path:
-    """Record this process as the owner of ``run_id`` before the run exists (see the module docstring)."""
-    path = _owners_dir(instance) / f"{run_id}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(owner_tags()))
-    os.replace(tmp, path)
-    return path
-
-
-def remove_owner_file(instance: DagsterInstance, run_id: str) -> None:
-    (_owners_dir(instance) / f"{run_id}.json").unlink(missing_ok=True)
-
-
-def _owner_file_tags(instance: DagsterInstance, run_id: str) -> dict[str, str]:
-    try:
-        return json.loads((_owners_dir(instance) / f"{run_id}.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _slot_holders(instance: DagsterInstance) -> set[str]:
     """Run ids that hold, or wait for, a slot of any pool."""
     storage = instance.event_log_storage
@@ -105,7 +74,7 @@ def _slot_holders(instance: DagsterInstance) -> set[str]:
 
 def fail_dead_runs(instance: DagsterInstance, log: Callable[[str], None] | None = None) -> list[str]:
     """Report every unfinished run of this host whose process is gone as failed, and free the pool slots
-    held by such runs, by finished runs of ours, and by runs never created whose owner is gone.
+    held by such runs, by finished runs of ours, and by runs no longer in the instance (deleted).
 
     Returns the ids of the runs whose slots were freed or that were marked failed."""
     freed: list[str] = []
@@ -121,12 +90,7 @@ def fail_dead_runs(instance: DagsterInstance, log: Callable[[str], None] | None 
             log(f"run {run.run_id}: {message}")
     for run_id in sorted(_slot_holders(instance) - set(freed)):
         holder = instance.get_run_by_id(run_id)
-        if holder is None:  # a slot claimed before its run was created
-            owner = _owner_file_tags(instance, run_id)
-            if owner and owner_alive(owner) is not False:
-                continue  # its command still runs, or runs on another host
-            remove_owner_file(instance, run_id)
-        elif not (holder.is_finished and HOST_TAG in holder.tags):
+        if holder is not None and not (holder.is_finished and HOST_TAG in holder.tags):
             continue  # running, or not ours: Dagster's run monitoring frees slots of the runs it launched
         instance.event_log_storage.free_concurrency_slots_for_run(run_id)
         freed.append(run_id)

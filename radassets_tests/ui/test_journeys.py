@@ -1,13 +1,14 @@
 """The researcher's journeys in the Dagster UI, in headless Chromium, against `dagster dev` started here.
 
-They build on each other as one person's session does, so they run in file order on one server:
+They build on each other as one person's session does, so they run in file order on one server (its daemon
+evaluates the automation conditions, as `make ui`'s does):
 
-1. Materialize demo_v1 from the asset graph (the cheap assets: the opt-in seed stability and the Hosny
-   reproduction are filtered out, as a person would), wait for the backfill to succeed, and see the
+1. Launch the job `dataset_version_job` for demo_v1 from its page (no typed asset filter), wait for its
+   backfill to succeed, watch automation materialize the models' embeddings and evaluations, and see the
    evaluation's metrics and Kaplan-Meier figure in its materialization.
-2. Register a new TorchScript model with `radassets models add`, backfill it from the UI over every dataset
-   version (demo_v2 having been run from the command line meanwhile), and see in the run list that only
-   embeddings and what depends on them ran.
+2. Register a new TorchScript model with `radassets models add` (demo_v2 having been run from the command
+   line meanwhile) and watch automation embed, evaluate and compare it for every dataset version, with no
+   backfill: the runs list shows what it launched, and only embeddings and what depends on them ran.
 3. Open the comparison that journey 2 updated, and trace its figure with `radassets lineage trace`: the new
    model is there with the sha256 of its weights.
 """
@@ -30,6 +31,8 @@ from radassets_tests.standins import TinyEncoder
 pytestmark = [pytest.mark.ui, pytest.mark.integration]
 
 BACKFILL_TIMEOUT_S = 900
+AUTOMATION_TIMEOUT_S = 900
+AUTOMATION_TICK_S = 30  # the automation sensor's minimum_interval_seconds (radassets/defs/automation.py)
 UPSTREAM = ("cohort", "dicom", "volumes", "seeds", "patches")
 NEW_MODEL = "tiny_encoder"
 NEW_MODEL_SPEC = """spacing_mm: 1.0
@@ -54,31 +57,14 @@ def dismiss_welcome(page) -> None:
         page.get_by_role("button", name="Skip").click(timeout=8000)
 
 
-def open_materialize_dialog(page, url: str, selection: str, assets: int):
-    """The asset graph filtered by `selection`, then 'Materialize all': its launch dialog."""
-    page.goto(f"{url}/asset-groups")
+def open_job_dialog(page, url: str, job: str, assets: int):
+    """A job's page (Overview > Jobs > the job), then 'Materialize all': its launch dialog."""
+    page.goto(f"{url}/locations/radassets/jobs/{job}")
     dismiss_welcome(page)
-    page.locator(".CodeMirror").first.click(timeout=30000)  # the asset filter is a CodeMirror editor
-    page.keyboard.type(selection, delay=20)
-    page.keyboard.press("Enter")
-    page.get_by_role("button", name="Materialize all").click(timeout=30000)
+    page.get_by_role("button", name="Materialize all").click(timeout=60000)
     dialog = page.locator(".dagster-dialog")
     dialog.get_by_text(f"Launch runs to materialize {assets} assets").wait_for(timeout=30000)
     return dialog
-
-
-def select_all(dialog, dimension: str, expect: tuple[str, ...]) -> None:
-    """Press a dimension's 'All' until its keys show: a click made while the dialog still loads the
-    partitions is lost."""
-    for _ in range(5):
-        dialog.get_by_role("button", name="All").first.click()
-        try:
-            for key in expect:
-                dialog.get_by_text(key, exact=True).first.wait_for(timeout=5000)
-            return
-        except Exception:  # noqa: BLE001 - not yet: press again
-            continue
-    raise AssertionError(f"'All' did not select the {dimension} partitions {expect}:\n{dialog.inner_text()}")
 
 
 def launch_backfill(page) -> str:
@@ -104,6 +90,47 @@ def materializations(url: str, asset: str) -> list[dict]:
     data = graphql(url, f'{{ assetOrError(assetKey: {{path: ["{asset}"]}}) {{ ... on Asset '
                         f'{{ assetMaterializations {{ partition runId timestamp }} }} }} }}')
     return data["assetOrError"].get("assetMaterializations", [])
+
+
+def wait_for_materializations(server, wanted: dict[str, set[str]], since: list[dict] | None = None) -> list[dict]:
+    """Until each asset of ``wanted`` has a materialization of each of its partitions (newer than ``since``, the
+    materializations seen before): automation acts on its own ticks, so the test waits for the outcome, with a
+    timeout, never for a fixed time. Returns the new materializations with their asset."""
+    deadline = time.monotonic() + AUTOMATION_TIMEOUT_S
+    seen = {(m["runId"], m["partition"]) for m in since or []}
+    while True:
+        found = [{**m, "asset": asset} for asset in wanted for m in materializations(server.url, asset)
+                 if (m["runId"], m["partition"]) not in seen]
+        missing = {(a, p) for a, parts in wanted.items() for p in parts} - {(m["asset"], m["partition"]) for m in found}
+        if not missing:
+            return found
+        assert time.monotonic() < deadline, (f"automation did not materialize {sorted(missing)} in "
+                                             f"{AUTOMATION_TIMEOUT_S} s\n{server.log.read_text()[-3000:]}")
+        time.sleep(5)
+
+
+def wait_until_idle(server) -> None:
+    """Until no run is queued or in progress across two automation ticks (what follows is then quiet)."""
+    deadline = time.monotonic() + AUTOMATION_TIMEOUT_S
+    idle_since = None
+    while True:
+        active = graphql(server.url, '{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, '
+                                     'CANCELING]}) { ... on Runs { count } } }')["runsOrError"]["count"]
+        now = time.monotonic()
+        idle_since = (idle_since or now) if active == 0 else None
+        if idle_since is not None and now - idle_since > 2 * AUTOMATION_TICK_S + 5:
+            return
+        assert now < deadline, f"runs still active after {AUTOMATION_TIMEOUT_S} s"
+        time.sleep(5)
+
+
+def run_tags(url: str, run_id: str) -> dict[str, str]:
+    run = graphql(url, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ tags {{ key value }} }} }} }}')
+    return {t["key"]: t["value"] for t in run["runOrError"]["tags"]}
+
+
+def launched_by_automation(tags: dict[str, str]) -> bool:
+    return tags.get("dagster/from_automation_condition") == "true" or tags.get("dagster/sensor_name") == "automation"
 
 
 def metadata_row(page, label: str):
@@ -139,9 +166,8 @@ def new_model_files(tmp_path_factory) -> tuple[Path, Path]:
     return weights, spec
 
 
-def test_1_materialize_demo_v1_from_the_asset_graph(ui_server, page):
-    dialog = open_materialize_dialog(page, ui_server.url,
-                                     "not tag:radassets/opt_in=true and not key:hosny2018_figure2", 8)
+def test_1_launch_the_dataset_version_job_and_watch_automation(ui_server, page):
+    dialog = open_job_dialog(page, ui_server.url, "dataset_version_job", 5)
     dialog.get_by_text("Select a partition or create one").click()
     page.get_by_text("demo_v1", exact=True).first.click()
     page.keyboard.press("Escape")
@@ -151,6 +177,13 @@ def test_1_materialize_demo_v1_from_the_asset_graph(ui_server, page):
     # The backfill's page lists its runs as a person checks them.
     page.goto(f"{ui_server.url}/runs/b/{backfill_id}")
     page.get_by_text("Completed").first.wait_for(timeout=30000)
+
+    # Automation follows the patches: every model that runs here is embedded and evaluated, then compared.
+    new = wait_for_materializations(ui_server, {"evaluation": {"demo_v1|radiomics", "demo_v1|untrained_cnn"},
+                                                "comparison": {"demo_v1"}})
+    for m in new:
+        tags = run_tags(ui_server.url, m["runId"])
+        assert launched_by_automation(tags), (m, tags)
 
     # The evaluation of demo_v1 × radiomics: its numbers and the Kaplan-Meier figure.
     page.goto(f"{ui_server.url}/assets/evaluation?view=partitions&partition=demo_v1%7Cradiomics")
@@ -163,52 +196,44 @@ def test_1_materialize_demo_v1_from_the_asset_graph(ui_server, page):
     show_figure(page, "os_2y: kaplan_meier")
 
 
-def test_2_backfill_a_new_model_over_every_dataset_version(ui_server, page, new_model_files):
+def test_2_register_a_new_model_and_watch_automation_materialize_it(ui_server, page, new_model_files):
     assert materializations(ui_server.url, "evaluation"), "journey 2 builds on journey 1: run the module whole"
-    # A colleague ran the second release from the command line meanwhile (default models only).
+    # A colleague ran the second release from the command line meanwhile (default models only): its runs go
+    # through the instance's queue, which the UI's daemon serves.
     prepared = ui_server.cli("pipeline", "run", "demo_v2")
     assert prepared.returncode == 0, prepared.stdout[-3000:] + prepared.stderr[-3000:]
+    wait_until_idle(ui_server)
+    before = {asset: materializations(ui_server.url, asset) for asset in (*UPSTREAM, "embeddings", "comparison")}
 
     weights, spec = new_model_files
     added = ui_server.cli("models", "add", NEW_MODEL, "--torchscript", str(weights), "--preprocessing", str(spec))
     assert added.returncode == 0, added.stdout + added.stderr
     assert f"registered {NEW_MODEL} (torchscript, 8-d)" in added.stdout
-    before = {asset: materializations(ui_server.url, asset) for asset in (*UPSTREAM, "embeddings")}
 
-    # Everything that depends on embeddings, except the opt-in stability: every dataset version × the new model.
-    dialog = open_materialize_dialog(page, ui_server.url, "key:embeddings+ and not tag:radassets/opt_in=true", 3)
-    select_all(dialog, "dataset_version", expect=("demo_v1", "demo_v2"))
-    dialog.get_by_text("Select a partition or create one").last.click()  # the model dimension
-    page.get_by_text(NEW_MODEL, exact=True).first.click()  # the partition the CLI (or the sensor) added
-    page.keyboard.press("Escape")
-    backfill_id = launch_backfill(page)
-    wait_for_backfill(ui_server, backfill_id)
+    # No backfill: the registry sensor adds the model's partition, automation embeds, evaluates and compares it
+    # for every dataset version whose patches exist.
+    new = wait_for_materializations(
+        ui_server, {"embeddings": {f"demo_v1|{NEW_MODEL}", f"demo_v2|{NEW_MODEL}"},
+                    "evaluation": {f"demo_v1|{NEW_MODEL}", f"demo_v2|{NEW_MODEL}"},
+                    "comparison": {"demo_v1", "demo_v2"}},
+        since=[m for ms in before.values() for m in ms])
+    wait_until_idle(ui_server)
+    run_ids = sorted({m["runId"] for m in new})
 
-    # The run list, with the runs inside the backfill shown: what each one materialized.
-    page.goto(f"{ui_server.url}/runs?q%5B0%5D=tag%3Adagster%2Fbackfill%3D{backfill_id}")
-    page.get_by_text("Show runs within backfills").click()
-    # %-formatting, not an f-string: GraphQL's own braces stay as they are.
-    runs = graphql(ui_server.url, '{ runsOrError(filter: {tags: [{key: "dagster/backfill", value: "%s"}]}) '  # noqa: UP031
-                                  '{ ... on Runs { results { runId status assetSelection { path } '
-                                  'tags { key value } } } } }' % backfill_id)["runsOrError"]["results"]
-    for run in runs:
-        page.get_by_text(run["runId"][:8], exact=True).wait_for(timeout=30000)
-    listed = page.inner_text("body")  # the navigation around the list names no asset
-    for asset in ("embeddings", "evaluation", "comparison"):
-        assert asset in listed
-    for asset in UPSTREAM:
-        assert not re.search(rf"\b{asset}\b", listed), f"{asset} ran in backfill {backfill_id}"
+    # The run list as a person checks it: the runs automation launched, and what each one materialized.
+    page.goto(f"{ui_server.url}/runs?q%5B0%5D=tag%3Adagster%2Ffrom_automation_condition%3Dtrue")
+    for run_id in run_ids:
+        page.get_by_text(run_id[:8], exact=True).wait_for(timeout=30000)
+    for run_id in run_ids:
+        tags = run_tags(ui_server.url, run_id)
+        assert launched_by_automation(tags), (run_id, tags)
 
-    partitions = sorted(next(t["value"] for t in run["tags"] if t["key"] == "dagster/partition") for run in runs)
-    assert all(run["status"] == "SUCCESS" for run in runs), runs
-    assert {k["path"][0] for run in runs for k in run["assetSelection"]} == {"embeddings", "evaluation", "comparison"}
-    assert partitions == ["demo_v1", f"demo_v1|{NEW_MODEL}", "demo_v2", f"demo_v2|{NEW_MODEL}"]
     # Nothing upstream was materialized again, nor the other models' embeddings.
     after = {asset: materializations(ui_server.url, asset) for asset in (*UPSTREAM, "embeddings")}
     for asset in UPSTREAM:
         assert after[asset] == before[asset], f"{asset} was materialized again"
-    new = [m for m in after["embeddings"] if m not in before["embeddings"]]
-    assert sorted(m["partition"] for m in new) == [f"demo_v1|{NEW_MODEL}", f"demo_v2|{NEW_MODEL}"]
+    added_embeddings = [m for m in after["embeddings"] if m not in before["embeddings"]]
+    assert sorted(m["partition"] for m in added_embeddings) == [f"demo_v1|{NEW_MODEL}", f"demo_v2|{NEW_MODEL}"]
 
 
 def test_3_trace_the_comparison_figure_to_the_new_model(ui_server, page, new_model_files, artifacts):
