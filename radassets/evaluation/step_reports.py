@@ -187,7 +187,7 @@ class ScoresReport:
 
     @classmethod
     def of(cls, metrics: dict[str, Any], out_dir: Path) -> ScoresReport:
-        return cls(Path(out_dir), metrics["lineage_id"], *(metrics[k] for k in cls.HEADLINE),
+        return cls(out_dir=Path(out_dir), lineage_id=metrics["lineage_id"], **{k: metrics[k] for k in cls.HEADLINE},
                    excluded=metrics["excluded"], metrics=metrics)
 
     def headline(self) -> dict[str, Any]:

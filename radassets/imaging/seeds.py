@@ -138,6 +138,7 @@ def seeds_from_reference(reference: ReferenceTable,
             why = None if ct else (f"patient has {len(found)} converted CT series; the table does not say which"
                                    if found else "no converted CT series of this patient in this dataset version")
         if ct is None:
+            assert why is not None  # a row without its CT always has a cause
             by_patient_id = reference.id_kind != "SeriesInstanceUID"
             failures.append(ItemFailure("seeds", str(i), why, code=NO_CONVERTED_CT,
                                         patient=row.id if by_patient_id else None,
