@@ -46,11 +46,11 @@ def show(dataset_version: str, as_json: bool, rebuild: bool) -> None:
     cohort, origin = _cohort(dataset_version, rebuild)
     stats = cohort.stats()
     if as_json:
-        print_json(dict(stats, collections=cohort.collections, origin=origin))
+        print_json(dict(stats.to_json(), collections=cohort.collections, origin=origin))
         return
     print(f"{cohort.dataset_version}: IDC release {cohort.idc_version} ({cohort.idc_release_date}), {origin}")
     for key in ("patients", "studies", "series", "instances", "size_gb", "modalities", "index", "hash"):
-        print(f"  {key:10s} {stats[key]}")
+        print(f"  {key:10s} {getattr(stats, key)}")
     print("  cite:")
     for c in cohort.collections:
         print(f"    {c['collection_id']}: DOI {c['source_DOI']} ({c['license_short_name']}), {c['series']} series")

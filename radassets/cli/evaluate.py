@@ -53,11 +53,8 @@ def scores(scores: str, id_column: str, score_column: str, clinical: str, clinic
         censored_values=tuple(censored_value) if censored_value else None, threshold=threshold,
         threshold_from=Path(threshold_from) if threshold_from else None,
         threshold_column=threshold_column, time_unit=time_unit, seed=seed)
-    keys = ["n", "n_events_before_horizon", "auc", "auc_ci_low", "auc_ci_high", "threshold", "hazard_ratio",
-            "hr_ci_low", "hr_ci_high", "cox_p", "logrank_p", "c_index"]
-    for key in keys:
-        value = metrics[key]
+    for key, value in metrics.headline().items():
         print(f"{key:24s} {value:.4g}" if isinstance(value, float) else f"{key:24s} {value}")
-    for cause, n in metrics["excluded"].items():
+    for cause, n in metrics.excluded.items():
         print(f"excluded: {cause}: {n}")
-    print(f"wrote {Path(out) / 'metrics.json'}, roc.png, km.png (lineage id {metrics['lineage_id']})")
+    print(f"wrote {Path(out) / 'metrics.json'}, roc.png, km.png (lineage id {metrics.lineage_id})")

@@ -44,7 +44,7 @@ class ModelRunsHere(AutomationCondition[AssetKey]):
     def name(self) -> str:
         return "model_runs_here"
 
-    def evaluate(self, context: AutomationContext) -> AutomationResult:  # type: ignore[override]
+    def evaluate(self, context: AutomationContext) -> AutomationResult:
         from radassets.models.pipeline import default_models
         from radassets.settings import Settings
 

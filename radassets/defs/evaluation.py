@@ -68,22 +68,21 @@ def hosny2018_figure2(context: AssetExecutionContext, storage: StorageResource) 
     settings = storage.settings()
     root = settings.resolved_data_dir()
     out = settings.layout().asset_dir("hosny2018_figure2")
-    metrics = evaluate_scores(
+    report = evaluate_scores(
         root / HOSNY["scores"], "PatientID", "CNN_logit0", root / HOSNY["clinical"], "PatientID", "Survival.time",
         "deadstatus.event", 730, "alive", out, threshold_from=root / HOSNY["threshold_from"],
         threshold_column="logit_0", title="Hosny et al. 2018, LUNG1 (n=206), CNN")
-    context.log.info(f"AUC {metrics['auc']:.3f} ({metrics['auc_ci_low']:.3f}-{metrics['auc_ci_high']:.3f}), "
-                     f"HR {metrics['hazard_ratio']:.2f}, log-rank p {metrics['logrank_p']:.3g}")
+    context.log.info(f"AUC {report.auc:.3f} ({report.auc_ci_low:.3f}-{report.auc_ci_high:.3f}), "
+                     f"HR {report.hazard_ratio:.2f}, log-rank p {report.logrank_p:.3g}")
     return MaterializeResult(
         metadata={
-            **{k: metrics[k] for k in ("n", "n_events_before_horizon", "auc", "auc_ci_low", "auc_ci_high", "threshold",
-                                       "hazard_ratio", "hr_ci_low", "hr_ci_high", "cox_p", "logrank_p", "c_index")},
-            "lineage_id": metrics["lineage_id"],
+            **report.headline(),
+            "lineage_id": report.lineage_id,
             "kaplan_meier": _png(out / "km.png"),
             "roc": _png(out / "roc.png"),
             "metrics_json": MetadataValue.path(str(out / "metrics.json")),
         },
-        data_version=DataVersion(metrics["lineage_id"]),
+        data_version=DataVersion(report.lineage_id),
     )
 
 
@@ -118,50 +117,45 @@ def evaluation(context: AssetExecutionContext, storage: StorageResource) -> Mate
     definition = datasets.get(dataset_version, settings.resolved_data_dir())
     out = layout.asset_dir("evaluation", dataset_version, model)
     with user_failure():
-        metrics = evaluate_model(definition, model, layout.asset_dir("embeddings", dataset_version, model),
-                                 layout.seeds_table(dataset_version), out,
-                                 source_root=source_root(definition, layout))
-    metadata: dict = {"lineage_id": metrics["lineage_id"], "patients": metrics["patients"],
-                      "definition_sha256": metrics["definition_sha256"],
+        report = evaluate_model(definition, model, layout.asset_dir("embeddings", dataset_version, model),
+                                layout.seeds_table(dataset_version), out,
+                                source_root=source_root(definition, layout))
+    metadata: dict = {"lineage_id": report.lineage_id, "patients": report.patients,
+                      "definition_sha256": report.definition_sha256,
                       "report": MetadataValue.path(str(out / "report.html")),
                       "metrics_json": MetadataValue.path(str(out / "metrics.json"))}
-    if metrics.get("status") == "nothing to evaluate":  # no clinical table: nothing to check either
-        context.log.warning(f"{dataset_version} × {model}: {metrics['reason']}")
+    if report.nothing_evaluated:  # no clinical table: nothing to check either
+        context.log.warning(f"{dataset_version} × {model}: {report.nothing_evaluated}")
         return MaterializeResult(
-            metadata={**metadata, "nothing evaluated": metrics["reason"]},
-            data_version=DataVersion(metrics["lineage_id"]),
+            metadata={**metadata, "nothing evaluated": report.nothing_evaluated},
+            data_version=DataVersion(report.lineage_id),
             check_results=[AssetCheckResult(check_name="endpoints_evaluated", passed=False,
                                             severity=AssetCheckSeverity.WARN,
-                                            metadata={"not evaluable": MetadataValue.text(metrics["reason"])})])
-    rows, not_evaluable = [], {}
-    for name, e in metrics["endpoints"].items():
-        if e["status"] != "evaluated":
-            not_evaluable[name] = e["reason"]
-            continue
-        row = {"endpoint": name, "kNN AUC": f"{e['knn']['auc_mean']:.3f} ({e['knn']['auc_ci_low']:.3f}-"
-                                           f"{e['knn']['auc_ci_high']:.3f})",
-               "probe AUC": f"{e['linear_probe']['auc']:.3f} ({e['linear_probe']['auc_ci_low']:.3f}-"
-                            f"{e['linear_probe']['auc_ci_high']:.3f})", "n": e["patients_evaluated"]}
-        if "survival" in e:
-            s = e["survival"]
-            row.update({"HR": f"{s['hazard_ratio']:.2f} ({s['hr_ci_low']:.2f}-{s['hr_ci_high']:.2f})",
-                        "log-rank p": f"{s['logrank_p']:.3g}", "C-index": f"{s['c_index']:.3f}"})
-            metadata[f"{name}: hazard ratio"] = s["hazard_ratio"]
-            metadata[f"{name}: kaplan_meier"] = _png(out / f"{name}_km.png")
-        metadata[f"{name}: knn auc"] = e["knn"]["auc_mean"]
-        metadata[f"{name}: probe auc"] = e["linear_probe"]["auc"]
+                                            metadata={"not evaluable": MetadataValue.text(report.nothing_evaluated)})])
+    rows = []
+    not_evaluable = {f.item: f.reason for f in report.failures}
+    for e in report.endpoints:
+        row = {"endpoint": e.endpoint, "kNN AUC": f"{e.knn_auc:.3f} ({e.knn_auc_ci_low:.3f}-{e.knn_auc_ci_high:.3f})",
+               "probe AUC": f"{e.probe_auc:.3f} ({e.probe_auc_ci_low:.3f}-{e.probe_auc_ci_high:.3f})", "n": e.patients}
+        if e.survival is not None:
+            s = e.survival
+            row.update({"HR": f"{s.hazard_ratio:.2f} ({s.hr_ci_low:.2f}-{s.hr_ci_high:.2f})",
+                        "log-rank p": f"{s.logrank_p:.3g}", "C-index": f"{s.c_index:.3f}"})
+            metadata[f"{e.endpoint}: hazard ratio"] = s.hazard_ratio
+            metadata[f"{e.endpoint}: kaplan_meier"] = _png(out / f"{e.endpoint}_km.png")
+        metadata[f"{e.endpoint}: knn auc"] = e.knn_auc
+        metadata[f"{e.endpoint}: probe auc"] = e.probe_auc
         rows.append(row)
     if rows:
         metadata["results"] = MetadataValue.md(markdown_table(rows, list(rows[0])))
     if not_evaluable:
         metadata["not evaluable"] = MetadataValue.json(not_evaluable)
         context.log.warning(f"{dataset_version} × {model}: not evaluable: {not_evaluable}")
-    stability = metrics["stability"].get("test_retest")
-    if stability and stability["cosine_mean"] is not None:
-        metadata["test-retest cosine (mean)"] = stability["cosine_mean"]
+    if report.test_retest_cosine_mean is not None:
+        metadata["test-retest cosine (mean)"] = report.test_retest_cosine_mean
     context.log.info(f"{dataset_version} × {model}: " + "; ".join(f"{r['endpoint']} kNN {r['kNN AUC']}" for r in rows))
     return MaterializeResult(
-        metadata=metadata, data_version=DataVersion(metrics["lineage_id"]),
+        metadata=metadata, data_version=DataVersion(report.lineage_id),
         check_results=[AssetCheckResult(check_name="endpoints_evaluated", passed=not not_evaluable,
                                         severity=AssetCheckSeverity.WARN,
                                         metadata={"not evaluable": MetadataValue.json(not_evaluable)})])
@@ -193,29 +187,27 @@ def comparison(context: AssetExecutionContext, storage: StorageResource) -> Mate
     definition = datasets.get(dataset_version, settings.resolved_data_dir())
     out = layout.asset_dir("comparison", dataset_version)
     with user_failure():
-        metrics = compare_models(definition, layout.asset_dir("evaluation", dataset_version),
-                                 layout.asset_dir("embeddings", dataset_version), layout.seeds_table(dataset_version),
-                                 out, source_root=source_root(definition, layout))
-    metadata: dict = {"lineage_id": metrics["lineage_id"], "models": len(metrics["models"]),
+        report = compare_models(definition, layout.asset_dir("evaluation", dataset_version),
+                                layout.asset_dir("embeddings", dataset_version), layout.seeds_table(dataset_version),
+                                out, source_root=source_root(definition, layout))
+    metadata: dict = {"lineage_id": report.lineage_id, "models": len(report.models),
                       "report": MetadataValue.path(str(out / "report.html"))}
-    if metrics.get("status") == "nothing to compare":
-        metadata["nothing compared"] = metrics["reason"]
-        context.log.warning(f"{dataset_version}: {metrics['reason']}")
-    stale = {m: f"{'; '.join(s['causes'])}. Materialize {s['rematerialize']} again."
-             for m, s in metrics["stale"].items()}
+    if report.nothing_compared:
+        metadata["nothing compared"] = report.nothing_compared
+        context.log.warning(f"{dataset_version}: {report.nothing_compared}")
+    stale = {f.item: f.reason for f in report.failures}
     if stale:
         metadata["stale evaluations (left out)"] = MetadataValue.json(stale)
         context.log.warning(f"{dataset_version}: stale evaluations left out of the comparison: {stale}")
-    for endpoint, e in metrics["endpoints"].items():
-        if "models" in e:
-            rows = [{"rank": r["rank"], "model": m, "probe AUC": f"{r['probe_auc']:.3f}",
-                     "kNN AUC": f"{r['knn_auc']:.3f}"} for m, r in sorted(e["models"].items(), key=lambda kv: kv[1]["rank"])]
-            metadata[f"{endpoint}: ranking"] = MetadataValue.md(markdown_table(rows, list(rows[0])))
-            metadata[f"{endpoint}: auc_figure"] = _png(out / f"auc_{endpoint}.png")
-    if "mutual_knn.png" in metrics["figures"]:  # not a heatmap left by an earlier comparison
+    for endpoint, ranking in report.rankings.items():
+        rows = [{"rank": r.rank, "model": r.model, "probe AUC": f"{r.probe_auc:.3f}", "kNN AUC": f"{r.knn_auc:.3f}"}
+                for r in ranking]
+        metadata[f"{endpoint}: ranking"] = MetadataValue.md(markdown_table(rows, list(rows[0])))
+        metadata[f"{endpoint}: auc_figure"] = _png(out / f"auc_{endpoint}.png")
+    if "mutual_knn.png" in report.figures:  # not a heatmap left by an earlier comparison
         metadata["mutual_knn"] = _png(out / "mutual_knn.png")
     return MaterializeResult(
-        metadata=metadata, data_version=DataVersion(metrics["lineage_id"]),
+        metadata=metadata, data_version=DataVersion(report.lineage_id),
         check_results=[AssetCheckResult(check_name="evaluations_current", passed=not stale,
                                         severity=AssetCheckSeverity.WARN,
                                         metadata={"stale": MetadataValue.json(stale)})])
@@ -252,27 +244,27 @@ def seed_stability(context: AssetExecutionContext, config: SeedStabilityConfig,
     definition = datasets.get(dataset_version, settings.resolved_data_dir())
     out = layout.asset_dir("seed_stability", dataset_version, model)
     with user_failure():
-        metrics = run_seed_stability(
+        report = run_seed_stability(
             definition, model, layout.asset_dir("embeddings", dataset_version, model),
             layout.seeds_table(dataset_version), layout.asset_dir("patches", dataset_version), out,
             trials=config.trials, sd_voxels=config.sd_voxels, batch_size=models.batch_size, device=models.device,
             download=models.download_weights, progress=progress_logger(context),
             source_root=source_root(definition, layout), registry_dir=settings.resolved_models_dir(),
             weights_dir=layout.weights_dir(), data_root=settings.resolved_data_dir())
-    rows = [{"endpoint": name, "patients": e["patients"],
-             "kappa": f"{e['kappa_mean']:.3f} ± {e['kappa_sd']:.3f} (min {e['kappa_min']:.3f})",
-             "changed": f"{e['changed_mean']:.1%}",
-             "AUC": f"{e['unperturbed_auc']:.3f} → {e['auc_mean']:.3f} ± {e['auc_sd']:.3f}"}
-            for name, e in metrics["endpoints"].items()]
+    rows = [{"endpoint": e.endpoint, "patients": e.patients,
+             "kappa": f"{e.kappa_mean:.3f} ± {e.kappa_sd:.3f} (min {e.kappa_min:.3f})",
+             "changed": f"{e.changed_mean:.1%}",
+             "AUC": f"{e.unperturbed_auc:.3f} → {e.auc_mean:.3f} ± {e.auc_sd:.3f}"}
+            for e in report.endpoints]
     context.log.info(f"{dataset_version} × {model}: " + "; ".join(f"{r['endpoint']} kappa {r['kappa']}" for r in rows))
     return MaterializeResult(
         metadata={
-            "lineage_id": metrics["lineage_id"], "patients_perturbed": metrics["patients_perturbed"],
-            "trials": metrics["protocol"]["trials"], "sd_mm": metrics["protocol"]["sd_mm"],
-            **{f"{name}: kappa mean": e["kappa_mean"] for name, e in metrics["endpoints"].items()},
+            "lineage_id": report.lineage_id, "patients_perturbed": report.patients_perturbed,
+            "trials": report.trials, "sd_mm": report.sd_mm,
+            **{f"{e.endpoint}: kappa mean": e.kappa_mean for e in report.endpoints},
             "results": MetadataValue.md(markdown_table(rows, list(rows[0]))),
             "figure": _png(out / "seed_stability.png"),
             "report": MetadataValue.path(str(out / "report.html")),
         },
-        data_version=DataVersion(metrics["lineage_id"]),
+        data_version=DataVersion(report.lineage_id),
     )

@@ -24,7 +24,7 @@ from pydantic import Field
 from radassets.defs.lineage import recorded
 from radassets import datasets
 from radassets.defs.ingest import dicom
-from radassets.defs.metadata import markdown_table, progress_logger, user_failure
+from radassets.defs.metadata import failures_table, markdown_table, progress_logger, user_failure
 from radassets.defs.partitions import dataset_version_partitions
 from radassets.defs.resources import StorageResource
 from radassets.imaging import pipeline
@@ -80,29 +80,26 @@ def volumes(context: AssetExecutionContext, imaging: ImagingResource, storage: S
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())
     with user_failure():
         report = pipeline.run_volumes(definition, settings.layout(), imaging.tolerances(), progress_logger(context))
-    summary = report.summary()
-    failures = _table(report.failed, ["PatientID", "Modality", "SeriesInstanceUID", "code", "message"])
-    if summary["failed_fraction"] > imaging.max_failed_fraction:
+    failures = failures_table(report.failures)
+    if report.failed_fraction > imaging.max_failed_fraction:
         raise Failure(
-            description=(f"{summary['failed']} of {summary['series']} series could not be converted "
-                         f"(more than the allowed {imaging.max_failed_fraction:.0%}): {summary['failures_by_code']}"),
+            description=(f"{report.failed} of {report.series} series could not be converted "
+                         f"(more than the allowed {imaging.max_failed_fraction:.0%}): {report.failures_by_code}"),
             metadata={"failures": failures, "qc": MetadataValue.path(str(report.out_dir / "qc.parquet"))},
         )
     return MaterializeResult(
         metadata={
-            "series": summary["series"], "ct_converted": summary["ct_converted"],
-            "masks_converted": summary["masks_converted"], "segments": summary["segments"],
-            "failed": summary["failed"], "reused": summary["reused"],
-            "failures_by_code": MetadataValue.json(summary["failures_by_code"]),
+            **report.metadata(),
+            "failures_by_code": MetadataValue.json(report.failures_by_code),
             "conversion_settings": MetadataValue.json(report.settings),
             "qc_table": MetadataValue.path(str(report.out_dir / "qc.parquet")),
-            **({"failures": failures} if summary["failed"] else {}),
+            **({"failures": failures} if report.failed else {}),
         },
         data_version=DataVersion(report.content_hash),
         check_results=[AssetCheckResult(
-            check_name="all_series_converted", passed=summary["failed"] == 0, severity=AssetCheckSeverity.WARN,
-            metadata={"failed": summary["failed"], "failures_by_code": MetadataValue.json(summary["failures_by_code"]),
-                      **({"failures": failures} if summary["failed"] else {})},
+            check_name="all_series_converted", passed=report.failed == 0, severity=AssetCheckSeverity.WARN,
+            metadata={"failed": report.failed, "failures_by_code": MetadataValue.json(report.failures_by_code),
+                      **({"failures": failures} if report.failed else {})},
         )],
     )
 
@@ -127,23 +124,23 @@ def seeds(context: AssetExecutionContext, imaging: ImagingResource, storage: Sto
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())
     with user_failure():
         report = pipeline.run_seeds(definition, settings.layout(), imaging.seed_disagreement_mm)
-    summary = report.summary()
-    context.log.info(f"{summary['seeds']} seeds of {summary['patients']} patients; {summary}")
-    disagreeing = [s for s in report.seeds if s.get("reference_disagrees")]
+    metadata = report.metadata()
+    context.log.info(f"{len(report.seeds)} seeds of {report.patients} patients; {metadata}")
+    disagreeing = report.disagreeing
     return MaterializeResult(
         metadata={
-            **{k: v for k, v in summary.items() if v is not None},
+            **metadata,
             "seeds_table": MetadataValue.path(str(report.out_dir / "seeds.csv")),
             "preview": _table(report.seeds, ["PatientID", "segment_label", "coordX", "coordY", "coordZ", "volume_ml",
                                              "source", "reference_distance_mm"], limit=20),
-            **({"failures": _table(report.failures, ["id", "reason"])} if report.failures else {}),
+            **({"failures": failures_table(report.failures)} if report.failures else {}),
             **({"disagreements": _table(disagreeing, ["PatientID", "SeriesInstanceUID", "segment_label",
                                                       "reference_distance_mm"])} if disagreeing else {}),
         },
         data_version=DataVersion(report.content_hash),
         check_results=[AssetCheckResult(
             check_name="seeds_agree_with_reference", passed=not disagreeing, severity=AssetCheckSeverity.WARN,
-            metadata={"disagreements": len(disagreeing), "compared": summary["compared_with_reference"],
+            metadata={"disagreements": len(disagreeing), "compared": report.compared_with_reference,
                       "threshold_mm": imaging.seed_disagreement_mm,
                       **({"disagreeing seeds": _table(disagreeing, ["PatientID", "SeriesInstanceUID", "segment_label",
                                                                     "reference_distance_mm"])} if disagreeing else {})},
@@ -170,12 +167,11 @@ def patches(context: AssetExecutionContext, imaging: ImagingResource, storage: S
     with user_failure():
         report, montage = pipeline.run_patches(definition, settings.layout(), imaging.patch_spec(),
                                                 progress_logger(context, flag=("border",)))
-    summary = report.summary()
     image = base64.b64encode(montage.read_bytes()).decode("ascii")
-    border = [r for r in report.rows if r["at_border"]]
+    border = report.at_border
     return MaterializeResult(
         metadata={
-            **summary,
+            **report.metadata(),
             "patch_spec": MetadataValue.json(report.spec),
             "patches_npy": MetadataValue.path(str(report.out_dir / "patches.npy")),
             "montage_png": MetadataValue.path(str(montage)),

@@ -18,7 +18,7 @@ from dagster_gcp import BigQueryResource
 
 from radassets.defs.lineage import recorded
 from radassets import datasets
-from radassets.defs.metadata import markdown_table, progress_logger
+from radassets.defs.metadata import failures_table, markdown_table, progress_logger
 from radassets.defs.partitions import cohort_problems, dataset_version_partitions
 from radassets.defs.resources import IdcResource, StorageResource
 from radassets.demo import ensure_demo_source
@@ -54,17 +54,10 @@ def cohort(context: AssetExecutionContext, bigquery: BigQueryResource, storage: 
         result = cohort_for(definition, layout)
     path = write_cohort(result, layout)
     stats = result.stats()
-    context.log.info(f"{definition.name}: {stats['series']} series of {stats['patients']} patients at IDC v{result.idc_version}")
+    context.log.info(f"{definition.name}: {stats.series} series of {stats.patients} patients at IDC v{result.idc_version}")
     return MaterializeResult(
         metadata={
-            "idc_version": result.idc_version,
-            "idc_release_date": result.idc_release_date or "",
-            "patients": stats["patients"],
-            "series": stats["series"],
-            "instances": stats["instances"],
-            "size_gb": stats["size_gb"],
-            "content_hash": result.content_hash,
-            "index": stats["index"],
+            **result.metadata(),
             "lockfile": MetadataValue.path(str(path)),
             "collections (cite these)": MetadataValue.md(
                 markdown_table(result.collections, ["collection_id", "source_DOI", "license_short_name", "series"])
@@ -96,32 +89,27 @@ def dicom(context: AssetExecutionContext, idc: IdcResource, storage: StorageReso
     lock = Cohort.read(layout.cohort_lockfile(definition.name))
     report = fetch_dataset_dicom(definition, lock, layout, mirror=settings.mirror(idc.mirror) if idc.mirror else None,
                                  idc_mirror=settings.mirror(), attempts=idc.attempts, progress=progress_logger(context))
-    summary = report.summary()
-    failures = markdown_table(report.failures(), ["PatientID", "Modality", "SeriesInstanceUID", "reason"])
-    if summary["failed_fraction"] > idc.max_failed_fraction:
+    failures = failures_table(report.failures)
+    if report.failed_fraction > idc.max_failed_fraction:
         raise Failure(
-            description=(f"{summary['failed']} of {summary['series']} series could not be completed "
+            description=(f"{report.failed} of {report.series} series could not be completed "
                          f"(more than the allowed {idc.max_failed_fraction:.0%})"),
-            metadata={"failures": MetadataValue.md(failures), "manifest": MetadataValue.path(str(report.manifest_path))},
+            metadata={"failures": failures, "manifest": MetadataValue.path(str(report.manifest_path))},
         )
     return MaterializeResult(
         metadata={
-            "series": summary["series"],
-            "verified": summary["verified"],
-            "failed": summary["failed"],
-            "files": summary["files"],
-            "size_gb": summary["size_gb"],
+            **report.metadata(),
             "manifest": MetadataValue.path(str(report.manifest_path)),
-            **({"failures": MetadataValue.md(failures)} if summary["failed"] else {}),
+            **({"failures": failures} if report.failed else {}),
         },
         data_version=DataVersion(report.content_hash),
         check_results=[
             AssetCheckResult(
                 check_name="all_series_verified",
-                passed=summary["failed"] == 0,
+                passed=report.failed == 0,
                 severity=AssetCheckSeverity.WARN,
-                metadata={"failed": summary["failed"], "verified": summary["verified"],
-                          **({"failures": MetadataValue.md(failures)} if summary["failed"] else {})},
+                metadata={"failed": report.failed, "verified": report.verified,
+                          **({"failures": failures} if report.failed else {})},
             )
         ],
     )

@@ -2,10 +2,14 @@
 errors shown as a failure's message."""
 
 from contextlib import contextmanager
+from dataclasses import asdict
 
-from dagster import AssetExecutionContext, Failure
+from dagster import AssetExecutionContext, Failure, MetadataValue
 
 from radassets.errors import RadassetsError
+from radassets.reports import ItemFailure
+
+FAILURE_COLUMNS = ["patient", "item", "code", "reason"]
 
 
 def markdown_table(rows: list[dict], columns: list[str], limit: int | None = None) -> str:
@@ -16,6 +20,11 @@ def markdown_table(rows: list[dict], columns: list[str], limit: int | None = Non
     if len(rows) > len(shown):
         lines.append(f"\n… {len(rows) - len(shown)} more rows")
     return "\n".join(lines)
+
+
+def failures_table(failures: list[ItemFailure], limit: int = 50) -> MetadataValue:
+    """A step's failures as a Markdown table (patient, item, code, reason), the one way every asset shows them."""
+    return MetadataValue.md(markdown_table([asdict(f) for f in failures], FAILURE_COLUMNS, limit))
 
 
 def progress_logger(context: AssetExecutionContext, flag: tuple[str, ...] = ("failed",)):

@@ -33,7 +33,7 @@ from pydantic import Field
 from radassets.defs.automation import EMBEDS_WHAT_RUNS_HERE
 from radassets.defs.lineage import recorded
 from radassets.defs.imaging import patches
-from radassets.defs.metadata import markdown_table, progress_logger, user_failure
+from radassets.defs.metadata import failures_table, progress_logger, user_failure
 from radassets.defs.partitions import dataset_version_partitions, model_partitions
 from radassets.defs.resources import StorageResource
 from radassets.settings import Settings
@@ -85,15 +85,14 @@ def embeddings(context: AssetExecutionContext, models: ModelsResource, storage: 
         report = run_model(dataset_version, model, settings.layout(), registry_dir=settings.resolved_models_dir(),
                            data_root=settings.resolved_data_dir(), batch_size=models.batch_size,
                            device=models.device, download=models.download_weights, progress=progress_logger(context))
-    summary = report.summary()
-    failures = MetadataValue.md(markdown_table(report.failures, ["PatientID", "segment_label", "reason"], 50))
-    if summary["seeds"] and summary["failed"] / summary["seeds"] > models.max_failed_fraction:
-        raise Failure(description=(f"{summary['failed']} of {summary['seeds']} seeds could not be embedded by "
+    failures = failures_table(report.failures)
+    if report.failed_fraction > models.max_failed_fraction:
+        raise Failure(description=(f"{report.failed} of {report.seeds} seeds could not be embedded by "
                                    f"{model} (more than the allowed {models.max_failed_fraction:.0%})"),
                       metadata={"failures": failures})
     return MaterializeResult(
         metadata={
-            **{k: v for k, v in summary.items() if v is not None},
+            **report.metadata(),
             "weights_sha256": report.weights_sha256 or "none (no weights)",
             "preprocessing_hash": report.preprocessing_hash,
             "embeddings_table": MetadataValue.path(str(report.out_dir / "embeddings.parquet")),
@@ -102,7 +101,7 @@ def embeddings(context: AssetExecutionContext, models: ModelsResource, storage: 
         data_version=DataVersion(report.content_hash),
         check_results=[AssetCheckResult(check_name="all_seeds_embedded", passed=not report.failures,
                                         severity=AssetCheckSeverity.WARN,
-                                        metadata={"failed": len(report.failures),
+                                        metadata={"failed": report.failed,
                                                   **({"failures": failures} if report.failures else {})})],
     )
 

@@ -25,6 +25,7 @@ import pandas as pd
 from radassets.datasets import DatasetVersion
 from radassets.evaluation.comparison import MUTUAL_K, compare_endpoint, mutual_knn
 from radassets.evaluation.figures import pyplot, save_figure
+from radassets.evaluation.step_reports import ComparisonReport
 from radassets.evaluation.report import EvaluationInputError, definition_sha256, nothing_to_evaluate, write_html
 from radassets.storage import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 
@@ -87,16 +88,17 @@ def stale_causes(evaluation: dict[str, Any], definition_hash: str, current_files
 
 
 def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings_root: Path, seeds_parquet: Path,
-                   out_dir: Path, *, source_root: Path | None = None) -> dict[str, Any]:
+                   out_dir: Path, *, source_root: Path | None = None) -> ComparisonReport:
     from radassets.idc.index import resolve_table
     from radassets.models.embed import read_embeddings
 
     dataset_version = definition.name
     out_dir = Path(out_dir)
     if why := nothing_to_evaluate(definition):
-        return write_comparison({"dataset_version": dataset_version, "status": "nothing to compare", "reason": why,
-                                 "lineage_id": sha256_json({"dataset_version": dataset_version, "reason": why})[:16],
-                                 "models": {}, "stale": {}, "endpoints": {}, "figures": []}, out_dir)
+        nothing = {"dataset_version": dataset_version, "status": "nothing to compare", "reason": why,
+                   "lineage_id": sha256_json({"dataset_version": dataset_version, "reason": why})[:16],
+                   "models": {}, "stale": {}, "endpoints": {}, "figures": []}
+        return ComparisonReport.of(write_comparison(nothing, out_dir), out_dir)
     evaluations = evaluated_models(evaluation_root)
     if not evaluations:
         raise EvaluationInputError(f"no evaluated model for {dataset_version!r} under {evaluation_root}: materialize "
@@ -152,7 +154,7 @@ def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings
                "endpoints": endpoints, "mutual_knn": {"k": MUTUAL_K, "series": len(common), "models": models,
                                                       "matrix": similarity.round(4).tolist()},
                "figures": figures}
-    return write_comparison(metrics, out_dir)
+    return ComparisonReport.of(write_comparison(metrics, out_dir), out_dir)
 
 
 def write_comparison(metrics: dict[str, Any], out_dir: Path) -> dict[str, Any]:

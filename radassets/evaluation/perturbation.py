@@ -45,6 +45,7 @@ from radassets.evaluation.evaluate import SEED, endpoint_labels, evaluable
 from radassets.evaluation.figures import seed_stability_figure
 from radassets.evaluation.probes import linear_probe_folds, probe_scores
 from radassets.evaluation.report import write_html
+from radassets.evaluation.step_reports import StabilityReport
 from radassets.imaging.patches import PatchSpec, extract_mask_patch, extract_patch, load_patches
 from radassets.storage import atomic_path, atomic_write_json, atomic_write_text, sha256_json
 from radassets.errors import RadassetsError
@@ -286,7 +287,7 @@ def run_seed_stability(definition: DatasetVersion, model: str, embeddings_dir: P
                        seed: int = SEED, batch_size: int = 8, device: str = "auto", download: bool = True,
                        progress: Progress | None = None, source_root: Path | None = None,
                        registry_dir: Path | None = None, weights_dir: Path | None = None,
-                       data_root: Path | None = None) -> dict[str, Any]:
+                       data_root: Path | None = None) -> StabilityReport:
     """Seed-perturbation stability of one (dataset version, model), written under ``out_dir``; the model
     from the registry ``registry_dir``, its weights from ``weights_dir``."""
     from radassets.evaluation.report import read_evaluation_inputs
@@ -313,4 +314,4 @@ def run_seed_stability(definition: DatasetVersion, model: str, embeddings_dir: P
                 "preprocessing_hash": inputs.manifest.get("preprocessing_hash"),
                 "inputs": {**inputs.files, "patches": {"path": str(patches_dir),
                                                        "content_hash": patches_manifest["content_hash"]}}}
-    return write_outputs(metrics, table, out_dir, f"{definition.name} × {model}", identity)
+    return StabilityReport.of(write_outputs(metrics, table, out_dir, f"{definition.name} × {model}", identity), out_dir)

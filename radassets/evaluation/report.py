@@ -27,6 +27,7 @@ from radassets.datasets import DatasetVersion
 from radassets.evaluation.evaluate import (EndpointResult, SEED, cosine_stability, evaluate_endpoint,
                                            patient_embeddings, test_retest_pairs)
 from radassets.evaluation.figures import km_figure, roc_figure
+from radassets.evaluation.step_reports import EvaluationReport
 from radassets.idc.index import resolve_table
 from radassets.storage import atomic_path, atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from radassets.errors import RadassetsError
@@ -100,9 +101,9 @@ def read_evaluation_inputs(definition: DatasetVersion, model: str, embeddings_di
 
 
 def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path, seeds_parquet: Path,
-                   out_dir: Path, seed: int = SEED, *, source_root: Path | None = None) -> dict[str, Any]:
+                   out_dir: Path, seed: int = SEED, *, source_root: Path | None = None) -> EvaluationReport:
     if why := nothing_to_evaluate(definition):
-        return write_not_evaluated(definition, model, why, out_dir, seed)
+        return EvaluationReport.of(write_not_evaluated(definition, model, why, out_dir, seed), out_dir)
     read = read_evaluation_inputs(definition, model, embeddings_dir, seeds_parquet, source_root)
     rows, matrix, patients, x, clinical, pairs = read.rows, read.matrix, read.patients, read.x, read.clinical, read.pairs
     manifest, inputs = read.manifest, read.files
@@ -143,7 +144,7 @@ def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path,
     }
     atomic_write_json(out_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
     write_report(metrics, out_dir)
-    return metrics
+    return EvaluationReport.of(metrics, out_dir)
 
 
 def write_not_evaluated(definition: DatasetVersion, model: str, why: str, out_dir: Path, seed: int) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from radassets.datasets import Endpoint
 from radassets.evaluation.figures import km_figure, roc_figure
 from radassets.evaluation.evaluate import MIN_PER_CLASS
 from radassets.evaluation.labels import LabelError, survival_labels
+from radassets.evaluation.step_reports import ScoresReport
 from radassets.evaluation.survival import N_BOOT, SurvivalFitError, auc_with_bootstrap_ci, c_index, risk_groups
 from radassets.storage import atomic_write_json, sha256_file, sha256_json
 from radassets.errors import RadassetsError
@@ -91,8 +92,8 @@ def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: P
                     censored_values: tuple[str, ...] | None = None, threshold: float | None = None,
                     threshold_from: Path | None = None, threshold_column: str | None = None,
                     time_unit: Literal["days", "months"] = "days", seed: int = DEFAULT_SEED, n_boot: int = N_BOOT,
-                    title: str | None = None) -> dict[str, Any]:
-    """Evaluate, write ``metrics.json``, ``roc.png`` and ``km.png`` under ``out_dir``; return the metrics.
+                    title: str | None = None) -> ScoresReport:
+    """Evaluate, write ``metrics.json``, ``roc.png`` and ``km.png`` under ``out_dir``; return their report.
     ``censored_values``: the event column's values that mean censored (default: the known ones, see
     ``labels.KNOWN_CENSORING_VALUES``); any other value that is not an event value is an error."""
     if not (isinstance(horizon_days, (int, float)) and math.isfinite(horizon_days) and horizon_days > 0):
@@ -208,4 +209,4 @@ def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: P
     km_figure(matched["time_days"], matched["event"], matched["score"].to_numpy() > threshold, groups,
               f"{name}\nhigh vs low risk (threshold {threshold:.4g})", out_dir / "km.png", lineage_id)
     atomic_write_json(out_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
-    return metrics
+    return ScoresReport.of(metrics, out_dir)

@@ -84,6 +84,27 @@ class CohortError(RadassetsError, RuntimeError):
     """A cohort cannot be built or read: the message names the dataset version and the cause."""
 
 
+@dataclass(frozen=True)
+class CohortStats:
+    """A cohort's summary: counts of its series, their size and modalities (``radassets cohort show``)."""
+
+    dataset_version: str
+    idc_version: int
+    patients: int
+    studies: int
+    series: int
+    instances: int  # of the series that state their count
+    series_without_instance_count: int
+    size_gb: float
+    modalities: dict[str, int]
+    hash: str  # the cohort's content hash
+    index: str  # package and version the series list was read from
+    backend: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class Cohort:
     """A cohort lockfile. ``content_hash`` identifies the series versions, nothing else."""
@@ -104,22 +125,29 @@ class Cohort:
     format: int = LOCKFILE_FORMAT
 
     # -- summaries -------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> CohortStats:
         instances = [s["instanceCount"] for s in self.series]
-        return {
-            "dataset_version": self.dataset_version,
-            "idc_version": self.idc_version,
-            "patients": len({s["PatientID"] for s in self.series}),
-            "studies": len({s["StudyInstanceUID"] for s in self.series}),
-            "series": len(self.series),
-            "instances": sum(i for i in instances if i is not None),
-            "series_without_instance_count": sum(i is None for i in instances),
-            "size_gb": round(sum(s["series_size_MB"] or 0.0 for s in self.series) / 1000.0, 3),
-            "modalities": _counts(s["Modality"] for s in self.series),
-            "hash": self.content_hash,
-            "index": f"{self.index['package']} {self.index['version']}",
-            "backend": self.backend,
-        }
+        return CohortStats(
+            dataset_version=self.dataset_version,
+            idc_version=self.idc_version,
+            patients=len({s["PatientID"] for s in self.series}),
+            studies=len({s["StudyInstanceUID"] for s in self.series}),
+            series=len(self.series),
+            instances=sum(i for i in instances if i is not None),
+            series_without_instance_count=sum(i is None for i in instances),
+            size_gb=round(sum(s["series_size_MB"] or 0.0 for s in self.series) / 1000.0, 3),
+            modalities=_counts(s["Modality"] for s in self.series),
+            hash=self.content_hash,
+            index=f"{self.index['package']} {self.index['version']}",
+            backend=self.backend,
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """What an asset shows of the cohort (plain values)."""
+        stats = self.stats()
+        return {"idc_version": self.idc_version, "idc_release_date": self.idc_release_date or "",
+                "patients": stats.patients, "series": stats.series, "instances": stats.instances,
+                "size_gb": stats.size_gb, "content_hash": self.content_hash, "index": stats.index}
 
     # -- persistence -----------------------------------------------------------------------
     def write(self, path: Path) -> Path:

@@ -21,38 +21,72 @@ from radassets.datasets import DatasetVersion
 from radassets.idc import download
 from radassets.idc.cohort import Cohort
 from radassets.layout import Layout
+from radassets.reports import ItemFailure
 from radassets.storage import atomic_write_json, sha256_json
 
 Progress = Callable[[int, int, str], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DicomReport:
+    """What ``fetch_dataset_dicom`` did: one manifest row per series of the cohort (as written to the manifest)."""
+
     dataset_version: str
     manifest_path: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["status"] == "failed"]
+    def series(self) -> int:
+        return len(self.rows)
 
-    def failures(self) -> list[dict[str, Any]]:
-        return [{k: r[k] for k in ("PatientID", "Modality", "SeriesInstanceUID", "crdc_series_uuid", "reason")}
-                for r in self.failed]
+    @property
+    def failures(self) -> list[ItemFailure]:
+        """The series that could not be fetched or verified, by SeriesInstanceUID."""
+        return [ItemFailure("dicom", r["SeriesInstanceUID"], r["reason"], patient=r["PatientID"],
+                            series=r["SeriesInstanceUID"]) for r in self.rows if r["status"] == "failed"]
+
+    @property
+    def failed(self) -> int:
+        return sum(r["status"] == "failed" for r in self.rows)
+
+    @property
+    def verified(self) -> int:
+        return self.series - self.failed
+
+    @property
+    def failed_fraction(self) -> float:
+        return self.failed / self.series if self.series else 0.0
+
+    @property
+    def files(self) -> int:
+        return sum(r["files"] or 0 for r in self.rows)
+
+    @property
+    def size_gb(self) -> float:
+        return round(sum(r["bytes"] or 0 for r in self.rows) / 1e9, 4)
 
     def summary(self) -> dict[str, Any]:
-        n = len(self.rows)
-        failed = len(self.failed)
+        """The manifest's ``summary``, as written."""
         return {
             "dataset_version": self.dataset_version,
-            "series": n,
-            "verified": n - failed,
-            "failed": failed,
-            "failed_fraction": failed / n if n else 0.0,
-            "files": sum(r["files"] or 0 for r in self.rows),
-            "size_gb": round(sum(r["bytes"] or 0 for r in self.rows) / 1e9, 4),
+            "series": self.series,
+            "verified": self.verified,
+            "failed": self.failed,
+            "failed_fraction": self.failed_fraction,
+            "files": self.files,
+            "size_gb": self.size_gb,
             "manifest": str(self.manifest_path),
         }
+
+    def metadata(self) -> dict[str, Any]:
+        """The counts an asset shows (plain values)."""
+        return {"series": self.series, "verified": self.verified, "failed": self.failed, "files": self.files,
+                "size_gb": self.size_gb}
+
+    def manifest(self, cohort_hash: str) -> dict[str, Any]:
+        """The partition's ``manifest.json``."""
+        return {"summary": self.summary(), "cohort_hash": cohort_hash, "content_hash": self.content_hash,
+                "series": self.rows}
 
     @property
     def content_hash(self) -> str:
@@ -130,6 +164,5 @@ def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, layout: Layo
             "reason": r.reason,
         })
     report = DicomReport(definition.name, layout.dicom_manifest(definition.name), rows)
-    atomic_write_json(report.manifest_path, {"summary": report.summary(), "cohort_hash": cohort.content_hash,
-                                             "content_hash": report.content_hash, "series": rows})
+    atomic_write_json(report.manifest_path, report.manifest(cohort.content_hash))
     return report

@@ -119,17 +119,29 @@ def extract_mask_patch(mask: sitk.Image, center: Point, spec: PatchSpec = PatchS
     return sample(mask, center, spec, sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PatchesReport:
+    """What ``write_patches`` did: one row per patch (as written to patches.parquet), the spec, the files' sha256."""
+
     out_dir: Path
     spec: dict[str, Any]
     rows: list[dict[str, Any]]
     sha256: dict[str, str]
 
+    @property
+    def at_border(self) -> list[dict[str, Any]]:
+        """The patches padded with air at the volume border."""
+        return [r for r in self.rows if r["at_border"]]
+
     def summary(self) -> dict[str, Any]:
+        """The manifest's ``summary``, as written (and the counts an asset shows)."""
         return {"patches": len(self.rows), "at_border": sum(r["at_border"] for r in self.rows),
                 "with_mask": sum(r["has_mask"] for r in self.rows), "size": self.spec["size"],
                 "spacing_mm": self.spec["spacing_mm"]}
+
+    def metadata(self) -> dict[str, Any]:
+        """The counts an asset shows (plain values)."""
+        return self.summary()
 
     @property
     def content_hash(self) -> str:

@@ -38,7 +38,9 @@ from radassets.imaging.seeds import (
     SEED_COLUMNS,
     ReferenceTable,
     compare_with_reference,
+    failure_record,
     outside_volume,
+    outside_volume_failure,
     seeds_from_reference,
     seeds_from_segments,
 )
@@ -51,6 +53,7 @@ from radassets.imaging.volumes import (
     convert_dataset,
 )
 from radassets.layout import Layout, StepInputMissing
+from radassets.reports import ItemFailure
 from radassets.storage import (
     atomic_path,
     atomic_write_json,
@@ -113,25 +116,54 @@ def run_volumes(definition: DatasetVersion, layout: Layout, tolerances: Toleranc
 
 # -- seeds ----------------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(frozen=True)
 class SeedsReport:
+    """What ``run_seeds`` did: the seeds (as written to seeds.parquet), the failures, the reference compared."""
+
     out_dir: Path
     seeds: list[dict[str, Any]]
-    failures: list[dict[str, Any]]
+    failures: list[ItemFailure]
     reference: dict[str, Any] | None
 
+    @property
+    def patients(self) -> int:
+        return len({s["PatientID"] for s in self.seeds})
+
+    @property
+    def compared_with_reference(self) -> int:
+        return len(self._distances())
+
+    @property
+    def disagreeing(self) -> list[dict[str, Any]]:
+        """The seeds further than the threshold from their published point."""
+        return [s for s in self.seeds if s.get("reference_disagrees")]
+
+    def _distances(self) -> list[float]:
+        return [s["reference_distance_mm"] for s in self.seeds if s.get("reference_distance_mm") is not None]
+
     def summary(self) -> dict[str, Any]:
-        distances = [s["reference_distance_mm"] for s in self.seeds if s.get("reference_distance_mm") is not None]
+        """The manifest's ``summary``, as written (and the counts an asset shows)."""
+        distances = self._distances()
         return {
-            "seeds": len(self.seeds), "patients": len({s["PatientID"] for s in self.seeds}),
+            "seeds": len(self.seeds), "patients": self.patients,
             "from_mask": sum(s["source"] == "mask" for s in self.seeds),
             "from_reference": sum(s["source"] == "reference" for s in self.seeds),
             "failures": len(self.failures),
             "compared_with_reference": len(distances),
-            "reference_disagreements": sum(bool(s.get("reference_disagrees")) for s in self.seeds),
+            "reference_disagreements": len(self.disagreeing),
             "reference_distance_median_mm": round(float(np.median(distances)), 3) if distances else None,
             "reference_distance_max_mm": round(float(np.max(distances)), 3) if distances else None,
         }
+
+    def metadata(self) -> dict[str, Any]:
+        """The counts an asset shows (plain values; those without a value left out)."""
+        return {k: v for k, v in self.summary().items() if v is not None}
+
+    def manifest(self, source: str, volumes_content_hash: str) -> dict[str, Any]:
+        """The partition's ``manifest.json``."""
+        return {"source": source, "reference": self.reference, "volumes_content_hash": volumes_content_hash,
+                "summary": self.summary(), "failures": [failure_record(f) for f in self.failures],
+                "content_hash": self.content_hash}
 
     @property
     def content_hash(self) -> str:
@@ -150,7 +182,7 @@ def _reference_table(definition: DatasetVersion, layout: Layout) -> ReferenceTab
 def run_seeds(definition: DatasetVersion, layout: Layout, threshold_mm: float = DISAGREEMENT_MM) -> SeedsReport:
     volumes = _manifest(layout, "volumes", definition.name, "seeds")
     reference = _reference_table(definition, layout)
-    failures: list[dict[str, Any]] = []
+    failures: list[ItemFailure] = []
     if definition.seeds.source == "mask":
         seeds = seeds_from_segments(volumes["segments"])
         if reference is not None:
@@ -160,9 +192,7 @@ def run_seeds(definition: DatasetVersion, layout: Layout, threshold_mm: float = 
         seeds, failures = seeds_from_reference(reference, cts)
     for seed in outside_volume(seeds):
         seeds.remove(seed)
-        failures.append({"seed_id": seed["seed_id"], "id": seed["SeriesInstanceUID"],
-                         "reason": f"point ({seed['coordX']:.1f}, {seed['coordY']:.1f}, {seed['coordZ']:.1f}) LPS mm "
-                                   f"lies outside its CT volume"})
+        failures.append(outside_volume_failure(seed))
     out_dir = layout.asset_dir("seeds", definition.name)
     remove_stale_temporaries(out_dir)
     frame = pd.DataFrame(seeds, columns=SEED_COLUMNS)
@@ -175,10 +205,7 @@ def run_seeds(definition: DatasetVersion, layout: Layout, threshold_mm: float = 
         ref_info = {"table": definition.seeds.reference.table, "path": str(reference.path), "rows": len(reference.points),
                     "id_kind": reference.id_kind, "threshold_mm": threshold_mm}
     report = SeedsReport(out_dir, seeds, failures, ref_info)
-    atomic_write_json(out_dir / "manifest.json", {
-        "source": definition.seeds.source, "reference": ref_info, "volumes_content_hash": volumes["content_hash"],
-        "summary": report.summary(), "failures": failures, "content_hash": report.content_hash,
-    })
+    atomic_write_json(out_dir / "manifest.json", report.manifest(definition.seeds.source, volumes["content_hash"]))
     return report
 
 

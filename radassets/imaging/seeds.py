@@ -24,8 +24,12 @@ import pandas as pd
 import SimpleITK as sitk
 
 from radassets.imaging.masks import centroid_lps
+from radassets.reports import ItemFailure
 
 DISAGREEMENT_MM = 10.0
+# The codes of the seeds' failures: a reference table row without a converted CT, a point outside its CT.
+NO_CONVERTED_CT = "no_converted_ct"
+OUTSIDE_VOLUME = "outside_volume"
 SEED_COLUMNS = ["seed_id", "PatientID", "SeriesInstanceUID", "crdc_series_uuid", "segment_label", "segment_number",
                 "coordX", "coordY", "coordZ", "voxels", "volume_ml", "source", "mask_SeriesInstanceUID",
                 "mask_Modality", "reference_distance_mm", "reference_disagrees", "ct_path", "mask_path"]
@@ -108,11 +112,13 @@ def compare_with_reference(seeds: list[dict[str, Any]], reference: ReferenceTabl
     return seeds
 
 
-def seeds_from_reference(reference: ReferenceTable, cts: Sequence[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+def seeds_from_reference(reference: ReferenceTable,
+                         cts: Sequence[dict[str, Any]]) -> tuple[list[dict], list[ItemFailure]]:
     """Seeds read from a published table, each assigned to a converted CT series.
 
     ``cts``: QC rows of the CT series (PatientID, SeriesInstanceUID, crdc_series_uuid, status, path).
-    Returns (seeds, failures); a failure names the table row and why it has no CT.
+    Returns (seeds, failures); a failure's item is the table row (its index, from 0) and its reason why it has
+    no CT; its patient or series is the row's id, by the table's ``id_kind``.
     """
     ok = [c for c in cts if c["status"] == "ok"]
     by_series = {c["SeriesInstanceUID"]: c for c in ok}
@@ -132,7 +138,11 @@ def seeds_from_reference(reference: ReferenceTable, cts: Sequence[dict[str, Any]
             why = None if ct else (f"patient has {len(found)} converted CT series; the table does not say which"
                                    if found else "no converted CT series of this patient in this dataset version")
         if ct is None:
-            failures.append({"reference_row": i, "id": row.id, "reason": why})
+            assert why is not None  # a row without its CT always has a cause
+            by_patient_id = reference.id_kind != "SeriesInstanceUID"
+            failures.append(ItemFailure("seeds", str(i), why, code=NO_CONVERTED_CT,
+                                        patient=row.id if by_patient_id else None,
+                                        series=None if by_patient_id else row.id))
             continue
         label = getattr(row, "segment_label", None)
         seeds.append({
@@ -145,6 +155,22 @@ def seeds_from_reference(reference: ReferenceTable, cts: Sequence[dict[str, Any]
             "ct_path": ct["path"], "mask_path": None,
         })
     return seeds, failures
+
+
+def outside_volume_failure(seed: dict[str, Any]) -> ItemFailure:
+    """The failure of a seed whose point lies outside its CT volume."""
+    return ItemFailure("seeds", seed["seed_id"], f"point ({seed['coordX']:.1f}, {seed['coordY']:.1f}, "
+                                                 f"{seed['coordZ']:.1f}) LPS mm lies outside its CT volume",
+                       patient=seed["PatientID"], series=seed["SeriesInstanceUID"], code=OUTSIDE_VOLUME)
+
+
+def failure_record(failure: ItemFailure) -> dict[str, Any]:
+    """A seeds failure as the manifest's ``failures`` list records it: ``seed_id`` for a seed outside its
+    volume, ``reference_row`` for a reference table row without a CT; ``id`` is the series or the table's id."""
+    if failure.code == OUTSIDE_VOLUME:
+        return {"seed_id": failure.item, "id": failure.series, "reason": failure.reason}
+    return {"reference_row": int(failure.item), "id": failure.patient if failure.series is None else failure.series,
+            "reason": failure.reason}
 
 
 def outside_volume(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ import SimpleITK as sitk
 
 from radassets.imaging.ct import QCError, SeriesError, Tolerances, describe_exception, failure_qc, read_ct_series
 from radassets.imaging.masks import MaskError, read_mask_header, read_mask_segments, select_segments
+from radassets.reports import ItemFailure
 from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha256_json
 
 MASK_MODALITIES = ("SEG", "RTSTRUCT")
@@ -88,27 +89,63 @@ class ConversionSettings:
         return sha256_json(self.as_dict())
 
 
-@dataclass
+@dataclass(frozen=True)
 class VolumesReport:
+    """What ``convert_dataset`` did: one QC row per series and the segments found (as written)."""
+
     out_dir: Path
     settings: dict[str, Any]
     qc: list[dict[str, Any]]
     segments: list[dict[str, Any]]
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [r for r in self.qc if r["status"] == "failed"]
+    def failures(self) -> list[ItemFailure]:
+        """The series that could not be converted, by SeriesInstanceUID, with their QC code."""
+        return [ItemFailure("volumes", r["SeriesInstanceUID"], r["message"], patient=r["PatientID"],
+                            series=r["SeriesInstanceUID"], code=r["code"]) for r in self.qc if r["status"] == "failed"]
+
+    @property
+    def series(self) -> int:
+        return len(self.qc)
+
+    @property
+    def failed(self) -> int:
+        return sum(r["status"] == "failed" for r in self.qc)
+
+    @property
+    def failed_fraction(self) -> float:
+        return self.failed / self.series if self.series else 0.0
+
+    @property
+    def ct_converted(self) -> int:
+        return sum(r["status"] == "ok" for r in self.qc if r["Modality"] == "CT")
+
+    @property
+    def masks_converted(self) -> int:
+        return sum(r["status"] == "ok" for r in self.qc if r["Modality"] in MASK_MODALITIES)
+
+    @property
+    def reused(self) -> int:
+        return sum(bool(r.get("reused")) for r in self.qc)
+
+    @property
+    def failures_by_code(self) -> dict[str, int]:
+        return _count(f.code for f in self.failures)
 
     def summary(self) -> dict[str, Any]:
-        n, failed = len(self.qc), len(self.failed)
-        ct = [r for r in self.qc if r["Modality"] == "CT"]
+        """The manifest's ``summary`` (less ``RUN_ONLY``), as written."""
         return {
-            "series": n, "failed": failed, "failed_fraction": failed / n if n else 0.0,
-            "ct_converted": sum(r["status"] == "ok" for r in ct), "ct_failed": sum(r["status"] == "failed" for r in ct),
-            "masks_converted": sum(r["status"] == "ok" for r in self.qc if r["Modality"] in MASK_MODALITIES),
-            "segments": len(self.segments), "reused": sum(bool(r.get("reused")) for r in self.qc),
-            "failures_by_code": _count(r["code"] for r in self.failed),
+            "series": self.series, "failed": self.failed, "failed_fraction": self.failed_fraction,
+            "ct_converted": self.ct_converted,
+            "ct_failed": sum(r["status"] == "failed" for r in self.qc if r["Modality"] == "CT"),
+            "masks_converted": self.masks_converted, "segments": len(self.segments), "reused": self.reused,
+            "failures_by_code": self.failures_by_code,
         }
+
+    def metadata(self) -> dict[str, Any]:
+        """The counts an asset shows (plain values)."""
+        return {"series": self.series, "ct_converted": self.ct_converted, "masks_converted": self.masks_converted,
+                "segments": len(self.segments), "failed": self.failed, "reused": self.reused}
 
     @property
     def content_hash(self) -> str:

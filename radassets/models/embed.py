@@ -33,6 +33,7 @@ import torch
 
 from radassets.errors import RadassetsError
 from radassets.models.registry import ModelEntry
+from radassets.reports import ItemFailure
 from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha256_json
 
 Progress = Callable[[int, int, str], None]
@@ -101,8 +102,10 @@ def choose_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmbeddingsReport:
+    """What ``run_embeddings`` did: one row per seed (as written to embeddings.parquet, with the vector)."""
+
     out_dir: Path
     model: str
     rows: list[dict[str, Any]]
@@ -113,14 +116,44 @@ class EmbeddingsReport:
     seconds: float
 
     @property
-    def failures(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["status"] == "failed"]
+    def failures(self) -> list[ItemFailure]:
+        """The seeds whose embedding has NaN or infinite values, by seed id."""
+        return [ItemFailure("embeddings", r["seed_id"], r["reason"], patient=r["PatientID"],
+                            series=r["SeriesInstanceUID"]) for r in self.rows if r["status"] == "failed"]
+
+    @property
+    def seeds(self) -> int:
+        return len(self.rows)
+
+    @property
+    def failed(self) -> int:
+        return sum(r["status"] == "failed" for r in self.rows)
+
+    @property
+    def embedded(self) -> int:
+        return self.seeds - self.failed
+
+    @property
+    def failed_fraction(self) -> float:
+        return self.failed / self.seeds if self.seeds else 0.0
 
     def summary(self) -> dict[str, Any]:
-        n = len(self.rows)
-        return {"model": self.model, "seeds": n, "embedded": n - len(self.failures), "failed": len(self.failures),
+        """The manifest's ``summary``, as written (and the counts an asset shows)."""
+        n = self.seeds
+        return {"model": self.model, "seeds": n, "embedded": self.embedded, "failed": self.failed,
                 "dim": self.dim, "device": self.device, "seconds": round(self.seconds, 2),
                 "patches_per_second": round(n / self.seconds, 2) if self.seconds > 0 else None}
+
+    def metadata(self) -> dict[str, Any]:
+        """The counts an asset shows (plain values; those without a value left out)."""
+        return {k: v for k, v in self.summary().items() if v is not None}
+
+    def manifest(self, entry: dict[str, Any], batch_size: int, torch_version: str) -> dict[str, Any]:
+        """The partition's ``manifest.json`` (``entry``: the model's registry entry, as JSON)."""
+        return {"model": entry, "weights_sha256": self.weights_sha256, "preprocessing_hash": self.preprocessing_hash,
+                "batch_size": batch_size, "device": self.device, "torch": torch_version, "summary": self.summary(),
+                "content_hash": self.content_hash,
+                "failures": [{"seed_id": f.item, "PatientID": f.patient, "reason": f.reason} for f in self.failures]}
 
     @cached_property  # hashes the parquet file: once per report
     def content_hash(self) -> str:
@@ -173,12 +206,8 @@ def run_embeddings(extractor: Extractor, patches: np.ndarray, masks: np.ndarray,
         pq.write_table(pa.Table.from_pylist(out_rows, schema=schema), tmp)
     report = EmbeddingsReport(out_dir, entry.name, out_rows, extractor.dim, extractor.weights_sha256,
                               preprocessing_hash, device, time.monotonic() - started)
-    atomic_write_json(out_dir / "manifest.json", {
-        "model": entry.model_dump(mode="json"), "weights_sha256": extractor.weights_sha256,
-        "preprocessing_hash": preprocessing_hash, "batch_size": batch_size, "device": device,
-        "torch": torch.__version__, "summary": report.summary(), "content_hash": report.content_hash,
-        "failures": [{k: r[k] for k in ("seed_id", "PatientID", "reason")} for r in report.failures],
-    })
+    atomic_write_json(out_dir / "manifest.json", report.manifest(entry.model_dump(mode="json"), batch_size,
+                                                                 torch.__version__))
     return report
 
 

@@ -58,7 +58,7 @@ def test_cohort_asset_uses_bigquery_when_a_project_is_configured(dicom_all_v16, 
     cohort = Cohort.read(Layout(storage).cohort_lockfile("nsclc_radiomics_idc_v16"))
     assert cohort.backend == "bigquery" and cohort.index["version"] == "idc_v16"
     stats = cohort.stats()
-    assert (stats["patients"], stats["series"], stats["instances"]) == (422, 844, 51652)
+    assert (stats.patients, stats.series, stats.instances) == (422, 844, 51652)
     bundled = build_cohort(datasets.get("nsclc_radiomics_idc_v16"), bundled_index())
     assert cohort.content_hash == bundled.content_hash
 

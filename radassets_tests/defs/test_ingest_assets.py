@@ -33,7 +33,7 @@ def test_demo_v1_cohort_and_dicom(instance, default_demo_home):
     assert result.success
     cohort = Cohort.read(Layout(default_demo_home).cohort_lockfile("demo_v1"))
     stats = cohort.stats()
-    assert (stats["patients"], stats["series"]) == (60, 144)
+    assert (stats.patients, stats.series) == (60, 144)
     meta = latest(instance, "cohort", "demo_v1").metadata
     assert meta["series"].value == 144 and meta["content_hash"].value == cohort.content_hash
     assert latest(instance, "cohort", "demo_v1").tags["dagster/data_version"] == cohort.content_hash

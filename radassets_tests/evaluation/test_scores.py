@@ -45,9 +45,10 @@ def cohort(tmp_path_factory):
 
 
 def _evaluate(folder, out, **kw):
-    """500 bootstrap resamples instead of 2000: the CI's width is not what these tests examine."""
+    """The metrics as metrics.json records them. 500 bootstrap resamples instead of 2000: the CI's width is not
+    what these tests examine."""
     return evaluate_scores(folder / "scores.csv", "ID", "risk", folder / "clinical.csv", "pid", "days", "dead",
-                           HORIZON, kw.pop("convention", "drop"), out, n_boot=kw.pop("n_boot", 500), **kw)
+                           HORIZON, kw.pop("convention", "drop"), out, n_boot=kw.pop("n_boot", 500), **kw).to_json()
 
 
 def test_numbers_equal_lifelines_and_sklearn_called_directly(cohort, tmp_path):
@@ -289,7 +290,7 @@ def test_any_table_gives_a_result_or_a_score_input_error(n, data, corruptions, h
         clinical.to_csv(folder / "clinical.csv", index=False)
         try:
             metrics = evaluate_scores(folder / "scores.csv", "ID", "risk", folder / "clinical.csv", "pid", "days",
-                                      "dead", horizon, convention, folder / "out", threshold=threshold, n_boot=50)
+                                      "dead", horizon, convention, folder / "out", threshold=threshold, n_boot=50).to_json()
         except ScoreInputError as e:
             assert "\n" not in str(e)
             return

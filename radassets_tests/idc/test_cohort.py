@@ -106,7 +106,7 @@ def test_prior_version_rows_keep_their_bucket_and_null_counts(toy_index):
     assert by_uid["S3"]["source_DOI"] is None
     cohort = build_cohort(toy_definition(2), toy_index)
     assert cohort.reconstruction == {"from_current_index": 2, "from_prior_versions": 3, "unattributed": 1}
-    assert cohort.stats()["series_without_instance_count"] == 3
+    assert cohort.stats().series_without_instance_count == 3
 
 
 def test_filters_by_modality_and_doi(toy_index):
@@ -154,8 +154,8 @@ def test_nsclc_radiomics_v16_matches_the_published_cohort():
     """The Hosny et al. replication's cohort: 422 patients, 844 series, 51,652 instances."""
     cohort = build_cohort(datasets.get("nsclc_radiomics_idc_v16"), bundled_index())
     stats = cohort.stats()
-    assert (stats["patients"], stats["series"], stats["instances"]) == (422, 844, 51652)
-    assert stats["modalities"] == {"CT": 422, "RTSTRUCT": 422}
+    assert (stats.patients, stats.series, stats.instances) == (422, 844, 51652)
+    assert stats.modalities == {"CT": 422, "RTSTRUCT": 422}
     assert cohort.collections[0]["source_DOI"] == "10.7937/k9/tcia.2015.pf0m9rei"
     assert cohort.collections[0]["license_short_name"] == "CC BY-NC 3.0"
     assert cohort.idc_release_date == "2023-08-14"

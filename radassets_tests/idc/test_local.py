@@ -65,7 +65,7 @@ def ct_row(report, patient: str) -> dict:
 def test_a_file_edited_in_place_is_noticed_and_converted_again(data_dir, layout, user_folder):
     add_local_dataset("my_study_v1", user_folder, layout, data_root=data_dir)
     first = materialize_volumes("my_study_v1", data_dir, layout)
-    assert first.summary()["failed"] == 0
+    assert first.failed == 0
     old = ct_row(first, "DEMO-005")
     # Edit one slice's pixels in place (same size). The mtime is set one second later explicitly: file
     # systems with coarse timestamps could otherwise give the edit the mtime of the indexing.

@@ -53,16 +53,16 @@ def test_damaged_files_fail_only_their_items(damaged_partition, tmp_path):
     rows, rtstruct_file, truncated = damaged_partition
     assert len(rows) == 16
     report = convert_dataset(rows, _files, tmp_path / "volumes", SELECT_GTV1)
-    failed = {(r["PatientID"], r["Modality"]): r for r in report.failed}
+    modality = {r["SeriesInstanceUID"]: r["Modality"] for r in rows}
+    failed = {(f.patient, modality[f.item]): f for f in report.failures}
     assert set(failed) == {("DEMO-001", "RTSTRUCT"), ("DEMO-002", "CT"), ("DEMO-002", "SEG")}, failed
     rt = failed[("DEMO-001", "RTSTRUCT")]
-    assert rt["code"] == "mask_unreadable"
-    assert str(rtstruct_file) in rt["message"] and "not a multiple of 3" in rt["message"]
+    assert rt.code == "mask_unreadable" and rt.stage == "volumes"
+    assert str(rtstruct_file) in rt.reason and "not a multiple of 3" in rt.reason
     ct = failed[("DEMO-002", "CT")]
-    assert ct["code"] == "unreadable_file" and str(truncated) in ct["message"] and "600 bytes" in ct["message"]
-    assert failed[("DEMO-002", "SEG")]["code"] == "no_reference"  # drawn on the CT that failed
-    summary = report.summary()
-    assert summary["ct_converted"] == 7 and summary["masks_converted"] == 6
+    assert ct.code == "unreadable_file" and str(truncated) in ct.reason and "600 bytes" in ct.reason
+    assert failed[("DEMO-002", "SEG")].code == "no_reference"  # drawn on the CT that failed
+    assert report.ct_converted == 7 and report.masks_converted == 6
     assert {s["PatientID"] for s in report.segments} == {f"DEMO-00{i}" for i in (3, 4, 5, 6, 7, 8)}
 
 

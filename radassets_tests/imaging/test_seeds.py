@@ -13,7 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from radassets.imaging.folder import SEED_CSV_COLUMNS
-from radassets.imaging.seeds import ReferenceTable, compare_with_reference, seeds_from_reference, seeds_from_segments
+from radassets.imaging.seeds import (
+    NO_CONVERTED_CT,
+    ReferenceTable,
+    compare_with_reference,
+    failure_record,
+    seeds_from_reference,
+    seeds_from_segments,
+)
+from radassets.reports import ItemFailure
 from radassets.imaging.volumes import ConversionSettings, SegmentSelection, convert_dataset
 from radassets_tests.imaging.test_volumes import _files, _index_rows
 from radassets_tests.test_cli import run_cli
@@ -35,7 +43,7 @@ def _truth(demo: Path) -> pd.DataFrame:
 def test_mask_seeds_are_the_true_lesion_centres(converted, small_demo):
     seeds = seeds_from_segments(converted.segments)
     truth = _truth(small_demo)
-    assert len(seeds) == converted.summary()["ct_converted"] == 8
+    assert len(seeds) == converted.ct_converted == 8
     assert {s["mask_Modality"] for s in seeds} == {"SEG", "RTSTRUCT"}
     for seed in seeds:
         row = truth[(truth.SeriesInstanceUID == seed["SeriesInstanceUID"]) & (truth.segment_label == "GTV-1")].iloc[-1]
@@ -77,14 +85,18 @@ def test_published_points_are_assigned_to_their_ct(converted, small_demo, tmp_pa
     cts = [r for r in converted.qc if r["Modality"] == "CT"]
     seeds, failures = seeds_from_reference(ReferenceTable.read(path, "SeriesInstanceUID", "SeriesInstanceUID"), cts)
     assert len(seeds) == len(gtv) and {s["source"] for s in seeds} == {"reference"}
-    assert failures == [{"reference_row": len(gtv), "id": "1.2.3.unknown",
-                         "reason": "its CT series is not in this dataset version"}]
+    assert failures == [ItemFailure("seeds", str(len(gtv)), "its CT series is not in this dataset version",
+                                    series="1.2.3.unknown", code=NO_CONVERTED_CT)]
+    # The manifest records it as it always has: the table row, the table's id, the reason.
+    assert [failure_record(f) for f in failures] == [{"reference_row": len(gtv), "id": "1.2.3.unknown",
+                                                       "reason": "its CT series is not in this dataset version"}]
     # By PatientID, a patient with two CT series (test and re-scan) is ambiguous: recorded, not guessed.
     two = [dict(c, SeriesInstanceUID=c["SeriesInstanceUID"] + ".9", crdc_series_uuid="x") for c in cts[:1]]
     by_patient = ReferenceTable.read(_write(tmp_path / "p.csv", [{"PatientID": cts[0]["PatientID"], "coordX": 1,
                                                                    "coordY": 2, "coordZ": 3}]), "PatientID", "PatientID")
     seeds, failures = seeds_from_reference(by_patient, cts + two)
-    assert not seeds and "2 converted CT series" in failures[0]["reason"]
+    assert not seeds and "2 converted CT series" in failures[0].reason
+    assert failure_record(failures[0])["id"] == cts[0]["PatientID"] and failures[0].patient == cts[0]["PatientID"]
 
 
 def _write(path: Path, rows: list[dict]) -> Path:

@@ -86,8 +86,7 @@ def test_every_malformed_series_is_recorded_and_the_rest_converts(partition, tmp
     assert qc["foreign-rtstruct"]["code"] == "frame_of_reference"
     missing = next(r for r in partition if r["status"] == "failed")
     assert qc[missing["crdc_series_uuid"]]["code"] == "not_downloaded"
-    summary = report.summary()
-    assert summary["failed"] == len(MALFORMED) + 3 and summary["ct_converted"] == 2 and summary["masks_converted"] == 2
+    assert report.failed == len(MALFORMED) + 3 and report.ct_converted == 2 and report.masks_converted == 2
     # The good series' volumes and GTV-1 masks are on disk; nothing half-written anywhere.
     assert {s["PatientID"] for s in report.segments} == {"DEMO-005", "DEMO-006"}
     assert {s["segment_label"] for s in report.segments} == {"GTV-1"}
@@ -107,14 +106,14 @@ def test_rerun_reuses_finished_volumes(partition, tmp_path):
     ct = next(r for r in first.qc if r["Modality"] == "CT" and r["status"] == "ok")
     mtime = Path(ct["path"]).stat().st_mtime_ns
     second = convert_dataset(partition, _files, out, SELECT_GTV1)
-    assert second.summary()["reused"] == 2
+    assert second.reused == 2
     assert Path(ct["path"]).stat().st_mtime_ns == mtime
     assert second.content_hash == first.content_hash
     # A tampered volume is converted again, not trusted.
     Path(ct["path"]).write_bytes(b"not a volume")
     third = convert_dataset(partition, _files, out, SELECT_GTV1)
-    assert third.summary()["reused"] == 1
+    assert third.reused == 1
     assert sitk.ReadImage(ct["path"]).GetSize()[2] == ct["slices"]
     # Other settings: nothing is reused.
     other = ConversionSettings(selection=SegmentSelection(None, "all"))
-    assert convert_dataset(partition, _files, out, other).summary()["reused"] == 0
+    assert convert_dataset(partition, _files, out, other).reused == 0

@@ -22,7 +22,7 @@ def test_cuda_embeddings_match_cpu(name, tmp_path):
     for device in ("cpu", "cuda"):
         extractor = load_extractor(registry.get(name), torch.device(device))
         report = run_embeddings(extractor, patches, masks, rows, tmp_path / device, batch_size=4, device=device)
-        assert report.summary()["failed"] == 0
+        assert report.failed == 0
         out[device] = read_embeddings(tmp_path / device)[1]
     assert np.allclose(out["cuda"], out["cpu"], rtol=1e-3, atol=1e-4), np.abs(out["cuda"] - out["cpu"]).max()
     assert choose_device("auto").type == "cuda"

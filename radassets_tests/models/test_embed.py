@@ -103,7 +103,7 @@ def test_embeddings_are_deterministic_bytes_with_model_identity(tmp_path):
     assert matrix.shape == (6, 512) and matrix.dtype == np.float32 and len(ok_rows) == 6
     # A different batch size changes only float rounding, not the embedding.
     other = run_embeddings(extractor, patches, masks, rows, tmp_path / "c", batch_size=1)
-    assert np.allclose(read_embeddings(tmp_path / "c")[1], matrix, atol=1e-5) and other.summary()["failed"] == 0
+    assert np.allclose(read_embeddings(tmp_path / "c")[1], matrix, atol=1e-5) and other.failed == 0
 
 
 class NanForLargeLesions(torch.nn.Module):
@@ -131,9 +131,9 @@ def test_nan_vectors_are_recorded_failures(models_home, tmp_path, capsys):
     patches, masks, rows = _patches()
     report = run_embeddings(load_extractor(registry.get("nan_model", models_home), CPU, weights_dir=weights),
                             patches, masks, rows, tmp_path / "out")
-    failed = [r["seed_id"] for r in report.failures]
+    failed = [f.item for f in report.failures]
     assert failed and len(failed) < len(rows)  # the large lesions only
-    assert all("3 NaN and 0 infinite values" in r["reason"] for r in report.failures)
+    assert all("3 NaN and 0 infinite values" in f.reason for f in report.failures)
     assert len(read_embeddings(tmp_path / "out")[0]) == len(rows) - len(failed)
 
 
@@ -196,7 +196,7 @@ def test_radiomics_features_of_a_sphere(tmp_path):
     masks[2] = 0  # a published seed without a mask: no radiomics
     extractor = load_extractor(registry.get("radiomics"), CPU)
     report = run_embeddings(extractor, patches, masks, rows, tmp_path / "r")
-    assert report.summary()["embedded"] == 2 and report.failures[0]["seed_id"] == "seed2"
+    assert report.embedded == 2 and report.failures[0].item == "seed2"
     names = extractor.names
     assert len(names) == 107
     _, matrix = read_embeddings(tmp_path / "r")
@@ -215,7 +215,7 @@ def test_precomputed_table_as_a_model(models_home, tmp_path, capsys):
     patches, masks, rows = _patches()
     report = run_embeddings(load_extractor(registry.get("published", models_home), CPU, weights_dir=weights),
                             patches, masks, rows, tmp_path / "t")
-    assert sorted(r["PatientID"] for r in report.failures) == ["P3", "P5"]
+    assert sorted(f.patient for f in report.failures) == ["P3", "P5"]
     ok_rows, matrix = read_embeddings(tmp_path / "t")
     assert [r["PatientID"] for r in ok_rows] == ["P0", "P1", "P2", "P4"] and matrix[:, 0].tolist() == [1, 2, 3, 5]
     table.loc[4] = ["P1", 9.0, 9.0]

@@ -195,7 +195,7 @@ def test_a_failed_add_leaves_nothing_and_a_corrected_file_registers(models_home,
     patches, masks, rows = _patches(2)
     extractor = load_extractor(registry.get("my_net", models_home), CPU, weights_dir=weights, download=False)
     report = run_embeddings(extractor, patches, masks, rows, tmp_path / "out")
-    assert report.summary()["embedded"] == 2
+    assert report.embedded == 2
 
 
 class NanForFirstInBatch(torch.nn.Module):
