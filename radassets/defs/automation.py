@@ -14,7 +14,7 @@
 - ``evaluation`` is ``FOLLOWS_PATCHES`` (``eager``): it follows its embeddings.
 - ``comparison`` is ``COMPARES_WHAT_EXISTS``: ``eager`` without "no input missing", since its inputs are the
   evaluations of *every* model partition and a model that cannot run here would otherwise block it for ever;
-  it compares the evaluations that exist, again when another one lands.
+  it compares the evaluations that exist (once there is one), again when another one lands.
 - Nothing upstream of the patches is automated (the cohort and DICOM come from IDC, over the network, when
   a person asks), and the opt-in assets (``radassets/opt_in`` tag, e.g. ``seed_stability``) have no condition.
 
@@ -59,9 +59,20 @@ class ModelRunsHere(AutomationCondition[AssetKey]):
 
 
 FOLLOWS_PATCHES = AutomationCondition.eager()
-EMBEDS_WHAT_RUNS_HERE = (AutomationCondition.eager() & ModelRunsHere()).with_label("eager, model runs here")
-COMPARES_WHAT_EXISTS = AutomationCondition.eager().without(~AutomationCondition.any_deps_missing()).with_label(
-    "eager, some inputs missing")
+_RUNS_HERE = ModelRunsHere()
+# eager's trigger ("newly missing", or "an input updated"), plus "missing, and now runs here": a partition that
+# was already missing at the sensor's first tick (``make demo`` syncs every registered model, then ``make ui``)
+# gets no "newly missing" (eager starts from that tick), so its weights arriving must be a trigger of its own.
+EMBEDS_WHAT_RUNS_HERE = (
+    AutomationCondition.eager().replace(
+        "newly_missing",
+        AutomationCondition.newly_missing()
+        | (AutomationCondition.missing() & _RUNS_HERE).newly_true().with_label("newly runs here"))
+    & _RUNS_HERE).with_label("eager, model runs here")
+COMPARES_WHAT_EXISTS = (
+    AutomationCondition.eager().without(~AutomationCondition.any_deps_missing())
+    & AutomationCondition.any_deps_match(~AutomationCondition.missing())  # at least one evaluation to compare
+).with_label("eager, some inputs missing")
 
 # Explicit, and running by default: Dagster's implicit ``default_automation_condition_sensor`` would start
 # stopped, and a person would have to find and turn it on in the UI before anything followed.

@@ -27,8 +27,13 @@ from dagster import (DagsterInstance, DagsterRunStatus, DefaultSensorStatus, Run
 HOST_TAG = "radassets/host"
 PID_TAG = "radassets/pid"
 PID_STARTED_TAG = "radassets/pid_started"  # the process's start time (seconds since the epoch, from the OS)
-UNFINISHED = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
-              DagsterRunStatus.CANCELING]
+# Set by the command when it launches a run's worker itself: the pid tags then name that worker. A run of the
+# command that the daemon launched has the command's pid tags but not this one: Dagster's run monitoring
+# watches its worker, and the command's death says nothing about it.
+LAUNCHED_BY_TAG = "radassets/launched_by"
+LAUNCHED_BY_COMMAND = "command"
+NOT_LAUNCHED = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]
+UNFINISHED = [*NOT_LAUNCHED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
 
 def owner_tags(pid: int | None = None) -> dict[str, str]:
@@ -79,7 +84,8 @@ def fail_dead_runs(instance: DagsterInstance, log: Callable[[str], None] | None 
     Returns the ids of the runs whose slots were freed or that were marked failed."""
     freed: list[str] = []
     for run in instance.get_runs(RunsFilter(statuses=UNFINISHED, tags={HOST_TAG: socket.gethostname()})):
-        if owner_alive(run.tags) is not False:
+        ours = run.status in NOT_LAUNCHED or run.tags.get(LAUNCHED_BY_TAG) == LAUNCHED_BY_COMMAND
+        if not ours or owner_alive(run.tags) is not False:
             continue
         message = (f"The process of this run ({describe_owner(run.tags)}) is gone (killed, or its terminal "
                    "closed): marked failed by radassets and its pool slots freed.")

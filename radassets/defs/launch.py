@@ -11,6 +11,9 @@ Design (issue 14, point 3):
   it like a UI launch.
 - **With a daemon** (its queued-run heartbeat is fresh): the daemon dequeues the run under
   ``max_concurrent_runs`` and launches it through the instance's run launcher; the command only follows it.
+  A daemon that comes up while the command waits takes the run over (the command checks, under its dequeue
+  lock, that the run is still queued before it launches it); one that stops before it took the run leaves it
+  to the command again.
 - **With no daemon** (``make demo``, offline, CI): the command dequeues its own runs, one at a time, when the
   instance's ``max_concurrent_runs`` leaves room (counted under a file lock, so two commands do not both take
   the last place), and starts the run worker itself: ``dagster api execute_run`` (``ExecuteRunArgs``), the
@@ -21,9 +24,12 @@ Design (issue 14, point 3):
 - **Pools are the instance's.** The run worker's executor claims the ``gpu`` slot (granularity ``op``), as for
   a UI run; the private ``InstanceConcurrencyContext`` claim of the old in-process path is gone. While the run
   waits for a slot the command says who holds the pool, and frees the slots of dead runs.
-- **Dead runs.** The run worker's host, pid and start time are the run's owner tags
-  (``radassets.defs.dead_runs``), so a killed worker's run is failed and its slot freed by the next command
-  or by ``dead_run_sensor`` (the default launcher cannot report a dead worker to Dagster's run monitoring).
+- **Dead runs.** A run is created with the command's host, pid and start time as its owner tags
+  (``radassets.defs.dead_runs``); when the command launches the worker, the tags name the worker and
+  ``radassets/launched_by=command`` says so. So a killed worker's run, and a queued run whose command died
+  (it must not start later, when a daemon comes up), is failed and its slot freed by the next command or by
+  ``dead_run_sensor`` (the default launcher cannot report a dead worker to Dagster's run monitoring); a run
+  the daemon launched is left to Dagster's run monitoring.
   The worker dies with its command (Linux: ``PR_SET_PDEATHSIG``), so ``kill -9`` of the command, or of the
   terminal's job, stops the run as it did when the run executed in the command's process; the next command
   fails that run. (Elsewhere the worker finishes the run, as a launched run would.)
@@ -31,9 +37,12 @@ Design (issue 14, point 3):
   passed on by the command (Dagster's handler would take a second SIGINT in the middle of failing the step).
 - **Interrupts.** Ctrl-C, SIGTERM or SIGHUP to the command is passed to its run worker as SIGINT (Dagster
   stops the step, the run ends FAILURE); if the worker has not ended after ``STOP_GRACE_S`` (waiting for a
-  pool slot, Dagster defers interrupts) it is killed and the run marked failed. A run the daemon launched
-  is terminated through the instance's run launcher (it ends CANCELED), one still queued is cancelled.
-  Then ``Interrupted`` carries the run id (exit status 130 for Ctrl-C), and no later run starts.
+  pool slot, Dagster defers interrupts) it is killed, with what it started, and the run marked failed; a
+  second Ctrl-C kills it at once. A run the daemon launched is terminated through the instance's run
+  launcher (it ends CANCELED), one still queued is cancelled. Then ``Interrupted`` carries the run id (exit
+  status 130 for Ctrl-C), and no later run starts. A run terminated from the UI (CANCELING) gets the same
+  SIGINT from the command, since the default launcher cannot reach a worker it did not start. The command
+  never leaves its worker behind: after the run ends, the worker has STOP_GRACE_S to exit.
 - **Output.** A progress bar per run (rich: steps done of the run's plan) and one line with the result. The
   whole event log is in the instance (the UI, ``dagster run``); the worker's own output goes to
   ``$DAGSTER_HOME/radassets/runs/<run id>.log``, named in the line of a failed run with its step errors.
@@ -41,6 +50,7 @@ Design (issue 14, point 3):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -56,6 +66,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRun, Dag
 from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
 from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.events import DagsterEvent
+from dagster._core.execution.plan.objects import StepFailureData
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.storage.tags import PARTITION_NAME_TAG
@@ -67,7 +78,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from radassets import interrupts
-from radassets.defs.dead_runs import describe_owner, fail_dead_runs, owner_tags
+from radassets.defs.dead_runs import (LAUNCHED_BY_COMMAND, LAUNCHED_BY_TAG, NOT_LAUNCHED, describe_owner, fail_dead_runs,
+                                      owner_tags)
 
 if TYPE_CHECKING:
     from dagster._core.workspace.context import BaseWorkspaceRequestContext
@@ -95,10 +107,22 @@ def daemon_dequeues(instance: DagsterInstance) -> bool:
     return bool(status and status.healthy)
 
 
-def _die_with_parent() -> None:
-    """In the run worker before it starts: SIGKILL when the command that started it dies (Linux only)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def _die_with_parent() -> Callable[[], None] | None:
+    """For the run worker, before it starts: SIGKILL when the command that started it dies (Linux only).
+
+    ``prctl`` is looked up here, in the command, not in the forked child (a ``dlopen`` there can deadlock in a
+    process with threads, torch's among them); if the command died before the call, the child exits at once."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def in_the_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return in_the_child
 
 
 class Launcher:
@@ -114,6 +138,7 @@ class Launcher:
         self.location = origin.create_location(instance)
         [self.repository] = self.location.get_repositories().values()
         self.console = Console(stderr=True)
+        self.worker: subprocess.Popen | None = None  # the current run's worker, when this command started it
 
     def create_run(self, keys: Sequence[AssetKey], partition_key: str | None) -> DagsterRun:
         """A run of ``keys`` for ``partition_key`` (a ``MultiPartitionKey`` for the dataset version × model)."""
@@ -138,42 +163,47 @@ class Launcher:
 
     def run(self, keys: Sequence[AssetKey], partition_key: str | None, label: str) -> tuple[bool, str]:
         """Create, submit and follow one run; returns whether it succeeded and its id."""
-        fail_dead_runs(self.instance, self.progress)  # their slots and places in the queue first
-        run = self.create_run(keys, partition_key)
-        if isinstance(self.instance.run_coordinator, QueuedRunCoordinator):
-            # The queued coordinator only records the run as QUEUED: it needs no workspace. (Another coordinator
-            # would launch the run at once, with a workspace this command does not have: it launches its own.)
-            self.instance.submit_run(run.run_id, workspace=cast("BaseWorkspaceRequestContext", None))
-        worker = None
+        self.worker = None
+        run_id = None
         try:
-            if not daemon_dequeues(self.instance):
-                self._wait_for_a_place(run.run_id)
-                worker = self._launch(run.run_id)
-            status = self._follow(run.run_id, label, worker)
+            fail_dead_runs(self.instance, self.progress)  # their slots and places in the queue first
+            run = self.create_run(keys, partition_key)
+            run_id = run.run_id
+            if isinstance(self.instance.run_coordinator, QueuedRunCoordinator):
+                # The queued coordinator only records the run as QUEUED: it needs no workspace. (Another
+                # coordinator would launch the run at once, with a workspace this command does not have: the
+                # command launches it itself.)
+                self.instance.submit_run(run_id, workspace=cast("BaseWorkspaceRequestContext", None))
+            self._start_unless_a_daemon_does(run_id)
+            status = self._follow(run_id, label)
         except interrupts.Interrupted as e:
-            e.run_id = run.run_id
-            self._stop(run.run_id, worker)
+            e.run_id = run_id
+            if run_id is not None:
+                self._stop(run_id)
             raise
         success = status == DagsterRunStatus.SUCCESS
-        self.progress(f"{label}: run {run.run_id} {RESULT_WORDS.get(status, status.value)}"
-                      + ("" if success else self._failure_summary(run.run_id)))
-        return success, run.run_id
+        self.progress(f"{label}: run {run_id} {RESULT_WORDS.get(status, status.value)}"
+                      + ("" if success else self._failure_summary(run_id)))
+        return success, run_id
 
     # -- no daemon: this command dequeues and launches its own runs ------------------------------------------
 
-    def _wait_for_a_place(self, run_id: str) -> None:
+    def _start_unless_a_daemon_does(self, run_id: str) -> None:
+        """Wait for a place under the queue's ``max_concurrent_runs`` and start the run's worker, unless a
+        daemon dequeues the instance's runs (now, or from some moment while this one waits): it launches it."""
         coordinator = self.instance.run_coordinator
         limit = (coordinator.get_run_queue_config().max_concurrent_runs
                  if isinstance(coordinator, QueuedRunCoordinator) else -1)
         reported = False
         while True:
+            if daemon_dequeues(self.instance):
+                return
             with FileLock(Path(self.instance.root_directory) / ".radassets-dequeue.lock"):
+                if self._get(run_id).status not in NOT_LAUNCHED:
+                    return  # a daemon took it after all
                 running = self.instance.get_runs_count(RunsFilter(statuses=_UNFINISHED))
                 if limit < 0 or running < limit:
-                    # What instance.launch_run records before it hands the run to the launcher.
-                    self.instance.report_dagster_event(
-                        DagsterEvent(event_type_value=DagsterEventType.PIPELINE_STARTING.value,
-                                     job_name=IMPLICIT_ASSET_JOB_NAME), run_id=run_id)
+                    self._launch(run_id)
                     return
             if fail_dead_runs(self.instance, self.progress):
                 continue
@@ -184,50 +214,78 @@ class Launcher:
             interrupts.raise_if_interrupted(run_id)
             time.sleep(POLL_S)
 
-    def _launch(self, run_id: str) -> subprocess.Popen:
-        """Start the run worker, the process the default launcher's code server starts."""
-        run = self._get(run_id)
-        args = ExecuteRunArgs(job_origin=check.not_none(run.job_code_origin), run_id=run_id,
-                              instance_ref=self.instance.get_ref(), set_exit_code_on_failure=True)
-        log = Path(self.instance.root_directory) / "radassets" / "runs" / f"{run_id}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as out:
-            worker = subprocess.Popen([sys.executable, "-m", "dagster", "api", "execute_run", serialize_value(args)],
-                                      stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      env={**os.environ, "PYTHONUNBUFFERED": "1"},  # the log is live (tail -f)
-                                      start_new_session=True,  # interrupts reach it through this command only
-                                      preexec_fn=_die_with_parent)
-        self.instance.add_run_tags(run_id, owner_tags(worker.pid))
-        return worker
+    def _launch(self, run_id: str) -> None:
+        """Start the run worker, the process the default launcher's code server starts. Whatever stops the
+        launch, the run does not stay STARTING."""
+        self.instance.add_run_tags(run_id, {LAUNCHED_BY_TAG: LAUNCHED_BY_COMMAND})
+        # What instance.launch_run records before it hands the run to the launcher.
+        self.instance.report_dagster_event(
+            DagsterEvent(event_type_value=DagsterEventType.PIPELINE_STARTING.value, job_name=IMPLICIT_ASSET_JOB_NAME),
+            run_id=run_id)
+        try:
+            run = self._get(run_id)
+            args = ExecuteRunArgs(job_origin=check.not_none(run.job_code_origin), run_id=run_id,
+                                  instance_ref=self.instance.get_ref(), set_exit_code_on_failure=True)
+            log = self._worker_log(run_id)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("w") as out:
+                self.worker = subprocess.Popen(
+                    [sys.executable, "-m", "dagster", "api", "execute_run", serialize_value(args)],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},  # the log is live (tail -f)
+                    start_new_session=True,  # interrupts reach it through this command only
+                    preexec_fn=_die_with_parent())
+            self.instance.add_run_tags(run_id, owner_tags(self.worker.pid))
+        except BaseException as e:
+            self._end_worker()
+            self.instance.report_run_failed(self._get(run_id), f"radassets: the run worker did not start ({e!r})")
+            raise
 
-    def _stop(self, run_id: str, worker: subprocess.Popen | None) -> None:
-        """After an interrupt: the run ends failed, its worker with it (see the module docstring)."""
+    def _end_worker(self, grace_s: float = 0.0) -> None:
+        """Let this command's run worker exit within ``grace_s``, then kill it and what it started."""
+        worker = self.worker
+        if worker is None or worker.poll() is not None:
+            return
+        try:
+            worker.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)  # it leads its own session: its children go with it
+            worker.wait()
+
+    def _stop(self, run_id: str) -> None:
+        """After an interrupt: the run ends, its worker with it (see the module docstring)."""
+        worker = self.worker
         if worker is not None and worker.poll() is None:
+            self.progress(f"stopping run {run_id} (up to {STOP_GRACE_S:.0f} s; Ctrl-C again kills it)")
             worker.send_signal(signal.SIGINT)
             try:
-                worker.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+                self._end_worker(STOP_GRACE_S)
+            except interrupts.Interrupted:
+                self._end_worker()
         run = self._get(run_id)
         if run.is_finished:
             return
-        if worker is None and run.status == DagsterRunStatus.QUEUED:
-            self.instance.run_coordinator.cancel_run(run_id)  # still in the daemon's queue: it never starts
-        elif worker is None:  # launched by the daemon, through the instance's run launcher: ask it to stop the run
-            self.instance.run_launcher.terminate(run_id)
+        if run.status in NOT_LAUNCHED:  # never launched: it must not start later, when a daemon comes up
+            if run.status == DagsterRunStatus.QUEUED:
+                self.instance.run_coordinator.cancel_run(run_id)
+            else:
+                self.instance.report_run_canceled(run, "radassets: the command was interrupted before the run started")
+        elif run.tags.get(LAUNCHED_BY_TAG) != LAUNCHED_BY_COMMAND:
+            self.instance.run_launcher.terminate(run_id)  # launched by the daemon: its launcher stops it
         else:
             self.instance.report_run_failed(run, "radassets: the command was interrupted")
             self.instance.event_log_storage.free_concurrency_slots_for_run(run_id)
 
     # -- following a run -------------------------------------------------------------------------------------
 
-    def _follow(self, run_id: str, label: str, worker: subprocess.Popen | None) -> DagsterRunStatus:
+    def _follow(self, run_id: str, label: str) -> DagsterRunStatus:
         run = self._get(run_id)
         total = len(run.step_keys_to_execute or [])
         cursor = None
         done = 0
         pool_reported_at: float | None = None
+        terminating = False
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=self.console, transient=False) as bar:
             task = bar.add_task(label, total=total)
@@ -244,14 +302,23 @@ class Launcher:
                 done += len(records.records)
                 bar.update(task, completed=done)
                 run = self._get(run_id)
+                worker = self.worker
                 if run.is_finished:
+                    self._end_worker(STOP_GRACE_S)  # its last writes; it never outlives the run it ran
                     return run.status
-                if worker is not None and worker.poll() is not None:
+                if worker is None and run.status in NOT_LAUNCHED and not daemon_dequeues(self.instance):
+                    self._start_unless_a_daemon_does(run_id)  # the daemon stopped before it took the run
+                elif worker is not None and worker.poll() is not None:
                     time.sleep(POLL_S)  # its last events may still be landing
                     run = self._get(run_id)
                     if not run.is_finished:
                         self.instance.report_run_failed(run, f"the run worker exited with status {worker.returncode}")
+                        self.instance.event_log_storage.free_concurrency_slots_for_run(run_id)
                     return self._get(run_id).status
+                elif worker is not None and run.status == DagsterRunStatus.CANCELING and not terminating:
+                    say(f"run {run_id} is being terminated (from the UI?): stopping its worker")
+                    worker.send_signal(signal.SIGINT)  # the default launcher cannot reach a worker it did not start
+                    terminating = True
                 waiting = self._pending_pool_steps(run_id)
                 if waiting and (pool_reported_at is None or time.monotonic() - pool_reported_at > POOL_WAIT_REPORT_S):
                     fail_dead_runs(self.instance, say)
@@ -259,6 +326,9 @@ class Launcher:
                         say(f"{step} waits for a slot: {self._holders(pool)} (Ctrl-C stops)")
                     pool_reported_at = time.monotonic()
                 time.sleep(POLL_S)
+
+    def _worker_log(self, run_id: str) -> Path:
+        return Path(self.instance.root_directory) / "radassets" / "runs" / f"{run_id}.log"
 
     def _get(self, run_id: str) -> DagsterRun:
         return check.not_none(self.instance.get_run_by_id(run_id), f"run {run_id} is not in the instance")
@@ -283,10 +353,28 @@ class Launcher:
         for record in self.instance.event_log_storage.get_records_for_run(
                 run_id, of_type=DagsterEventType.STEP_FAILURE).records:
             event = check.not_none(record.event_log_entry.dagster_event)
-            error = event.step_failure_data.error if event.step_failure_data else None
-            errors.append(f"{event.step_key}: {error.message.strip() if error else 'failed'}")
-        log = Path(self.instance.root_directory) / "radassets" / "runs" / f"{run_id}.log"
-        return "".join(f"\n  {e}" for e in errors) + (f"\n  run worker output: {log}" if log.exists() else "")
+            data = event.step_failure_data
+            errors.append(f"{event.step_key}: {_failure_message(data) if data else 'failed'}")
+        run = self._get(run_id)
+        if not errors and run.status == DagsterRunStatus.FAILURE:
+            errors.append(self._run_failure_message(run_id))
+        log = self._worker_log(run_id)
+        return "".join(f"\n  {e}" for e in errors if e) + (f"\n  run worker output: {log}" if log.exists() else "")
+
+    def _run_failure_message(self, run_id: str) -> str:
+        records = self.instance.event_log_storage.get_records_for_run(
+            run_id, of_type=DagsterEventType.PIPELINE_FAILURE).records
+        return records[-1].event_log_entry.message if records else ""
+
+
+def _failure_message(data: StepFailureData) -> str:
+    """What a person reads of a step failure: a ``Failure``'s description (our user errors: ``user_failure``),
+    else the error's message without the exception's class path."""
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return data.user_failure_data.description.strip()
+    if data.error is None:
+        return "failed"
+    return data.error.message.strip()
 
 
 def describe(keys: Sequence[AssetKey]) -> str:

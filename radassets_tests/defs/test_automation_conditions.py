@@ -51,3 +51,24 @@ def test_automation_embeds_only_models_that_run_here_then_the_others_once_their_
         path.write_bytes(b"weights")
         result = evaluate_automation_conditions(defs, instance, cursor=result.cursor)
         assert result.get_requested_partitions(EMBEDDINGS) == {"demo_v1|ct_fm"}
+
+
+def test_a_model_missing_since_before_the_first_tick_is_embedded_once_its_weights_are_there(two_models):
+    """``make demo`` (every model partition synced, CT-FM skipped: no weights), then ``make ui``: the sensor's
+    first tick finds CT-FM's partition already missing, so eager's "newly missing" never fires for it."""
+    from radassets.definitions import defs
+
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("model", ["radiomics", "ct_fm"])
+        instance.report_runless_asset_event(AssetMaterialization("patches", partition="demo_v1"))
+        instance.report_runless_asset_event(AssetMaterialization("embeddings", partition="demo_v1|radiomics"))
+        result = evaluate_automation_conditions(defs, instance)
+        assert result.get_requested_partitions(EMBEDDINGS) == set()
+        result = evaluate_automation_conditions(defs, instance, cursor=result.cursor)
+        assert result.get_requested_partitions(EMBEDDINGS) == set()
+
+        path = weights_path(registry.get("ct_fm", two_models), Settings.load().layout().weights_dir())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"weights")
+        result = evaluate_automation_conditions(defs, instance, cursor=result.cursor)
+        assert result.get_requested_partitions(EMBEDDINGS) == {"demo_v1|ct_fm"}

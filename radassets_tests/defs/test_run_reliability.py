@@ -246,19 +246,27 @@ def test_the_daemon_sensor_fails_a_dead_command_run_and_frees_its_slot(instance)
     UI runs are not queued behind it; a live owner's run is left alone."""
     from dagster import DagsterRun, build_sensor_context
 
-    from radassets.defs.dead_runs import dead_run_sensor, owner_tags
+    from radassets.defs.dead_runs import LAUNCHED_BY_COMMAND, LAUNCHED_BY_TAG, dead_run_sensor, owner_tags
 
     instance.event_log_storage.set_concurrency_slots("gpu", 1)
     gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    tags = owner_tags(gone.pid)  # the identity of a process that is then killed
+    # The identity of a run worker the command launched, then killed.
+    tags = {**owner_tags(gone.pid), LAUNCHED_BY_TAG: LAUNCHED_BY_COMMAND}
     gone.kill()
     gone.wait()
     dead = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED, tags=tags)
-    alive = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED, tags=owner_tags())
-    for run in (dead, alive):
+    alive = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED,
+                       tags={**owner_tags(), LAUNCHED_BY_TAG: LAUNCHED_BY_COMMAND})
+    # A run of that command which the daemon launched: its worker is the daemon's to watch.
+    by_daemon = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED, tags=owner_tags(gone.pid))
+    # A run of that command still queued: it must not start later, when a daemon comes up.
+    queued = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.QUEUED, tags=owner_tags(gone.pid))
+    for run in (dead, alive, by_daemon, queued):
         instance.add_run(run)
     assert instance.event_log_storage.claim_concurrency_slot("gpu", dead.run_id, "embeddings").is_claimed
     dead_run_sensor(build_sensor_context(instance=instance))
     assert instance.get_run_by_id(dead.run_id).status == DagsterRunStatus.FAILURE
     assert instance.get_run_by_id(alive.run_id).status == DagsterRunStatus.STARTED
+    assert instance.get_run_by_id(by_daemon.run_id).status == DagsterRunStatus.STARTED
+    assert instance.get_run_by_id(queued.run_id).status == DagsterRunStatus.FAILURE
     assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []

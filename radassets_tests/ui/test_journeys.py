@@ -67,23 +67,18 @@ def open_job_dialog(page, url: str, job: str, assets: int):
     return dialog
 
 
-def launch_backfill(page) -> str:
-    page.get_by_role("button", name="Launch backfill").click()
-    toast = page.get_by_text("Created backfill")
-    toast.wait_for(timeout=30000)
-    return toast.inner_text().split()[-1]
-
-
-def wait_for_backfill(server, backfill_id: str) -> None:
+def wait_for_job_run(server, job: str) -> str:
+    """The id of the one run of ``job``, once it has succeeded."""
     deadline = time.monotonic() + BACKFILL_TIMEOUT_S
-    status = None
+    runs: list[dict] = []
     while time.monotonic() < deadline:
-        status = graphql(server.url, f'{{ partitionBackfillOrError(backfillId: "{backfill_id}") '
-                                     f'{{ ... on PartitionBackfill {{ status }} }} }}')["partitionBackfillOrError"]["status"]
-        if status != "REQUESTED":
+        runs = graphql(server.url, '{ runsOrError(filter: {pipelineName: "%s"}) '  # noqa: UP031
+                                   '{ ... on Runs { results { runId status } } } }' % job)["runsOrError"]["results"]
+        if runs and runs[0]["status"] not in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED"):
             break
         time.sleep(5)
-    assert status == "COMPLETED_SUCCESS", f"backfill {backfill_id}: {status}\n{server.log.read_text()[-3000:]}"
+    assert len(runs) == 1 and runs[0]["status"] == "SUCCESS", f"{job}: {runs}\n{server.log.read_text()[-3000:]}"
+    return runs[0]["runId"]
 
 
 def materializations(url: str, asset: str) -> list[dict]:
@@ -171,12 +166,12 @@ def test_1_launch_the_dataset_version_job_and_watch_automation(ui_server, page):
     dialog.get_by_text("Select a partition or create one").click()
     page.get_by_text("demo_v1", exact=True).first.click()
     page.keyboard.press("Escape")
-    backfill_id = launch_backfill(page)
-    wait_for_backfill(ui_server, backfill_id)
+    page.get_by_role("button", name="Launch 1 run").click()  # one partition: one run, no backfill
+    run_id = wait_for_job_run(ui_server, "dataset_version_job")
 
-    # The backfill's page lists its runs as a person checks them.
-    page.goto(f"{ui_server.url}/runs/b/{backfill_id}")
-    page.get_by_text("Completed").first.wait_for(timeout=30000)
+    # The run's page, as a person checks it.
+    page.goto(f"{ui_server.url}/runs/{run_id}")
+    page.get_by_text("Success").first.wait_for(timeout=30000)
 
     # Automation follows the patches: every model that runs here is embedded and evaluated, then compared.
     new = wait_for_materializations(ui_server, {"evaluation": {"demo_v1|radiomics", "demo_v1|untrained_cnn"},
@@ -220,8 +215,10 @@ def test_2_register_a_new_model_and_watch_automation_materialize_it(ui_server, p
     wait_until_idle(ui_server)
     run_ids = sorted({m["runId"] for m in new})
 
-    # The run list as a person checks it: the runs automation launched, and what each one materialized.
+    # The run list as a person checks it: the runs automation launched ("Launched by: automation"), and what
+    # each one materialized.
     page.goto(f"{ui_server.url}/runs?q%5B0%5D=tag%3Adagster%2Ffrom_automation_condition%3Dtrue")
+    page.get_by_text("Show runs within backfills").click()  # automation launches a backfill per request
     for run_id in run_ids:
         page.get_by_text(run_id[:8], exact=True).wait_for(timeout=30000)
     for run_id in run_ids:
