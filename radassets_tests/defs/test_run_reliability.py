@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -250,17 +251,18 @@ def test_the_daemon_sensor_fails_a_dead_command_run_and_frees_its_slot(instance)
 
     instance.event_log_storage.set_concurrency_slots("gpu", 1)
     gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    # The identity of a run worker the command launched, then killed.
-    tags = {**owner_tags(gone.pid), LAUNCHED_BY_TAG: LAUNCHED_BY_COMMAND}
+    gone_tags = owner_tags(gone.pid)  # the identity of a process that is then killed
+    tags = {**gone_tags, LAUNCHED_BY_TAG: LAUNCHED_BY_COMMAND}  # ... as the worker the command launched
     gone.kill()
     gone.wait()
     dead = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED, tags=tags)
     alive = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED,
                        tags={**owner_tags(), LAUNCHED_BY_TAG: LAUNCHED_BY_COMMAND})
     # A run of that command which the daemon launched: its worker is the daemon's to watch.
-    by_daemon = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED, tags=owner_tags(gone.pid))
-    # A run of that command still queued: it must not start later, when a daemon comes up.
-    queued = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.QUEUED, tags=owner_tags(gone.pid))
+    by_daemon = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED, tags=gone_tags)
+    # A run of that command not launched yet (NOT_STARTED; QUEUED is the same case, but a QUEUED run needs a
+    # code origin to be added): it must not start later, when a daemon comes up.
+    queued = DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.NOT_STARTED, tags=gone_tags)
     for run in (dead, alive, by_daemon, queued):
         instance.add_run(run)
     assert instance.event_log_storage.claim_concurrency_slot("gpu", dead.run_id, "embeddings").is_claimed
@@ -270,3 +272,33 @@ def test_the_daemon_sensor_fails_a_dead_command_run_and_frees_its_slot(instance)
     assert instance.get_run_by_id(by_daemon.run_id).status == DagsterRunStatus.STARTED
     assert instance.get_run_by_id(queued.run_id).status == DagsterRunStatus.FAILURE
     assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
+
+
+def test_pipeline_run_submits_its_runs_to_the_queue_and_reports_each_in_one_line(small_demo_home, instance, tmp_path,
+                                                                                   commands):
+    """No daemon: the command queues each run as a UI launch would, dequeues it and starts its worker (another
+    process), follows it with a progress bar, and ends it with one line; a failed step's line is the user's
+    error, not a Dagster class path."""
+    from radassets.defs.dead_runs import LAUNCHED_BY_COMMAND, LAUNCHED_BY_TAG
+
+    command = Command(tmp_path, "queued", "pipeline", "run", "demo_v1", "--models", "radiomics", "--select",
+                      "key:seeds")  # the seeds need volumes, which are not materialized: a user error
+    commands.append(command)
+    assert command.wait() == 1, command.text()
+    [run] = instance.get_runs()
+    events = [e.dagster_event.event_type_value for e in instance.all_logs(run.run_id)
+              if e.dagster_event and e.dagster_event.event_type_value.startswith("PIPELINE_")]
+    # Through the run coordinator's queue, then started by the command: enqueued, starting, start, failure.
+    assert events == ["PIPELINE_ENQUEUED", "PIPELINE_STARTING", "PIPELINE_START", "PIPELINE_FAILURE"]
+    assert run.job_name == "__ASSET_JOB" and run.tags["dagster/partition"] == "demo_v1"
+    assert run.tags[LAUNCHED_BY_TAG] == LAUNCHED_BY_COMMAND
+    assert int(run.tags[PID_TAG]) != command.process.pid  # the run worker, not the command
+    lines = command.text().splitlines()
+    # The run's bar, as rich leaves it: the label, steps ended of the run's plan (the failed one counts), time.
+    assert any(re.match(r"demo_v1\s.*\s1/1\s+\d+:\d\d:\d\d$", line) for line in lines), lines
+    result = lines.index(f"demo_v1: run {run.run_id} failed")
+    assert lines[result + 1] == ("  seeds: seeds of 'demo_v1' needs 'volumes', which is not materialized (no "
+                                 f"{small_demo_home}/volumes/demo_v1/manifest.json); materialize 'volumes' first")
+    log = Path(instance.root_directory) / "radassets" / "runs" / f"{run.run_id}.log"
+    assert lines[result + 2] == f"  run worker output: {log}"
+    assert "Steps failed: ['seeds']" in log.read_text()
