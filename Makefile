@@ -76,7 +76,8 @@ test: install
 test-package: install
 	$(BIN)/python -m pytest -m packaging
 
-# Kill-and-rerun and concurrent-run harnesses (issue 13): about 20 minutes on 2 cores, so apart from `make test`.
+# Kill-and-rerun and concurrent-run harnesses (issue 13), and the commands' runs killed, interrupted and queued:
+# about 30 minutes on 2 cores, so apart from `make test`.
 test-reliability: install
 	$(BIN)/python -m pytest -m reliability --durations=0
 

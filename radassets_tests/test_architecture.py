@@ -26,3 +26,12 @@ def test_the_import_contracts_are_kept():
     broken = report.partition("Broken contracts")[2]
     if result.returncode != 0:
         pytest.fail(f"lint-imports (make lint) failed:\n{broken.strip() or report}", pytrace=False)
+
+
+def test_loading_the_definitions_imports_no_torch():
+    """Every run worker and CLI command imports the definitions: torch and MONAI (seconds to import) load only
+    where a model runs (``radassets.models.pipeline.run_model``), not with the code location."""
+    probe = "import sys, radassets.definitions; print(sorted({'torch', 'monai'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

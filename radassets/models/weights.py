@@ -24,13 +24,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from radassets.models.registry import ModelEntry, Weights
 from radassets.storage import sha256_file
 from radassets.errors import RadassetsError
+
+if TYPE_CHECKING:  # torch is imported where weights are loaded: importing the definitions (a run worker) needs none
+    import torch
 
 WEIGHTS_DIR_ENV = "RADASSETS_WEIGHTS_DIR"
 DOWNLOAD_TIMEOUT_S = 20.0
@@ -112,6 +113,8 @@ def published_state_dict(path: Path, w: Weights) -> dict[str, torch.Tensor]:
 
             obj: Any = load_file(str(path), device="cpu")
         else:
+            import torch
+
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError... for unsafe files
         raise _unsafe_file(path, e) from None

@@ -31,7 +31,8 @@ from radassets.settings import Settings
 from radassets.defs.run import materialize_dataset_versions
 from radassets_tests.conftest import REPO
 
-pytestmark = pytest.mark.integration
+# In `make test-reliability`: each test starts `radassets` commands whose runs start worker processes (minutes).
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 CONDITION_TIMEOUT_S = 300  # generous: a loaded 2-core machine starts a Dagster process in 10-30 s
 EMBED = ["pipeline", "run", "demo_v1", "--models", "radiomics", "--select",
