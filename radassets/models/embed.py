@@ -23,18 +23,20 @@ from functools import cached_property
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
 from radassets.errors import RadassetsError
 from radassets.models.registry import ModelEntry
 from radassets.reports import ItemFailure
 from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha256_json
+
+if TYPE_CHECKING:  # torch is imported where a model runs: the definitions (every run worker) load without it
+    import torch
 
 Progress = Callable[[int, int, str], None]
 
@@ -62,6 +64,8 @@ def output_vectors(output: Any, n_patches: int, model: str, dim: int | None) -> 
     if isinstance(output, (tuple, list, dict)):
         raise ModelOutputError(f"model {model!r} returned a {type(output).__name__} of {len(output)} outputs; "
                                f"export a network whose forward returns one tensor of shape (batch, D)")
+    import torch
+
     array = output.detach().float().cpu().numpy() if isinstance(output, torch.Tensor) else np.asarray(output)
     shape = tuple(int(n) for n in array.shape)
     if array.ndim == 5 and shape[2:] == (1, 1, 1):
@@ -95,6 +99,8 @@ class Extractor(Protocol):
 
 
 def choose_device(requested: str = "auto") -> torch.device:
+    import torch
+
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
@@ -165,6 +171,8 @@ def run_embeddings(extractor: Extractor, patches: np.ndarray, masks: np.ndarray,
                    out_dir: Path, batch_size: int = 8, device: str = "cpu",
                    progress: Progress | None = None) -> EmbeddingsReport:
     """Embed every patch; write ``embeddings.parquet`` and ``manifest.json`` under ``out_dir``."""
+    import torch
+
     started = time.monotonic()
     entry = extractor.entry
     n = len(rows)

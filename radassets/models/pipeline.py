@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from radassets.imaging.patches import load_patches
 from radassets.layout import Layout
 from radassets.models import registry
+from radassets.models.embed import EmbeddingsReport, choose_device, run_embeddings
 from radassets.models.weights import weights_path
-
-if TYPE_CHECKING:
-    from radassets.models.embed import EmbeddingsReport
 
 Progress = Callable[[int, int, str], None]
 
@@ -25,9 +22,8 @@ def run_model(dataset_version: str, model: str, layout: Layout, *, registry_dir:
               data_root: Path | None = None, batch_size: int = 8, device: str = "auto", download: bool = True,
               progress: Progress | None = None) -> EmbeddingsReport:
     """Embed the patches of ``dataset_version`` with ``model`` of the registry ``registry_dir``."""
-    # Here, not at the top: torch and MONAI take seconds to import, and every run worker and CLI command that
-    # imports the definitions would pay for them, embedding or not.
-    from radassets.models.embed import choose_device, run_embeddings
+    # Here, not at the top: the extractors import torch and MONAI (seconds), and every run worker and CLI command
+    # that imports the definitions would pay for them, embedding or not.
     from radassets.models.extractors import load_extractor
 
     entry = registry.get(model, registry_dir)
