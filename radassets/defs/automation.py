@@ -1,7 +1,8 @@
 """Declarative automation: what the daemon's automation sensor (``make ui``) materializes by itself.
 
-- ``embeddings`` is ``EMBEDS_WHAT_RUNS_HERE``: Dagster's ``eager`` for the (dataset version × model)
-  partitions whose model runs here with no download (``ModelRunsHere``). A partition runs when it becomes
+- ``embeddings`` is ``EMBEDS_WHAT_RUNS_HERE``: Dagster's ``eager``, or missing with its inputs ready (eager
+  alone never requests a partition that was already missing at the sensor's first tick), for the (dataset
+  version × model) partitions whose model runs here with no download (``ModelRunsHere``). A partition runs when it becomes
   missing (a model added to the registry: the registry sensor adds its ``model`` partition, and every dataset
   version gets a new, missing partition) or when what it depends on is updated (a dataset version's patches,
   new or rebuilt), once none of its inputs is missing or in progress. So a new model is embedded for every
@@ -60,15 +61,15 @@ class ModelRunsHere(AutomationCondition[AssetKey]):
 
 FOLLOWS_PATCHES = AutomationCondition.eager()
 _RUNS_HERE = ModelRunsHere()
-# eager's trigger ("newly missing", or "an input updated"), plus "missing, and now runs here": a partition that
-# was already missing at the sensor's first tick (``make demo`` syncs every registered model, then ``make ui``)
-# gets no "newly missing" (eager starts from that tick), so its weights arriving must be a trigger of its own.
-EMBEDS_WHAT_RUNS_HERE = (
-    AutomationCondition.eager().replace(
-        "newly_missing",
-        AutomationCondition.newly_missing()
-        | (AutomationCondition.missing() & _RUNS_HERE).newly_true().with_label("newly runs here"))
-    & _RUNS_HERE).with_label("eager, model runs here")
+# Eager's triggers ("newly missing", "an input updated") fire only for what changes after the sensor's first
+# tick, so a partition already missing then (a model added before `make ui` started, or whose weights arrived
+# later) is requested by the second branch: missing, its patches there, nothing in progress, not failed before
+# (a failed partition is not retried until a person asks), and the model runs here.
+_MISSING_AND_READY = (AutomationCondition.missing() & ~AutomationCondition.any_deps_missing()
+                      & ~AutomationCondition.any_deps_in_progress() & ~AutomationCondition.in_progress()
+                      & ~AutomationCondition.execution_failed()).with_label("missing, inputs ready, not failed")
+EMBEDS_WHAT_RUNS_HERE = ((AutomationCondition.eager() | _MISSING_AND_READY) & _RUNS_HERE).with_label(
+    "eager or missing, model runs here")
 COMPARES_WHAT_EXISTS = (
     AutomationCondition.eager().without(~AutomationCondition.any_deps_missing())
     & AutomationCondition.any_deps_match(~AutomationCondition.missing())  # at least one evaluation to compare

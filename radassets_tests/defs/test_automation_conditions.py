@@ -43,6 +43,8 @@ def test_automation_embeds_only_models_that_run_here_then_the_others_once_their_
         result = evaluate_automation_conditions(defs, instance, cursor=result.cursor)
         assert result.get_requested_partitions(EMBEDDINGS) == {"demo_v1|radiomics"}
         assert result.get_requested_partitions(EVALUATION) == set()  # it follows its embeddings
+        # The requested run (launched by the sensor in a real instance) embeds it.
+        instance.report_runless_asset_event(AssetMaterialization("embeddings", partition="demo_v1|radiomics"))
 
         # CT-FM's weights arrive in the cache: its missing partition is no longer held back.
         settings = Settings.load()
@@ -72,3 +74,15 @@ def test_a_model_missing_since_before_the_first_tick_is_embedded_once_its_weight
         path.write_bytes(b"weights")
         result = evaluate_automation_conditions(defs, instance, cursor=result.cursor)
         assert result.get_requested_partitions(EMBEDDINGS) == {"demo_v1|ct_fm"}
+
+
+def test_a_model_added_before_the_daemon_started_is_embedded_on_the_first_tick(two_models):
+    """``radassets models add`` with no daemon, then ``make ui``: the partition is missing before automation's
+    first tick (eager alone would never request it: it only follows what changes after that tick)."""
+    from radassets.definitions import defs
+
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("model", ["radiomics", "ct_fm"])
+        instance.report_runless_asset_event(AssetMaterialization("patches", partition="demo_v1"))
+        result = evaluate_automation_conditions(defs, instance)
+        assert result.get_requested_partitions(EMBEDDINGS) == {"demo_v1|radiomics"}
