@@ -10,8 +10,8 @@
   embeddings, with no backfill.
 - Weights policy: automation downloads nothing. A registered foundation model whose weights are not in the
   cache is left alone (a download is gigabytes, and an offline machine would fail a run per dataset version);
-  once its weights are there (``radassets models download``, or a run launched by a person, which may
-  download), its missing partitions are no longer held back and automation embeds them.
+  once its weights are there (a run launched by a person may download them, e.g. ``radassets pipeline run
+  demo_v1 --models ct_fm``), its missing partitions are no longer held back and automation embeds them.
 - ``evaluation`` is ``FOLLOWS_PATCHES`` (``eager``): it follows its embeddings.
 - ``comparison`` is ``COMPARES_WHAT_EXISTS``: ``eager`` without "no input missing", since its inputs are the
   evaluations of *every* model partition and a model that cannot run here would otherwise block it for ever;
