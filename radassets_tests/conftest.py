@@ -60,3 +60,12 @@ def small_demo(tmp_path_factory) -> Path:
     from radassets.demo import DemoSpec, generate_demo_collection
 
     return generate_demo_collection(tmp_path_factory.mktemp("small_demo") / "demo", DemoSpec(**SMALL_DEMO_SPEC)).root
+
+
+@pytest.fixture
+def demo_layout(small_demo, tmp_path) -> Layout:
+    """A private storage root over the (shared, read-only) small demo collection."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "demo").symlink_to(small_demo)
+    return Layout(home)

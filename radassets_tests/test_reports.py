@@ -22,7 +22,6 @@ from radassets.idc.cohort import build_cohort, make_cohort
 from radassets.idc.cohorts import cohort_for, write_cohort
 from radassets.idc.dicom import fetch_dataset_dicom
 from radassets.imaging.pipeline import run_patches, run_seeds, run_volumes
-from radassets.layout import Layout
 from radassets.models.pipeline import run_model
 from radassets.reports import ItemFailure
 from radassets_tests.conftest import SMALL_DEMO_SPEC
@@ -70,14 +69,6 @@ def test_the_steps_that_skip_items_report_failures():
 def test_every_report_states_its_failures_as_item_failures(step):
     report = _report_type(step)
     assert _failures_hint(report) == list[ItemFailure], f"{report.__name__}.failures is {_failures_hint(report)}"
-
-
-@pytest.fixture
-def demo_layout(small_demo, tmp_path) -> Layout:
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "demo").symlink_to(small_demo)
-    return Layout(home)
 
 
 def _old_dicom_manifest(rows: list[dict], dataset_version: str, manifest: Path, cohort_hash: str,

@@ -21,14 +21,6 @@ from radassets_tests.conftest import SMALL_DEMO_SPEC
 STEPS = ("volumes", "seeds", "patches")
 
 
-@pytest.fixture
-def demo_layout(small_demo, tmp_path) -> Layout:
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "demo").symlink_to(small_demo)
-    return Layout(home)
-
-
 def with_umask(mask: int, work):
     previous = os.umask(mask)
     try:
