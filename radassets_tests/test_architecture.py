@@ -28,10 +28,15 @@ def test_the_import_contracts_are_kept():
         pytest.fail(f"lint-imports (make lint) failed:\n{broken.strip() or report}", pytrace=False)
 
 
-def test_loading_the_definitions_imports_no_torch():
-    """Every run worker and CLI command imports the definitions: torch and MONAI (seconds to import) load only
-    where a model runs (``radassets.models.pipeline.run_model``), not with the code location."""
-    probe = "import sys, radassets.definitions; print(sorted({'torch', 'monai'} & set(sys.modules)))"
+def test_loading_the_definitions_and_the_registry_imports_no_torch():
+    """Every run worker and CLI command imports the definitions and reads the model registry (``pipeline run``
+    syncs the model partitions): torch and MONAI (7 s to import on 2 cores) load only where a model runs
+    (``radassets.models.pipeline.run_model``), not with the code location or a definition's family check."""
+    probe = ("import sys, radassets.definitions\n"
+             "from radassets.models.registry import scan_registry\n"
+             "entries, invalid = scan_registry()\n"
+             "assert entries and not invalid, invalid\n"
+             "print(sorted({'torch', 'monai'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

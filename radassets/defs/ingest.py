@@ -21,7 +21,6 @@ from radassets import datasets
 from radassets.defs.metadata import failures_table, markdown_table, progress_logger
 from radassets.defs.partitions import cohort_problems, dataset_version_partitions
 from radassets.defs.resources import IdcResource, StorageResource
-from radassets.demo import ensure_demo_source
 from radassets.idc.cohort import Cohort
 from radassets.idc.cohorts import cohort_for, write_cohort
 from radassets.idc.dicom import fetch_dataset_dicom
@@ -46,6 +45,8 @@ def cohort(context: AssetExecutionContext, bigquery: BigQueryResource, storage: 
     layout = settings.layout()
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())
     if definition.source.kind == "demo":  # the demo spec is read (and checked) only for the demo
+        from radassets.demo import ensure_demo_source  # the generator (highdicom) loads only for the demo
+
         ensure_demo_source(definition, layout, settings.demo(), progress=context.log.info)
     if bigquery.project and definition.source.kind == "idc":
         with bigquery.get_client() as client:

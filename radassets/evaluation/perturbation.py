@@ -41,6 +41,7 @@ import SimpleITK as sitk
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from radassets.datasets import DatasetVersion
+from radassets.evaluation import SD_VOXELS, TRIALS
 from radassets.evaluation.evaluate import SEED, endpoint_labels, evaluable
 from radassets.evaluation.figures import seed_stability_figure
 from radassets.evaluation.probes import linear_probe_folds, probe_scores
@@ -50,8 +51,6 @@ from radassets.imaging.patches import PatchSpec, extract_mask_patch, extract_pat
 from radassets.storage import atomic_path, atomic_write_json, atomic_write_text, sha256_json
 from radassets.errors import RadassetsError
 
-TRIALS = 50
-SD_VOXELS = 4.0  # variance 16 voxel² per axis
 Progress = Callable[[int, int, str], None]
 
 

@@ -15,40 +15,54 @@ that maps a batch (B, 1, D, H, W) to one vector per patch.
 
 Families are looked up by name from the registry; ``build`` makes a fresh, randomly initialised
 instance, and weights are loaded by ``radassets.models.weights``.
+
+torch and MONAI are imported by the builders, not by this module: the registry checks a definition's family
+name against ``FAMILIES`` on every command (``pipeline run`` reads the registry), and importing torch there
+cost each command about 7 s on 2 cores.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-from monai.networks.nets import resnet10, resnet50
-from monai.networks.nets.segresnet_ds import SegResEncoder
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def pool_deepest_stage(stages: list[torch.Tensor]) -> torch.Tensor:
     """``SegResEncoder`` head: global average pool of the deepest stage. A function, not a module,
     so the encoder's state dict holds exactly the published keys."""
+    import torch
+
     return torch.nn.functional.adaptive_avg_pool3d(stages[-1], 1).flatten(1)
 
 
 def fmcib_resnet50() -> nn.Module:
+    from monai.networks.nets import resnet50
+
     return resnet50(pretrained=False, spatial_dims=3, n_input_channels=1, widen_factor=2, conv1_t_stride=2,
                     feed_forward=False, bias_downsample=True)
 
 
 def ct_fm_segresenc() -> nn.Module:
+    from monai.networks.nets.segresnet_ds import SegResEncoder
+
     return SegResEncoder(spatial_dims=3, in_channels=1, init_filters=32, blocks_down=(1, 2, 2, 4, 4),
                          head_module=pool_deepest_stage)  # type: ignore[arg-type]  # monai calls any callable
 
 
 def vista3d_segresenc() -> nn.Module:
+    from monai.networks.nets.segresnet_ds import SegResEncoder
+
     return SegResEncoder(spatial_dims=3, in_channels=1, init_filters=48, blocks_down=(1, 2, 2, 4, 4),
                          norm="instance", head_module=pool_deepest_stage)  # type: ignore[arg-type]  # as above
 
 
 def resnet10_control() -> nn.Module:
+    from monai.networks.nets import resnet10
+
     return resnet10(pretrained=False, spatial_dims=3, n_input_channels=1, feed_forward=False)
 
 

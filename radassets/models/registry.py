@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from radassets.datasets import load_named_yaml, validation_problems
 from radassets.errors import RadassetsError
+from radassets.models.families import FAMILIES
 from radassets.names import check_name, name_problem
 from radassets.packaged import packaged_data_dir
 from radassets.storage import sha256_json
@@ -134,12 +135,8 @@ class ModelEntry(_Strict):
     @field_validator("family")
     @classmethod
     def _family(cls, v: str | None) -> str | None:
-        if v is not None:
-            # Imported here: the families import torch and MONAI, which reading a definition otherwise does not need.
-            from radassets.models.families import FAMILIES
-
-            if v not in FAMILIES:
-                raise ValueError(f"unknown model family {v!r}; known: {', '.join(sorted(FAMILIES))}")
+        if v is not None and v not in FAMILIES:
+            raise ValueError(f"unknown model family {v!r}; known: {', '.join(sorted(FAMILIES))}")
         return v
 
     @model_validator(mode="after")

@@ -52,16 +52,18 @@ pytestmark = pytest.mark.reliability
 
 COMMAND = ("pipeline", "run", "demo_v1", "--models", "radiomics")
 SEED = 13
-# Points per asset, in pipeline order (24 in all). hosny2018_figure2 is part of every `pipeline run`.
-QUOTA = {"hosny2018_figure2": 1, "cohort": 2, "dicom": 3, "volumes": 3, "seeds": 2, "patches": 3, "embeddings": 3,
-         "evaluation": 2, "comparison": 2, "lineage merge": 3}
+# Points per asset, in pipeline order (20 in all, the issue's minimum: each point costs a killed run and a rerun,
+# about 80 s on 2 cores, and the suite must leave CI room for the browser journeys). Embeddings gets one more: it
+# holds the gpu pool slot, where issue 13's worst failure was. hosny2018_figure2 is part of every `pipeline run`.
+QUOTA = {"hosny2018_figure2": 1, "cohort": 2, "dicom": 2, "volumes": 2, "seeds": 2, "patches": 2, "embeddings": 3,
+         "evaluation": 2, "comparison": 2, "lineage merge": 2}
 ASSET_OF_FOLDER = {"reports": "hosny2018_figure2", "cohort": "cohort", "dicom": "dicom", "volumes": "volumes",
                    "seeds": "seeds", "patches": "patches", "embeddings": "embeddings", "evaluation": "evaluation",
                    "comparison": "comparison", "lineage": "lineage merge"}
 SIGINT_SHARE = 0.3
 POLL_S = 0.01
 REFERENCE_TIMEOUT_S = 600
-# A clean run takes about 30 s on 2 cores; ten times that is a hang, not a slow machine.
+# A clean run takes about 50 s on 2 cores; six times that is a hang, not a slow machine.
 RERUN_TIMEOUT_S = 300
 SIGINT_GRACE_S = 60
 
