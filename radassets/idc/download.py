@@ -43,7 +43,7 @@ from urllib.parse import urlparse
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from radassets.storage import atomic_write_json, removable_lock, sha256_file
+from radassets.storage import atomic_write_json, remove_stale_temporaries, removable_lock, sha256_file
 from radassets.errors import RadassetsError
 
 MIRROR_ENV = "RADASSETS_IDC_MIRROR"
@@ -276,6 +276,9 @@ def _fetch_one_locked(row: dict[str, Any], dest_root: Path, mirror: Mirror, *, a
                             time.monotonic() - started)
     partial = Path(dest_root) / ".partial" / uuid
     partial.mkdir(parents=True, exist_ok=True)
+    # A process killed while it wrote the series record left its temporary file here; the folder is renamed into
+    # place whole, so it would travel with it. This process holds the series' lock: no writer is alive.
+    remove_stale_temporaries(partial)
     reason = "not attempted"
     for attempt in range(1, attempts + 1):
         if mirror.kind == "folder":

@@ -141,6 +141,19 @@ def test_local_folder_mirror(small_demo, tmp_path, monkeypatch):
     assert sorted(p.name for p in a.folder.glob("*.dcm")) == sorted(p.name for p in source.glob("*.dcm"))
 
 
+def test_a_series_record_half_written_by_a_killed_run_does_not_travel_with_the_series(small_demo, tmp_path):
+    """Found by fault injection (SIGKILL during the dicom step): the killed run's temporary series record stayed in
+    the partial folder, which the rerun renamed into place with it."""
+    mirror = Mirror.local_folder(small_demo / "bucket")
+    row = demo_rows(small_demo)[0]
+    partial = tmp_path / "series" / ".partial" / row["crdc_series_uuid"]
+    partial.mkdir(parents=True)
+    (partial / "._series.json.4e7249d8b7e3.tmp").write_text('{"SeriesInstanceUID": "1.2')  # what the kill left
+    [result] = fetch_series([row], tmp_path / "series", mirror)
+    assert result.status == "downloaded"
+    assert sorted(p.name for p in result.folder.iterdir() if p.name.startswith(".")) == []
+
+
 @pytest.mark.parametrize("endpoint", ["http://127.0.0.1:{port}", "http://nonexistent.invalid:9000"])
 def test_unreachable_mirror_fails_fast_with_instructions(small_demo, tmp_path, endpoint):
     rows = demo_rows(small_demo)
