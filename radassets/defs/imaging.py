@@ -78,8 +78,11 @@ def _table(rows: list[dict], columns: list[str], limit: int = 50) -> MetadataVal
 def volumes(context: AssetExecutionContext, imaging: ImagingResource, storage: StorageResource) -> MaterializeResult:
     settings = storage.settings()
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())
+    compute = settings.compute()
+    context.log.info(f"converting {definition.name}'s series in {compute.describe()}")
     with user_failure():
-        report = pipeline.run_volumes(definition, settings.layout(), imaging.tolerances(), progress_logger(context))
+        report = pipeline.run_volumes(definition, settings.layout(), imaging.tolerances(), progress_logger(context),
+                                      compute)
     failures = failures_table(report.failures)
     if report.failed_fraction > imaging.max_failed_fraction:
         raise Failure(
