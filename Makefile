@@ -18,7 +18,7 @@ STAMP := $(VENV)/.radassets-installed
 DOCS_STAMP := $(VENV)/.radassets-docs-installed
 SETTINGS := radassets.toml
 
-.PHONY: install demo lint test test-package test-reliability test-automation test-ui ui bench docs clean
+.PHONY: install demo lint test test-package test-reliability test-automation test-services test-ui ui bench docs clean
 
 # pyradiomics 3.0.1 ships only an sdist whose setup imports numpy: it is built against ours,
 # without build isolation, before the project's own install.
@@ -70,7 +70,7 @@ lint: install
 	$(BIN)/mypy
 
 test: install
-	$(BIN)/python -m pytest -m "not ui and not reliability and not packaging and not daemon"
+	$(BIN)/python -m pytest -m "not ui and not reliability and not packaging and not daemon and not services"
 
 # The wheel, built and installed in a fresh virtualenv outside the checkout (one to two minutes, so apart).
 test-package: install
@@ -84,6 +84,12 @@ test-reliability: install
 # Declarative automation with the Dagster daemon running (about 8 minutes on 2 cores, so apart).
 test-automation: install
 	$(BIN)/python -m pytest -m daemon
+
+# Against real services on loopback (PostgreSQL from Debian's package: apt-get install postgresql), each started in
+# a temporary folder and stopped by its own pid (radassets_tests/services.py). Skipped where a service's binaries
+# are missing, unless RADASSETS_SERVICES_REQUIRED=1 (CI).
+test-services: install
+	$(BIN)/python -m pytest -m services
 
 test-ui: install
 	$(BIN)/python -m pytest -m ui
