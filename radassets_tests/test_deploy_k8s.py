@@ -2,10 +2,11 @@
 
 What is checked: every YAML file parses; the Dockerfile parses with Docker's own parser (the ``dockerfile``
 package wraps BuildKit's) and uses only known instructions; the Dagster chart values validate against the
-chart's values schema (the subset vendored under deploy/k8s/schemas) and the RayCluster against KubeRay's
-(likewise); every pod template and Kubernetes object inside validates against the Kubernetes schemas that
-``kubernetes-validate`` ships; the GPU worker group asks for one ``nvidia.com/gpu`` and nothing else does; the
-pods' environment names settings radassets reads; images, Ray and library versions agree across the files.
+chart's values schema and the RayCluster against KubeRay's (the subsets written from them under
+deploy/k8s/schemas, with their provenance); every pod template and Kubernetes object inside validates against
+the Kubernetes schemas that ``kubernetes-validate`` ships; the GPU worker group asks for one ``nvidia.com/gpu``
+and nothing else does; the pods' environment names settings radassets reads; images, Ray and library versions
+agree across the files.
 What is not: that the image builds, that Helm renders these values (no chart here), that a cluster runs them.
 """
 
