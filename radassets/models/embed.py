@@ -1,6 +1,6 @@
 """Embeddings of one dataset version's patches by one model: batched, deterministic, every failure recorded.
 
-The model is loaded once per run; patches are read from the memory-mapped arrays of the
+The model is loaded once per run; patches are read from the Zarr arrays of the
 ``patches`` step in batches (``batch_size``), on the device chosen (CUDA when present, unless
 told otherwise). A vector with NaN or infinite values is a recorded failure of that seed, not an
 embedding. The output (``embeddings.parquet``) has one row per seed: identifiers, the vector
