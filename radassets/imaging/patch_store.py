@@ -10,13 +10,15 @@ no coordination, and a reader fetches one patch with one GET. The store opens th
 picklable plain data for a worker process.
 
 Codec: none (``COMPRESSORS`` is empty): a chunk file holds the patch's raw little-endian values. Measured
-with ``bench/patch_store.py`` (400 CT-like 64³ patches, files in the OS cache, our shared 2-core machine): one
-patch at a time, raw chunks read at 650 patches/s, Zstandard level 1 at 406/s and Blosc-LZ4 at 384/s, against
-1,619/s from the memory-mapped .npy this store replaced. Decoding costs as much as zarr's own per-chunk work, so
-raw chunks are the closest to the memory map, as the issue asks of local reads; compression would store 0.57
-(zstd-1) or 0.48 (Blosc-LZ4) of the bytes, which matters on a bucket, and is one constant away. Either way the
-manifest's hash is of the values (``patch_sha256``), not of the files, so it does not change with the codec.
-Every consumer reads far slower than this (a model embeds at most hundreds of patches per second).
+with ``bench/patch_store.py`` (400 CT-like 64³ patches, files in the OS cache, our shared 2-core machine; one
+run): one patch at a time, raw chunks read at 704 patches/s, Zstandard level 1 at 466/s, Blosc-LZ4 and
+Blosc-Zstd at 115-200/s, against 2,358/s from the memory-mapped .npy this store replaced; in slices of 8 (as
+the embeddings read) 1,781/s raw against 415/s for zstd-1. Zarr's own cost per chunk (about 1 ms) is the
+gap that remains, and decoding only adds to it, so raw chunks are the closest to the memory map, as the
+issue asks of local reads. Compression would store 0.57 (zstd-1) or 0.42-0.48 (Blosc) of the bytes, which
+matters on a bucket; it is one constant away, and the manifest's hash is of the values (``patch_sha256``),
+not of the files, so it would not change. Every consumer reads far slower than either (a model embeds at
+most hundreds of patches per second).
 
 Deterministic bytes: the metadata (``zarr.json``) holds the shape, chunking, codec and dimension names, no
 timestamp and no random id; every chunk is written, even one that equals the fill value (``write_empty_chunks``:
@@ -44,19 +46,19 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.abc.store import Store
+from zarr.core.array_spec import ArrayConfigParams
 from zarr.storage import FsspecStore, LocalStore
 
 from radassets.errors import RadassetsError
 from radassets.layout import as_path
-from radassets.storage import is_local
 
 STORE_NAME = "patches.zarr"
 PATCHES, MASKS = "patches", "masks"
-DTYPES = {PATCHES: np.dtype("<i2"), MASKS: np.dtype("u1")}
+DTYPES: dict[str, np.dtype[Any]] = {PATCHES: np.dtype("<i2"), MASKS: np.dtype("u1")}
 DIMENSIONS = ("patch", "S", "P", "L")
 COMPRESSORS: tuple[Any, ...] = ()
 DESCRIPTION = "patches.zarr (Zarr v3): patches int16 HU, masks uint8, one chunk per patch, uncompressed"
-WRITE_CONFIG = {"write_empty_chunks": True}  # a chunk equal to the fill value is written too, not left out
+WRITE_CONFIG: ArrayConfigParams = {"order": "C", "write_empty_chunks": True}  # a chunk equal to the fill value is written too
 PARTIAL_SUFFIX = ".partial"  # LocalStore's temporary chunk files: <chunk>.<uuid4 hex>.partial
 
 
@@ -67,8 +69,8 @@ class PatchStoreError(RadassetsError, ValueError):
 def open_store(location: str | os.PathLike, read_only: bool) -> Store:
     """The Zarr store at ``location``: a local folder, or an fsspec URL (with a ``UPath``'s storage options)."""
     path = as_path(location)
-    if is_local(path):
-        return LocalStore(Path(path), read_only=read_only)
+    if isinstance(path, Path):
+        return LocalStore(path, read_only=read_only)
     return FsspecStore.from_url(str(path), storage_options=dict(getattr(path, "storage_options", {}) or {}),
                                 read_only=read_only)
 
@@ -116,10 +118,10 @@ def finish_store(location: str | os.PathLike) -> list[Path]:
 
     Call it only once every task of the run has returned (see the module docstring)."""
     path = as_path(location)
-    if not is_local(path):
+    if not isinstance(path, Path):
         return []
     removed = []
-    for partial in sorted(Path(path).rglob(f"*{PARTIAL_SUFFIX}")):
+    for partial in sorted(path.rglob(f"*{PARTIAL_SUFFIX}")):
         if partial.is_file():
             partial.unlink(missing_ok=True)
             removed.append(partial)

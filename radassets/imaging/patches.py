@@ -34,7 +34,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -216,7 +216,7 @@ def write_patches(seeds: Sequence[dict[str, Any]], out_dir: Path, spec: PatchSpe
     """
     from radassets.imaging.volumes import write_table
 
-    out_dir = as_path(out_dir)
+    out_dir = cast(Path, as_path(out_dir))  # a UPath under a URL root: pathlib's API (see radassets.layout)
     n = len(seeds)
     store = out_dir / patch_store.STORE_NAME
     patch_store.create_store(store, n, spec.size)
@@ -245,7 +245,7 @@ def load_patches(out_dir: Path) -> tuple[zarr.Array, zarr.Array, list[dict[str, 
     only, and give numpy arrays), and their rows. ``out_dir`` is a local folder or a ``UPath`` of a bucket."""
     import pyarrow.parquet as pq
 
-    out_dir = as_path(out_dir)
+    out_dir = cast(Path, as_path(out_dir))
     if not (out_dir / "manifest.json").is_file():  # written last: its absence means an unfinished partition
         raise FileNotFoundError(f"no complete patches partition at {out_dir}")
     store = out_dir / patch_store.STORE_NAME

@@ -164,7 +164,7 @@ def test_an_old_partition_of_npy_files_asks_for_a_rerun(tmp_path):
 
 
 @pytest.mark.integration
-def test_the_store_on_s3_holds_the_local_bytes_and_serves_one_patch(seeds, tmp_path, s3_server):
+def test_the_store_on_s3_holds_the_local_bytes_and_serves_one_patch(seeds, tmp_path, s3_server):  # noqa: F811
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="artifacts")
     remote = UPath("s3://artifacts/root/patches/v1", client_kwargs={"endpoint_url": s3_server})
     local = tmp_path / "local"
