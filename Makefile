@@ -52,7 +52,7 @@ demo: install
 	@echo "  dicom/<dataset_version>/manifest.json       every series, verified, with its files"
 	@echo "  volumes/<dataset_version>/qc.parquet        one QC row per series; ct/ and masks/ hold the NRRDs"
 	@echo "  seeds/<dataset_version>/seeds.csv           one seed per lesion, LPS mm, with its distance to the reference"
-	@echo "  patches/<dataset_version>/montage.png       the QC montage of patches.npy (also in the UI)"
+	@echo "  patches/<dataset_version>/montage.png       the QC montage of the patches (also in the UI)"
 	@echo "  embeddings/<dataset_version>/<model>/       one vector per seed (radassets models list)"
 	@echo "  evaluation/<dataset_version>/<model>/report.html   probes, survival, stability, figures"
 	@echo "  stability/<dataset_version>/<model>/        seed-perturbation stability, opt-in (minutes per model):"
@@ -101,6 +101,7 @@ bench: install
 	$(BIN)/python bench/embeddings.py
 	$(BIN)/python bench/evaluation.py
 	$(BIN)/python bench/lineage.py
+	$(BIN)/python bench/patch_store.py
 
 # The manual (docs/, mkdocs.yml) as a site in site/. --strict: a broken link or anchor, or a page missing
 # from the nav, fails the build. The CLI page imports radassets.cli, hence the project's install first.

@@ -155,11 +155,11 @@ def seeds(context: AssetExecutionContext, imaging: ImagingResource, storage: Sto
     partitions_def=dataset_version_partitions,
     deps=[seeds],
     group_name="imaging",
-    kinds={"numpy"},
-    code_version="patches-1",
+    kinds={"zarr"},
+    code_version="patches-2",
     description=(
         "One canonical patch per seed: 1 mm isotropic, 64³ voxels, int16 HU, LPS axes, centred on the seed, "
-        "cropped before resampling; the seed's mask alongside. Memory-mappable .npy arrays. Patches at the "
+        "cropped before resampling; the seed's mask alongside. A Zarr store, one chunk per patch. Patches at the "
         "volume border are padded with air (-1024 HU) and flagged. A QC montage shows every patch."
     ),
 )
@@ -176,7 +176,7 @@ def patches(context: AssetExecutionContext, imaging: ImagingResource, storage: S
         metadata={
             **report.metadata(),
             "patch_spec": MetadataValue.json(report.spec),
-            "patches_npy": MetadataValue.path(str(report.out_dir / "patches.npy")),
+            "patches_zarr": MetadataValue.path(str(report.out_dir / "patches.zarr")),
             "montage_png": MetadataValue.path(str(montage)),
             "montage": MetadataValue.md(f"![QC montage](data:image/png;base64,{image})"),
             **({"at_border": _table(border, ["PatientID", "segment_label", "padded_fraction"])} if border else {}),

@@ -1,6 +1,6 @@
 """Embeddings of one dataset version's patches by one model: batched, deterministic, every failure recorded.
 
-The model is loaded once per run; patches are read from the memory-mapped arrays of the
+The model is loaded once per run; patches are read from the Zarr arrays of the
 ``patches`` step in batches (``batch_size``), on the device chosen (CUDA when present, unless
 told otherwise). A vector with NaN or infinite values is a recorded failure of that seed, not an
 embedding. The output (``embeddings.parquet``) has one row per seed: identifiers, the vector
@@ -37,6 +37,7 @@ from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha25
 
 if TYPE_CHECKING:  # torch is imported where a model runs: the definitions (every run worker) load without it
     import torch
+    import zarr
 
 Progress = Callable[[int, int, str], None]
 
@@ -167,7 +168,8 @@ class EmbeddingsReport:
                             "file": sha256_file(self.out_dir / "embeddings.parquet")})
 
 
-def run_embeddings(extractor: Extractor, patches: np.ndarray, masks: np.ndarray, rows: Sequence[dict[str, Any]],
+def run_embeddings(extractor: Extractor, patches: np.ndarray | zarr.Array, masks: np.ndarray | zarr.Array,
+                   rows: Sequence[dict[str, Any]],
                    out_dir: Path, batch_size: int = 8, device: str = "cpu",
                    progress: Progress | None = None) -> EmbeddingsReport:
     """Embed every patch; write ``embeddings.parquet`` and ``manifest.json`` under ``out_dir``."""
