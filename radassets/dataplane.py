@@ -246,7 +246,7 @@ def _on_ray(task: Callable[[T], R], items: list[T], compute: Compute, progress: 
     assert compute.ray_address is not None
     connect_ray(compute.ray_address)
     # SPREAD: a step's items go to every node, not first to fill one (each item reads and writes its own files).
-    remote = ray.remote(num_cpus=1, max_retries=compute.retries, retry_exceptions=False,
+    remote: Any = ray.remote(num_cpus=1, max_retries=compute.retries, retry_exceptions=False,
                         scheduling_strategy="SPREAD")(_node_placed)
     refs = [remote.remote(task, item) for item in items]
     index = {ref: i for i, ref in enumerate(refs)}

@@ -169,7 +169,7 @@ def patches(context: AssetExecutionContext, imaging: ImagingResource, storage: S
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())
     with user_failure():
         report, montage = pipeline.run_patches(definition, settings.layout(), imaging.patch_spec(),
-                                                progress_logger(context, flag=("border",)))
+                                                progress_logger(context, flag=("border",)), settings.compute())
     image = base64.b64encode(montage.read_bytes()).decode("ascii")
     border = report.at_border
     return MaterializeResult(

@@ -53,6 +53,8 @@ from radassets.errors import RadassetsError
 from radassets.layout import as_path
 
 STORE_NAME = "patches.zarr"
+# What readers of patches take: the lazy store array, or any numpy array with patches along the first axis.
+PatchArray = np.ndarray | zarr.Array
 PATCHES, MASKS = "patches", "masks"
 DTYPES: dict[str, np.dtype[Any]] = {PATCHES: np.dtype("<i2"), MASKS: np.dtype("u1")}
 DIMENSIONS = ("patch", "S", "P", "L")

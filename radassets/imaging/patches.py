@@ -41,6 +41,7 @@ import pyarrow as pa
 import SimpleITK as sitk
 import zarr
 
+from radassets.dataplane import IN_PROCESS, Compute, map_items
 from radassets.imaging import patch_store
 from radassets.layout import as_path
 from radassets.storage import atomic_write_json, sha256_file, sha256_json
@@ -207,9 +208,10 @@ def extract_volume_patches(task: PatchTask) -> list[dict[str, Any]]:
 
 
 def write_patches(seeds: Sequence[dict[str, Any]], out_dir: Path, spec: PatchSpec = PatchSpec(),
-                  progress: Progress | None = None) -> PatchesReport:
+                  progress: Progress | None = None, compute: Compute = IN_PROCESS) -> PatchesReport:
     """Extract every seed's patch (and mask patch) into the Zarr store ``out_dir/patches.zarr``, then write
-    ``patches.parquet`` and, last, ``manifest.json``.
+    ``patches.parquet`` and, last, ``manifest.json``. Each CT volume's seeds are one ``radassets.dataplane`` task,
+    run where ``compute`` says; each writes its own chunks.
 
     The manifest's ``sha256`` of ``patches.zarr`` is of the data (each row's ``sha256``, in row order), not of
     the store's files, so it does not depend on the codec or the chunk files' layout.
@@ -222,14 +224,20 @@ def write_patches(seeds: Sequence[dict[str, Any]], out_dir: Path, spec: PatchSpe
     patch_store.create_store(store, n, spec.size)
     rows: list[dict[str, Any]] = [{} for _ in range(n)]
     done = 0
-    for task in patch_tasks(seeds, store, spec):
-        for row in extract_volume_patches(task):
-            rows[row["index"]] = row
+
+    def volume_done(_volumes_done: int, _volumes: int, volume_rows: list[dict[str, Any]]) -> None:
+        nonlocal done
+        for row in volume_rows:
             done += 1
             if progress:
                 padded = row["padded_fraction"]
                 progress(done, n, f"{row['PatientID']} {row.get('segment_label') or ''}"
                                   + (f" at the volume border ({padded:.1%} padded with air)" if padded > 0 else ""))
+
+    for volume_rows in map_items(extract_volume_patches, patch_tasks(seeds, store, spec), compute,
+                                 progress=volume_done).results:
+        for row in volume_rows:
+            rows[row["index"]] = row
     patch_store.finish_store(store)
     write_table(rows, PATCH_COLUMNS, out_dir / "patches.parquet")
     sha = {patch_store.STORE_NAME: sha256_json([r["sha256"] for r in rows]),

@@ -221,12 +221,12 @@ def read_seeds(dataset_version: str, layout: Layout, needed_by: str = "patches")
 # -- patches --------------------------------------------------------------------------------------
 
 def run_patches(definition: DatasetVersion, layout: Layout, spec: PatchSpec = PatchSpec(),
-                progress: Progress | None = None) -> tuple[PatchesReport, Path]:
+                progress: Progress | None = None, compute: Compute = IN_PROCESS) -> tuple[PatchesReport, Path]:
     """Extract the patches and write the QC montage; returns the report and the montage path."""
     seeds = read_seeds(definition.name, layout)
     out_dir = layout.asset_dir("patches", definition.name)
     remove_stale_temporaries(out_dir)
-    report = write_patches(seeds, out_dir, spec, progress)
+    report = write_patches(seeds, out_dir, spec, progress, compute)
     patches, masks, rows = load_patches(out_dir)
     montage = write_montage(patches, masks, rows, out_dir / "montage.png", title=definition.name)
     return report, montage

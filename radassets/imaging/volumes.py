@@ -283,12 +283,12 @@ def convert_mask_task(item: tuple[dict, list[str], list[dict], str, SegmentSelec
 def _unavailable(row: dict, files_of: FilesOf, what: str) -> tuple[dict[str, Any] | None, list[str]]:
     """The QC row of a series that cannot be converted (not downloaded, files refused), else its files."""
     if row.get("status") == "failed":
-        return dict(_base(row), status="failed", reused=False, code="not_downloaded",
+        return dict(_base(row), status="failed", code="not_downloaded",
                     message=f"{what} {row['SeriesInstanceUID']}: DICOM not available ({row.get('reason')})"), []
     try:
         return None, [str(f) for f in files_of(row)]
     except QCError as e:
-        return dict(_base(row), status="failed", reused=False, code=e.code, message=str(e)), []
+        return dict(_base(row), status="failed", code=e.code, message=str(e)), []
 
 
 def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,

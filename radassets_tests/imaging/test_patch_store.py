@@ -17,6 +17,7 @@ import SimpleITK as sitk
 import zarr
 from upath import UPath
 
+from radassets.dataplane import Compute
 from radassets.imaging import patch_store
 from radassets.imaging.patches import (PatchSpec, extract_mask_patch, extract_patch, extract_volume_patches,
                                        load_patches, patch_tasks, write_patches)
@@ -99,6 +100,17 @@ def test_two_runs_write_byte_identical_stores_with_no_timestamp(seeds, tmp_path)
     assert set(metadata) == {"shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value", "codecs",
                              "attributes", "zarr_format", "node_type", "storage_transformers", "dimension_names"}
     assert metadata["attributes"] == {} and metadata["chunk_grid"]["configuration"]["chunk_shape"] == [1, 16, 16, 16]
+
+
+def test_a_pool_of_processes_writes_the_store_one_process_writes(seeds, tmp_path):
+    """Each volume's seeds are a data-plane task writing its own chunks: two processes, the same bytes."""
+    alone = write_patches(seeds, tmp_path / "one", SPEC, compute=Compute(workers=1))
+    ticks = []
+    pooled = write_patches(seeds, tmp_path / "two", SPEC, progress=lambda done, total, what: ticks.append(done),
+                           compute=Compute(workers=2))
+    assert tree(tmp_path / "one") == tree(tmp_path / "two")
+    assert pooled.content_hash == alone.content_hash
+    assert sorted(ticks) == [1, 2, 3, 4, 5]  # one tick per patch, as the volumes' tasks finish
 
 
 KILLED_WORKER = """
