@@ -7,8 +7,11 @@ same vector). Each actor (``EmbedBatches``) builds the extractor once in its con
 (``RegistryExtractor``: the registry entry, the weights cache, the device asked for), and opens the patches
 partition itself from its folder or URL (``load_patches``: the Zarr arrays read by range), never receiving the
 arrays. A call embeds one batch and returns one small record: the batch's start, its vectors as raw float32 bytes
-(so they come back bit for bit), the node it ran on and the extractor's identity. The driver puts the vectors in
-place and writes ``embeddings.parquet`` and the manifest exactly as the local path does (``write_embeddings``).
+(so they come back bit for bit), the node it ran on and the extractor's identity; or the user's error
+(``RadassetsError``: weights that do not load, a model's output of the wrong shape), which the driver raises as the
+local path would. Any other exception is Ray Data's to report (a ``UserCodeException`` with the actor's
+traceback). The driver puts the vectors in place and writes ``embeddings.parquet`` and the manifest exactly as the
+local path does (``write_embeddings``).
 
 Resources. The accelerator is the resource named by the setting ``ray_gpu_resource`` (``GPU`` by default; a
 custom resource such as the tests' ``gpu_standin`` works the same way). When the cluster advertises it, each actor
@@ -26,6 +29,7 @@ same bytes.
 from __future__ import annotations
 
 import json
+import pickle
 import time
 import warnings
 from collections import Counter
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from radassets.dataplane import Compute, DataPlaneError, connect_ray
+from radassets.errors import RadassetsError
 from radassets.imaging.patches import load_patches
 from radassets.models.embed import EmbeddingsReport, Extractor, Progress, batch_bounds, embed_batch, write_embeddings
 from radassets.models.registry import ModelEntry
@@ -70,24 +75,37 @@ class EmbedBatches:
 
         from radassets.models.embed import choose_device
 
-        self.patches, self.masks, self.rows = load_patches(patches_dir)
-        chosen = choose_device(device)
-        self.extractor = build(chosen)
+        self.node = f"node {ray.get_runtime_context().get_node_id()}"
+        self.error: RadassetsError | None = None  # a user's error (weights, model output): sent to the driver
+        try:
+            self.patches, self.masks, self.rows = load_patches(patches_dir)
+            chosen = choose_device(device)
+            self.extractor = build(chosen)
+        except RadassetsError as e:  # not a dying actor for Ray to restart: the driver raises it, as locally
+            self.error = e
+            return
         self.identity = json.dumps({"weights_sha256": self.extractor.weights_sha256, "dim": self.extractor.dim,
                                     "device": str(chosen)})
-        self.node = f"node {ray.get_runtime_context().get_node_id()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        records: dict[str, list[Any]] = {"start": [], "vectors": [], "node": [], "identity": []}
+        records: dict[str, list[Any]] = {"start": [], "vectors": [], "node": [], "identity": [], "error": []}
         for start, stop in zip(batch["start"].tolist(), batch["stop"].tolist()):
-            vectors = embed_batch(self.extractor, self.patches, self.masks, self.rows, start, stop)
+            vectors, error = b"", self.error
+            if error is None:
+                try:
+                    vectors = np.ascontiguousarray(embed_batch(self.extractor, self.patches, self.masks, self.rows,
+                                                               start, stop), dtype="<f4").tobytes()
+                except RadassetsError as e:
+                    error = e
             records["start"].append(start)
-            records["vectors"].append(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+            records["vectors"].append(vectors)
             records["node"].append(self.node)
-            records["identity"].append(self.identity)
+            records["identity"].append("" if error else self.identity)
+            records["error"].append(pickle.dumps(error) if error else b"")
         return {"start": np.array(records["start"], dtype=np.int64),
                 "vectors": np.array(records["vectors"], dtype=object),
-                "node": np.array(records["node"]), "identity": np.array(records["identity"])}
+                "node": np.array(records["node"]), "identity": np.array(records["identity"]),
+                "error": np.array(records["error"], dtype=object)}
 
 
 def actor_resources(cluster: dict[str, float], gpu_resource: str, n_batches: int) -> tuple[int, dict[str, Any]]:
@@ -134,18 +152,17 @@ def embed_on_ray(build: Callable[[torch.device], Extractor], entry: ModelEntry, 
                 EmbedBatches, fn_constructor_args=(build, patches_dir, device), batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=size), max_restarts=compute.retries,
                 max_task_retries=compute.retries, **resources)
-        try:
-            for record in embedded.iter_rows():
-                start = int(record["start"])
-                stop = bounds[start // batch_size][1]
-                pieces[start] = np.frombuffer(record["vectors"], dtype="<f4").reshape(stop - start, -1)
-                places[str(record["node"])] += 1
-                identities.add(str(record["identity"]))
-                if progress:
-                    progress(sum(len(v) for v in pieces.values()), n, f"{entry.name}: batch {start}-{stop} on "
-                                                                       f"{record['node']}")
-        except ray.exceptions.RayTaskError as e:
-            raise e.as_instanceof_cause() from None  # the model's own error, as on the local path
+        for record in embedded.iter_rows():
+            if record["error"]:
+                raise pickle.loads(record["error"])  # the user's error, as the local path raises it
+            start = int(record["start"])
+            stop = bounds[start // batch_size][1]
+            pieces[start] = np.frombuffer(record["vectors"], dtype="<f4").reshape(stop - start, -1)
+            places[str(record["node"])] += 1
+            identities.add(str(record["identity"]))
+            if progress:
+                progress(sum(len(v) for v in pieces.values()), n, f"{entry.name}: batch {start}-{stop} on "
+                                                                   f"{record['node']}")
     if len(pieces) != len(bounds):
         raise DataPlaneError(f"model {entry.name!r} on the Ray cluster at {compute.ray_address!r}: "
                              f"{len(bounds) - len(pieces)} of {len(bounds)} batches came back with no vectors")

@@ -35,3 +35,17 @@ class DiesOnce:
 
     def __call__(self, device):
         return DiesOnFirstBatch(self.model(device), self.marker)
+
+
+class WrongShape:
+    """A model whose every batch is one value short per patch: its own error, not the machine's."""
+
+    def __init__(self, device):
+        from radassets.models import registry
+
+        self.entry, self.weights_sha256, self.dim = registry.get("untrained_cnn"), None, 512
+
+    def embed(self, patches, masks, rows):
+        import numpy as np
+
+        return np.zeros((len(patches), self.dim - 1), np.float32)

@@ -16,12 +16,12 @@ from radassets.dataplane import Compute
 from radassets.imaging import patch_store
 from radassets.layout import Layout
 from radassets.models import registry
-from radassets.models.embed import run_embeddings
+from radassets.models.embed import ModelOutputError, run_embeddings
 from radassets.models.embed_ray import RegistryExtractor, actor_resources, embed_on_ray
 from radassets.models.extractors import load_extractor
 from radassets.models.pipeline import run_model
 from radassets.settings import Settings
-from radassets_tests.models.ray_extractors import DiesOnce
+from radassets_tests.models.ray_extractors import DiesOnce, WrongShape
 from radassets_tests.models.test_embed import CPU, SIZE, _patches
 
 DATASET_VERSION = "tiny_v1"
@@ -132,3 +132,13 @@ def test_on_ray_an_actor_killed_mid_batch_is_restarted_and_the_bytes_are_the_sam
     assert marker.exists()  # the first try did die
     assert outputs(partition) == local
     assert report.places == {accelerator_node(): 2}
+
+
+@pytest.mark.services
+def test_on_ray_a_model_error_is_raised_as_it_is_not_retried(partition, ray_cluster):
+    entry = registry.get(MODEL)
+    with pytest.raises(ModelOutputError, match=r"returned shape \(4, 511\) for a batch of 4 patches"):
+        embed_on_ray(WrongShape, entry, partition.asset_dir("patches", DATASET_VERSION),
+                     partition.asset_dir("embeddings", DATASET_VERSION, MODEL),
+                     compute=Compute(ray_address=ray_cluster.address), batch_size=BATCH_SIZE, device="cpu")
+    assert not partition.asset_dir("embeddings", DATASET_VERSION, MODEL).exists()
