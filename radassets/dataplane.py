@@ -74,6 +74,7 @@ class Compute:
     workers: int | None = None  # None: available_cpus()
     ray_address: str | None = None
     retries: int = DEFAULT_RETRIES
+    ray_gpu_resource: str = "GPU"  # the cluster's resource that stands for an accelerator (the embeddings' actors)
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:

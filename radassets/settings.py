@@ -5,8 +5,8 @@ Library code never reads the environment: it takes paths, the ``Layout`` or thes
 
 1. environment variables: ``RADASSETS_HOME``, ``RADASSETS_DATA_DIR``, ``RADASSETS_MODELS_DIR``,
    ``RADASSETS_WEIGHTS_DIR``, ``RADASSETS_IDC_MIRROR``, ``RADASSETS_DEMO_SPEC``, ``RADASSETS_GCP_PROJECT``,
-   ``RADASSETS_WORKERS``, ``RADASSETS_RAY_ADDRESS`` and ``DAGSTER_HOME`` (an empty variable counts as unset; a
-   relative path is relative to the working directory);
+   ``RADASSETS_WORKERS``, ``RADASSETS_RAY_ADDRESS``, ``RADASSETS_RAY_GPU_RESOURCE`` and ``DAGSTER_HOME`` (an
+   empty variable counts as unset; a relative path is relative to the working directory);
 2. a project settings file, ``radassets.toml``, with the same fields in lower case without the prefix
    (``home = "var/data"``, ``dagster_home = "var/dagster_home"``); relative paths in it are relative to
    the file's folder. The file is ``$RADASSETS_CONFIG`` when that is set, else the first found in the
@@ -49,7 +49,8 @@ DEFAULT_HOME = "~/.radassets"
 ENV_NAMES = {"home": "RADASSETS_HOME", "data_dir": "RADASSETS_DATA_DIR", "models_dir": "RADASSETS_MODELS_DIR",
              "weights_dir": "RADASSETS_WEIGHTS_DIR", "idc_mirror": "RADASSETS_IDC_MIRROR",
              "demo_spec": "RADASSETS_DEMO_SPEC", "gcp_project": "RADASSETS_GCP_PROJECT", "dagster_home": "DAGSTER_HOME",
-             "workers": "RADASSETS_WORKERS", "ray_address": "RADASSETS_RAY_ADDRESS"}
+             "workers": "RADASSETS_WORKERS", "ray_address": "RADASSETS_RAY_ADDRESS",
+             "ray_gpu_resource": "RADASSETS_RAY_GPU_RESOURCE"}
 INTEGER_FIELDS = ("workers",)
 LOCAL_PATH_FIELDS = ("data_dir", "models_dir", "weights_dir", "dagster_home")
 FOLDER_OR_URL_FIELDS = ("home", "idc_mirror")
@@ -95,6 +96,9 @@ class Settings(BaseSettings):
                                 "(default: every CPU this process may use; 1: in the run's own process)")
     ray_address: str | None = Field(default=None, description="a Ray cluster to run the steps' items on "
                                     "(auto, host:6379 or ray://host:10001); default: this machine")
+    ray_gpu_resource: str = Field(default="GPU", min_length=1, description="the Ray resource an embeddings actor "
+                                  "asks one unit of where the cluster has it (GPU: num_gpus=1; or a custom "
+                                  "resource a cluster advertises for its accelerators)")
     _file: Path | None = PrivateAttr(default=None)
 
     @classmethod
@@ -155,7 +159,7 @@ class Settings(BaseSettings):
         """Where a step's items run (``radassets.dataplane``)."""
         from radassets.dataplane import Compute
 
-        return Compute(workers=self.workers, ray_address=self.ray_address)
+        return Compute(workers=self.workers, ray_address=self.ray_address, ray_gpu_resource=self.ray_gpu_resource)
 
     def mirror(self, text: str | None = None) -> Mirror | None:
         """The IDC mirror ``text`` names (a run's resource setting), else the configured one, else None (the
