@@ -19,11 +19,12 @@ Every worker runs one thread (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``, ``OMP_
 that a worker is a core. The pool's forkserver (it imports SimpleITK and pydicom once; a step's process starts one)
 and Ray's workers are started before the timings, and their start-up is printed on its own line.
 Reported: series/s and patches/s per configuration; the speed-up of 2 processes over 1 (the issue's target: ≥ 1.8×
-on a 2-core machine) and the pool's overhead with 1 process against in process (target: ≤ 10 %); and, for capacity
-planning (docs/scale-out.md): the seconds per CT series and per slice of the conversion on one core, patches per
-second on one core, and the bytes written per series, per slice and per patch. Timings are the median of
-``--repeats`` runs; on a shared machine they are noisy, and a number measured here says nothing about another
-machine.
+on a 2-core machine) and the pool's overhead with 1 process against in process (target: ≤ 10 %); a control: the
+same ratio of 2 processes over 1 for a pure-Python loop, which is what the machine gives a second process while the
+benchmark runs; and, for capacity planning (docs/scale-out.md): the seconds per CT series and per slice of the
+conversion on one core, patches per second on one core, and the bytes written per series, per slice and per patch.
+Timings are the median of ``--repeats`` runs; on a shared machine they are noisy, and a number measured here says
+nothing about another machine.
 
 Run: ``python bench/scale.py`` (``make bench`` runs it with the others), ``--ray-local`` to add Ray.
 """
@@ -53,6 +54,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere, with or without 
 
 PATIENTS, PATCHES_PER_SEED, REPEATS = 16, 8, 1
 OFFSET_MM = 3.0  # the repeats of a seed move by up to this much along each axis: other voxels, the same work
+BURN = 20_000_000  # iterations of the control task (about 1 s)
 THREAD_VARIABLES = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS")
 STEP_MODULES = ["radassets.imaging.volumes", "radassets.imaging.patches"]
 
@@ -155,10 +157,6 @@ def extract(seeds: list[dict], out: Path, config: Config) -> tuple[int, float]:
     return sum(len(rows) for rows in mapped.results), seconds
 
 
-def median_run(run: Callable[[int], float], repeats: int) -> float:
-    return statistics.median(run(k) for k in range(repeats))
-
-
 # -- start-up ----------------------------------------------------------------------------------------------------
 
 def start_forkserver() -> float:
@@ -171,6 +169,28 @@ def start_forkserver() -> float:
     forkserver.ensure_running()
     run_items(Config("pool 1", 1, pool=True), import_step_modules, [0])
     return time.perf_counter() - start
+
+
+def burn(n: int) -> int:
+    """Pure-Python work, the same on every configuration: the control for what the machine gives 2 processes."""
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+def cpu_ceiling(repeats: int) -> float:
+    """Throughput of 2 processes ÷ 1 on ``burn``: the most any step could gain from a second worker right now
+    (about 2 on an idle 2-core machine, less when other work holds the cores)."""
+    ratios = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_items(Config("in process"), burn, [BURN])
+        one = time.perf_counter() - start
+        start = time.perf_counter()
+        run_items(Config("pool 2", 2, pool=True), burn, [BURN, BURN])
+        ratios.append(2 * one / (time.perf_counter() - start))
+    return statistics.median(ratios)
 
 
 def import_step_modules(_: int) -> int:
@@ -237,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         slices = sum(len(dicom_files(r)) for r in cts)
 
         results["forkserver_start_s"] = round(start_forkserver(), 3)
+        results["cpu_ceiling_2_over_1"] = round(cpu_ceiling(args.repeats), 2)
         address, cluster, ray_start = start_ray(args)
         configs = [Config("in process"), Config("pool 1", 1, pool=True), Config("pool 2", 2, pool=True)]
         if address:
@@ -244,16 +265,16 @@ def main(argv: list[str] | None = None) -> int:
             results["ray_start_s"] = round(ray_start, 2)
         try:
             # Volumes: every configuration converts the same rows into a folder of its own.
-            volumes: dict[str, float] = {}
+            loads: list[float] = []  # the 1-minute load after each timed run (this benchmark included)
+            volume_times: dict[str, list[float]] = {config.name: [] for config in configs}
             reference = None
-            for config in configs:
-                def run(k: int, config: Config = config) -> float:
-                    nonlocal reference
+            for k in range(args.repeats):  # the configurations take turns: a change of the machine's load hits all
+                for config in configs:
                     report, seconds, ct_seconds = convert(rows, work / f"volumes-{config.name}-{k}", config)
-                    if config.name == "in process" and k == 0:
-                        reference = (report, ct_seconds)
-                    return seconds
-                volumes[config.name] = median_run(run, args.repeats)
+                    volume_times[config.name].append(seconds)
+                    loads.append(os.getloadavg()[0])
+                    if reference is None:
+                        reference = (report, ct_seconds)  # the first in-process run
             report, ct_seconds = reference
             ok = [r for r in report.qc if r["status"] == "ok"]
             failed = [r for r in report.qc if r["status"] == "failed"]
@@ -262,11 +283,11 @@ def main(argv: list[str] | None = None) -> int:
 
             # Patches: the seeds of the in-process volumes, repeated.
             seeds = repeated_seeds(seeds_from_segments(report.segments), args.patches_per_seed)
-            patches: dict[str, float] = {}
-            for config in configs:
-                patches[config.name] = median_run(
-                    lambda k, config=config: extract(seeds, work / f"patches-{config.name}-{k}", config)[1],
-                    args.repeats)
+            patch_times: dict[str, list[float]] = {config.name: [] for config in configs}
+            for k in range(args.repeats):
+                for config in configs:
+                    patch_times[config.name].append(extract(seeds, work / f"patches-{config.name}-{k}", config)[1])
+                    loads.append(os.getloadavg()[0])
             store = work / "patches-in process-0" / "patches.zarr"
             store_bytes = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
         finally:
@@ -276,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                 ray.shutdown()
                 cluster.shutdown()
 
+    volumes = {name: statistics.median(times) for name, times in volume_times.items()}
+    patches = {name: statistics.median(times) for name, times in patch_times.items()}
     n_series = len(report.qc)
+    results["load_1min_during"] = round(statistics.mean(loads), 2)
     results.update({
         "series": n_series, "ct_series": len(cts), "slices": slices, "failed": len(failed), "patches": len(seeds),
         "series_per_s": {k: round(n_series / v, 3) for k, v in volumes.items()},
@@ -293,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         "patch_store_bytes_per_patch": round(store_bytes / len(seeds)),
     })
 
-    print(f"{results['cpus']} CPUs, load {results['load_1min']} at the start (a shared machine: numbers are noisy); "
+    print(f"{results['cpus']} CPUs, load {results['load_1min']} at the start, {results['load_1min_during']} on average "
+          "during the timings (a shared machine: numbers are noisy; above the CPU count, workers wait for a core); "
           f"{', '.join(f'{v}={os.environ[v]}' for v in THREAD_VARIABLES)}")
     print(f"volumes: {n_series} series ({len(cts)} CT of {slices} slices, {n_series - len(cts)} masks; "
           f"{len(failed)} failed), median of {args.repeats}")
@@ -304,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':12} {'series/s':>9} {'patches/s':>10}")
     for config in configs:
         print(f"{config.name:12} {n_series / volumes[config.name]:9.2f} {len(seeds) / patches[config.name]:10.1f}")
+    print(f"control: a pure-Python loop, 2 processes over 1: ×{results['cpu_ceiling_2_over_1']:.2f} (the most a second "
+          "worker could give on this machine now)")
     for step, key in (("volumes", "volumes"), ("patches", "patches")):
         speedup, overhead = results[f"{key}_speedup_2_over_1"], results[f"{key}_pool1_overhead"]
         print(f"{step}: 2 processes over 1: ×{speedup:.2f} (target ≥ 1.8: {'met' if speedup >= 1.8 else 'missed'}); "
