@@ -130,8 +130,12 @@ def _in_process(task: Callable[[T], R], items: list[T], progress: Progress | Non
 
 # -- a pool of local processes --------------------------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    """Pool process initializer: SIGKILL when the forkserver (and so the run's process) is gone (Linux)."""
+def _init_pool_process() -> None:
+    """Pool process initializer. SIGKILL when the forkserver (and so the run's process) is gone (Linux). One
+    thread for the libraries that start their own (ITK, OpenMP), unless the user set them: the pool already has a
+    process per CPU, and N processes of N threads each would oversubscribe the machine."""
+    for variable in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -159,7 +163,7 @@ def _in_pool(task: Callable[[T], R], items: list[T], workers: int, retries: int,
     while len(results) < len(items):
         todo = [i for i in range(len(items)) if i not in results]
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
-                                 initializer=_die_with_parent) as pool:
+                                 initializer=_init_pool_process) as pool:
             futures: dict[Future, int] = {pool.submit(_placed, task, items[i]): i for i in todo}
             try:
                 complete = _collect(futures, results, places, len(items), progress)

@@ -44,3 +44,10 @@ def raises(item: tuple[str, int]) -> dict:
     if n == 2:
         raise ValueError(f"item {n} is bad")
     return digest(item)
+
+
+def library_threads(_: int) -> tuple[int, str | None]:
+    """How many threads ITK would use here, and OpenMP's setting."""
+    import SimpleITK as sitk
+
+    return sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), os.environ.get("OMP_NUM_THREADS")

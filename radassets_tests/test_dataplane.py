@@ -125,3 +125,10 @@ def test_an_unreachable_ray_cluster_is_one_clear_error(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
     assert done.stdout.startswith("cannot join the Ray cluster at '127.0.0.1:9' (setting ray_address"), \
         done.stdout + done.stderr[-2000:]
+
+
+def test_pool_processes_run_their_libraries_on_one_thread(monkeypatch):
+    """A process per CPU already: N processes of N ITK or OpenMP threads each would oversubscribe the machine."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", raising=False)
+    assert map_items(tasks.library_threads, [1, 2, 3], Compute(workers=2)).results == [(1, "1")] * 3
