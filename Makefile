@@ -18,7 +18,7 @@ STAMP := $(VENV)/.radassets-installed
 DOCS_STAMP := $(VENV)/.radassets-docs-installed
 SETTINGS := radassets.toml
 
-.PHONY: install demo lint test test-package test-reliability test-automation test-ui ui bench docs clean
+.PHONY: install demo lint test test-package test-reliability test-automation test-services test-ui ui bench docs clean
 
 # pyradiomics 3.0.1 ships only an sdist whose setup imports numpy: it is built against ours,
 # without build isolation, before the project's own install.
@@ -52,7 +52,7 @@ demo: install
 	@echo "  dicom/<dataset_version>/manifest.json       every series, verified, with its files"
 	@echo "  volumes/<dataset_version>/qc.parquet        one QC row per series; ct/ and masks/ hold the NRRDs"
 	@echo "  seeds/<dataset_version>/seeds.csv           one seed per lesion, LPS mm, with its distance to the reference"
-	@echo "  patches/<dataset_version>/montage.png       the QC montage of patches.npy (also in the UI)"
+	@echo "  patches/<dataset_version>/montage.png       the QC montage of the patches (also in the UI)"
 	@echo "  embeddings/<dataset_version>/<model>/       one vector per seed (radassets models list)"
 	@echo "  evaluation/<dataset_version>/<model>/report.html   probes, survival, stability, figures"
 	@echo "  stability/<dataset_version>/<model>/        seed-perturbation stability, opt-in (minutes per model):"
@@ -70,7 +70,7 @@ lint: install
 	$(BIN)/mypy
 
 test: install
-	$(BIN)/python -m pytest -m "not ui and not reliability and not packaging and not daemon"
+	$(BIN)/python -m pytest -m "not ui and not reliability and not packaging and not daemon and not services"
 
 # The wheel, built and installed in a fresh virtualenv outside the checkout (one to two minutes, so apart).
 test-package: install
@@ -85,6 +85,12 @@ test-reliability: install
 test-automation: install
 	$(BIN)/python -m pytest -m daemon
 
+# Against real services on loopback (PostgreSQL from Debian's package: apt-get install postgresql), each started in
+# a temporary folder and stopped by its own pid (radassets_tests/services.py). Skipped where a service's binaries
+# are missing, unless RADASSETS_SERVICES_REQUIRED=1 (CI).
+test-services: install
+	$(BIN)/python -m pytest -m services
+
 test-ui: install
 	$(BIN)/python -m pytest -m ui
 
@@ -95,6 +101,8 @@ bench: install
 	$(BIN)/python bench/embeddings.py
 	$(BIN)/python bench/evaluation.py
 	$(BIN)/python bench/lineage.py
+	$(BIN)/python bench/patch_store.py
+	$(BIN)/python bench/scale.py
 
 # The manual (docs/, mkdocs.yml) as a site in site/. --strict: a broken link or anchor, or a page missing
 # from the nav, fails the build. The CLI page imports radassets.cli, hence the project's install first.

@@ -4,9 +4,9 @@ Library code never reads the environment: it takes paths, the ``Layout`` or thes
 ``Settings.load()`` reads, highest first:
 
 1. environment variables: ``RADASSETS_HOME``, ``RADASSETS_DATA_DIR``, ``RADASSETS_MODELS_DIR``,
-   ``RADASSETS_WEIGHTS_DIR``, ``RADASSETS_IDC_MIRROR``, ``RADASSETS_DEMO_SPEC``, ``RADASSETS_GCP_PROJECT``
-   and ``DAGSTER_HOME`` (an empty variable counts as unset; a relative path is relative to the working
-   directory);
+   ``RADASSETS_WEIGHTS_DIR``, ``RADASSETS_IDC_MIRROR``, ``RADASSETS_DEMO_SPEC``, ``RADASSETS_GCP_PROJECT``,
+   ``RADASSETS_WORKERS``, ``RADASSETS_RAY_ADDRESS``, ``RADASSETS_RAY_GPU_RESOURCE`` and ``DAGSTER_HOME`` (an
+   empty variable counts as unset; a relative path is relative to the working directory);
 2. a project settings file, ``radassets.toml``, with the same fields in lower case without the prefix
    (``home = "var/data"``, ``dagster_home = "var/dagster_home"``); relative paths in it are relative to
    the file's folder. The file is ``$RADASSETS_CONFIG`` when that is set, else the first found in the
@@ -38,6 +38,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 if TYPE_CHECKING:
+    from radassets.dataplane import Compute
     from radassets.demo.generator import DemoSpec
     from radassets.idc.download import Mirror
     from radassets.layout import Layout
@@ -47,7 +48,10 @@ CONFIG_ENV = "RADASSETS_CONFIG"
 DEFAULT_HOME = "~/.radassets"
 ENV_NAMES = {"home": "RADASSETS_HOME", "data_dir": "RADASSETS_DATA_DIR", "models_dir": "RADASSETS_MODELS_DIR",
              "weights_dir": "RADASSETS_WEIGHTS_DIR", "idc_mirror": "RADASSETS_IDC_MIRROR",
-             "demo_spec": "RADASSETS_DEMO_SPEC", "gcp_project": "RADASSETS_GCP_PROJECT", "dagster_home": "DAGSTER_HOME"}
+             "demo_spec": "RADASSETS_DEMO_SPEC", "gcp_project": "RADASSETS_GCP_PROJECT", "dagster_home": "DAGSTER_HOME",
+             "workers": "RADASSETS_WORKERS", "ray_address": "RADASSETS_RAY_ADDRESS",
+             "ray_gpu_resource": "RADASSETS_RAY_GPU_RESOURCE"}
+INTEGER_FIELDS = ("workers",)
 LOCAL_PATH_FIELDS = ("data_dir", "models_dir", "weights_dir", "dagster_home")
 FOLDER_OR_URL_FIELDS = ("home", "idc_mirror")
 
@@ -88,6 +92,13 @@ class Settings(BaseSettings):
     gcp_project: str | None = Field(default=None, description="a GCP billing project: cohorts come from BigQuery")
     dagster_home: Path | None = Field(default=None, validation_alias=AliasChoices("dagster_home", "DAGSTER_HOME"),
                                       description="the Dagster instance's folder")
+    workers: int | None = Field(default=None, ge=1, description="processes a step's items run in on this machine "
+                                "(default: every CPU this process may use; 1: in the run's own process)")
+    ray_address: str | None = Field(default=None, description="a Ray cluster to run the steps' items on "
+                                    "(auto, host:6379 or ray://host:10001); default: this machine")
+    ray_gpu_resource: str = Field(default="GPU", min_length=1, description="the Ray resource an embeddings actor "
+                                  "asks one unit of where the cluster has it (GPU: num_gpus=1; or a custom "
+                                  "resource a cluster advertises for its accelerators)")
     _file: Path | None = PrivateAttr(default=None)
 
     @classmethod
@@ -144,6 +155,12 @@ class Settings(BaseSettings):
 
         return Layout(self.home, weights_dir=self.weights_dir)
 
+    def compute(self) -> Compute:
+        """Where a step's items run (``radassets.dataplane``)."""
+        from radassets.dataplane import Compute
+
+        return Compute(workers=self.workers, ray_address=self.ray_address, ray_gpu_resource=self.ray_gpu_resource)
+
     def mirror(self, text: str | None = None) -> Mirror | None:
         """The IDC mirror ``text`` names (a run's resource setting), else the configured one, else None (the
         public buckets; the demo's own bucket folder). A server is asked with signed requests when the S3
@@ -197,6 +214,10 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     for name, value in raw.items():
         if name == "demo_spec" and isinstance(value, dict):  # a TOML table is the JSON object
             raw[name] = value = json.dumps(value)
+        if name in INTEGER_FIELDS:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise SettingsError(f"settings file {path}: field {name!r} must be an integer, got {value!r}")
+            continue
         if not isinstance(value, str) or not value:
             raise SettingsError(f"settings file {path}: field {name!r} must be a non-empty string, got {value!r}")
     base = path.resolve().parent

@@ -69,3 +69,29 @@ def demo_layout(small_demo, tmp_path) -> Layout:
     home.mkdir()
     (home / "demo").symlink_to(small_demo)
     return Layout(home)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A two-node Ray cluster on loopback (``ray.cluster_utils.Cluster``: `ray start` would bind this machine's
+    other address, which these machines must not use), each node with one CPU; the second also advertises
+    ``gpu_standin: 1``, the custom resource that stands for a GPU. Its processes are stopped by the cluster's own
+    handles (their pids) at the end of the session.
+
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps Ray from turning ``127.0.0.1`` into the machine's other address
+    when a driver connects (it does so on Linux, for clusters whose nodes are other machines); the nodes' worker
+    processes, and drivers started from here, inherit it."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+                                                            "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", resources={"gpu_standin": 1})
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()

@@ -116,6 +116,8 @@ def test_radassets_config_names_the_file(clean_env, tmp_path):
     ('home = "var/data"\nhome = "twice"\n', "cannot be read"),
     ('home = [unclosed\n', "cannot be read"),
     ('demo_spec = "not json"\n', "field 'demo_spec'"),
+    ('workers = "two"\n', "field 'workers' must be an integer, got 'two'"),
+    ('workers = 0\n', "field 'workers': Input should be greater than or equal to 1"),
 ])
 def test_a_malformed_file_is_an_error_naming_the_file_and_the_field(clean_env, tmp_path, text, message):
     path = tmp_path / SETTINGS_FILE
@@ -124,6 +126,19 @@ def test_a_malformed_file_is_an_error_naming_the_file_and_the_field(clean_env, t
         load(tmp_path).demo()
     assert str(path) in str(err.value) and message in str(err.value), err.value
     assert "\n" not in str(err.value)
+
+
+def test_where_steps_run_defaults_to_every_cpu_here_and_follows_the_file_and_the_environment(clean_env, tmp_path):
+    compute = load(tmp_path).compute()
+    assert (compute.workers, compute.ray_address) == (None, None)
+    assert compute.resolved_workers == len(os.sched_getaffinity(0))
+    (tmp_path / SETTINGS_FILE).write_text('workers = 1\nray_address = "ray://head:10001"\n')
+    compute = load(tmp_path).compute()
+    assert (compute.workers, compute.ray_address) == (1, "ray://head:10001")
+    clean_env.setenv("RADASSETS_WORKERS", "3")
+    clean_env.setenv("RADASSETS_RAY_ADDRESS", "")  # empty: unset, the file's value stays
+    compute = load(tmp_path).compute()
+    assert (compute.workers, compute.ray_address) == (3, "ray://head:10001")
 
 
 def test_export_dagster_home_sets_only_what_is_unset(clean_env, tmp_path):

@@ -78,11 +78,9 @@ def _sync_partitions() -> None:
     if not os.environ.get("DAGSTER_HOME"):
         print("DAGSTER_HOME is not set: the sensor model_registry_sensor adds the partition when the UI runs")
         return
-    from dagster import DagsterInstance
+    from radassets.defs.run import open_instance, sync_model_partitions
 
-    from radassets.defs.run import sync_model_partitions
-
-    added = sync_model_partitions(DagsterInstance.get())
+    added = sync_model_partitions(open_instance())
     print(f"model partitions added: {', '.join(added)}" if added else "model partitions already match the registry")
 
 

@@ -78,8 +78,11 @@ def _table(rows: list[dict], columns: list[str], limit: int = 50) -> MetadataVal
 def volumes(context: AssetExecutionContext, imaging: ImagingResource, storage: StorageResource) -> MaterializeResult:
     settings = storage.settings()
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())
+    compute = settings.compute()
+    context.log.info(f"converting {definition.name}'s series in {compute.describe()}")
     with user_failure():
-        report = pipeline.run_volumes(definition, settings.layout(), imaging.tolerances(), progress_logger(context))
+        report = pipeline.run_volumes(definition, settings.layout(), imaging.tolerances(), progress_logger(context),
+                                      compute)
     failures = failures_table(report.failures)
     if report.failed_fraction > imaging.max_failed_fraction:
         raise Failure(
@@ -152,11 +155,11 @@ def seeds(context: AssetExecutionContext, imaging: ImagingResource, storage: Sto
     partitions_def=dataset_version_partitions,
     deps=[seeds],
     group_name="imaging",
-    kinds={"numpy"},
-    code_version="patches-1",
+    kinds={"zarr"},
+    code_version="patches-2",
     description=(
         "One canonical patch per seed: 1 mm isotropic, 64³ voxels, int16 HU, LPS axes, centred on the seed, "
-        "cropped before resampling; the seed's mask alongside. Memory-mappable .npy arrays. Patches at the "
+        "cropped before resampling; the seed's mask alongside. A Zarr store, one chunk per patch. Patches at the "
         "volume border are padded with air (-1024 HU) and flagged. A QC montage shows every patch."
     ),
 )
@@ -166,14 +169,14 @@ def patches(context: AssetExecutionContext, imaging: ImagingResource, storage: S
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())
     with user_failure():
         report, montage = pipeline.run_patches(definition, settings.layout(), imaging.patch_spec(),
-                                                progress_logger(context, flag=("border",)))
+                                                progress_logger(context, flag=("border",)), settings.compute())
     image = base64.b64encode(montage.read_bytes()).decode("ascii")
     border = report.at_border
     return MaterializeResult(
         metadata={
             **report.metadata(),
             "patch_spec": MetadataValue.json(report.spec),
-            "patches_npy": MetadataValue.path(str(report.out_dir / "patches.npy")),
+            "patches_zarr": MetadataValue.path(str(report.out_dir / "patches.zarr")),
             "montage_png": MetadataValue.path(str(montage)),
             "montage": MetadataValue.md(f"![QC montage](data:image/png;base64,{image})"),
             **({"at_border": _table(border, ["PatientID", "segment_label", "padded_fraction"])} if border else {}),

@@ -81,10 +81,14 @@ def embeddings(context: AssetExecutionContext, models: ModelsResource, storage: 
     keys = context.partition_key.keys_by_dimension
     dataset_version, model = keys["dataset_version"], keys["model"]
     settings = storage.settings()
+    compute = settings.compute()
+    if compute.ray_address:
+        context.log.info(f"embedding on the {compute.describe()}")
     with user_failure():
         report = run_model(dataset_version, model, settings.layout(), registry_dir=settings.resolved_models_dir(),
                            data_root=settings.resolved_data_dir(), batch_size=models.batch_size,
-                           device=models.device, download=models.download_weights, progress=progress_logger(context))
+                           device=models.device, download=models.download_weights, progress=progress_logger(context),
+                           compute=compute)
     failures = failures_table(report.failures)
     if report.failed_fraction > models.max_failed_fraction:
         raise Failure(description=(f"{report.failed} of {report.seeds} seeds could not be embedded by "
@@ -95,6 +99,7 @@ def embeddings(context: AssetExecutionContext, models: ModelsResource, storage: 
             **report.metadata(),
             "weights_sha256": report.weights_sha256 or "none (no weights)",
             "preprocessing_hash": report.preprocessing_hash,
+            **({"batches_by_place": MetadataValue.json(report.places)} if report.places else {}),
             "embeddings_table": MetadataValue.path(str(report.out_dir / "embeddings.parquet")),
             **({"failures": failures} if report.failures else {}),
         },

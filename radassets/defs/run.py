@@ -36,6 +36,10 @@ class SelectionError(RadassetsError, ValueError):
     """An asset selection that does not parse, or that matches no asset."""
 
 
+class InstanceConfigError(RadassetsError):
+    """A dagster.yaml whose storage cannot be opened for a reason the user fixes in that file."""
+
+
 def open_instance(progress: Callable[[str], None] = print) -> DagsterInstance:
     """The instance at $DAGSTER_HOME, its storage created under a file lock (two commands starting on a
     fresh home would otherwise both create the SQLite schema, and one fails)."""
@@ -50,7 +54,16 @@ def open_instance(progress: Callable[[str], None] = print) -> DagsterInstance:
         progress(f"waiting for another radassets command to open the Dagster instance at {home}")
         lock.acquire(poll_interval=0.2)
     try:
-        instance = DagsterInstance.get()
+        try:
+            instance = DagsterInstance.get()
+        except ModuleNotFoundError as e:
+            if e.name != "psycopg":
+                raise
+            # SQLAlchemy 2.1 opens a bare postgresql:// URL with psycopg 3; dagster-postgres ships psycopg2.
+            raise InstanceConfigError(
+                f"{Path(home) / 'dagster.yaml'}: storage postgres_url must name the driver: "
+                "postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DATABASE (a bare postgresql:// URL needs psycopg 3, "
+                "which is not installed)") from None
         instance.get_runs(limit=1)  # run storage
         instance.event_log_storage.get_pool_limits()  # event log index
         instance.get_dynamic_partitions("model")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from radassets.imaging.patch_store import PatchArray
 from radassets.storage import atomic_path
 
 WINDOW = (-1350, 150)  # lung window: level -600, width 1500
@@ -27,7 +28,7 @@ def views(patch: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return [("axial", patch[s]), ("coronal", patch[::-1, p, :]), ("sagittal", patch[::-1, :, l])]
 
 
-def write_montage(patches: np.ndarray, masks: np.ndarray, rows: Sequence[dict[str, Any]], path: Path,
+def write_montage(patches: PatchArray, masks: PatchArray, rows: Sequence[dict[str, Any]], path: Path,
                   title: str, max_seeds: int = 24) -> Path:
     """A PNG montage of up to ``max_seeds`` patches (the first ones, in row order)."""
     import matplotlib

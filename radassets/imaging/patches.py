@@ -15,24 +15,36 @@ neighbours), at a fraction of the cost. Patch voxels outside the volume are air 
 the patch is flagged ``at_border`` with the fraction of voxels that were padded: never shifted
 back inside, which would move the lesion off-centre.
 
-Storage (``patches/<dataset_version>/``): ``patches.npy`` (N, S, S, S) int16 and ``masks.npy``
-(N, S, S, S) uint8 (the seed's own segment, zeros for published seeds without a mask), opened
-with ``numpy.load(..., mmap_mode="r")``; ``patches.parquet`` gives row ``i`` of both arrays.
+Storage (``patches/<dataset_version>/``): ``patches.zarr``, a Zarr store with the arrays ``patches``
+(N, S, S, S) int16 and ``masks`` (N, S, S, S) uint8 (the seed's own segment, zeros for published
+seeds without a mask), one chunk per patch (``radassets.imaging.patch_store``: layout, codec, crashes);
+``patches.parquet`` gives row ``i`` of both arrays; ``manifest.json`` is written last.
+
+Work: the driver (``write_patches``) creates the store's empty arrays, then runs one task per CT
+volume (``PatchTask``: plain, picklable data, so that a process pool or a cluster can run it):
+``extract_volume_patches`` reads the volume once and writes the chunks of that volume's seeds
+straight to the store, returning only their rows. No two tasks share a chunk; a task run again
+(a retry) writes the same bytes. The driver then writes ``patches.parquet`` and the manifest.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
 import SimpleITK as sitk
+import zarr
 
-from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha256_json
+from radassets.dataplane import IN_PROCESS, Compute, map_items
+from radassets.imaging import patch_store
+from radassets.layout import as_path
+from radassets.storage import atomic_write_json, sha256_file, sha256_json
 
 Point = Sequence[float] | np.ndarray  # x, y, z in LPS mm
 AIR_HU = -1024
@@ -44,6 +56,7 @@ PATCH_COLUMNS = {
     "coordX": pa.float64(), "coordY": pa.float64(), "coordZ": pa.float64(),
     "origin_x": pa.float64(), "origin_y": pa.float64(), "origin_z": pa.float64(),
     "at_border": pa.bool_(), "padded_fraction": pa.float64(), "has_mask": pa.bool_(), "mask_voxels": pa.int64(),
+    "sha256": pa.string(),  # of the patch's values then its mask's (patch_store.patch_sha256)
 }
 Progress = Callable[[int, int, str], None]
 
@@ -65,7 +78,7 @@ class PatchSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(asdict(self), direction="identity (L, P, S)", crop_margin_voxels=MARGIN_VOXELS,
-                    mask_interpolator="nearest", storage="patches.npy int16 HU, masks.npy uint8")
+                    mask_interpolator="nearest", storage=patch_store.DESCRIPTION)
 
 
 def _to_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:
@@ -148,69 +161,110 @@ class PatchesReport:
         return sha256_json({"spec": self.spec, "files": self.sha256})
 
 
-def write_patches(seeds: Sequence[dict[str, Any]], out_dir: Path, spec: PatchSpec = PatchSpec(),
-                  progress: Progress | None = None) -> PatchesReport:
-    """Extract every seed's patch (and mask patch) into memory-mappable arrays under ``out_dir``.
+@dataclass(frozen=True)
+class PatchTask:
+    """The seeds of one CT volume, to extract into the store at ``store``: plain data, picklable.
 
-    Seeds are grouped by CT volume so each volume is read once.
+    ``seeds`` holds (index, seed row) pairs: the index is the patch's row in the partition (its chunk)."""
+
+    ct_path: str
+    seeds: tuple[tuple[int, dict[str, Any]], ...]
+    spec: PatchSpec
+    store: str | os.PathLike
+
+
+def patch_tasks(seeds: Sequence[dict[str, Any]], store: str | os.PathLike, spec: PatchSpec) -> list[PatchTask]:
+    """One task per CT volume (so each volume is read once), in the order of the volumes' paths."""
+    by_volume: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for i in sorted(range(len(seeds)), key=lambda i: seeds[i]["ct_path"]):
+        by_volume.setdefault(str(seeds[i]["ct_path"]), []).append((i, dict(seeds[i])))
+    return [PatchTask(path, tuple(items), spec, store) for path, items in by_volume.items()]
+
+
+def extract_volume_patches(task: PatchTask) -> list[dict[str, Any]]:
+    """Extract the patch and mask patch of every seed of ``task`` into chunk ``index`` of the store's arrays;
+    the rows of ``patches.parquet`` for them. Run again, it writes the same bytes."""
+    spec = task.spec
+    arrays = patch_store.open_arrays(task.store, read_only=False)
+    image = sitk.ReadImage(task.ct_path)
+    rows = []
+    for i, seed in task.seeds:
+        center = (seed["coordX"], seed["coordY"], seed["coordZ"])
+        patch = extract_patch(image, center, spec)
+        has_mask = bool(seed.get("mask_path"))
+        mask = (extract_mask_patch(sitk.ReadImage(seed["mask_path"]), center, spec) if has_mask
+                else np.zeros_like(patch, dtype=np.uint8))
+        digest = patch_store.write_patch(arrays, i, patch, mask)
+        padded = padded_fraction(image, center, spec)
+        origin = spec.origin(center)
+        rows.append({"index": i, "seed_id": seed["seed_id"], "PatientID": seed["PatientID"],
+                     "SeriesInstanceUID": seed["SeriesInstanceUID"], "crdc_series_uuid": seed["crdc_series_uuid"],
+                     "segment_label": seed.get("segment_label"), "source": seed["source"],
+                     "coordX": center[0], "coordY": center[1], "coordZ": center[2],
+                     "origin_x": float(origin[0]), "origin_y": float(origin[1]), "origin_z": float(origin[2]),
+                     "at_border": padded > 0, "padded_fraction": round(padded, 5), "has_mask": has_mask,
+                     "mask_voxels": int(mask.sum()), "sha256": digest})
+    return rows
+
+
+def write_patches(seeds: Sequence[dict[str, Any]], out_dir: Path, spec: PatchSpec = PatchSpec(),
+                  progress: Progress | None = None, compute: Compute = IN_PROCESS) -> PatchesReport:
+    """Extract every seed's patch (and mask patch) into the Zarr store ``out_dir/patches.zarr``, then write
+    ``patches.parquet`` and, last, ``manifest.json``. Each CT volume's seeds are one ``radassets.dataplane`` task,
+    run where ``compute`` says; each writes its own chunks.
+
+    The manifest's ``sha256`` of ``patches.zarr`` is of the data (each row's ``sha256``, in row order), not of
+    the store's files, so it does not depend on the codec or the chunk files' layout.
     """
     from radassets.imaging.volumes import write_table
 
-    out_dir = Path(out_dir)
+    out_dir = cast(Path, as_path(out_dir))  # a UPath under a URL root: pathlib's API (see radassets.layout)
     n = len(seeds)
-    shape = (n, spec.size, spec.size, spec.size)
+    store = out_dir / patch_store.STORE_NAME
+    patch_store.create_store(store, n, spec.size)
     rows: list[dict[str, Any]] = [{} for _ in range(n)]
-    order = sorted(range(n), key=lambda i: seeds[i]["ct_path"])
+    done = 0
 
-    def fill(patches: np.memmap, masks: np.memmap) -> None:
-        current_path, image = None, None
-        for done, i in enumerate(order, start=1):
-            seed = seeds[i]
-            if seed["ct_path"] != current_path:
-                current_path, image = seed["ct_path"], sitk.ReadImage(seed["ct_path"])
-            center = (seed["coordX"], seed["coordY"], seed["coordZ"])
-            patches[i] = extract_patch(image, center, spec)
-            has_mask = bool(seed.get("mask_path"))
-            masks[i] = extract_mask_patch(sitk.ReadImage(seed["mask_path"]), center, spec) if has_mask else 0
-            padded = padded_fraction(image, center, spec)
-            origin = spec.origin(center)
-            rows[i] = {"index": i, "seed_id": seed["seed_id"], "PatientID": seed["PatientID"],
-                       "SeriesInstanceUID": seed["SeriesInstanceUID"], "crdc_series_uuid": seed["crdc_series_uuid"],
-                       "segment_label": seed.get("segment_label"), "source": seed["source"],
-                       "coordX": center[0], "coordY": center[1], "coordZ": center[2],
-                       "origin_x": float(origin[0]), "origin_y": float(origin[1]), "origin_z": float(origin[2]),
-                       "at_border": padded > 0, "padded_fraction": round(padded, 5), "has_mask": has_mask,
-                       "mask_voxels": int(masks[i].sum())}
+    def volume_done(_volumes_done: int, _volumes: int, volume_rows: list[dict[str, Any]]) -> None:
+        nonlocal done
+        for row in volume_rows:
+            done += 1
             if progress:
-                progress(done, n, f"{seed['PatientID']} {seed.get('segment_label') or ''}"
+                padded = row["padded_fraction"]
+                progress(done, n, f"{row['PatientID']} {row.get('segment_label') or ''}"
                                   + (f" at the volume border ({padded:.1%} padded with air)" if padded > 0 else ""))
 
-    # Both arrays are filled in one pass; each is renamed into place only when complete.
-    with atomic_path(out_dir / "patches.npy") as tmp_patches, atomic_path(out_dir / "masks.npy") as tmp_masks:
-        patches = np.lib.format.open_memmap(tmp_patches, mode="w+", dtype=np.int16, shape=shape)
-        masks = np.lib.format.open_memmap(tmp_masks, mode="w+", dtype=np.uint8, shape=shape)
-        fill(patches, masks)
-        patches.flush()
-        masks.flush()
-        del patches, masks
+    for volume_rows in map_items(extract_volume_patches, patch_tasks(seeds, store, spec), compute,
+                                 progress=volume_done).results:
+        for row in volume_rows:
+            rows[row["index"]] = row
+    patch_store.finish_store(store)
     write_table(rows, PATCH_COLUMNS, out_dir / "patches.parquet")
-    sha = {name: sha256_file(out_dir / name) for name in ("patches.npy", "masks.npy", "patches.parquet")}
+    sha = {patch_store.STORE_NAME: sha256_json([r["sha256"] for r in rows]),
+           "patches.parquet": sha256_file(out_dir / "patches.parquet")}
     report = PatchesReport(out_dir, spec.as_dict(), rows, sha)
     atomic_write_json(out_dir / "manifest.json", {"spec": report.spec, "summary": report.summary(), "sha256": sha,
                                                   "content_hash": report.content_hash})
     return report
 
 
-def load_patches(out_dir: Path) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """Memory-mapped patches and masks, and their rows, of one ``patches`` partition."""
+def load_patches(out_dir: Path) -> tuple[zarr.Array, zarr.Array, list[dict[str, Any]]]:
+    """The patches and masks of one ``patches`` partition, read lazily (``[i]`` and slices read those chunks
+    only, and give numpy arrays), and their rows. ``out_dir`` is a local folder or a ``UPath`` of a bucket."""
     import pyarrow.parquet as pq
 
-    out_dir = Path(out_dir)
+    out_dir = cast(Path, as_path(out_dir))
     if not (out_dir / "manifest.json").is_file():  # written last: its absence means an unfinished partition
         raise FileNotFoundError(f"no complete patches partition at {out_dir}")
-    patches = np.load(out_dir / "patches.npy", mmap_mode="r")
-    masks = np.load(out_dir / "masks.npy", mmap_mode="r")
-    rows = pq.read_table(out_dir / "patches.parquet").to_pylist()
+    store = out_dir / patch_store.STORE_NAME
+    if not (store / "zarr.json").is_file():
+        raise patch_store.PatchStoreError(f"the patches partition at {out_dir} has no {patch_store.STORE_NAME} (it "
+                                          f"was written by an older radassets as .npy files); materialize 'patches' "
+                                          f"again")
+    patches, masks = patch_store.open_arrays(store)
+    with (out_dir / "patches.parquet").open("rb") as f:
+        rows = pq.read_table(f).to_pylist()
     if patches.shape[0] != len(rows) or masks.shape != patches.shape:
-        raise ValueError(f"patches at {out_dir} are inconsistent: {patches.shape}, {masks.shape}, {len(rows)} rows")
+        raise patch_store.PatchStoreError(f"patches at {out_dir} are inconsistent: {patches.shape}, {masks.shape}, "
+                                          f"{len(rows)} rows")
     return patches, masks, rows

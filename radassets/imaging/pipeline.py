@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from radassets.dataplane import IN_PROCESS, Compute
 from radassets.datasets import DatasetVersion
 from radassets.idc import local
 from radassets.idc.dicom import read_manifest, series_files
@@ -101,7 +102,7 @@ def unchanged_local_files(definition: DatasetVersion, layout: Layout, files_of: 
 
 
 def run_volumes(definition: DatasetVersion, layout: Layout, tolerances: Tolerances = Tolerances(),
-                progress: Progress | None = None) -> VolumesReport:
+                progress: Progress | None = None, compute: Compute = IN_PROCESS) -> VolumesReport:
     try:
         manifest = read_manifest(definition.name, layout)
     except FileNotFoundError as e:
@@ -111,7 +112,8 @@ def run_volumes(definition: DatasetVersion, layout: Layout, tolerances: Toleranc
         files_of = unchanged_local_files(definition, layout, files_of)
     out_dir = layout.asset_dir("volumes", definition.name)
     remove_stale_temporaries(out_dir)
-    return convert_dataset(manifest["series"], files_of, out_dir, conversion_settings(definition, tolerances), progress)
+    return convert_dataset(manifest["series"], files_of, out_dir, conversion_settings(definition, tolerances), progress,
+                           compute)
 
 
 # -- seeds ----------------------------------------------------------------------------------------
@@ -219,12 +221,12 @@ def read_seeds(dataset_version: str, layout: Layout, needed_by: str = "patches")
 # -- patches --------------------------------------------------------------------------------------
 
 def run_patches(definition: DatasetVersion, layout: Layout, spec: PatchSpec = PatchSpec(),
-                progress: Progress | None = None) -> tuple[PatchesReport, Path]:
+                progress: Progress | None = None, compute: Compute = IN_PROCESS) -> tuple[PatchesReport, Path]:
     """Extract the patches and write the QC montage; returns the report and the montage path."""
     seeds = read_seeds(definition.name, layout)
     out_dir = layout.asset_dir("patches", definition.name)
     remove_stale_temporaries(out_dir)
-    report = write_patches(seeds, out_dir, spec, progress)
+    report = write_patches(seeds, out_dir, spec, progress, compute)
     patches, masks, rows = load_patches(out_dir)
     montage = write_montage(patches, masks, rows, out_dir / "montage.png", title=definition.name)
     return report, montage

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ import pyarrow.parquet as pq
 import pydicom
 import SimpleITK as sitk
 
+from radassets.dataplane import IN_PROCESS, Compute, map_items
 from radassets.imaging.ct import QCError, SeriesError, Tolerances, describe_exception, failure_qc, read_ct_series
 from radassets.imaging.masks import MaskError, read_mask_header, read_mask_segments, select_segments
 from radassets.reports import ItemFailure
@@ -97,6 +99,7 @@ class VolumesReport:
     settings: dict[str, Any]
     qc: list[dict[str, Any]]
     segments: list[dict[str, Any]]
+    places: dict[str, int] = field(default_factory=dict)  # where the series were converted (dataplane.Mapped)
 
     @property
     def failures(self) -> list[ItemFailure]:
@@ -145,7 +148,8 @@ class VolumesReport:
     def metadata(self) -> dict[str, Any]:
         """The counts an asset shows (plain values)."""
         return {"series": self.series, "ct_converted": self.ct_converted, "masks_converted": self.masks_converted,
-                "segments": len(self.segments), "failed": self.failed, "reused": self.reused}
+                "segments": len(self.segments), "failed": self.failed, "reused": self.reused,
+                "workers_used": len(self.places)}
 
     @property
     def content_hash(self) -> str:
@@ -263,11 +267,36 @@ def _convert_mask(row: dict, files: Sequence[Path], cts: list[dict], out_dir: Pa
     return dict(qc, status="ok", seconds=round(time.monotonic() - started, 3)), segment_rows
 
 
+def convert_ct_task(item: tuple[dict, list[str], str, Tolerances]) -> dict[str, Any]:
+    """One CT series → its volume (a data-plane task: plain data in, its QC row out)."""
+    row, files, out_dir, tolerances = item
+    return _convert_ct(row, [Path(f) for f in files], Path(out_dir), tolerances)
+
+
+def convert_mask_task(item: tuple[dict, list[str], list[dict], str, SegmentSelection]
+                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One SEG or RTSTRUCT → its segments on its CT's grid (a data-plane task)."""
+    row, files, ct_rows, out_dir, selection = item
+    return _convert_mask(row, [Path(f) for f in files], ct_rows, Path(out_dir), selection)
+
+
+def _unavailable(row: dict, files_of: FilesOf, what: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """The QC row of a series that cannot be converted (not downloaded, files refused), else its files."""
+    if row.get("status") == "failed":
+        return dict(_base(row), status="failed", code="not_downloaded",
+                    message=f"{what} {row['SeriesInstanceUID']}: DICOM not available ({row.get('reason')})"), []
+    try:
+        return None, [str(f) for f in files_of(row)]
+    except QCError as e:
+        return dict(_base(row), status="failed", code=e.code, message=str(e)), []
+
+
 def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,
                     settings: ConversionSettings = ConversionSettings(),
-                    progress: Progress | None = None) -> VolumesReport:
+                    progress: Progress | None = None, compute: Compute = IN_PROCESS) -> VolumesReport:
     """Convert every series of a ``dicom`` manifest (rows with PatientID, Modality, SeriesInstanceUID,
-    crdc_series_uuid, status). CTs first, then each mask on its CT's grid."""
+    crdc_series_uuid, status). CTs first, then each mask on its CT's grid; the series of each phase are
+    ``radassets.dataplane`` tasks, run where ``compute`` says, their rows kept in the manifest's order."""
     out_dir = Path(out_dir)
     reusable = _previous(out_dir, settings.hash)
     cts = [r for r in series if r["Modality"] == "CT"]
@@ -275,6 +304,7 @@ def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,
     others = [r for r in series if r["Modality"] != "CT" and r["Modality"] not in MASK_MODALITIES]
     total = len(cts) + len(masks)
     done = 0
+    places: Counter[str] = Counter()
 
     def tick(qc: dict) -> None:
         nonlocal done
@@ -284,43 +314,47 @@ def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,
                 f"{'reused' if qc.get('reused') else 'ok'}: {qc['Modality']} {qc['SeriesInstanceUID']}"
             progress(done, total, what)
 
-    ct_rows = []
+    # CTs: what the driver can tell at once (not downloaded, files changed, a volume to reuse), then the rest.
+    ct_rows: list[dict[str, Any] | None] = []
+    to_convert: list[tuple[int, tuple]] = []
     for row in cts:
-        if row.get("status") == "failed":
-            qc = dict(_base(row), status="failed", code="not_downloaded",
-                      message=f"series {row['SeriesInstanceUID']}: DICOM not available ({row.get('reason')})")
+        qc, files = _unavailable(row, files_of, "series")  # files asked even for a reusable volume: it may refuse
+        if qc is None and row["crdc_series_uuid"] in reusable:
+            qc = dict(reusable[row["crdc_series_uuid"]], reused=True)
+        if qc is None:
+            to_convert.append((len(ct_rows), (row, files, str(out_dir), settings.tolerances)))
         else:
-            try:
-                files = files_of(row)  # asked even for a reusable volume: it may refuse changed files
-            except QCError as e:
-                qc = dict(_base(row), status="failed", code=e.code, message=str(e))
-            else:
-                if row["crdc_series_uuid"] in reusable:
-                    qc = dict(reusable[row["crdc_series_uuid"]], reused=True)
-                else:
-                    qc = _convert_ct(row, files, out_dir, settings.tolerances)
+            tick(qc)
         ct_rows.append(qc)
-        tick(qc)
-    mask_rows, segments = [], []
+    converted = map_items(convert_ct_task, [item for _, item in to_convert], compute,
+                          progress=lambda _done, _total, qc: tick(qc))
+    places.update(converted.places)
+    for (i, _), qc in zip(to_convert, converted.results):
+        ct_rows[i] = qc
+    cts_done = [r for r in ct_rows if r is not None]
+
+    mask_rows: list[dict[str, Any] | None] = []
+    to_place: list[tuple[int, tuple]] = []
     for row in masks:
-        found: list[dict] = []
-        if row.get("status") == "failed":
-            qc = dict(_base(row), status="failed", code="not_downloaded",
-                      message=f"mask {row['SeriesInstanceUID']}: DICOM not available ({row.get('reason')})")
+        qc, files = _unavailable(row, files_of, "mask")
+        if qc is None:
+            to_place.append((len(mask_rows), (row, files, cts_done, str(out_dir), settings.selection)))
         else:
-            try:
-                files = files_of(row)
-            except QCError as e:
-                qc = dict(_base(row), status="failed", reused=False, code=e.code, message=str(e))
-            else:
-                qc, found = _convert_mask(row, files, ct_rows, out_dir, settings.selection)
+            tick(qc)
         mask_rows.append(qc)
-        segments += found
-        tick(qc)
+    placed = map_items(convert_mask_task, [item for _, item in to_place], compute,
+                       progress=lambda _done, _total, result: tick(result[0]))
+    places.update(placed.places)
+    found_by_mask: dict[int, list[dict[str, Any]]] = {}
+    for (i, _), (qc, found) in zip(to_place, placed.results):
+        mask_rows[i] = qc
+        found_by_mask[i] = found
+    segments = [s for i in range(len(mask_rows)) for s in found_by_mask.get(i, [])]
     for row in others:  # e.g. SR or PT series that a selection let through: recorded, not converted
         mask_rows.append(dict(_base(row), status="skipped", code=None,
                               message=f"series {row['SeriesInstanceUID']}: modality {row['Modality']} is not converted"))
-    report = VolumesReport(out_dir, settings.as_dict(), ct_rows + mask_rows, segments)
+    report = VolumesReport(out_dir, settings.as_dict(), [r for r in ct_rows + mask_rows if r is not None],
+                           segments, dict(places))
     write_table(report.qc, QC_COLUMNS, out_dir / "qc.parquet")
     write_table(report.segments, SEGMENT_COLUMNS, out_dir / "segments.parquet")
     # The manifest is written last: it marks a complete partition and is what a rerun trusts.

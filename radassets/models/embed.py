@@ -1,14 +1,19 @@
 """Embeddings of one dataset version's patches by one model: batched, deterministic, every failure recorded.
 
-The model is loaded once per run; patches are read from the memory-mapped arrays of the
-``patches`` step in batches (``batch_size``), on the device chosen (CUDA when present, unless
-told otherwise). A vector with NaN or infinite values is a recorded failure of that seed, not an
-embedding. The output (``embeddings.parquet``) has one row per seed: identifiers, the vector
-(float32), the model, the weights' sha256 and the preprocessing hash; ``manifest.json`` is
+The model is loaded once per run; patches are read from the Zarr arrays of the ``patches`` step in batches
+(``batch_size``, at the fixed boundaries of ``batch_bounds``), on the device chosen (CUDA when present, unless
+told otherwise). ``run_embeddings`` runs the batches in this process; ``embed_ray`` runs the same batches on a Ray
+cluster's actors; both hand the vectors to ``write_embeddings``. A vector with NaN or infinite values is a
+recorded failure of that seed, not an embedding. The output (``embeddings.parquet``) has one row per seed:
+identifiers, the vector (float32), the model, the weights' sha256 and the preprocessing hash; ``manifest.json`` is
 written last.
 
 Determinism: the model runs in eval mode under ``torch.inference_mode`` with deterministic
-algorithms requested, so the same patches give the same bytes on the same machine and settings.
+algorithms requested, so the same patches give the same bytes on the same machine and settings. The number of
+torch's CPU threads is not one of those settings: a Ray actor runs with one thread (Ray sets ``OMP_NUM_THREADS``
+to its CPUs), this process with one per core, and the registry's CPU models (``radiomics``, ``untrained_cnn``)
+and a user's TorchScript network give the same bits with 1, 2 or 4 threads (checked on x86-64, torch 2.x CPU;
+``radassets_tests/models/test_embed_ray.py`` compares the two paths' bytes).
 
 Shape: a network's output is taken as it is, never reshaped to fit (``output_vectors``): exactly
 (batch, D), or (batch, D, 1, 1, 1) from a global pool left unflattened, with D the registry's
@@ -21,7 +26,7 @@ from __future__ import annotations
 import time
 from functools import cached_property
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,6 +42,7 @@ from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha25
 
 if TYPE_CHECKING:  # torch is imported where a model runs: the definitions (every run worker) load without it
     import torch
+    import zarr
 
 Progress = Callable[[int, int, str], None]
 
@@ -120,6 +126,7 @@ class EmbeddingsReport:
     preprocessing_hash: str
     device: str
     seconds: float
+    places: dict[str, int] = field(default_factory=dict)  # where the batches ran, as dataplane.Mapped: not written
 
     @property
     def failures(self) -> list[ItemFailure]:
@@ -167,31 +174,57 @@ class EmbeddingsReport:
                             "file": sha256_file(self.out_dir / "embeddings.parquet")})
 
 
-def run_embeddings(extractor: Extractor, patches: np.ndarray, masks: np.ndarray, rows: Sequence[dict[str, Any]],
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """The batches' (start, stop): 0, batch_size, 2·batch_size... Fixed by ``n`` and ``batch_size`` alone, wherever
+    the batches run, so that every patch is embedded in the same company (a network's float rounding may depend on
+    the batch it is in)."""
+    return [(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]
+
+
+def embed_batch(extractor: Extractor, patches: np.ndarray | zarr.Array, masks: np.ndarray | zarr.Array,
+                rows: Sequence[dict[str, Any]], start: int, stop: int) -> np.ndarray:
+    """The (stop - start, dim) vectors of patches ``start:stop`` (read from the arrays now: a slice of a Zarr
+    array reads those chunks only)."""
+    batch = extractor.embed(np.asarray(patches[start:stop]), np.asarray(masks[start:stop]), rows[start:stop])
+    if batch.shape != (stop - start, extractor.dim):  # every extractor's, networks' checked already
+        raise ModelOutputError(f"model {extractor.entry.name!r} returned shape {batch.shape} for a batch of "
+                               f"{_patches_word(stop - start)}, expected {(stop - start, extractor.dim)}")
+    return batch
+
+
+def run_embeddings(extractor: Extractor, patches: np.ndarray | zarr.Array, masks: np.ndarray | zarr.Array,
+                   rows: Sequence[dict[str, Any]],
                    out_dir: Path, batch_size: int = 8, device: str = "cpu",
                    progress: Progress | None = None) -> EmbeddingsReport:
-    """Embed every patch; write ``embeddings.parquet`` and ``manifest.json`` under ``out_dir``."""
-    import torch
-
+    """Embed every patch in this process, batch after batch; write ``embeddings.parquet`` and ``manifest.json``
+    under ``out_dir``. The model's own threads use every core (torch's intra-op pool)."""
     started = time.monotonic()
-    entry = extractor.entry
     n = len(rows)
     vectors = np.zeros((n, extractor.dim), dtype=np.float32)
-    status: list[tuple[str, str | None]] = [("ok", None)] * n
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
-        batch = extractor.embed(np.asarray(patches[start:stop]), np.asarray(masks[start:stop]), rows[start:stop])
-        if batch.shape != (stop - start, extractor.dim):  # every extractor's, networks' checked already
-            raise ModelOutputError(f"model {entry.name!r} returned shape {batch.shape} for a batch of "
-                                   f"{_patches_word(stop - start)}, expected {(stop - start, extractor.dim)}")
-        vectors[start:stop] = batch
-        for i in range(start, stop):
-            bad = ~np.isfinite(vectors[i])
-            if bad.any():
-                status[i] = ("failed", f"{int(np.isnan(vectors[i]).sum())} NaN and "
-                                       f"{int(np.isinf(vectors[i]).sum())} infinite values in the embedding")
+    bounds = batch_bounds(n, batch_size)
+    for start, stop in bounds:
+        vectors[start:stop] = embed_batch(extractor, patches, masks, rows, start, stop)
         if progress:
-            progress(stop, n, f"{entry.name}: {stop}/{n} patches")
+            progress(stop, n, f"{extractor.entry.name}: {stop}/{n} patches")
+    return write_embeddings(extractor.entry, extractor.weights_sha256, vectors, rows, out_dir, batch_size=batch_size,
+                            device=device, started=started, places={"local": len(bounds)} if bounds else {})
+
+
+def write_embeddings(entry: ModelEntry, weights_sha256: str | None, vectors: np.ndarray,
+                     rows: Sequence[dict[str, Any]], out_dir: Path, *, batch_size: int, device: str, started: float,
+                     places: dict[str, int] | None = None) -> EmbeddingsReport:
+    """Write the (N, dim) float32 ``vectors`` of ``rows`` as ``embeddings.parquet``, then ``manifest.json``: the
+    same bytes whichever process computed the vectors. ``started``: ``time.monotonic()`` when the step began;
+    ``places``: where the batches ran (the report's, never written)."""
+    import torch
+
+    n, dim = vectors.shape
+    status: list[tuple[str, str | None]] = [("ok", None)] * n
+    for i in range(n):
+        bad = ~np.isfinite(vectors[i])
+        if bad.any():
+            status[i] = ("failed", f"{int(np.isnan(vectors[i]).sum())} NaN and "
+                                   f"{int(np.isinf(vectors[i]).sum())} infinite values in the embedding")
     preprocessing_hash = entry.preprocessing_hash
     out_rows = []
     for i, row in enumerate(rows):
@@ -201,19 +234,19 @@ def run_embeddings(extractor: Extractor, patches: np.ndarray, masks: np.ndarray,
             "crdc_series_uuid": row["crdc_series_uuid"], "segment_label": row.get("segment_label"),
             "patch_index": int(row["index"]), "status": status[i][0], "reason": status[i][1],
             "vector": vectors[i].tolist() if ok else None, "model": entry.name,
-            "weights_sha256": extractor.weights_sha256, "preprocessing_hash": preprocessing_hash,
+            "weights_sha256": weights_sha256, "preprocessing_hash": preprocessing_hash,
         })
     schema = pa.schema([
         ("seed_id", pa.string()), ("PatientID", pa.string()), ("SeriesInstanceUID", pa.string()),
         ("crdc_series_uuid", pa.string()), ("segment_label", pa.string()), ("patch_index", pa.int64()),
-        ("status", pa.string()), ("reason", pa.string()), ("vector", pa.list_(pa.float32(), extractor.dim)),
+        ("status", pa.string()), ("reason", pa.string()), ("vector", pa.list_(pa.float32(), dim)),
         ("model", pa.string()), ("weights_sha256", pa.string()), ("preprocessing_hash", pa.string()),
     ])
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "embeddings.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(out_rows, schema=schema), tmp)
-    report = EmbeddingsReport(out_dir, entry.name, out_rows, extractor.dim, extractor.weights_sha256,
-                              preprocessing_hash, device, time.monotonic() - started)
+    report = EmbeddingsReport(out_dir, entry.name, out_rows, dim, weights_sha256, preprocessing_hash, device,
+                              time.monotonic() - started, dict(places or {}))
     atomic_write_json(out_dir / "manifest.json", report.manifest(entry.model_dump(mode="json"), batch_size,
                                                                  torch.__version__))
     return report

@@ -2,6 +2,10 @@
 
 Shared by the Dagster asset and the CLI (no Dagster imports). Output where the ``Layout`` says
 (``embeddings/<dataset_version>/<model>/``): ``embeddings.parquet`` and ``manifest.json`` (written last).
+
+Where the batches run (``Compute``): with no Ray cluster set, in this process, one batch after the other, the
+model's own threads using every core (``embed.run_embeddings``); with ``ray_address`` set, on that cluster's
+actors, each holding the model (``embed_ray``). The same patches give the same bytes either way.
 """
 
 from __future__ import annotations
@@ -9,30 +13,42 @@ from __future__ import annotations
 from pathlib import Path
 from collections.abc import Callable
 
+from radassets.dataplane import IN_PROCESS, Compute
 from radassets.imaging.patches import load_patches
 from radassets.layout import Layout
 from radassets.models import registry
 from radassets.models.embed import EmbeddingsReport, choose_device, run_embeddings
-from radassets.models.weights import weights_path
+from radassets.models.weights import resolve_weights, weights_path
 
 Progress = Callable[[int, int, str], None]
 
 
 def run_model(dataset_version: str, model: str, layout: Layout, *, registry_dir: Path | None = None,
               data_root: Path | None = None, batch_size: int = 8, device: str = "auto", download: bool = True,
-              progress: Progress | None = None) -> EmbeddingsReport:
-    """Embed the patches of ``dataset_version`` with ``model`` of the registry ``registry_dir``."""
+              progress: Progress | None = None, compute: Compute = IN_PROCESS) -> EmbeddingsReport:
+    """Embed the patches of ``dataset_version`` with ``model`` of the registry ``registry_dir``, where ``compute``
+    says (the module docstring)."""
     # Here, not at the top: the extractors import torch and MONAI (seconds), and every run worker and CLI command
     # that imports the definitions would pay for them, embedding or not.
     from radassets.models.extractors import load_extractor
 
     entry = registry.get(model, registry_dir)
     layout.require_finished("patches", dataset_version, "embeddings")
-    patches, masks, rows = load_patches(layout.asset_dir("patches", dataset_version))
+    patches_dir = layout.asset_dir("patches", dataset_version)
+    patches, masks, rows = load_patches(patches_dir)
+    out_dir = layout.asset_dir("embeddings", dataset_version, model)
+    if compute.ray_address and rows:
+        from radassets.models.embed_ray import RegistryExtractor, embed_on_ray
+
+        weights_dir = layout.weights_dir()
+        if entry.kind in ("torch", "torchscript", "onnx"):  # fetched once, here; the actors read the cache
+            resolve_weights(entry, weights_dir, download)
+        return embed_on_ray(RegistryExtractor(entry, weights_dir, data_root), entry, patches_dir, out_dir,
+                            compute=compute, batch_size=batch_size, device=device, progress=progress)
     chosen = choose_device(device)
     extractor = load_extractor(entry, chosen, download, weights_dir=layout.weights_dir(), data_root=data_root)
-    return run_embeddings(extractor, patches, masks, rows, layout.asset_dir("embeddings", dataset_version, model),
-                          batch_size=batch_size, device=str(chosen), progress=progress)
+    return run_embeddings(extractor, patches, masks, rows, out_dir, batch_size=batch_size, device=str(chosen),
+                          progress=progress)
 
 
 def runnable_here(entry: registry.ModelEntry, weights_dir: Path, data_root: Path | None = None) -> tuple[bool, str]:

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import zarr
 import pandas as pd
 import pytest
 from dagster import AssetKey, materialize
@@ -46,7 +47,7 @@ def test_demo_v1_volumes_seeds_patches(instance, small_demo_home):
     patches_meta = metadata(instance, "patches")
     assert patches_meta["montage"].value.startswith("![QC montage](data:image/png;base64,")
     patches, masks, rows = load_patches(Layout(small_demo_home).asset_dir("patches", "demo_v1"))
-    assert isinstance(patches, np.memmap) and patches.shape == (n_ct, 64, 64, 64) and patches.dtype == np.int16
+    assert isinstance(patches, zarr.Array) and patches.shape == (n_ct, 64, 64, 64) and patches.dtype == np.int16
     for i, row in enumerate(rows):
         k, j, l = np.nonzero(masks[i])
         assert np.abs(np.array([l.mean(), j.mean(), k.mean()]) - 31.5).max() < 1.0, row  # lesion at the centre

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from radassets.datasets import DatasetVersion
 from radassets.evaluation.perturbation import (PerturbationError, endpoint_probes, patch_spec_of, perturbed_embeddings,
                                                seed_perturbation)
-from radassets.imaging.patches import PatchSpec, write_patches
+from radassets.imaging.patches import PatchSpec, load_patches, write_patches
 
 CENTRES = [np.array([-20.0, 15.0, 40.0]), np.array([22.0, -12.0, 55.0])]  # LPS mm
 
@@ -135,7 +135,7 @@ def cohort(tmp_path):
                           for n, c in enumerate(lesion)])
     write_patches(seeds.to_dict("records"), tmp_path / "patches", PatchSpec(size=48))
     patients = pd.DataFrame({"PatientID": seeds["PatientID"], "seed_id": seeds["seed_id"], "patch_index": range(31)})
-    stored = np.load(tmp_path / "patches" / "patches.npy")
+    stored = load_patches(tmp_path / "patches")[0][:]
     x = PatchHistogram().embed(stored, None, None)  # the stored embeddings, as the embeddings step made them
     died = radii[lesion] + rng.normal(0, 1.5, 31) > 6.0
     clinical = pd.DataFrame({"PatientID": seeds["PatientID"], "days": np.where(died, 300, 1000), "event": died.astype(int)})

@@ -63,8 +63,10 @@ def test_outputs_follow_the_umask_and_a_rerun_removes_stale_temporaries(demo_lay
     assert len(first) > 20
     assert {path.name: mode(path) for path in first if mode(path) != 0o644} == {}
     # What kill -9 leaves: atomic-write temporaries in each step's folders (330 MB of them at LUNG1 scale).
-    stale = [layout.asset_dir("patches", "demo_v1") / ".patches.npy.k3x9q2.tmp",
-             layout.asset_dir("patches", "demo_v1") / ".masks.npy.a1b2c3.tmp",
+    # A killed patch writer leaves zarr's "<chunk>.<uuid hex>.partial" beside the chunk (radassets.imaging.patch_store).
+    stale = [layout.asset_dir("patches", "demo_v1") / ".patches.parquet.k3x9q2.tmp",
+             layout.asset_dir("patches", "demo_v1") / "patches.zarr" / "masks" / "c" / "1" / "0" / "0"
+             / "0.0123456789abcdef0123456789abcdef.partial",
              layout.asset_dir("seeds", "demo_v1") / ".seeds.parquet.zz11yy.tmp",
              layout.asset_dir("volumes", "demo_v1") / "ct" / ".half.nrrd.4f4f4f.tmp"]
     for path in stale:
@@ -76,4 +78,5 @@ def test_outputs_follow_the_umask_and_a_rerun_removes_stale_temporaries(demo_lay
     # Byte-identical, the volumes' QC table and manifest included (they record no timing, nor what was reused).
     assert [p.name for p in first if again[p] != first[p]] == []
     patches = layout.asset_dir("patches", "demo_v1")
-    assert mode(patches / "patches.npy") == mode(patches / "manifest.json") == 0o664  # written again under 002
+    chunk = patches / "patches.zarr" / "patches" / "c" / "0" / "0" / "0" / "0"
+    assert mode(chunk) == mode(patches / "manifest.json") == 0o664  # written again under 002

@@ -4,6 +4,7 @@ masks on their CT's grid; failures of masks; a rerun reuses finished volumes."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from radassets.dataplane import Compute
 from radassets.imaging.volumes import ConversionSettings, SegmentSelection, convert_dataset
 from radassets_tests.imaging.test_ct import MALFORMED, _edit
 
@@ -117,3 +119,27 @@ def test_rerun_reuses_finished_volumes(partition, tmp_path):
     # Other settings: nothing is reused.
     other = ConversionSettings(selection=SegmentSelection(None, "all"))
     assert convert_dataset(partition, _files, out, other).reused == 0
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_pool_of_processes_writes_the_bytes_one_process_writes(partition, tmp_path):
+    """The series are data-plane tasks: two local processes give every file (volumes, masks, QC, manifest) the
+    bytes of the in-process run at the same path, failures and the manifest's order included."""
+    out = tmp_path / "volumes"
+    alone = convert_dataset(partition, _files, out, SELECT_GTV1, compute=Compute(workers=1))
+    expected = _tree(out)
+    shutil.rmtree(out)
+    ticks = []
+    pooled = convert_dataset(partition, _files, out, SELECT_GTV1, compute=Compute(workers=2),
+                             progress=lambda done, total, what: ticks.append((done, total)))
+    assert _tree(out) == expected
+    assert [(r["SeriesInstanceUID"], r["status"], r.get("code")) for r in pooled.qc] == \
+        [(r["SeriesInstanceUID"], r["status"], r.get("code")) for r in alone.qc]
+    assert pooled.failed == alone.failed > 0 and pooled.segments == alone.segments
+    assert alone.places.keys() == {"local"}
+    # Each phase (CTs, then masks) ran in a pool, never here (which process took which series is the pool's call).
+    assert pooled.places and all(p.startswith("pid ") and p != f"pid {os.getpid()}" for p in pooled.places)
+    assert sorted(ticks) == [(n, len(ticks)) for n in range(1, len(ticks) + 1)]

@@ -36,8 +36,9 @@ from radassets_tests.conftest import REPO, SMALL_DEMO_SPEC
 
 RADASSETS = str(Path(sys.executable).parent / "radassets")  # the venv's, whatever PATH says
 # Names that only a crashed or unfinished write leaves behind (atomic writes use ".<name>.<random>.tmp");
-# none may survive a completed run. Downloads stage each series in ".partial/<series>/" beside its lock file.
-LITTER = re.compile(r"(\.tmp$|\.part$|\.incomplete$|staging)")
+# none may survive a completed run. Downloads stage each series in ".partial/<series>/" beside its lock file; zarr's
+# LocalStore writes a patch's chunk to "<chunk>.<uuid>.partial" and renames it (radassets/imaging/patch_store.py).
+LITTER = re.compile(r"(\.tmp$|\.part$|\.[0-9a-f]{32}\.partial$|\.incomplete$|staging)")
 PARTIAL = ".partial"
 # Dagster run states a finished `radassets` process must not leave behind.
 ACTIVE_DAGSTER_STATES = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING", "MANAGED"}

@@ -1,0 +1,281 @@
+"""Where the per-item work of a step runs: in this process, in a pool of local processes, or on a Ray cluster.
+
+Dagster is the control plane: one run per dataset version (× model), whose steps are the assets. Inside a step the
+items (the series to convert, the seeds to cut patches for) are independent, and ``map_items(task, items,
+compute)`` runs ``task(item)`` for each of them where ``Compute`` says:
+
+- ``workers=1``: in this process, one item after the other. The reference path, and what the benchmark
+  (``bench/scale.py``) measures the others' overhead against.
+- the default, ``workers=N`` (N: the CPUs this process may use): a pool of N local processes
+  (``concurrent.futures.ProcessPoolExecutor``). The processes are forked from a ``forkserver`` that has imported
+  the task's module once, so a pool starts in milliseconds rather than in the seconds each fresh interpreter
+  would take to import SimpleITK and pydicom; and nothing is forked from the run's own process, whose threads
+  (Dagster's) make a plain ``fork`` unsafe.
+- ``ray_address`` set (``auto``, ``host:6379``, ``ray://host:10001``): Ray tasks on that cluster, which this process
+  joins as a driver (``ray.init``). A cluster is the user's (KubeRay, ``ray start``): radassets starts none.
+
+Whichever runs them, the results come back in the items' order, so what a step writes from them is the same bytes
+on one core or a hundred. Tasks get plain data and write their own outputs to their final names atomically
+(``radassets.storage``): only small records return to the driver, which writes the step's manifest last.
+
+Retries. A task whose process dies (``kill -9``, the OOM killer, a lost node) runs again, at most ``retries``
+times: Ray retries its own tasks (``max_retries``); a local pool that loses a process cannot go on
+(``BrokenProcessPool`` fails every task in flight), so a new pool runs the items not finished yet, each in-flight
+item counting one try. A task is idempotent (same inputs, same bytes, written atomically), so a retry changes
+nothing that a reader can see. An exception the task raises is not retried: it is the task's bug, not the
+machine's, and it stops the step (tasks record an item's expected failures in their result instead).
+
+A worker dies with the run: each pool process asks Linux to kill it when its parent (the forkserver, which
+exits with the run's process) dies, so a killed run leaves no process writing behind it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from radassets.errors import RadassetsError
+
+T = TypeVar("T")
+R = TypeVar("R")
+Progress = Callable[[int, int, Any], None]  # (done, total, the result just finished)
+
+DEFAULT_RETRIES = 3
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class DataPlaneError(RadassetsError, RuntimeError):
+    """The work of a step could not be run where the settings say (a cluster not reachable, tasks that kept dying)."""
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which a container or ``taskset`` limits), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where a step's items run (``Settings.compute()``): see the module docstring."""
+
+    workers: int | None = None  # None: available_cpus()
+    ray_address: str | None = None
+    retries: int = DEFAULT_RETRIES
+    ray_gpu_resource: str = "GPU"  # the cluster's resource that stands for an accelerator (the embeddings' actors)
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise DataPlaneError(f"workers must be at least 1, got {self.workers}")
+        if self.retries < 0:
+            raise DataPlaneError(f"retries must be at least 0, got {self.retries}")
+
+    @property
+    def resolved_workers(self) -> int:
+        return self.workers if self.workers is not None else available_cpus()
+
+    def describe(self) -> str:
+        if self.ray_address:
+            return f"Ray cluster at {self.ray_address}"
+        n = self.resolved_workers
+        return "this process" if n == 1 else f"{n} local processes"
+
+
+IN_PROCESS = Compute(workers=1)
+
+
+@dataclass
+class Mapped(Generic[R]):
+    """The results of ``map_items`` in the items' order, and where the tasks ran (a place per finished task:
+    ``local`` / ``pid <n>`` / ``node <Ray node id>``), which the run's metadata shows and no output records."""
+
+    results: list[R]
+    places: Counter[str] = field(default_factory=Counter)
+    retried: int = 0  # tasks run again after their process died
+
+
+def map_items(task: Callable[[T], R], items: Sequence[T], compute: Compute = IN_PROCESS,
+              progress: Progress | None = None) -> Mapped[R]:
+    """``task(item)`` for every item, where ``compute`` says; results in the items' order. ``task`` must be a
+    module-level function (it is pickled by name) and its items and results plain, picklable data."""
+    items = list(items)
+    if compute.ray_address:
+        return _on_ray(task, items, compute, progress)
+    workers = min(compute.resolved_workers, len(items))
+    if workers <= 1:
+        return _in_process(task, items, progress)
+    return _in_pool(task, items, workers, compute.retries, progress)
+
+
+def _in_process(task: Callable[[T], R], items: list[T], progress: Progress | None) -> Mapped[R]:
+    results = []
+    for done, item in enumerate(items, start=1):
+        results.append(task(item))
+        if progress:
+            progress(done, len(items), results[-1])
+    return Mapped(results, Counter({"local": len(items)}))
+
+
+# -- a pool of local processes --------------------------------------------------------------------------------
+
+def _init_pool_process() -> None:
+    """Pool process initializer. SIGKILL when the forkserver (and so the run's process) is gone (Linux). One
+    thread for the libraries that start their own (ITK, OpenMP), unless the user set them: the pool already has a
+    process per CPU, and N processes of N threads each would oversubscribe the machine."""
+    for variable in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _placed(task: Callable[[T], R], item: T) -> tuple[str, R]:
+    return f"pid {os.getpid()}", task(item)
+
+
+def _pool_context(module: str) -> multiprocessing.context.BaseContext:
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not POSIX
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    # Effective when this process starts its forkserver (its first pool); later pools import their module in
+    # each process they fork.
+    context.set_forkserver_preload([module])
+    return context
+
+
+def _in_pool(task: Callable[[T], R], items: list[T], workers: int, retries: int,
+             progress: Progress | None) -> Mapped[R]:
+    results: dict[int, R] = {}
+    places: Counter[str] = Counter()
+    tries: Counter[int] = Counter()  # pools lost while an item was unfinished
+    context = _pool_context(task.__module__)
+    while len(results) < len(items):
+        todo = [i for i in range(len(items)) if i not in results]
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
+                                 initializer=_init_pool_process) as pool:
+            futures: dict[Future, int] = {pool.submit(_placed, task, items[i]): i for i in todo}
+            try:
+                complete = _collect(futures, results, places, len(items), progress)
+            except BaseException:  # the task's error or an interrupt: its siblings must not write on
+                _kill_pool(pool)
+                raise
+            if not complete:
+                _kill_pool(pool)
+                for i in todo:
+                    if i not in results:
+                        tries[i] += 1
+                worst = max(todo, key=lambda i: tries[i])
+                if tries[worst] > retries:
+                    raise DataPlaneError(f"a worker process died while running item {worst + 1} of {len(items)} "
+                                         f"({task.__name__}), {tries[worst]} times: giving up after {retries} "
+                                         "retries")
+    retried = sum(tries.values())
+    return Mapped([results[i] for i in range(len(items))], places, retried)
+
+
+def _collect(futures: dict[Future, int], results: dict, places: Counter[str], total: int,
+             progress: Progress | None) -> bool:
+    """Gather the pool's results as they finish; False when the pool broke (a process died)."""
+    pending = set(futures)
+    while pending:
+        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for future in finished:
+            try:
+                place, result = future.result()
+            except BrokenProcessPool:
+                return False
+            results[futures[future]] = result
+            places[place] += 1
+            if progress:
+                progress(len(results), total, result)
+    return True
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool at once (an error, an interrupt, a dead process): its processes may be mid-task."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        with contextlib.suppress(ProcessLookupError, AttributeError):
+            process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+# -- Ray -----------------------------------------------------------------------------------------------------
+
+def _node_placed(task: Callable[[T], R], item: T) -> tuple[str, R]:
+    import ray
+
+    return f"node {ray.get_runtime_context().get_node_id()}", task(item)
+
+
+def connect_ray(address: str) -> None:
+    """Join the Ray cluster at ``address`` as a driver (once per process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    _require_listening(address)
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise DataPlaneError(f"cannot join the Ray cluster at {address!r} (setting ray_address / "
+                             f"RADASSETS_RAY_ADDRESS): {e}") from None
+
+
+def _require_listening(address: str, timeout_s: float = 10.0) -> None:
+    """A clear error at once when nothing listens at ``host:port`` (``ray.init`` would retry for minutes);
+    ``auto`` (the cluster this machine's ``ray start`` wrote down) is left to Ray."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        raise DataPlaneError(f"cannot join the Ray cluster at {address!r} (setting ray_address / "
+                             f"RADASSETS_RAY_ADDRESS): {e}") from None
+
+
+def _on_ray(task: Callable[[T], R], items: list[T], compute: Compute, progress: Progress | None) -> Mapped[R]:
+    import ray
+
+    assert compute.ray_address is not None
+    connect_ray(compute.ray_address)
+    # SPREAD: a step's items go to every node, not first to fill one (each item reads and writes its own files).
+    remote: Any = ray.remote(num_cpus=1, max_retries=compute.retries, retry_exceptions=False,
+                        scheduling_strategy="SPREAD")(_node_placed)
+    refs = [remote.remote(task, item) for item in items]
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: dict[int, R] = {}
+    places: Counter[str] = Counter()
+    pending = list(refs)
+    try:
+        while pending:
+            finished, pending = ray.wait(pending, num_returns=1)
+            for ref in finished:
+                try:
+                    place, result = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    raise e.as_instanceof_cause() from None  # the task's own exception, as in the other paths
+                except ray.exceptions.WorkerCrashedError as e:
+                    raise DataPlaneError(f"a Ray worker died more than {compute.retries} times while running item "
+                                         f"{index[ref] + 1} of {len(items)} ({task.__name__}): {e}") from None
+                results[index[ref]] = result
+                places[place] += 1
+                if progress:
+                    progress(len(results), len(items), result)
+    except BaseException:
+        for ref in pending:
+            with contextlib.suppress(Exception):  # best effort: the step is failing anyway
+                ray.cancel(ref, force=True)
+        raise
+    return Mapped([results[i] for i in range(len(items))], places)

@@ -1,0 +1,134 @@
+"""The data plane (radassets.dataplane): the same task over the same items gives the same results, in the items'
+order, and the same files, in this process, in a pool of local processes, and on a two-node Ray cluster on
+loopback; a process killed mid-task is retried and leaves the bytes a clean run writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from radassets.dataplane import Compute, DataPlaneError, map_items
+from radassets_tests import dataplane_tasks as tasks
+
+ITEMS = 6
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def run(task, folder: Path, compute: Compute, n: int = ITEMS):
+    folder.mkdir()
+    seen = []
+    mapped = map_items(task, [(str(folder), i) for i in range(n)], compute,
+                       progress=lambda done, total, result: seen.append((done, total, result["n"])))
+    return mapped, seen
+
+
+@pytest.fixture
+def reference(tmp_path):
+    mapped, _ = run(tasks.digest, tmp_path / "in_process", Compute(workers=1))
+    return mapped.results, files(tmp_path / "in_process")
+
+
+def test_a_pool_gives_the_in_process_results_in_the_items_order(tmp_path, reference):
+    results, written = reference
+    mapped, seen = run(tasks.digest, tmp_path / "pool", Compute(workers=2))
+    assert mapped.results == results
+    assert [r["n"] for r in mapped.results] == list(range(ITEMS))
+    assert files(tmp_path / "pool") == written
+    assert sorted(done for done, _, _ in seen) == list(range(1, ITEMS + 1))  # one tick per item
+    assert {total for _, total, _ in seen} == {ITEMS}
+    assert sum(mapped.places.values()) == ITEMS
+    assert all(place.startswith("pid ") and place != f"pid {os.getpid()}" for place in mapped.places)  # not here
+    assert mapped.retried == 0
+
+
+def test_a_pool_process_killed_mid_task_is_retried_and_the_files_are_a_clean_runs(tmp_path, reference):
+    results, written = reference
+    mapped, _ = run(tasks.dies_once, tmp_path / "pool", Compute(workers=2))
+    assert (tmp_path / "pool" / ".3.tried").exists()  # the first try did die
+    (tmp_path / "pool" / ".3.tried").unlink()
+    assert mapped.results == results
+    assert mapped.retried >= 1
+    assert files(tmp_path / "pool") == written  # the half-written file was replaced; no temporary left
+
+
+def test_a_task_that_keeps_killing_its_process_gives_up_naming_the_item(tmp_path):
+    with pytest.raises(DataPlaneError, match=r"item 2 of 6 \(always_dies\), 3 times: giving up after 2 retries"):
+        run(tasks.always_dies, tmp_path / "pool", Compute(workers=2, retries=2))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_task_error_is_raised_as_it_is_not_retried(tmp_path, workers):
+    with pytest.raises(ValueError, match="item 2 is bad"):
+        run(tasks.raises, tmp_path / "out", Compute(workers=workers))
+
+
+def test_fewer_items_than_workers_and_no_items(tmp_path):
+    mapped, _ = run(tasks.digest, tmp_path / "one", Compute(workers=4), n=1)
+    assert mapped.places == {"local": 1}  # one item needs no pool
+    assert map_items(tasks.digest, [], Compute(workers=4)).results == []
+
+
+def test_workers_and_retries_are_checked():
+    with pytest.raises(DataPlaneError, match="workers must be at least 1, got 0"):
+        Compute(workers=0)
+    with pytest.raises(DataPlaneError, match="retries must be at least 0"):
+        Compute(retries=-1)
+    assert Compute(workers=None).resolved_workers >= 1
+
+
+# -- Ray ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.services
+def test_on_a_two_node_ray_cluster_items_run_on_both_nodes_with_the_same_results(tmp_path, reference, ray_cluster):
+    results, written = reference
+    mapped, seen = run(tasks.digest, tmp_path / "ray", Compute(ray_address=ray_cluster.address))
+    assert mapped.results == results
+    assert files(tmp_path / "ray") == written
+    assert len(seen) == ITEMS
+    assert len(mapped.places) == 2, mapped.places  # SPREAD: both nodes took items
+    assert all(place.startswith("node ") for place in mapped.places)
+
+
+@pytest.mark.services
+def test_on_ray_a_worker_killed_mid_task_is_retried_and_the_files_are_a_clean_runs(tmp_path, reference, ray_cluster):
+    results, written = reference
+    mapped, _ = run(tasks.dies_once, tmp_path / "ray", Compute(ray_address=ray_cluster.address))
+    assert (tmp_path / "ray" / ".3.tried").exists()
+    (tmp_path / "ray" / ".3.tried").unlink()
+    assert mapped.results == results
+    assert files(tmp_path / "ray") == written
+
+
+@pytest.mark.services
+def test_on_ray_a_task_error_is_raised_as_it_is(tmp_path, ray_cluster):
+    with pytest.raises(ValueError, match="item 2 is bad"):
+        run(tasks.raises, tmp_path / "ray", Compute(ray_address=ray_cluster.address))
+
+
+def test_an_unreachable_ray_cluster_is_one_clear_error(tmp_path):
+    """In a process of its own: a driver joins one cluster for its life, and the services tests' cluster may be
+    joined already in this one."""
+    probe = ("from radassets.dataplane import Compute, DataPlaneError, map_items\n"
+             "from radassets_tests.dataplane_tasks import digest\n"
+             "try:\n"
+             f"    map_items(digest, [({str(tmp_path)!r}, 1), ({str(tmp_path)!r}, 2)], Compute(ray_address='127.0.0.1:9'))\n"
+             "except DataPlaneError as e:\n"
+             "    print(e)\n")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.startswith("cannot join the Ray cluster at '127.0.0.1:9' (setting ray_address"), \
+        done.stdout + done.stderr[-2000:]
+
+
+def test_pool_processes_run_their_libraries_on_one_thread(monkeypatch):
+    """A process per CPU already: N processes of N ITK or OpenMP threads each would oversubscribe the machine."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", raising=False)
+    assert map_items(tasks.library_threads, [1, 2, 3], Compute(workers=2)).results == [(1, "1")] * 3
