@@ -14,13 +14,12 @@ from dagster import (
     MetadataValue,
     asset,
 )
-from dagster_gcp import BigQueryResource
 
 from radassets.defs.lineage import recorded
 from radassets import datasets
 from radassets.defs.metadata import failures_table, markdown_table, progress_logger
 from radassets.defs.partitions import cohort_problems, dataset_version_partitions
-from radassets.defs.resources import IdcResource, StorageResource
+from radassets.defs.resources import BigQueryCohortResource, IdcResource, StorageResource
 from radassets.idc.cohort import Cohort
 from radassets.idc.cohorts import cohort_for, write_cohort
 from radassets.idc.dicom import fetch_dataset_dicom
@@ -40,7 +39,7 @@ from radassets.idc.dicom import fetch_dataset_dicom
     ),
 )
 @recorded
-def cohort(context: AssetExecutionContext, bigquery: BigQueryResource, storage: StorageResource) -> MaterializeResult:
+def cohort(context: AssetExecutionContext, bigquery: BigQueryCohortResource, storage: StorageResource) -> MaterializeResult:
     settings = storage.settings()
     layout = settings.layout()
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())

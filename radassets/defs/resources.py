@@ -3,12 +3,18 @@ BigQuery for cohorts."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
 from dagster import ConfigurableResource
-from dagster_gcp import BigQueryResource
 from pydantic import Field
 
 from radassets.layout import Layout
 from radassets.settings import Settings
+
+if TYPE_CHECKING:
+    from google.cloud import bigquery
 
 
 class StorageResource(ConfigurableResource):
@@ -44,6 +50,24 @@ class IdcResource(ConfigurableResource):
     )
 
 
-def bigquery_resource(settings: Settings) -> BigQueryResource:
+class BigQueryCohortResource(ConfigurableResource):
+    """BigQuery for cohorts, used only when a billing project is configured (``gcp_project``).
+
+    The client is dagster-gcp's (``BigQueryResource.get_client``: credentials, project), made when a cohort queries
+    BigQuery. dagster_gcp is imported there and not at the top: with pandas and the Google clients it takes over a
+    second to import, and every command, run worker and UI reload imports this code location."""
+
+    project: str | None = Field(default=None, description="the Google Cloud project billed for the queries; "
+                                "default: the settings' gcp_project (RADASSETS_GCP_PROJECT), else none (no BigQuery)")
+
+    @contextmanager
+    def get_client(self) -> Iterator[bigquery.Client]:
+        from dagster_gcp import BigQueryResource
+
+        with BigQueryResource(project=self.project).get_client() as client:
+            yield client
+
+
+def bigquery_resource(settings: Settings) -> BigQueryCohortResource:
     """BigQuery is used for cohorts only when a billing project is configured (``gcp_project``)."""
-    return BigQueryResource(project=settings.gcp_project)
+    return BigQueryCohortResource(project=settings.gcp_project)

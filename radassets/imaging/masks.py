@@ -30,13 +30,16 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import SimpleITK as sitk
 
 from radassets.imaging.ct import QCError, describe_exception
+
+if TYPE_CHECKING:
+    import highdicom as hd
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -125,6 +128,8 @@ def read_seg_segments(seg_path: Path, ct: sitk.Image, ct_frame_of_reference: str
     """Every segment of a DICOM SEG as a binary image on the grid of ``ct``."""
     header = read_mask_header(seg_path)
     _check_frame(header, ct_frame_of_reference)
+    import highdicom as hd  # here: the code location imports this module, and only SEG reading needs highdicom
+
     with _failures_of(seg_path, header.series_uid):
         return _seg_segments(hd.seg.segread(str(seg_path)), header, ct)
 

@@ -41,20 +41,23 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import zarr
-from zarr.abc.store import Store
-from zarr.core.array_spec import ArrayConfigParams
-from zarr.storage import FsspecStore, LocalStore
 
 from radassets.errors import RadassetsError
 from radassets.layout import as_path
 
+# zarr is imported where it is used: the code location (every command and run worker) imports this module through
+# the patches step, and zarr with its codecs takes a quarter of a second to import.
+if TYPE_CHECKING:
+    import zarr
+    from zarr.abc.store import Store
+    from zarr.core.array_spec import ArrayConfigParams
+
 STORE_NAME = "patches.zarr"
 # What readers of patches take: the lazy store array, or any numpy array with patches along the first axis.
-PatchArray = np.ndarray | zarr.Array
+PatchArray: TypeAlias = "np.ndarray | zarr.Array"
 PATCHES, MASKS = "patches", "masks"
 DTYPES: dict[str, np.dtype[Any]] = {PATCHES: np.dtype("<i2"), MASKS: np.dtype("u1")}
 DIMENSIONS = ("patch", "S", "P", "L")
@@ -70,6 +73,8 @@ class PatchStoreError(RadassetsError, ValueError):
 
 def open_store(location: str | os.PathLike, read_only: bool) -> Store:
     """The Zarr store at ``location``: a local folder, or an fsspec URL (with a ``UPath``'s storage options)."""
+    from zarr.storage import FsspecStore, LocalStore
+
     path = as_path(location)
     if isinstance(path, Path):
         return LocalStore(path, read_only=read_only)
@@ -80,6 +85,8 @@ def open_store(location: str | os.PathLike, read_only: bool) -> Store:
 def create_store(location: str | os.PathLike, n: int, size: int,
                  compressors: Sequence[Any] = COMPRESSORS) -> None:
     """Create (or replace, deleting every chunk of an earlier run) the two empty (n, size³) arrays."""
+    import zarr
+
     group = zarr.create_group(open_store(location, read_only=False), zarr_format=3, overwrite=True)
     for name, fill in ((PATCHES, 0), (MASKS, 0)):
         group.create_array(name, shape=(n, size, size, size), chunks=(1, size, size, size), dtype=DTYPES[name],
@@ -89,6 +96,8 @@ def create_store(location: str | os.PathLike, n: int, size: int,
 
 def open_arrays(location: str | os.PathLike, read_only: bool = True) -> tuple[zarr.Array, zarr.Array]:
     """The ``patches`` and ``masks`` arrays: ``[i]`` or a slice reads those chunks only (by range on a bucket)."""
+    import zarr
+
     store = open_store(location, read_only=read_only)
     mode = "r" if read_only else "r+"
     # write_empty_chunks is a setting of the open array, not stored in the metadata: set it on every open.

@@ -34,17 +34,19 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
 import SimpleITK as sitk
-import zarr
 
 from radassets.dataplane import IN_PROCESS, Compute, map_items
 from radassets.imaging import patch_store
 from radassets.layout import as_path
 from radassets.storage import atomic_write_json, sha256_file, sha256_json
+
+if TYPE_CHECKING:
+    import zarr
 
 Point = Sequence[float] | np.ndarray  # x, y, z in LPS mm
 AIR_HU = -1024

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from radassets.dataplane import IN_PROCESS, Compute
 from radassets.datasets import DatasetVersion
@@ -197,6 +196,8 @@ def run_seeds(definition: DatasetVersion, layout: Layout, threshold_mm: float = 
         failures.append(outside_volume_failure(seed))
     out_dir = layout.asset_dir("seeds", definition.name)
     remove_stale_temporaries(out_dir)
+    import pandas as pd  # here, not at the top: the code location (every run worker) imports this module
+
     frame = pd.DataFrame(seeds, columns=SEED_COLUMNS)
     with atomic_path(out_dir / "seeds.parquet") as tmp:
         frame.to_parquet(tmp, index=False)
@@ -212,6 +213,8 @@ def run_seeds(definition: DatasetVersion, layout: Layout, threshold_mm: float = 
 
 
 def read_seeds(dataset_version: str, layout: Layout, needed_by: str = "patches") -> list[dict[str, Any]]:
+    import pandas as pd
+
     layout.require_finished("seeds", dataset_version, needed_by)
     frame = pd.read_parquet(layout.seeds_table(dataset_version))
     return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}

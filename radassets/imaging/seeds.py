@@ -17,14 +17,16 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import SimpleITK as sitk
 
 from radassets.imaging.masks import centroid_lps
 from radassets.reports import ItemFailure
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: the code location imports this module
+    import pandas as pd
 
 DISAGREEMENT_MM = 10.0
 # The codes of the seeds' failures: a reference table row without a converted CT, a point outside its CT.
@@ -50,6 +52,8 @@ class ReferenceTable:
     @classmethod
     def read(cls, path: Path, id_column: str, id_kind: str, coord_columns: Sequence[str] = ("coordX", "coordY", "coordZ"),
              label_column: str | None = None, id_suffix_pattern: str | None = None) -> ReferenceTable:
+        import pandas as pd
+
         table = pd.read_csv(path, dtype={id_column: str})
         missing = [c for c in [id_column, *coord_columns, *([label_column] if label_column else [])] if c not in table]
         if missing:

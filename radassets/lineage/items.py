@@ -21,8 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from radassets.layout import Layout
 from radassets.storage import sha256_file
 
@@ -45,6 +43,8 @@ def settings_facet(record: Path) -> dict[str, Any]:
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
+    import pandas as pd  # here, not at the top: the code location (every run worker) imports this module
+
     frame = pd.read_parquet(path)
     return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
@@ -94,6 +94,8 @@ def _patches(layout: Layout, folder: Path, partition) -> list[dict]:
 
 
 def _embeddings(layout: Layout, folder: Path, partition) -> list[dict]:
+    import pandas as pd
+
     table = pd.read_parquet(folder / "embeddings.parquet", columns=["seed_id", "PatientID", "status", "reason", "model"])
     return [{"item_id": f"embedding:{r['model']}:{r['seed_id']}", "kind": "embedding", "name": r["seed_id"],
              "status": r["status"], "parents": [f"patch:{r['seed_id']}"],
@@ -122,6 +124,8 @@ def _report(folder: Path, parents: list[str]) -> list[dict]:
 
 
 def _embedded_seeds(layout: Layout, partition: dict[str, str]) -> list[str]:
+    import pandas as pd
+
     table = pd.read_parquet(layout.partition_dir("embeddings", partition) / "embeddings.parquet",
                             columns=["seed_id", "status"])
     return [f"embedding:{partition['model']}:{s}" for s in table.loc[table["status"] == "ok", "seed_id"]]

@@ -1,4 +1,4 @@
-"""The cohort asset through dagster-gcp's BigQueryResource, answered by a DuckDB stand-in client.
+"""The cohort asset through its BigQuery resource (dagster-gcp's client), answered by a DuckDB stand-in client.
 
 The stand-in serves ``idc_v16.dicom_all`` rebuilt, instance by instance, from the bundled index,
 so the BigQuery path must give exactly the cohort the bundled-index path gives.
@@ -13,9 +13,9 @@ import duckdb
 import idc_index_data
 import pytest
 from dagster import DagsterInstance, materialize
-from dagster_gcp import BigQueryResource
 
 from radassets import datasets
+from radassets.defs.resources import BigQueryCohortResource
 from radassets.definitions import defs
 from radassets.idc.cohort import Cohort, build_cohort
 from radassets.layout import Layout
@@ -28,8 +28,8 @@ pytestmark = pytest.mark.integration
 _CON = duckdb.connect()
 
 
-class StandInBigQuery(BigQueryResource):
-    """A configured BigQueryResource whose client is the DuckDB stand-in (no credentials, no network)."""
+class StandInBigQuery(BigQueryCohortResource):
+    """A configured BigQuery resource whose client is the DuckDB stand-in (no credentials, no network)."""
 
     @contextmanager
     def get_client(self):
