@@ -53,8 +53,15 @@ class StepInputMissing(RadassetsError, RuntimeError):
 
 
 def as_path(location: str | os.PathLike) -> Path | UPath:
-    """A local folder as a ``pathlib.Path`` (``file://`` URLs too); any other URL as a ``UPath``."""
-    path = UPath(location)
+    """A local folder as a ``pathlib.Path`` (``file://`` URLs too); any other URL as a ``UPath``.
+
+    A URL given as text opens its file system without a listings cache: other processes (pool and Ray workers)
+    write under the root while this one reads, and s3fs and gcsfs would otherwise answer ``exists`` from a
+    listing made before those writes."""
+    if isinstance(location, str) and "://" in location and not location.startswith(("file://", "local://")):
+        path = UPath(location, use_listings_cache=False)
+    else:
+        path = UPath(location)
     if isinstance(path, Path):
         return Path(path)
     if path.protocol in ("file", "local"):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,35 @@ def ray_cluster():
 
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 for the session (an artifact store: the real s3fs client against it);
+    stopped at the end of the session. ``s3_root`` points a test's artifact root at it."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_root(moto_s3, monkeypatch) -> str:
+    """``s3://<a new bucket>/root`` on ``moto_s3``, reached as a user reaches an S3-compatible store: the AWS
+    variables (``AWS_ENDPOINT_URL`` and dummy credentials), which s3fs, boto3 and process-pool workers read."""
+    import boto3
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL": moto_s3}.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"artifacts-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/root"

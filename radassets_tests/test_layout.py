@@ -9,7 +9,6 @@ import json
 import uuid
 from pathlib import Path
 
-import fsspec
 import pytest
 from upath import UPath
 
@@ -99,7 +98,7 @@ def test_an_atomic_write_to_an_object_store_is_one_put_of_the_whole_object():
     """On an object store a write is one put: the object appears whole, with no temporary object beside it."""
     bucket = f"radassets-layout-{uuid.uuid4().hex}"
     layout = Layout(f"memory://{bucket}/prefix")
-    fs = fsspec.filesystem("memory")
+    fs = layout.root.fs  # type: ignore[attr-defined]
     puts = []
     original = fs.pipe_file
 
