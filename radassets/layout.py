@@ -100,6 +100,25 @@ class Layout:
     def __repr__(self) -> str:
         return f"Layout({str(self.root)!r})"
 
+    # -- paths recorded in outputs --------------------------------------------------------------------
+
+    def relative(self, path: Path | str) -> str:
+        """How a record (a manifest, a table, metrics.json) names an artifact: its path relative to the root
+        (``volumes/demo_v1/ct/<uuid>.nrrd``), so that the records are the same on every root and a root can be
+        copied or moved (a bucket synced to a disk) and still be read. A path outside the root (a file of a
+        local source, a packaged table) stays as it is."""
+        text = str(path)
+        root = str(self.root).rstrip("/") + "/"
+        return text[len(root):] if text.startswith(root) else text
+
+    def resolve(self, recorded: str | Path) -> Path:
+        """The path of an artifact as a record names it (``relative``); an absolute path or a URL (written by
+        an earlier version, or outside the root) is taken as it is."""
+        text = str(recorded)
+        if "://" in text or text.startswith("/"):
+            return cast(Path, as_path(text))
+        return self.root / text
+
     # -- assets and partitions -----------------------------------------------------------------------
 
     def asset_dir(self, asset: str, dataset_version: str | None = None, model: str | None = None) -> Path:

@@ -150,3 +150,14 @@ def test_a_step_under_a_url_root_is_refused_with_the_root_named(tmp_path):
     with pytest.raises(StorageRootError, match=r"materializing volumes needs a local artifact root; "
                                                r"memory://radassets-layout-steps/prefix is not one"):
         remote.require_local("materializing volumes")
+
+
+@pytest.mark.parametrize("root", ["local", "memory://radassets-layout-relative/prefix"])
+def test_records_name_artifacts_relative_to_the_root_and_resolve_back(root, tmp_path):
+    layout = Layout(tmp_path / "home" if root == "local" else root)
+    path = layout.asset_dir("volumes", "demo_v1") / "ct" / "u.nrrd"
+    assert layout.relative(path) == "volumes/demo_v1/ct/u.nrrd"
+    assert str(layout.resolve("volumes/demo_v1/ct/u.nrrd")) == str(path)
+    assert str(layout.resolve(str(path))) == str(path)  # as an earlier version recorded it
+    assert layout.relative("/data/clinic/1.dcm") == "/data/clinic/1.dcm"  # outside the root: as it is
+    assert layout.resolve("/data/clinic/1.dcm") == Path("/data/clinic/1.dcm")
