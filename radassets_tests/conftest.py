@@ -130,3 +130,16 @@ def s3_root(moto_s3, monkeypatch) -> str:
     bucket = f"artifacts-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=bucket)
     return f"s3://{bucket}/root"
+
+
+def copy_to_store(local_root: Path, remote_root: str, *folders: str) -> None:
+    """Copy ``folders`` (relative to ``local_root``, e.g. ``"volumes/demo_v1"``) of a local artifact root to the same
+    places under ``remote_root`` (a URL): the inputs of a step run on object storage, made by the local pipeline."""
+    from radassets.layout import as_path
+
+    remote = as_path(remote_root)
+    for folder in folders:
+        source = local_root / folder
+        for file in sorted(p for p in source.rglob("*") if p.is_file()):
+            target = remote / file.relative_to(local_root).as_posix()
+            target.fs.put_file(str(file), target.path)  # type: ignore[attr-defined]
