@@ -20,8 +20,9 @@ The layout under the root::
 A step writes its record file last (``manifest.json``; ``cohort.lock.json`` for a cohort,
 ``metrics.json`` for a report), so a partition without it is unfinished and is never read.
 
-Locks and the lineage store need a local file system (``flock``, DuckDB): under a URL root they live
-in ``state_dir``, a local folder (default ``~/.radassets/state/<the URL, made a folder name>``).
+Locks and the lineage database need a local file system (``flock``, DuckDB): under a URL root they live
+in ``state_dir``, a local folder (default ``~/.radassets/state/<the URL, made a folder name>``); the lineage
+event files stay under the root (``lineage/events/``), where every node writes and from which a database is rebuilt.
 """
 
 from __future__ import annotations
@@ -195,8 +196,13 @@ class Layout:
         return Path(self.state_dir) / "weights" if not self.is_local else self.root / "weights"
 
     def lineage_dir(self) -> Path:
-        """The lineage store (DuckDB and its event files: local)."""
+        """The lineage store's database (DuckDB: a local file)."""
         return self.state_dir / "lineage"
+
+    def lineage_events_dir(self) -> Path:
+        """The lineage event files (``pending``, ``merged``, ``rejected``): under the root, so that workers on
+        every node write theirs where the merger reads them (for a local root, beside the database)."""
+        return self.root / "lineage" / "events"
 
     def locks_dir(self) -> Path:
         return self.state_dir / ".locks"

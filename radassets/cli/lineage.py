@@ -13,6 +13,12 @@ from radassets.cli.settings import current_layout
 # which `radassets --help` would pay.
 
 
+def _store() -> tuple[Path, Path]:
+    """The lineage database's folder and the event folder of the current artifact root."""
+    layout = current_layout()
+    return layout.lineage_dir(), layout.lineage_events_dir()
+
+
 @click.group(help="the lineage store (DuckDB)")
 def lineage() -> None:
     pass
@@ -27,7 +33,7 @@ def trace(target: str, full: bool, as_json: bool) -> None:
     from radassets.lineage.store import reader
     from radassets.lineage.trace import format_trace, trace
 
-    with reader(current_layout().lineage_dir()) as con:
+    with reader(*_store()) as con:
         result = trace(con, target, full=full)
     print(json.dumps(result, indent=2, default=str) if as_json else format_trace(result))
 
@@ -61,7 +67,7 @@ def sql(query: str, as_csv: bool) -> None:
     from radassets.lineage.store import LineageError, is_damage, reader
 
     _only_a_query(query)
-    with reader(current_layout().lineage_dir()) as con:  # read-only: a statement that writes is refused by DuckDB
+    with reader(*_store()) as con:  # read-only: a statement that writes is refused by DuckDB
         con.execute("SET enable_external_access = false")  # nor may a query read or write other files
         try:
             frame = con.sql(query).df()
@@ -78,7 +84,7 @@ def export(openlineage: Path) -> None:
     from radassets.lineage.openlineage import export_events
     from radassets.lineage.store import reader
 
-    with reader(current_layout().lineage_dir()) as con:
+    with reader(*_store()) as con:
         written = export_events(con, openlineage)
     print(f"{len(written)} OpenLineage run events written to {openlineage}")
 
@@ -88,7 +94,7 @@ def export(openlineage: Path) -> None:
 def rebuild() -> None:
     from radassets.lineage.store import rebuild
 
-    report = rebuild(current_layout().lineage_dir())
+    report = rebuild(*_store())
     print(f"rebuilt {report.database} from {report.events} merged event files")
     for name, reason in report.set_aside:
         print(f"set aside, no longer readable: events/rejected/{name} ({reason})")

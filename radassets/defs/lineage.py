@@ -111,11 +111,11 @@ def _metadata(result) -> dict:
     return out
 
 
-def _merge(context, root) -> None:
-    """Merge without waiting. The events are on disk already: a store that cannot take them now (locked,
+def _merge(context, root, events) -> None:
+    """Merge without waiting. The events are written already: a store that cannot take them now (locked,
     or broken) costs the run nothing, and the next merge picks them up."""
     try:
-        store.merge(root, wait=False)
+        store.merge(root, wait=False, events=events)
     except Exception as e:  # noqa: BLE001
         context.log.warning(f"lineage events written, not merged yet: {type(e).__name__}: {e}")
 
@@ -135,7 +135,7 @@ def recorded(fn):
         layout = context.resources.storage.layout()  # every asset has the ``storage`` resource
         with user_failure():
             layout.require_local(f"materializing {asset}")
-        root = layout.lineage_dir()
+        root, events = layout.lineage_dir(), layout.lineage_events_dir()
         partition_key, partition = _partition(context)
         # One lineage run per step attempt: a retry is a run of its own.
         key = f"{context.run.run_id}/{asset}/{partition_key or ''}/{context.retry_number}"
@@ -148,15 +148,15 @@ def recorded(fn):
         # What the asset reads, as it starts: a concurrent run that rematerializes an upstream partition
         # meanwhile does not change what this one read.
         inputs = _inputs(context, partition)
-        store.write_event({"event_type": "START", "run": run, "job": job, "inputs": inputs}, root)
+        store.write_event({"event_type": "START", "run": run, "job": job, "inputs": inputs}, root, events)
         ended = False
 
         def end(event_type: str, run_facets: dict, outputs: list[dict] | None = None) -> None:
             nonlocal ended
             store.write_event({"event_type": event_type, "run": {**run, **run_facets}, "job": job, "inputs": inputs,
-                               **({"outputs": outputs} if outputs is not None else {})}, root)
+                               **({"outputs": outputs} if outputs is not None else {})}, root, events)
             ended = True
-            _merge(context, root)
+            _merge(context, root, events)
 
         try:
             try:
@@ -181,8 +181,8 @@ def recorded(fn):
             # after the start: in the asset, while its items are read, or before its end was written.
             if not ended:
                 store.write_event({"event_type": "ABORT", "run": {**run, "error": _error(e)}, "job": job,
-                                   "inputs": inputs}, root)
-                _merge(context, root)
+                                   "inputs": inputs}, root, events)
+                _merge(context, root, events)
             raise
 
     wrapper.radassets_recorded = True

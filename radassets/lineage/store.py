@@ -13,6 +13,16 @@ last event without waiting for the lock: if another process holds it, their file
 merge. Readers merge first (waiting for the lock), then query read-only under the same lock, so no
 query ever meets DuckDB's single-writer lock either.
 
+Items from many workers: a step whose items are processed by data-plane workers (``radassets.dataplane``) has
+each worker write its finished items as one ``ITEMS`` chunk file (``<time>-<event id>.items.json``: the lineage
+run id and the items), after the outputs they describe. Chunks may be merged before or after the run's
+``COMPLETE`` event (another node's clock, a later merge): a chunk waits in ``item_chunks`` until its run has an
+output, then its items join that output's. The merge reads chunk files in one DuckDB ``read_json`` per merge,
+through fsspec (``register_filesystem``) where the event folder is on an object store (DuckDB's httpfs extension is
+not used). The event folder (``events/{pending,merged,rejected}``) may be on the artifact store (``s3://...``),
+so that workers on every node write there; the database stays a local file (``Layout.lineage_dir()``), which a
+``rebuild`` re-creates from the merged event files on the store.
+
 Consistency: an event is all or nothing, so a run killed mid-way leaves its start event (the run
 shows ``START``, with no outputs) and nothing half-written; outputs and items only arrive with the
 ``COMPLETE`` event that carries them.
@@ -40,11 +50,12 @@ from typing import Any
 import duckdb
 from filelock import FileLock, Timeout
 
-from radassets.storage import atomic_write_json
 from radassets.errors import RadassetsError
+from radassets.storage import atomic_write_json, is_local
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("START", "COMPLETE", "FAIL", "ABORT")
+CHUNK_SUFFIX = ".items.json"  # an ITEMS chunk file: a worker's finished items of one run
 LOCK_TIMEOUT_S = 120.0
 
 SCHEMA = """
@@ -69,6 +80,8 @@ CREATE TABLE IF NOT EXISTS items (
     path VARCHAR, attributes JSON, PRIMARY KEY (version_id, item_id));
 CREATE TABLE IF NOT EXISTS item_parents (
     version_id VARCHAR, item_id VARCHAR, parent_id VARCHAR, PRIMARY KEY (version_id, item_id, parent_id));
+CREATE TABLE IF NOT EXISTS item_chunks (
+    event_id VARCHAR PRIMARY KEY, run_id VARCHAR, job_name VARCHAR, items JSON, attached_to VARCHAR);
 """
 
 
@@ -81,10 +94,27 @@ def database_path(root: Path) -> Path:
     return Path(root) / "lineage.duckdb"
 
 
-def _events_dir(root: Path, state: str) -> Path:
-    path = root / "events" / state
-    path.mkdir(parents=True, exist_ok=True)
+def _events_dir(events: Path, state: str) -> Path:
+    """``events/<state>`` (``pending``, ``merged``, ``rejected``), a local folder or a folder of an object store."""
+    path = events / state
+    if is_local(path):
+        path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _events(root: Path, events: Path | None) -> Path:
+    """The event folder: ``events`` where given (on the artifact store), else ``<root>/events`` beside the database."""
+    return events if events is not None else Path(root) / "events"
+
+
+def _move(path: Path, folder: Path) -> None:
+    """Move an event file into ``folder`` (same name): a rename on a disk, a copy then a delete on a store (a move
+    cut between the two leaves the file in both: the next merge skips it as ingested, and moves it again)."""
+    target = folder / path.name
+    if is_local(path):
+        os.replace(path, target)
+    else:
+        path.fs.mv(path.path, target.path)  # type: ignore[attr-defined]
 
 
 def now() -> str:
@@ -101,14 +131,24 @@ def dataset_name(asset: str, partition_key: str | None) -> str:
     return f"{asset}[{partition_key or ''}]"
 
 
-def write_event(event: dict[str, Any], root: Path) -> Path:
+def write_event(event: dict[str, Any], root: Path, events: Path | None = None) -> Path:
     """Queue one event for the store: a JSON file under ``events/pending`` (atomic)."""
     if event.get("event_type") not in EVENT_TYPES:
         raise ValueError(f"event type must be one of {EVENT_TYPES}, got {event.get('event_type')!r}")
     event = {"event_id": str(uuid.uuid4()), "event_time": now(), **event}
     # Names sort by time, so a merge ingests a run's start before its end.
     name = f"{event['event_time'].replace(':', '').replace('+', '_')}-{event['event_id']}.json"
-    return atomic_write_json(_events_dir(Path(root), "pending") / name, event)
+    return atomic_write_json(_events_dir(_events(root, events), "pending") / name, event)
+
+
+def write_items(run_id: str, job_name: str, items: list[dict[str, Any]], events: Path) -> Path:
+    """Queue one chunk of finished items of the lineage run ``run_id`` (a worker calls it after writing the outputs
+    the items describe): ``events/pending/<time>-<event id>.items.json``, atomic."""
+    event_id, when = str(uuid.uuid4()), now()
+    name = f"{when.replace(':', '').replace('+', '_')}-{event_id}{CHUNK_SUFFIX}"
+    return atomic_write_json(_events_dir(events, "pending") / name,
+                             {"event_id": event_id, "event_type": "ITEMS", "event_time": when, "run_id": run_id,
+                              "job_name": job_name, "items": items})
 
 
 @contextmanager
@@ -163,18 +203,21 @@ def _connect(root: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     return _open(path, read_only)
 
 
-def merge(root: Path, wait: bool = True) -> int:
-    """Ingest every pending event file; returns how many were ingested (0 if the lock was busy and
-    ``wait`` is False)."""
+def merge(root: Path, wait: bool = True, events: Path | None = None) -> int:
+    """Ingest every pending event file (chunks first, then events in name order); returns how many were ingested
+    (0 if the lock was busy and ``wait`` is False)."""
     root = Path(root)
+    folder = _events(root, events)
     try:
         with _locked(root, LOCK_TIMEOUT_S if wait else 0):
-            pending = sorted(_events_dir(root, "pending").glob("*.json"))
+            pending = sorted(_events_dir(folder, "pending").glob("*.json"))
             if not pending:
                 return 0
             con = _connect(root)
             try:
-                return sum(_ingest_file(con, root, path) for path in pending)
+                chunks = [p for p in pending if p.name.endswith(CHUNK_SUFFIX)]
+                ingested = _ingest_chunks(con, folder, chunks)
+                return ingested + sum(_ingest_file(con, folder, path) for path in pending if path not in chunks)
             except duckdb.Error as e:
                 if is_damage(e):  # the file opened, but its blocks cannot be read
                     raise _unreadable(database_path(root), e) from None
@@ -193,13 +236,19 @@ BAD_FILE_ERRORS = (ValueError, KeyError, TypeError, duckdb.ConstraintException, 
                    duckdb.InvalidInputException, duckdb.BinderException)
 
 
-def _ingest_file(con: duckdb.DuckDBPyConnection, root: Path, path: Path, state: str = "pending") -> int:
-    """Ingest one event file (from ``events/<state>``) in its own transaction; 1 if it was ingested now."""
+def _reject(folder: Path, path: Path, e: BaseException) -> None:
+    rejected = _events_dir(folder, "rejected")
+    _move(path, rejected)
+    (rejected / f"{path.name}.reason.txt").write_text(f"{type(e).__name__}: {e}\n")
+
+
+def _ingest_file(con: duckdb.DuckDBPyConnection, folder: Path, path: Path, state: str = "pending") -> int:
+    """Ingest one event file (from ``<folder>/<state>``) in its own transaction; 1 if it was ingested now."""
     try:
         event = json.loads(path.read_text())
         if con.execute("SELECT 1 FROM events WHERE event_id = ?", [event["event_id"]]).fetchone():
             if state == "pending":
-                os.replace(path, _events_dir(root, "merged") / path.name)  # ingested before the last move
+                _move(path, _events_dir(folder, "merged"))  # ingested before the last move
             return 0
         con.begin()
         ingest(con, event)
@@ -209,13 +258,86 @@ def _ingest_file(con: duckdb.DuckDBPyConnection, root: Path, path: Path, state: 
             con.rollback()
         if not isinstance(e, BAD_FILE_ERRORS):
             raise
-        rejected = _events_dir(root, "rejected")
-        os.replace(path, rejected / path.name)
-        (rejected / f"{path.name}.reason.txt").write_text(f"{type(e).__name__}: {e}\n")
+        _reject(folder, path, e)
         return 0
     if state == "pending":
-        os.replace(path, _events_dir(root, "merged") / path.name)
+        _move(path, _events_dir(folder, "merged"))
     return 1
+
+
+# What DuckDB's read_json says of a file's content (not of the store: an I/O error leaves every file pending).
+BAD_CHUNK_ERRORS = (duckdb.InvalidInputException, duckdb.ConversionException)
+CHUNK_COLUMNS = {"event_id": "VARCHAR", "event_time": "VARCHAR", "run_id": "VARCHAR", "job_name": "VARCHAR",
+                 "items": "JSON"}
+
+
+def _duckdb_name(con: duckdb.DuckDBPyConnection, path: Path) -> str:
+    """The name DuckDB opens ``path`` by: a local path, or the URL of an fsspec file system registered with it."""
+    if is_local(path):
+        return str(path)
+    fs = path.fs  # type: ignore[attr-defined]
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)  # s3fs: ("s3", "s3a")
+    if not protocols & set(con.list_filesystems()):
+        con.register_filesystem(fs)
+    return str(path)
+
+
+def _read_chunks(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> list[tuple]:
+    names = [_duckdb_name(con, p) for p in paths]
+    rows = con.execute("SELECT filename, event_id, event_time, run_id, job_name, items FROM "
+                       "read_json($files, columns=$columns, filename=true, format='auto')",
+                       {"files": names, "columns": CHUNK_COLUMNS}).fetchall()
+    by_name = {p.name: p for p in paths}
+    return [(by_name[row[0].rsplit("/", 1)[-1]], *row[1:]) for row in rows]
+
+
+def _ingest_chunks(con: duckdb.DuckDBPyConnection, folder: Path, paths: list[Path], state: str = "pending") -> int:
+    """Ingest ITEMS chunk files, read together by DuckDB; each in its own transaction. A batch that cannot be
+    read is read file by file, so that only the bad files are set aside."""
+    if not paths:
+        return 0
+    try:
+        rows = _read_chunks(con, paths)
+    except BAD_CHUNK_ERRORS:
+        rows = []
+        for path in paths:
+            try:
+                rows += _read_chunks(con, [path])
+            except BAD_CHUNK_ERRORS as e:
+                _reject(folder, path, ValueError(f"not an ITEMS chunk DuckDB can read: {str(e).splitlines()[0]}"))
+    ingested = 0
+    for path, event_id, when, run_id, job_name, items in rows:
+        try:
+            if None in (event_id, run_id, job_name, items):
+                raise ValueError("an ITEMS chunk needs event_id, run_id, job_name and items")
+            if not con.execute("SELECT 1 FROM events WHERE event_id = ?", [event_id]).fetchone():
+                con.begin()
+                con.execute("INSERT INTO events VALUES (?, 'ITEMS', ?, ?, ?)", [event_id, when, run_id, now()])
+                con.execute("INSERT INTO item_chunks VALUES (?, ?, ?, ?, NULL)", [event_id, run_id, job_name, items])
+                _attach_chunks(con, run_id)
+                con.commit()
+                ingested += 1
+        except BaseException as e:
+            with contextlib.suppress(duckdb.Error):
+                con.rollback()
+            if not isinstance(e, BAD_FILE_ERRORS):
+                raise
+            _reject(folder, path, e)
+            continue
+        if state == "pending":
+            _move(path, _events_dir(folder, "merged"))
+    return ingested
+
+
+def _attach_chunks(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Give the run's waiting chunks to its output, once the run has one (its COMPLETE event was ingested)."""
+    output = con.execute("SELECT version_id FROM run_outputs WHERE run_id = ?", [run_id]).fetchone()
+    if output is None:
+        return
+    for event_id, items in con.execute("SELECT event_id, items FROM item_chunks WHERE run_id = ? AND attached_to IS "
+                                       "NULL ORDER BY event_id", [run_id]).fetchall():
+        _items(con, output[0], json.loads(items))
+        con.execute("UPDATE item_chunks SET attached_to = ? WHERE event_id = ?", [output[0], event_id])
 
 
 def _json(value: Any) -> str | None:
@@ -250,6 +372,8 @@ def ingest(con: duckdb.DuckDBPyConnection, event: dict[str, Any]) -> None:
             con.execute(f"INSERT INTO {table} VALUES (?, ?) ON CONFLICT DO NOTHING", [run["run_id"], vid])
             if role == "outputs":
                 _items(con, vid, ds.get("items", []))
+    if kind == "COMPLETE":
+        _attach_chunks(con, run["run_id"])
 
 
 def _dataset_version(con: duckdb.DuckDBPyConnection, ds: dict[str, Any], produced_by: str | None, when: str) -> str:
@@ -300,10 +424,10 @@ def _items(con: duckdb.DuckDBPyConnection, vid: str, items: list[dict[str, Any]]
 
 
 @contextmanager
-def reader(root: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def reader(root: Path, events: Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection to the store, after merging what is pending (under the lock)."""
     root = Path(root)
-    merge(root)
+    merge(root, events=events)
     with _locked(root, LOCK_TIMEOUT_S):
         con = _connect(root, read_only=True)
         try:
@@ -350,7 +474,7 @@ def _aside_name(path: Path, state: str) -> Path:
     return candidate
 
 
-def rebuild(root: Path) -> RebuildReport:
+def rebuild(root: Path, events: Path | None = None) -> RebuildReport:
     """Re-create ``lineage.duckdb`` from ``events/merged``, atomically; the old file is kept aside, never deleted.
 
     Each merged file is ingested as a merge ingests it, in name (event time) order. A file that can no longer be
@@ -358,11 +482,12 @@ def rebuild(root: Path) -> RebuildReport:
     Pending files are merged afterwards, as any reader would.
     """
     root = Path(root)
+    folder = _events(root, events)
     database = database_path(root)
     with _locked(root, LOCK_TIMEOUT_S):
-        merged = sorted(_events_dir(root, "merged").glob("*.json"))
+        merged = sorted(_events_dir(folder, "merged").glob("*.json"))
         if not merged:
-            raise LineageError(f"no merged event files under {root / 'events' / 'merged'}: nothing to rebuild "
+            raise LineageError(f"no merged event files under {folder / 'merged'}: nothing to rebuild "
                                f"{database} from")
         # DuckDB creates the file itself (an empty file is not a database): a unique name, not mkstemp.
         building = database.with_name(f".{database.name}.rebuilding-{uuid.uuid4().hex}")
@@ -370,11 +495,16 @@ def rebuild(root: Path) -> RebuildReport:
             con = _open(building)
             report = RebuildReport(database, 0)
             try:
+                chunks = [p for p in merged if p.name.endswith(CHUNK_SUFFIX)]
+                report.events += _ingest_chunks(con, folder, chunks, state="merged")
                 for path in merged:
-                    if _ingest_file(con, root, path, state="merged"):
+                    if path in chunks:
+                        continue
+                    if _ingest_file(con, folder, path, state="merged"):
                         report.events += 1
-                    elif (_events_dir(root, "rejected") / path.name).is_file():
-                        reason = (_events_dir(root, "rejected") / f"{path.name}.reason.txt").read_text().strip()
+                for path in merged:
+                    if (_events_dir(folder, "rejected") / path.name).is_file():
+                        reason = (_events_dir(folder, "rejected") / f"{path.name}.reason.txt").read_text().strip()
                         report.set_aside.append((path.name, reason))
             finally:
                 con.close()  # checkpoints: the new file is whole, with no write-ahead log beside it
@@ -389,5 +519,5 @@ def rebuild(root: Path) -> RebuildReport:
             for leftover in (building, building.with_name(building.name + ".wal")):
                 if leftover.exists():
                     leftover.unlink()
-    report.pending = merge(root)
+    report.pending = merge(root, events=events)
     return report
