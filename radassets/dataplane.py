@@ -18,6 +18,11 @@ Whichever runs them, the results come back in the items' order, so what a step w
 on one core or a hundred. Tasks get plain data and write their own outputs to their final names atomically
 (``radassets.storage``): only small records return to the driver, which writes the step's manifest last.
 
+Recording. ``Compute.record``, if set, is called where the task ran, with its result, right after the task returned
+(so after the outputs it wrote): the lineage layer's chunk writer (``radassets.lineage.chunks``), which puts the
+item's lineage beside its outputs from the worker itself, so that no node's items go through the driver's memory.
+An error there is the step's, as a task's own.
+
 Retries. A task whose process dies (``kill -9``, the OOM killer, a lost node) runs again, at most ``retries``
 times: Ray retries its own tasks (``max_retries``); a local pool that loses a process cannot go on
 (``BrokenProcessPool`` fails every task in flight), so a new pool runs the items not finished yet, each in-flight
@@ -75,6 +80,7 @@ class Compute:
     ray_address: str | None = None
     retries: int = DEFAULT_RETRIES
     ray_gpu_resource: str = "GPU"  # the cluster's resource that stands for an accelerator (the embeddings' actors)
+    record: Callable[[Any], None] | None = None  # called with each result where its task ran (module docstring)
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
@@ -115,14 +121,22 @@ def map_items(task: Callable[[T], R], items: Sequence[T], compute: Compute = IN_
         return _on_ray(task, items, compute, progress)
     workers = min(compute.resolved_workers, len(items))
     if workers <= 1:
-        return _in_process(task, items, progress)
-    return _in_pool(task, items, workers, compute.retries, progress)
+        return _in_process(task, items, progress, compute.record)
+    return _in_pool(task, items, workers, compute.retries, progress, compute.record)
 
 
-def _in_process(task: Callable[[T], R], items: list[T], progress: Progress | None) -> Mapped[R]:
+def _run(task: Callable[[T], R], item: T, record: Callable[[Any], None] | None) -> R:
+    result = task(item)
+    if record is not None:
+        record(result)
+    return result
+
+
+def _in_process(task: Callable[[T], R], items: list[T], progress: Progress | None,
+                record: Callable[[Any], None] | None = None) -> Mapped[R]:
     results = []
     for done, item in enumerate(items, start=1):
-        results.append(task(item))
+        results.append(_run(task, item, record))
         if progress:
             progress(done, len(items), results[-1])
     return Mapped(results, Counter({"local": len(items)}))
@@ -140,8 +154,8 @@ def _init_pool_process() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _placed(task: Callable[[T], R], item: T) -> tuple[str, R]:
-    return f"pid {os.getpid()}", task(item)
+def _placed(task: Callable[[T], R], item: T, record: Callable[[Any], None] | None) -> tuple[str, R]:
+    return f"pid {os.getpid()}", _run(task, item, record)
 
 
 def _pool_context(module: str) -> multiprocessing.context.BaseContext:
@@ -155,7 +169,7 @@ def _pool_context(module: str) -> multiprocessing.context.BaseContext:
 
 
 def _in_pool(task: Callable[[T], R], items: list[T], workers: int, retries: int,
-             progress: Progress | None) -> Mapped[R]:
+             progress: Progress | None, record: Callable[[Any], None] | None = None) -> Mapped[R]:
     results: dict[int, R] = {}
     places: Counter[str] = Counter()
     tries: Counter[int] = Counter()  # pools lost while an item was unfinished
@@ -164,7 +178,7 @@ def _in_pool(task: Callable[[T], R], items: list[T], workers: int, retries: int,
         todo = [i for i in range(len(items)) if i not in results]
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
                                  initializer=_init_pool_process) as pool:
-            futures: dict[Future, int] = {pool.submit(_placed, task, items[i]): i for i in todo}
+            futures: dict[Future, int] = {pool.submit(_placed, task, items[i], record): i for i in todo}
             try:
                 complete = _collect(futures, results, places, len(items), progress)
             except BaseException:  # the task's error or an interrupt: its siblings must not write on
@@ -212,10 +226,10 @@ def _kill_pool(pool: ProcessPoolExecutor) -> None:
 
 # -- Ray -----------------------------------------------------------------------------------------------------
 
-def _node_placed(task: Callable[[T], R], item: T) -> tuple[str, R]:
+def _node_placed(task: Callable[[T], R], item: T, record: Callable[[Any], None] | None) -> tuple[str, R]:
     import ray
 
-    return f"node {ray.get_runtime_context().get_node_id()}", task(item)
+    return f"node {ray.get_runtime_context().get_node_id()}", _run(task, item, record)
 
 
 def connect_ray(address: str) -> None:
@@ -253,7 +267,7 @@ def _on_ray(task: Callable[[T], R], items: list[T], compute: Compute, progress: 
     # SPREAD: a step's items go to every node, not first to fill one (each item reads and writes its own files).
     remote: Any = ray.remote(num_cpus=1, max_retries=compute.retries, retry_exceptions=False,
                         scheduling_strategy="SPREAD")(_node_placed)
-    refs = [remote.remote(task, item) for item in items]
+    refs = [remote.remote(task, item, compute.record) for item in items]
     index = {ref: i for i, ref in enumerate(refs)}
     results: dict[int, R] = {}
     places: Counter[str] = Counter()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from radassets.storage import atomic_write_text
@@ -51,3 +52,15 @@ def library_threads(_: int) -> tuple[int, str | None]:
     import SimpleITK as sitk
 
     return sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), os.environ.get("OMP_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class WriteWhere:
+    """A ``Compute.record``: writes ``<folder>/<n>.recorded`` with the process that recorded the result and
+    whether the task's output was there already."""
+
+    folder: str
+
+    def __call__(self, result: dict) -> None:
+        output = Path(self.folder) / f"{result['n']}.txt"
+        atomic_write_text(Path(self.folder) / f"{result['n']}.recorded", f"{os.getpid()} {output.is_file()}")

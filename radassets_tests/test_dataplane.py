@@ -83,6 +83,19 @@ def test_workers_and_retries_are_checked():
     assert Compute(workers=None).resolved_workers >= 1
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_result_is_recorded_where_its_task_ran_after_its_output(tmp_path, workers):
+    folder = tmp_path / "out"
+    mapped, _ = run(tasks.digest, folder, Compute(workers=workers, record=tasks.WriteWhere(str(folder))))
+    recorded = [(folder / f"{i}.recorded").read_text().split() for i in range(ITEMS)]
+    assert all(output_there == "True" for _, output_there in recorded)
+    pids = {f"pid {pid}" for pid, _ in recorded}
+    if workers == 1:
+        assert pids == {f"pid {os.getpid()}"}
+    else:
+        assert pids == set(mapped.places) and f"pid {os.getpid()}" not in pids
+
+
 # -- Ray ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.services
@@ -94,6 +107,15 @@ def test_on_a_two_node_ray_cluster_items_run_on_both_nodes_with_the_same_results
     assert len(seen) == ITEMS
     assert len(mapped.places) == 2, mapped.places  # SPREAD: both nodes took items
     assert all(place.startswith("node ") for place in mapped.places)
+
+
+@pytest.mark.services
+def test_on_ray_each_result_is_recorded_on_its_worker(tmp_path, ray_cluster):
+    folder = tmp_path / "ray"
+    run(tasks.digest, folder, Compute(ray_address=ray_cluster.address, record=tasks.WriteWhere(str(folder))))
+    recorded = [(folder / f"{i}.recorded").read_text().split() for i in range(ITEMS)]
+    assert all(output_there == "True" for _, output_there in recorded)
+    assert str(os.getpid()) not in {pid for pid, _ in recorded}  # in the Ray workers, not in the driver
 
 
 @pytest.mark.services
