@@ -240,10 +240,23 @@ def connect_ray(address: str) -> None:
         return
     _require_listening(address)
     try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        ray.init(address=address, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": storage_environment()})
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise DataPlaneError(f"cannot join the Ray cluster at {address!r} (setting ray_address / "
                              f"RADASSETS_RAY_ADDRESS): {e}") from None
+
+
+# The variables that tell fsspec's clients where the artifact store is and who asks (AWS_ENDPOINT_URL and the keys
+# for s3fs, GOOGLE_APPLICATION_CREDENTIALS for gcsfs, fsspec's own FSSPEC_* configuration).
+STORAGE_VARIABLE_PREFIXES = ("AWS_", "GOOGLE_", "FSSPEC_")
+
+
+def storage_environment() -> dict[str, str]:
+    """What this driver's Ray workers get of its environment (the job's ``runtime_env``): the artifact store's
+    client settings, so that a worker reads and writes the store the run does. Set them on the nodes instead (a
+    KubeRay pod's service account) and leave them unset here, where credentials must not travel with the job."""
+    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_VARIABLE_PREFIXES)}
 
 
 def _require_listening(address: str, timeout_s: float = 10.0) -> None:

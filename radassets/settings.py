@@ -5,7 +5,8 @@ Library code never reads the environment: it takes paths, the ``Layout`` or thes
 
 1. environment variables: ``RADASSETS_HOME``, ``RADASSETS_DATA_DIR``, ``RADASSETS_MODELS_DIR``,
    ``RADASSETS_WEIGHTS_DIR``, ``RADASSETS_IDC_MIRROR``, ``RADASSETS_DEMO_SPEC``, ``RADASSETS_GCP_PROJECT``,
-   ``RADASSETS_WORKERS``, ``RADASSETS_RAY_ADDRESS``, ``RADASSETS_RAY_GPU_RESOURCE`` and ``DAGSTER_HOME`` (an
+   ``RADASSETS_STATE_DIR``, ``RADASSETS_WORKERS``, ``RADASSETS_RAY_ADDRESS``, ``RADASSETS_RAY_GPU_RESOURCE`` and
+   ``DAGSTER_HOME`` (an
    empty variable counts as unset; a relative path is relative to the working directory);
 2. a project settings file, ``radassets.toml``, with the same fields in lower case without the prefix
    (``home = "var/data"``, ``dagster_home = "var/dagster_home"``); relative paths in it are relative to
@@ -47,12 +48,13 @@ SETTINGS_FILE = "radassets.toml"
 CONFIG_ENV = "RADASSETS_CONFIG"
 DEFAULT_HOME = "~/.radassets"
 ENV_NAMES = {"home": "RADASSETS_HOME", "data_dir": "RADASSETS_DATA_DIR", "models_dir": "RADASSETS_MODELS_DIR",
-             "weights_dir": "RADASSETS_WEIGHTS_DIR", "idc_mirror": "RADASSETS_IDC_MIRROR",
+             "weights_dir": "RADASSETS_WEIGHTS_DIR", "state_dir": "RADASSETS_STATE_DIR",
+             "idc_mirror": "RADASSETS_IDC_MIRROR",
              "demo_spec": "RADASSETS_DEMO_SPEC", "gcp_project": "RADASSETS_GCP_PROJECT", "dagster_home": "DAGSTER_HOME",
              "workers": "RADASSETS_WORKERS", "ray_address": "RADASSETS_RAY_ADDRESS",
              "ray_gpu_resource": "RADASSETS_RAY_GPU_RESOURCE"}
 INTEGER_FIELDS = ("workers",)
-LOCAL_PATH_FIELDS = ("data_dir", "models_dir", "weights_dir", "dagster_home")
+LOCAL_PATH_FIELDS = ("data_dir", "models_dir", "weights_dir", "state_dir", "dagster_home")
 FOLDER_OR_URL_FIELDS = ("home", "idc_mirror")
 
 
@@ -85,6 +87,8 @@ class Settings(BaseSettings):
                                                             "(default: the ones shipped with radassets)")
     models_dir: Path | None = Field(default=None, description="the model registry (default: <data_dir>/models)")
     weights_dir: Path | None = Field(default=None, description="the weights cache (default: <home>/weights)")
+    state_dir: Path | None = Field(default=None, description="for a URL home: the local folder of the locks, the "
+                                   "lineage database and the weights cache (default: ~/.radassets/state/<the URL>)")
     idc_mirror: str | None = Field(default=None, description="where IDC series are copied from: a folder laid "
                                    "out as BUCKET/CRDC_SERIES_UUID/, or an S3-compatible server's URL")
     demo_spec: str | None = Field(default=None, description="the demo collection's spec as JSON, such as "
@@ -153,7 +157,7 @@ class Settings(BaseSettings):
     def layout(self) -> Layout:
         from radassets.layout import Layout
 
-        return Layout(self.home, weights_dir=self.weights_dir)
+        return Layout(self.home, weights_dir=self.weights_dir, state_dir=self.state_dir)
 
     def compute(self) -> Compute:
         """Where a step's items run (``radassets.dataplane``)."""

@@ -154,3 +154,18 @@ def test_pool_processes_run_their_libraries_on_one_thread(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", raising=False)
     assert map_items(tasks.library_threads, [1, 2, 3], Compute(workers=2)).results == [(1, "1")] * 3
+
+
+@pytest.mark.services
+def test_ray_workers_get_the_drivers_storage_settings(ray_cluster):
+    """A driver (here a fresh process, as a run worker is) hands its artifact store's client settings to the job's
+    workers: the cluster's nodes were started without them."""
+    probe = ("import os, ray\n"
+             "from radassets.dataplane import connect_ray\n"
+             f"connect_ray({ray_cluster.address!r})\n"
+             "f = ray.remote(lambda: (os.environ.get('AWS_ENDPOINT_URL'), os.environ.get('SECRET_ELSEWHERE')))\n"
+             "print(ray.get(f.remote()))\n")
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "SECRET_ELSEWHERE": "kept"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "('http://127.0.0.1:9', None)"

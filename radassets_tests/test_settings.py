@@ -87,6 +87,14 @@ def test_a_url_is_kept_as_a_url(clean_env, tmp_path):
     assert s.mirror().kind == "s3" and s.mirror().endpoint_url == "http://127.0.0.1:9000"
 
 
+def test_a_url_home_keeps_its_locks_and_lineage_database_in_the_state_dir(clean_env, tmp_path):
+    clean_env.setenv("RADASSETS_HOME", "s3://bucket/prefix")
+    clean_env.setenv("RADASSETS_STATE_DIR", str(tmp_path / "state"))
+    layout = load(tmp_path).layout()
+    assert (layout.lineage_dir(), layout.locks_dir()) == (tmp_path / "state" / "lineage", tmp_path / "state" / ".locks")
+    assert str(layout.lineage_events_dir()) == "s3://bucket/prefix/lineage/events"  # where every node writes
+
+
 def test_the_file_beside_the_virtualenv_is_found_from_anywhere(clean_env, tmp_path):
     checkout = tmp_path / "checkout"
     checkout.mkdir()
