@@ -4,6 +4,12 @@ Shared by the Dagster assets and the CLI (no Dagster imports). Outputs live wher
 (``{volumes,seeds,patches}/<dataset_version>/``); each step writes its manifest last, so a partition
 without one is unfinished and is never read by the next step.
 
+The root may be a folder or an object store (``s3://``, ``gs://``): the steps' tasks read their inputs through local
+copies (``radassets.staging``) and write through ``radassets.storage``'s atomic writers. The records (QC rows,
+segments, ``seeds.parquet``'s ``ct_path``/``mask_path``) name files relative to the root (``Layout.relative``), so
+they are the same bytes on every root; the steps resolve them (``Layout.resolve``), absolute names of earlier
+versions included.
+
 Each step starts by removing the temporary files (``.<name>.*.tmp``) that a killed run left in its
 own output folder: one run at a time materializes a partition, so none of them has a live writer.
 A local source's files are checked against their index first (``unchanged_local_files``).
