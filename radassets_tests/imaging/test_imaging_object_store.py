@@ -6,6 +6,7 @@ the finished volumes. The records name files relative to the root."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import cast
 
@@ -45,10 +46,12 @@ def store_outputs(layout: Layout) -> dict[str, bytes]:
     return out
 
 
-def run_steps(definition, layout: Layout, compute: Compute) -> None:
-    run_volumes(definition, layout, compute=compute)
+def run_steps(definition, layout: Layout, compute: Compute) -> set[str]:
+    """volumes → seeds → patches; where the volumes' tasks ran."""
+    places = set(run_volumes(definition, layout, compute=compute).places)
     run_seeds(definition, layout)
     run_patches(definition, layout, compute=compute)
+    return places
 
 
 @pytest.fixture
@@ -84,7 +87,8 @@ def test_the_imaging_steps_on_s3_write_the_bytes_of_a_local_root(local_inputs, s
     series = [r["folder"] for r in read_manifest(DV, layout)["series"]]
     copy_to_store(layout.root, s3_root, "cohort", f"dicom/{DV}", *series, "demo/truth")
     store = Layout(s3_root)
-    run_steps(definition, store, Compute(workers=2))
+    places = run_steps(definition, store, Compute(workers=2))
+    assert places and all(p.startswith("pid ") and p != f"pid {os.getpid()}" for p in places)  # pool processes
     written = store_outputs(store)
 
     assert sorted(written) == sorted(expected)
