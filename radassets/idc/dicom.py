@@ -123,7 +123,7 @@ def series_files(definition: DatasetVersion, layout: Layout) -> Callable[[dict[s
     if definition.source.kind == "local":
         local = _local_files(definition, layout)
         return lambda row: local.get(row["crdc_series_uuid"], [])
-    return lambda row: download.dicom_files(Path(row["folder"])) if row.get("folder") else []
+    return lambda row: download.dicom_files(layout.resolve(row["folder"])) if row.get("folder") else []
 
 
 def read_manifest(dataset_version: str, layout: Layout) -> dict[str, Any]:

@@ -61,4 +61,4 @@ def write_montage(patches: PatchArray, masks: PatchArray, rows: Sequence[dict[st
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    return Path(path)
+    return path

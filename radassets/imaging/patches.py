@@ -25,6 +25,10 @@ volume (``PatchTask``: plain, picklable data, so that a process pool or a cluste
 ``extract_volume_patches`` reads the volume once and writes the chunks of that volume's seeds
 straight to the store, returning only their rows. No two tasks share a chunk; a task run again
 (a retry) writes the same bytes. The driver then writes ``patches.parquet`` and the manifest.
+
+The volumes, masks and the store are local or on an object store (``UPath``: ``s3://``, ``gs://``): a task reads
+its volume and masks from local copies (``radassets.staging``: the files themselves when local), and the driver
+writes ``patches.parquet``, the manifest and the montage with the atomic writers (a local file put whole).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import SimpleITK as sitk
 from radassets.dataplane import IN_PROCESS, Compute, map_items
 from radassets.imaging import patch_store
 from radassets.layout import as_path
+from radassets.staging import local_file
 from radassets.storage import atomic_write_json, sha256_file, sha256_json
 
 if TYPE_CHECKING:
@@ -167,9 +172,10 @@ class PatchesReport:
 class PatchTask:
     """The seeds of one CT volume, to extract into the store at ``store``: plain data, picklable.
 
-    ``seeds`` holds (index, seed row) pairs: the index is the patch's row in the partition (its chunk)."""
+    ``seeds`` holds (index, seed row) pairs: the index is the patch's row in the partition (its chunk).
+    ``ct_path`` and the seeds' ``mask_path``: paths (or their text), local or on an object store."""
 
-    ct_path: str
+    ct_path: str | os.PathLike
     seeds: tuple[tuple[int, dict[str, Any]], ...]
     spec: PatchSpec
     store: str | os.PathLike
@@ -178,9 +184,15 @@ class PatchTask:
 def patch_tasks(seeds: Sequence[dict[str, Any]], store: str | os.PathLike, spec: PatchSpec) -> list[PatchTask]:
     """One task per CT volume (so each volume is read once), in the order of the volumes' paths."""
     by_volume: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-    for i in sorted(range(len(seeds)), key=lambda i: seeds[i]["ct_path"]):
+    for i in sorted(range(len(seeds)), key=lambda i: str(seeds[i]["ct_path"])):
         by_volume.setdefault(str(seeds[i]["ct_path"]), []).append((i, dict(seeds[i])))
-    return [PatchTask(path, tuple(items), spec, store) for path, items in by_volume.items()]
+    return [PatchTask(items[0][1]["ct_path"], tuple(items), spec, store) for items in by_volume.values()]
+
+
+def _read_image(path: str | os.PathLike) -> sitk.Image:
+    """A volume or mask, local or on an object store (read from a local copy, removed at once)."""
+    with local_file(cast(Path, as_path(path))) as local:
+        return sitk.ReadImage(str(local))
 
 
 def extract_volume_patches(task: PatchTask) -> list[dict[str, Any]]:
@@ -188,13 +200,13 @@ def extract_volume_patches(task: PatchTask) -> list[dict[str, Any]]:
     the rows of ``patches.parquet`` for them. Run again, it writes the same bytes."""
     spec = task.spec
     arrays = patch_store.open_arrays(task.store, read_only=False)
-    image = sitk.ReadImage(task.ct_path)
+    image = _read_image(task.ct_path)
     rows = []
     for i, seed in task.seeds:
         center = (seed["coordX"], seed["coordY"], seed["coordZ"])
         patch = extract_patch(image, center, spec)
         has_mask = bool(seed.get("mask_path"))
-        mask = (extract_mask_patch(sitk.ReadImage(seed["mask_path"]), center, spec) if has_mask
+        mask = (extract_mask_patch(_read_image(seed["mask_path"]), center, spec) if has_mask
                 else np.zeros_like(patch, dtype=np.uint8))
         digest = patch_store.write_patch(arrays, i, patch, mask)
         padded = padded_fraction(image, center, spec)

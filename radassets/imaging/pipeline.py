@@ -4,6 +4,12 @@ Shared by the Dagster assets and the CLI (no Dagster imports). Outputs live wher
 (``{volumes,seeds,patches}/<dataset_version>/``); each step writes its manifest last, so a partition
 without one is unfinished and is never read by the next step.
 
+The root may be a folder or an object store (``s3://``, ``gs://``): the steps' tasks read their inputs through local
+copies (``radassets.staging``) and write through ``radassets.storage``'s atomic writers. The records (QC rows,
+segments, ``seeds.parquet``'s ``ct_path``/``mask_path``) name files relative to the root (``Layout.relative``), so
+they are the same bytes on every root; the steps resolve them (``Layout.resolve``), absolute names of earlier
+versions included.
+
 Each step starts by removing the temporary files (``.<name>.*.tmp``) that a killed run left in its
 own output folder: one run at a time materializes a partition, so none of them has a live writer.
 A local source's files are checked against their index first (``unchanged_local_files``).
@@ -112,7 +118,7 @@ def run_volumes(definition: DatasetVersion, layout: Layout, tolerances: Toleranc
     out_dir = layout.asset_dir("volumes", definition.name)
     remove_stale_temporaries(out_dir)
     return convert_dataset(manifest["series"], files_of, out_dir, conversion_settings(definition, tolerances), progress,
-                           compute)
+                           compute, layout)
 
 
 # -- seeds ----------------------------------------------------------------------------------------
@@ -180,20 +186,31 @@ def _reference_table(definition: DatasetVersion, layout: Layout) -> ReferenceTab
     return ReferenceTable.read(path, ref.id_column, ref.id_kind, ref.coord_columns, ref.label_column)
 
 
+def _resolved(layout: Layout, row: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``row`` with the files it names (relative to the root, or absolute) as paths, for reading."""
+    return dict(row, **{k: layout.resolve(row[k]) for k in keys if row.get(k)})
+
+
+def _named(layout: Layout, row: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``row`` with its paths named as records name them (``Layout.relative``)."""
+    return dict(row, **{k: layout.relative(row[k]) for k in keys if row.get(k)})
+
+
 def run_seeds(definition: DatasetVersion, layout: Layout, threshold_mm: float = DISAGREEMENT_MM) -> SeedsReport:
     volumes = _manifest(layout, "volumes", definition.name, "seeds")
     reference = _reference_table(definition, layout)
     failures: list[ItemFailure] = []
     if definition.seeds.source == "mask":
-        seeds = seeds_from_segments(volumes["segments"])
+        seeds = seeds_from_segments([_resolved(layout, s, "ct_path", "mask_path") for s in volumes["segments"]])
         if reference is not None:
             compare_with_reference(seeds, reference, threshold_mm)
     else:
-        cts = [r for r in volumes["qc"] if r["Modality"] == "CT"]
+        cts = [_resolved(layout, r, "path") for r in volumes["qc"] if r["Modality"] == "CT"]
         seeds, failures = seeds_from_reference(reference, cts)
     for seed in outside_volume(seeds):
         seeds.remove(seed)
         failures.append(outside_volume_failure(seed))
+    seeds = [_named(layout, seed, "ct_path", "mask_path") for seed in seeds]
     out_dir = layout.asset_dir("seeds", definition.name)
     remove_stale_temporaries(out_dir)
     import pandas as pd  # here, not at the top: the code location (every run worker) imports this module
@@ -205,7 +222,8 @@ def run_seeds(definition: DatasetVersion, layout: Layout, threshold_mm: float = 
         frame.drop(columns=["ct_path", "mask_path"]).to_csv(tmp, index=False)
     ref_info = None
     if reference is not None:
-        ref_info = {"table": definition.seeds.reference.table, "path": str(reference.path), "rows": len(reference.points),
+        ref_info = {"table": definition.seeds.reference.table, "path": layout.relative(reference.path),
+                    "rows": len(reference.points),
                     "id_kind": reference.id_kind, "threshold_mm": threshold_mm}
     report = SeedsReport(out_dir, seeds, failures, ref_info)
     atomic_write_json(out_dir / "manifest.json", report.manifest(definition.seeds.source, volumes["content_hash"]))
@@ -216,7 +234,8 @@ def read_seeds(dataset_version: str, layout: Layout, needed_by: str = "patches")
     import pandas as pd
 
     layout.require_finished("seeds", dataset_version, needed_by)
-    frame = pd.read_parquet(layout.seeds_table(dataset_version))
+    with layout.seeds_table(dataset_version).open("rb") as f:  # a local file or an object of the store
+        frame = pd.read_parquet(f)
     return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
             for r in frame.to_dict("records")]
 
@@ -226,7 +245,7 @@ def read_seeds(dataset_version: str, layout: Layout, needed_by: str = "patches")
 def run_patches(definition: DatasetVersion, layout: Layout, spec: PatchSpec = PatchSpec(),
                 progress: Progress | None = None, compute: Compute = IN_PROCESS) -> tuple[PatchesReport, Path]:
     """Extract the patches and write the QC montage; returns the report and the montage path."""
-    seeds = read_seeds(definition.name, layout)
+    seeds = [_resolved(layout, seed, "ct_path", "mask_path") for seed in read_seeds(definition.name, layout)]
     out_dir = layout.asset_dir("patches", definition.name)
     remove_stale_temporaries(out_dir)
     report = write_patches(seeds, out_dir, spec, progress, compute)

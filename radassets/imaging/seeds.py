@@ -9,6 +9,10 @@ they disagree by more than a threshold (10 mm by default).
 
 ``seed_id`` is stable across reruns and dataset versions: a hash of the CT series version
 (crdc_series_uuid), the mask series version and the segment number (or the reference row).
+
+The volumes and masks (``ct_path``, ``mask_path``) and the reference table are paths here, local or on an object
+store (``UPath``); a file on a store is read from a local copy (``radassets.staging``). The step
+(``radassets.imaging.pipeline.run_seeds``) resolves the names its records hold and names them again when it writes.
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import SimpleITK as sitk
 
 from radassets.imaging.masks import centroid_lps
+from radassets.layout import as_path
 from radassets.reports import ItemFailure
+from radassets.staging import local_file
 
 if TYPE_CHECKING:  # pandas is imported where a table is read: the code location imports this module
     import pandas as pd
@@ -50,11 +56,13 @@ class ReferenceTable:
     path: Path
 
     @classmethod
-    def read(cls, path: Path, id_column: str, id_kind: str, coord_columns: Sequence[str] = ("coordX", "coordY", "coordZ"),
+    def read(cls, path: Path | str, id_column: str, id_kind: str, coord_columns: Sequence[str] = ("coordX", "coordY", "coordZ"),
              label_column: str | None = None, id_suffix_pattern: str | None = None) -> ReferenceTable:
         import pandas as pd
 
-        table = pd.read_csv(path, dtype={id_column: str})
+        path = cast(Path, as_path(path))
+        with path.open("rb") as f:  # a local file or an object of the artifact store
+            table = pd.read_csv(f, dtype={id_column: str})
         missing = [c for c in [id_column, *coord_columns, *([label_column] if label_column else [])] if c not in table]
         if missing:
             raise ValueError(f"reference seed table {path}: missing column(s) {missing}; it has {list(table.columns)}")
@@ -69,14 +77,19 @@ class ReferenceTable:
                              f"(first id {points.loc[bad, 'id'].iloc[0]!r})")
         if label_column:
             points["segment_label"] = table[label_column].astype(str)
-        return cls(points, id_kind, Path(path))
+        return cls(points, id_kind, path)
+
+
+def _read_image(path: Path | str) -> sitk.Image:
+    with local_file(cast(Path, as_path(path))) as local:
+        return sitk.ReadImage(str(local))
 
 
 def seeds_from_segments(segments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One seed per segment row of the ``volumes`` partition (its mask file is read for the centroid)."""
     seeds = []
     for s in segments:
-        mask = sitk.ReadImage(s["mask_path"])
+        mask = _read_image(s["mask_path"])
         x, y, z = centroid_lps(mask)
         seeds.append({
             "seed_id": seed_id(s["crdc_series_uuid"], s["mask_crdc_series_uuid"], s["segment_number"]),
@@ -182,12 +195,14 @@ def outside_volume(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     headers: dict[str, sitk.ImageFileReader] = {}  # one header read per volume, not per seed
     bad = []
     for seed in seeds:
-        if seed["ct_path"] not in headers:
+        volume = str(seed["ct_path"])
+        if volume not in headers:
             reader = sitk.ImageFileReader()
-            reader.SetFileName(seed["ct_path"])
-            reader.ReadImageInformation()
-            headers[seed["ct_path"]] = reader
-        reader = headers[seed["ct_path"]]
+            with local_file(cast(Path, as_path(seed["ct_path"]))) as local:
+                reader.SetFileName(str(local))
+                reader.ReadImageInformation()
+            headers[volume] = reader
+        reader = headers[volume]
         origin, spacing = np.array(reader.GetOrigin()), np.array(reader.GetSpacing())
         direction = np.array(reader.GetDirection()).reshape(3, 3)
         index = np.linalg.solve(direction * spacing, np.array([seed["coordX"], seed["coordY"], seed["coordZ"]]) - origin)

@@ -10,7 +10,14 @@ they were indexed (``changed_since_indexed``, raised as a ``QCError``). Each mas
 RTSTRUCT) is placed on the grid of the CT it references; only the segments the dataset version
 selects are written.
 
-Files (every one written to a temporary name and renamed):
+Where the files are: the series' DICOM files and ``out_dir`` are local, or on an object store (a ``UPath``:
+``s3://``, ``gs://``). Each task stages its series' files to a local scratch folder (``radassets.staging``: the
+files themselves when local), converts them, and writes each NRRD through ``radassets.storage.atomic_path`` (a
+local temporary file, renamed or put whole). The records (QC rows, segments, manifest) name files relative to the
+artifact root (``Layout.relative``), messages included, so that they are the same bytes on every root; readers
+resolve them with ``Layout.resolve``. Without a layout (a library call on a bare folder) they are named as given.
+
+Files (every one written to a temporary name and renamed, or put whole):
 - ``ct/<crdc_series_uuid>.nrrd``: int16 HU, ``space: left-posterior-superior``, gzip. NRRD keeps
   the ITK/LPS geometry exactly and opens in 3D Slicer.
 - ``masks/<crdc_series_uuid of the mask>/<segment number>.nrrd``: uint8 0/1 on the CT's grid.
@@ -29,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,7 +46,9 @@ import SimpleITK as sitk
 from radassets.dataplane import IN_PROCESS, Compute, map_items
 from radassets.imaging.ct import QCError, SeriesError, Tolerances, describe_exception, failure_qc, read_ct_series
 from radassets.imaging.masks import MaskError, read_mask_header, read_mask_segments, select_segments
+from radassets.layout import Layout, as_path
 from radassets.reports import ItemFailure
+from radassets.staging import local_file, local_files
 from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha256_json
 
 MASK_MODALITIES = ("SEG", "RTSTRUCT")
@@ -166,9 +175,41 @@ def _count(values) -> dict[str, int]:
 
 
 def write_image(image: sitk.Image, path: Path) -> Path:
+    _write_nrrd(image, path)
+    return path
+
+
+def _write_nrrd(image: sitk.Image, path: Path) -> str:
+    """Write ``image`` as gzip NRRD at ``path`` (local or on a store); its sha256, hashed from the local file
+    before it is renamed or put (not read back from the store)."""
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True, imageIO="NrrdImageIO")
-    return path
+        digest = sha256_file(tmp)
+    return digest
+
+
+def recorded(layout: Layout | None, path: Path | str) -> str:
+    """How the records name a file: relative to the artifact root; as given without a layout."""
+    return layout.relative(path) if layout is not None else str(path)
+
+
+def resolved(layout: Layout | None, name: str) -> Path:
+    """The file a record names (relative to the root, or an absolute path or URL of an earlier version)."""
+    return layout.resolve(name) if layout is not None else cast(Path, as_path(name))
+
+
+def _message_with_names(qc: dict[str, Any], staged: Sequence[Path], files: Sequence[Path],
+                        layout: Layout | None) -> dict[str, Any]:
+    """``qc`` with each staged (local scratch) file in its message replaced by the record's name of the file:
+    a failure reads the same whether the series was converted where it lies or from a copy. Longest first, so
+    that no path is replaced inside a longer one."""
+    message = qc.get("message")
+    if not message:
+        return qc
+    for local, name in sorted(zip(map(str, staged), [recorded(layout, f) for f in files]),
+                              key=lambda pair: -len(pair[0])):
+        message = message.replace(local, name)
+    return dict(qc, message=message)
 
 
 def write_table(rows: list[dict], columns: dict[str, pa.DataType], path: Path) -> Path:
@@ -179,24 +220,32 @@ def write_table(rows: list[dict], columns: dict[str, pa.DataType], path: Path) -
     return path
 
 
-def _previous(out_dir: Path, settings_hash: str) -> dict[str, dict]:
-    """QC rows of the last run with the same settings whose file is intact, by crdc_series_uuid."""
+def _previous(out_dir: Path, settings_hash: str, layout: Layout | None) -> dict[str, dict]:
+    """QC rows of the last run with the same settings whose file is intact, by crdc_series_uuid (their path
+    named as this run names it: an absolute path of an earlier version becomes relative to the root)."""
     manifest = out_dir / "manifest.json"
     if not manifest.is_file():
         return {}
     old = json.loads(manifest.read_text())
     if old.get("settings_hash") != settings_hash:
         return {}
-    return {r["crdc_series_uuid"]: r for r in old["qc"]
-            if r["Modality"] == "CT" and r["status"] == "ok" and r.get("path") and Path(r["path"]).is_file()
-            and sha256_file(Path(r["path"])) == r.get("sha256")}
+    intact = {}
+    for r in old["qc"]:
+        if r["Modality"] != "CT" or r["status"] != "ok" or not r.get("path"):
+            continue
+        path = resolved(layout, r["path"])
+        if path.is_file() and sha256_file(path) == r.get("sha256"):
+            intact[r["crdc_series_uuid"]] = dict(r, path=recorded(layout, path))
+    return intact
 
 
 def _base(row: dict) -> dict[str, Any]:
     return {k: row[k] for k in ("PatientID", "Modality", "SeriesInstanceUID", "crdc_series_uuid")}
 
 
-def _convert_ct(row: dict, files: Sequence[Path], out_dir: Path, tol: Tolerances) -> dict[str, Any]:
+def _convert_ct(row: dict, files: Sequence[Path], out_dir: Path, tol: Tolerances,
+                layout: Layout | None) -> dict[str, Any]:
+    """``files``: local paths (staged); the volume is written to ``out_dir`` (local or on a store)."""
     try:
         volume = read_ct_series(files, tol)
     except SeriesError as e:
@@ -204,10 +253,11 @@ def _convert_ct(row: dict, files: Sequence[Path], out_dir: Path, tol: Tolerances
     except Exception as e:  # noqa: BLE001 - one series' failure, recorded with its type and origin
         error = SeriesError("conversion_error", row["SeriesInstanceUID"], describe_exception(e))
         return dict(failure_qc(files, error), **_base(row))
-    path = write_image(volume.image, out_dir / "ct" / f"{row['crdc_series_uuid']}.nrrd")
+    path = out_dir / "ct" / f"{row['crdc_series_uuid']}.nrrd"
+    digest = _write_nrrd(volume.image, path)
     frame = str(pydicom.dcmread(files[0], stop_before_pixels=True).get("FrameOfReferenceUID", "")) or None
     qc = {k: v for k, v in volume.qc.items() if k in QC_COLUMNS}
-    return dict(qc, **_base(row), FrameOfReferenceUID=frame, path=str(path), sha256=sha256_file(path), reused=False)
+    return dict(qc, **_base(row), FrameOfReferenceUID=frame, path=recorded(layout, path), sha256=digest, reused=False)
 
 
 def _find_ct(header, row: dict, cts: list[dict]) -> dict:
@@ -227,7 +277,8 @@ def _find_ct(header, row: dict, cts: list[dict]) -> dict:
 
 
 def _convert_mask(row: dict, files: Sequence[Path], cts: list[dict], out_dir: Path,
-                  selection: SegmentSelection) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                  selection: SegmentSelection, layout: Layout | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``files``: local paths (staged); the CT volume is read from where its QC row names it."""
     qc = dict(_base(row), status="failed", reused=False)
     started = time.monotonic()
     try:
@@ -239,7 +290,8 @@ def _convert_mask(row: dict, files: Sequence[Path], cts: list[dict], out_dir: Pa
         if ct["status"] != "ok":
             raise MaskError("no_reference", header.series_uid,
                             f"its CT {ct['SeriesInstanceUID']} could not be converted ({ct['code']})")
-        image = sitk.ReadImage(ct["path"])
+        with local_file(resolved(layout, ct["path"])) as ct_file:
+            image = sitk.ReadImage(str(ct_file))
         segments = read_mask_segments(files[0], image, ct.get("FrameOfReferenceUID"))
     except MaskError as e:
         return dict(qc, code=e.code, message=str(e)), []
@@ -262,43 +314,50 @@ def _convert_mask(row: dict, files: Sequence[Path], cts: list[dict], out_dir: Pa
             "crdc_series_uuid": ct["crdc_series_uuid"], "mask_SeriesInstanceUID": row["SeriesInstanceUID"],
             "mask_crdc_series_uuid": row["crdc_series_uuid"], "mask_Modality": row["Modality"],
             "segment_number": s.number, "segment_label": s.label, "voxels": s.voxels,
-            "volume_ml": round(s.voxels * voxel_ml, 4), "ct_path": ct["path"], "mask_path": str(path),
+            "volume_ml": round(s.voxels * voxel_ml, 4), "ct_path": ct["path"], "mask_path": recorded(layout, path),
         })
     return dict(qc, status="ok", seconds=round(time.monotonic() - started, 3)), segment_rows
 
 
-def convert_ct_task(item: tuple[dict, list[str], str, Tolerances]) -> dict[str, Any]:
-    """One CT series → its volume (a data-plane task: plain data in, its QC row out)."""
-    row, files, out_dir, tolerances = item
-    return _convert_ct(row, [Path(f) for f in files], Path(out_dir), tolerances)
+def convert_ct_task(item: tuple[dict, list[Path], Path, Tolerances, Layout | None]) -> dict[str, Any]:
+    """One CT series → its volume (a data-plane task: plain data in, its QC row out). Its files are staged
+    locally (a local series is read where it lies) and removed when done."""
+    row, files, out_dir, tolerances, layout = item
+    with local_files(files) as staged:
+        qc = _convert_ct(row, staged, cast(Path, as_path(out_dir)), tolerances, layout)
+    return _message_with_names(qc, staged, files, layout)
 
 
-def convert_mask_task(item: tuple[dict, list[str], list[dict], str, SegmentSelection]
+def convert_mask_task(item: tuple[dict, list[Path], list[dict], Path, SegmentSelection, Layout | None]
                       ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One SEG or RTSTRUCT → its segments on its CT's grid (a data-plane task)."""
-    row, files, ct_rows, out_dir, selection = item
-    return _convert_mask(row, [Path(f) for f in files], ct_rows, Path(out_dir), selection)
+    row, files, ct_rows, out_dir, selection, layout = item
+    with local_files(files) as staged:
+        qc, segments = _convert_mask(row, staged, ct_rows, cast(Path, as_path(out_dir)), selection, layout)
+    return _message_with_names(qc, staged, files, layout), segments
 
 
-def _unavailable(row: dict, files_of: FilesOf, what: str) -> tuple[dict[str, Any] | None, list[str]]:
+def _unavailable(row: dict, files_of: FilesOf, what: str) -> tuple[dict[str, Any] | None, list[Path]]:
     """The QC row of a series that cannot be converted (not downloaded, files refused), else its files."""
     if row.get("status") == "failed":
         return dict(_base(row), status="failed", code="not_downloaded",
                     message=f"{what} {row['SeriesInstanceUID']}: DICOM not available ({row.get('reason')})"), []
     try:
-        return None, [str(f) for f in files_of(row)]
+        return None, list(files_of(row))
     except QCError as e:
         return dict(_base(row), status="failed", code=e.code, message=str(e)), []
 
 
 def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,
                     settings: ConversionSettings = ConversionSettings(),
-                    progress: Progress | None = None, compute: Compute = IN_PROCESS) -> VolumesReport:
+                    progress: Progress | None = None, compute: Compute = IN_PROCESS,
+                    layout: Layout | None = None) -> VolumesReport:
     """Convert every series of a ``dicom`` manifest (rows with PatientID, Modality, SeriesInstanceUID,
     crdc_series_uuid, status). CTs first, then each mask on its CT's grid; the series of each phase are
-    ``radassets.dataplane`` tasks, run where ``compute`` says, their rows kept in the manifest's order."""
-    out_dir = Path(out_dir)
-    reusable = _previous(out_dir, settings.hash)
+    ``radassets.dataplane`` tasks, run where ``compute`` says, their rows kept in the manifest's order.
+    ``layout``: the artifact root that the records name files relative to (see the module docstring)."""
+    out_dir = cast(Path, as_path(out_dir))
+    reusable = _previous(out_dir, settings.hash, layout)
     cts = [r for r in series if r["Modality"] == "CT"]
     masks = [r for r in series if r["Modality"] in MASK_MODALITIES]
     others = [r for r in series if r["Modality"] != "CT" and r["Modality"] not in MASK_MODALITIES]
@@ -322,7 +381,7 @@ def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,
         if qc is None and row["crdc_series_uuid"] in reusable:
             qc = dict(reusable[row["crdc_series_uuid"]], reused=True)
         if qc is None:
-            to_convert.append((len(ct_rows), (row, files, str(out_dir), settings.tolerances)))
+            to_convert.append((len(ct_rows), (row, files, out_dir, settings.tolerances, layout)))
         else:
             tick(qc)
         ct_rows.append(qc)
@@ -338,7 +397,7 @@ def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,
     for row in masks:
         qc, files = _unavailable(row, files_of, "mask")
         if qc is None:
-            to_place.append((len(mask_rows), (row, files, cts_done, str(out_dir), settings.selection)))
+            to_place.append((len(mask_rows), (row, files, cts_done, out_dir, settings.selection, layout)))
         else:
             tick(qc)
         mask_rows.append(qc)

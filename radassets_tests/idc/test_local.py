@@ -95,7 +95,7 @@ def test_a_file_edited_in_place_is_noticed_and_converted_again(data_dir, layout,
     assert ct_row(second, "DEMO-006")["reused"]  # untouched series keep their id and volume
     assert second.content_hash != first.content_hash  # the volumes data version (lineage version) changes
     fresh = read_ct_series(sorted((user_folder / "DEMO-005" / "CT").iterdir())).image
-    stored = sitk.ReadImage(new["path"])
+    stored = sitk.ReadImage(layout.resolve(new["path"]))  # recorded relative to the root
     assert np.array_equal(sitk.GetArrayViewFromImage(stored), sitk.GetArrayViewFromImage(fresh))
     assert stored.GetOrigin() == fresh.GetOrigin() and stored.GetSpacing() == fresh.GetSpacing()
 
