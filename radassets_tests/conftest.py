@@ -142,4 +142,4 @@ def copy_to_store(local_root: Path, remote_root: str, *folders: str) -> None:
         source = local_root / folder
         for file in sorted(p for p in source.rglob("*") if p.is_file()):
             target = remote / file.relative_to(local_root).as_posix()
-            target.fs.put_file(str(file), target.path)  # type: ignore[attr-defined]
+            target.fs.put_file(str(file), target.path)  # type: ignore[union-attr]
