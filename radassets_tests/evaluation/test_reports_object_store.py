@@ -207,3 +207,31 @@ def run_events(asset: str, partition_key: str, version: str, items: list[dict], 
               "facets": {"settings": settings}}
     return [{"event_type": "START", "run": run, "job": job},
             {"event_type": "COMPLETE", "run": run, "job": job, "inputs": [], "outputs": [output]}]
+
+
+def test_seed_perturbation_reads_the_volumes_named_relative_to_an_s3_root(tmp_path, s3_root):
+    """The seeds table names its volumes relative to the root: the perturbed patches are extracted from the
+    volume on the store (a local copy for SimpleITK), the same bits as from the local root."""
+    from radassets.evaluation.perturbation import patch_spec_of, perturbed_embeddings
+    from radassets.imaging.patches import PatchSpec, write_patches
+    from radassets_tests.evaluation.test_perturbation import CENTRES, LesionCentroid, lesion_volume
+
+    local, remote = Layout(tmp_path / "home"), Layout(s3_root)
+    volume = local.asset_dir("volumes", "v1") / "ct" / "ct.nrrd"
+    volume.parent.mkdir(parents=True)
+    lesion_volume(volume, CENTRES)
+    seeds = pd.DataFrame([{"seed_id": f"s{n}", "PatientID": f"P{n}", "SeriesInstanceUID": "1.2.3",
+                           "crdc_series_uuid": "u", "source": "test", "segment_label": "GTV-1",
+                           "ct_path": str(volume), "mask_path": None,
+                           "coordX": c[0], "coordY": c[1], "coordZ": c[2]} for n, c in enumerate(CENTRES)])
+    write_patches(seeds.to_dict("records"), local.asset_dir("patches", "v1"), PatchSpec(size=48))
+    copy_to_store(local.root, s3_root, "volumes/v1", "patches/v1")
+    seeds["ct_path"] = "volumes/v1/ct/ct.nrrd"
+    patients = pd.DataFrame({"PatientID": ["P0", "P1"], "seed_id": ["s0", "s1"], "patch_index": [0, 1]})
+    offsets = np.random.default_rng(1).normal(0.0, 4.0, size=(3, 2, 3))
+    moved = {}
+    for name, layout in (("local", local), ("s3", remote)):
+        patches = layout.asset_dir("patches", "v1")
+        moved[name] = perturbed_embeddings(LesionCentroid(), patients, seeds, patches, patch_spec_of(patches), offsets,
+                                           layout=layout)
+    assert moved["s3"].tobytes() == moved["local"].tobytes() and np.isfinite(moved["s3"]).all()
