@@ -235,3 +235,22 @@ def test_seed_perturbation_reads_the_volumes_named_relative_to_an_s3_root(tmp_pa
         moved[name] = perturbed_embeddings(LesionCentroid(), patients, seeds, patches, patch_spec_of(patches), offsets,
                                            layout=layout)
     assert moved["s3"].tobytes() == moved["local"].tobytes() and np.isfinite(moved["s3"]).all()
+
+
+def test_hosny2018_figure2_on_s3_is_the_local_report(tmp_path, s3_root):
+    """The unpartitioned report (the asset's call of ``evaluate_scores``) written to the store: the same bytes, and
+    the same lineage items, as under a local root."""
+    from radassets.defs.evaluation import HOSNY
+    from radassets.evaluation.scores import evaluate_scores
+    from radassets.packaged import packaged_data_dir
+
+    data = packaged_data_dir()
+    local, remote = Layout(tmp_path / "home"), Layout(s3_root)
+    for layout in (local, remote):
+        evaluate_scores(data / HOSNY["scores"], "PatientID", "CNN_logit0", data / HOSNY["clinical"], "PatientID",
+                        "Survival.time", "deadstatus.event", 730, "alive", layout.asset_dir("hosny2018_figure2"),
+                        threshold_from=data / HOSNY["threshold_from"], threshold_column="logit_0", n_boot=100)
+    here = files_under(local.asset_dir("hosny2018_figure2"))
+    assert sorted(here) == ["km.png", "metrics.json", "roc.png"]
+    assert files_under(remote.asset_dir("hosny2018_figure2")) == here
+    assert output_record(remote, "hosny2018_figure2", None) == output_record(local, "hosny2018_figure2", None)
