@@ -11,6 +11,10 @@ endpoint changed since) or from other embeddings, seeds or clinical table than t
 is stale. A stale evaluation is left out of the ranking and named, with its causes and the
 partition to materialize again, in ``metrics.json`` (``stale``) and the report. A dataset version
 without a clinical table has nothing to compare: the report says so.
+
+The folders may be on the artifact store (``UPath``): files are read through file objects and written whole
+(``radassets.storage``); the stale causes name the files relative to the artifact root (``Layout.relative``), so
+``metrics.json`` is the same bytes on every root.
 """
 
 from __future__ import annotations
@@ -26,14 +30,21 @@ from radassets.datasets import DatasetVersion
 from radassets.evaluation.comparison import MUTUAL_K, compare_endpoint, mutual_knn
 from radassets.evaluation.figures import pyplot, save_figure
 from radassets.evaluation.step_reports import ComparisonReport
-from radassets.evaluation.report import EvaluationInputError, definition_sha256, nothing_to_evaluate, write_html
+from radassets.evaluation.report import (EvaluationInputError, definition_sha256, nothing_to_evaluate, recorded_path,
+                                         write_html)
+from radassets.layout import Layout
 from radassets.storage import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    with path.open("rb") as f:
+        return pd.read_parquet(f)
 
 
 def evaluated_models(evaluation_root: Path) -> dict[str, dict]:
     """model → its evaluation metrics, for every complete evaluation partition of the dataset version."""
     out = {}
-    for folder in sorted(p for p in Path(evaluation_root).glob("*") if (p / "metrics.json").is_file()):
+    for folder in sorted(p for p in evaluation_root.glob("*") if (p / "metrics.json").is_file()):
         out[folder.name] = json.loads((folder / "metrics.json").read_text())
     return out
 
@@ -70,9 +81,11 @@ def _heatmap(models: list[str], matrix: np.ndarray, n: int, path: Path, lineage_
     return save_figure(fig, path, lineage_id)
 
 
-def stale_causes(evaluation: dict[str, Any], definition_hash: str, current_files: dict[str, Path]) -> list[str]:
+def stale_causes(evaluation: dict[str, Any], definition_hash: str, current_files: dict[str, Path],
+                 layout: Layout | None = None) -> list[str]:
     """Why an evaluation no longer describes the current definition and inputs (empty: it is current).
-    ``current_files``: input name → the file there now (embeddings, seeds, clinical)."""
+    ``current_files``: input name → the file there now (embeddings, seeds, clinical), named relative to the
+    artifact root of ``layout``."""
     causes = []
     recorded = evaluation.get("definition_sha256")
     if recorded != definition_hash:
@@ -82,18 +95,19 @@ def stale_causes(evaluation: dict[str, Any], definition_hash: str, current_files
         then = evaluation.get("inputs", {}).get(name, {}).get("sha256")
         now = sha256_file(path) if path.is_file() else None
         if then != now:
-            causes.append(f"its {name} changed since ({path}: sha256 {(then or 'not recorded')[:12]}, now "
+            causes.append(f"its {name} changed since ({recorded_path(path, layout)}: sha256 {(then or 'not recorded')[:12]}, now "
                           f"{(now or 'missing')[:12]})")
     return causes
 
 
 def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings_root: Path, seeds_parquet: Path,
-                   out_dir: Path, *, source_root: Path | None = None) -> ComparisonReport:
+                   out_dir: Path, *, source_root: Path | None = None, layout: Layout | None = None) -> ComparisonReport:
+    """Compare the evaluated models and write the outputs under ``out_dir`` (the module docstring); ``layout``: the
+    artifact root files are named relative to."""
     from radassets.idc.index import resolve_table
     from radassets.models.embed import read_embeddings
 
     dataset_version = definition.name
-    out_dir = Path(out_dir)
     if why := nothing_to_evaluate(definition):
         nothing = {"dataset_version": dataset_version, "status": "nothing to compare", "reason": why,
                    "lineage_id": sha256_json({"dataset_version": dataset_version, "reason": why})[:16],
@@ -107,13 +121,13 @@ def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings
     clinical = resolve_table(definition.clinical.table, source_root, definition.data_root)
     stale = {}
     for m, evaluation in evaluations.items():
-        causes = stale_causes(evaluation, definition_hash, {"embeddings": Path(embeddings_root) / m / "embeddings.parquet",
-                                                            "seeds": Path(seeds_parquet), "clinical": Path(clinical)})
+        causes = stale_causes(evaluation, definition_hash, {"embeddings": embeddings_root / m / "embeddings.parquet",
+                                                            "seeds": seeds_parquet, "clinical": clinical}, layout)
         if causes:
             stale[m] = {"causes": causes, "lineage_id": evaluation.get("lineage_id"),
                         "rematerialize": f"evaluation, partition {dataset_version}|{m}"}
     models = sorted(m for m in evaluations if m not in stale)
-    inputs = {m: {"metrics_sha256": sha256_file(Path(evaluation_root) / m / "metrics.json"),
+    inputs = {m: {"metrics_sha256": sha256_file(evaluation_root / m / "metrics.json"),
                   "lineage_id": evaluations[m]["lineage_id"], "weights_sha256": evaluations[m]["weights_sha256"]}
               for m in models}
     lineage_id = sha256_json({"dataset_version": dataset_version, "definition_sha256": definition_hash,
@@ -125,8 +139,7 @@ def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings
         if not evaluated:
             endpoints[endpoint] = {"status": "no model could be evaluated"}
             continue
-        predictions = {m: pd.read_parquet(Path(evaluation_root) / m / f"{endpoint}_predictions.parquet")
-                       for m in evaluated}
+        predictions = {m: _read_parquet(evaluation_root / m / f"{endpoint}_predictions.parquet") for m in evaluated}
         result = compare_endpoint(predictions, {m: evaluations[m]["endpoints"][endpoint] for m in evaluated})
         endpoints[endpoint] = result
         figures.append(_forest(endpoint, result["models"], out_dir / f"auc_{endpoint}.png", lineage_id,
@@ -134,7 +147,7 @@ def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings
     # Mutual kNN on the patients (first scan, largest lesion: the rows evaluated) that every model embedded.
     vectors = {}
     for m in models:
-        rows, matrix = read_embeddings(Path(embeddings_root) / m)
+        rows, matrix = read_embeddings(embeddings_root / m)
         frame = pd.DataFrame(rows)
         frame["row"] = np.arange(len(frame))
         vectors[m] = frame.drop_duplicates("SeriesInstanceUID").set_index("SeriesInstanceUID")["row"], matrix

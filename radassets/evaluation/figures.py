@@ -2,7 +2,8 @@
 
 Every PNG carries its lineage id in a PNG text chunk (``radassets:lineage_id``), so a figure copied
 into a manuscript can be traced back (``radassets lineage trace``); the report prints the same id
-under each figure. Drawn with matplotlib (Agg) and lifelines' own KM plotting and at-risk table.
+under each figure. A figure is drawn to a local temporary file and put in place whole (``storage.atomic_path``),
+also on the artifact store. Drawn with matplotlib (Agg) and lifelines' own KM plotting and at-risk table.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ def save_figure(fig, path: Path, lineage_id: str) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight", metadata={LINEAGE_KEY: lineage_id})
     plt.close(fig)
-    return Path(path)
+    return path
 
 
 def lineage_id_of(path: Path) -> str | None:
-    """The lineage id embedded in a PNG written here (None if absent)."""
-    with Image.open(path) as image:
+    """The lineage id embedded in a PNG written here (None if absent); ``path`` local or on the artifact store."""
+    with path.open("rb") as f, Image.open(f) as image:
         return image.text.get(LINEAGE_KEY) if hasattr(image, "text") else None
 
 

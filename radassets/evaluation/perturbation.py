@@ -24,6 +24,11 @@ the stored one byte for byte: a volume or mask changed since the patches step is
 silent shift.
 
 Cost: ``trials`` × patients patch extractions and forward passes, hence its own asset.
+
+On an artifact store (``UPath`` folders) the seeds' volumes and masks are named as the seeds table records them
+(relative to the artifact root, or absolute as earlier versions wrote them: ``Layout.resolve``) and copied to a
+local scratch file for SimpleITK one volume at a time (``staging.local_file``); the outputs are written whole, and
+``metrics.json`` names its inputs relative to the root (the same bytes on every root).
 """
 
 from __future__ import annotations
@@ -45,9 +50,11 @@ from radassets.evaluation import SD_VOXELS, TRIALS
 from radassets.evaluation.evaluate import SEED, endpoint_labels, evaluable
 from radassets.evaluation.figures import seed_stability_figure
 from radassets.evaluation.probes import linear_probe_folds, probe_scores
-from radassets.evaluation.report import write_html
+from radassets.evaluation.report import recorded_path, write_html
 from radassets.evaluation.step_reports import StabilityReport
 from radassets.imaging.patches import PatchSpec, extract_mask_patch, extract_patch, load_patches
+from radassets.layout import Layout
+from radassets.staging import local_file
 from radassets.storage import atomic_path, atomic_write_json, atomic_write_text, sha256_json
 from radassets.errors import RadassetsError
 
@@ -92,7 +99,7 @@ def endpoint_probes(definition: DatasetVersion, clinical: pd.DataFrame, patients
 
 def patch_spec_of(patches_dir: Path) -> PatchSpec:
     """The settings the patches step used (from its manifest)."""
-    spec = json.loads((Path(patches_dir) / "manifest.json").read_text())["spec"]
+    spec = json.loads((patches_dir / "manifest.json").read_text())["spec"]
     return PatchSpec(**{f.name: spec[f.name] for f in fields(PatchSpec)})
 
 
@@ -101,11 +108,20 @@ def _cosine(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return vectors @ reference / np.maximum(norms, 1e-12)
 
 
+def _read_image(recorded: str, layout: Layout | None) -> sitk.Image:
+    """The volume or mask a seeds table names (``Layout.resolve``; as a local path without a layout), read from a
+    local copy where it is on the artifact store."""
+    path = layout.resolve(recorded) if layout is not None else Path(recorded)
+    with local_file(path) as local:
+        return sitk.ReadImage(str(local))
+
+
 def perturbed_embeddings(extractor, patients: pd.DataFrame, seeds: pd.DataFrame, patches_dir: Path,
                          spec: PatchSpec, offsets: np.ndarray, batch_size: int = 8,
-                         progress: Progress | None = None) -> np.ndarray:
+                         progress: Progress | None = None, layout: Layout | None = None) -> np.ndarray:
     """(trials, patients, dim) embeddings of each patient's patch at its seed moved by ``offsets``
-    (trials, patients, 3) LPS mm. NaN rows where the model returned non-finite values."""
+    (trials, patients, 3) LPS mm. NaN rows where the model returned non-finite values. ``layout``: the artifact
+    root the seeds' paths are resolved against."""
     stored, stored_masks, patch_rows = load_patches(patches_dir)
     by_seed = seeds.set_index("seed_id")
     trials, n = offsets.shape[:2]
@@ -116,11 +132,12 @@ def perturbed_embeddings(extractor, patients: pd.DataFrame, seeds: pd.DataFrame,
         patient = patients.iloc[p]
         seed_row = by_seed.loc[patient["seed_id"]]
         if seed_row["ct_path"] != image_path:  # patients sorted by volume: each volume is read once
-            if not Path(seed_row["ct_path"]).is_file():
+            ct_path = layout.resolve(seed_row["ct_path"]) if layout is not None else Path(seed_row["ct_path"])
+            if not ct_path.is_file():
                 raise PerturbationError(f"patient {patient['PatientID']}: the volume {seed_row['ct_path']} is gone; "
                                         f"materialize 'volumes' again")
-            image_path, image = seed_row["ct_path"], sitk.ReadImage(seed_row["ct_path"])
-        mask = sitk.ReadImage(seed_row["mask_path"]) if isinstance(seed_row["mask_path"], str) else None
+            image_path, image = seed_row["ct_path"], _read_image(seed_row["ct_path"], layout)
+        mask = _read_image(seed_row["mask_path"], layout) if isinstance(seed_row["mask_path"], str) else None
         center = np.array([seed_row["coordX"], seed_row["coordY"], seed_row["coordZ"]], float)
         patch_index = int(patient["patch_index"])
         if not np.array_equal(extract_patch(image, center, spec), stored[patch_index]):
@@ -149,7 +166,7 @@ def perturbed_embeddings(extractor, patients: pd.DataFrame, seeds: pd.DataFrame,
 def seed_perturbation(definition: DatasetVersion, extractor, patients: pd.DataFrame, x: np.ndarray,
                       clinical: pd.DataFrame, seeds: pd.DataFrame, patches_dir: Path, *, trials: int = TRIALS,
                       sd_voxels: float = SD_VOXELS, seed: int = SEED, batch_size: int = 8,
-                      progress: Progress | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+                      progress: Progress | None = None, layout: Layout | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
     """Metrics and the per (trial, patient) table of one model's seed-perturbation stability.
 
     ``patients`` and ``x``: the evaluation's patients (``patient_embeddings``) and their stored
@@ -169,7 +186,7 @@ def seed_perturbation(definition: DatasetVersion, extractor, patients: pd.DataFr
     sd_mm = sd_voxels * spec.spacing_mm
     offsets = np.random.default_rng(seed).normal(0.0, sd_mm, size=(trials, len(rows), 3))
     vectors = perturbed_embeddings(extractor, patients.iloc[rows], seeds, patches_dir, spec, offsets,
-                                   batch_size, progress)
+                                   batch_size, progress, layout)
     position = {int(r): j for j, r in enumerate(rows)}
 
     table = pd.DataFrame({
@@ -239,7 +256,6 @@ def seed_perturbation(definition: DatasetVersion, extractor, patients: pd.DataFr
 def write_outputs(metrics: dict[str, Any], table: pd.DataFrame, out_dir: Path, title: str,
                   identity: dict[str, Any]) -> dict[str, Any]:
     """``perturbations.parquet``, ``seed_stability.png``, ``metrics.json``, ``report.md`` and ``report.html``."""
-    out_dir = Path(out_dir)
     lineage_id = sha256_json({**identity, "protocol": metrics["protocol"]})[:16]
     metrics = {**identity, "lineage_id": lineage_id, **metrics}
     with atomic_path(out_dir / "perturbations.parquet") as tmp:
@@ -286,15 +302,16 @@ def run_seed_stability(definition: DatasetVersion, model: str, embeddings_dir: P
                        seed: int = SEED, batch_size: int = 8, device: str = "auto", download: bool = True,
                        progress: Progress | None = None, source_root: Path | None = None,
                        registry_dir: Path | None = None, weights_dir: Path | None = None,
-                       data_root: Path | None = None) -> StabilityReport:
+                       data_root: Path | None = None, layout: Layout | None = None) -> StabilityReport:
     """Seed-perturbation stability of one (dataset version, model), written under ``out_dir``; the model
-    from the registry ``registry_dir``, its weights from ``weights_dir``."""
+    from the registry ``registry_dir``, its weights from ``weights_dir``; ``layout``: the artifact root that the
+    seeds' paths and the recorded inputs are relative to."""
     from radassets.evaluation.report import read_evaluation_inputs
     from radassets.models import registry
     from radassets.models.embed import choose_device
     from radassets.models.extractors import load_extractor
 
-    inputs = read_evaluation_inputs(definition, model, embeddings_dir, seeds_parquet, source_root)
+    inputs = read_evaluation_inputs(definition, model, embeddings_dir, seeds_parquet, source_root, layout)
     if not (patches_dir / "manifest.json").is_file():
         raise PerturbationError(f"{definition.name} × {model}: {patches_dir / 'manifest.json'} is missing; "
                                 f"materialize 'patches' first")
@@ -304,13 +321,15 @@ def run_seed_stability(definition: DatasetVersion, model: str, embeddings_dir: P
         raise PerturbationError(f"{definition.name} × {model}: the weights now registered "
                                 f"({extractor.weights_sha256}) are not those of the stored embeddings "
                                 f"({inputs.manifest.get('weights_sha256')}); materialize 'embeddings' again")
+    with seeds_parquet.open("rb") as f:
+        seeds = pd.read_parquet(f)
     metrics, table = seed_perturbation(definition, extractor, inputs.patients, inputs.x, inputs.clinical,
-                                       pd.read_parquet(seeds_parquet), patches_dir, trials=trials,
-                                       sd_voxels=sd_voxels, seed=seed, batch_size=batch_size, progress=progress)
+                                       seeds, patches_dir, trials=trials, sd_voxels=sd_voxels, seed=seed,
+                                       batch_size=batch_size, progress=progress, layout=layout)
     patches_manifest = json.loads((patches_dir / "manifest.json").read_text())
     identity = {"dataset_version": definition.name, "model": model,
                 "weights_sha256": inputs.manifest.get("weights_sha256"),
                 "preprocessing_hash": inputs.manifest.get("preprocessing_hash"),
-                "inputs": {**inputs.files, "patches": {"path": str(patches_dir),
+                "inputs": {**inputs.files, "patches": {"path": recorded_path(patches_dir, layout),
                                                        "content_hash": patches_manifest["content_hash"]}}}
     return StabilityReport.of(write_outputs(metrics, table, out_dir, f"{definition.name} × {model}", identity), out_dir)

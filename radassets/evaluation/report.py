@@ -9,6 +9,11 @@ the comparison can tell an evaluation made under another definition or from othe
 
 A dataset version without a clinical table or endpoint (e.g. one added with ``datasets add-local``)
 has nothing to evaluate: its metrics.json and report say so, and nothing else is computed.
+
+The inputs and outputs may be on the artifact store (``UPath`` folders): the tables are read through file
+objects, the figures drawn to a local temporary file and put whole (``storage.atomic_path``). ``metrics.json``
+names its input files relative to the artifact root (``Layout.relative``), so it is the same bytes on every root,
+and so is the lineage id hashed from it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from radassets.evaluation.evaluate import (EndpointResult, SEED, cosine_stabilit
 from radassets.evaluation.figures import km_figure, roc_figure
 from radassets.evaluation.step_reports import EvaluationReport
 from radassets.idc.index import resolve_table
+from radassets.layout import Layout
 from radassets.storage import atomic_path, atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from radassets.errors import RadassetsError
 
@@ -36,7 +42,8 @@ from radassets.errors import RadassetsError
 def _table(definition: DatasetVersion, source_root: Path | None, table: str,
            id_column: str | None = None) -> tuple[pd.DataFrame, Path]:
     path = resolve_table(table, source_root, definition.data_root)
-    return pd.read_csv(path, dtype={id_column: str} if id_column else None), path
+    with path.open("rb") as f:
+        return pd.read_csv(f, dtype={id_column: str} if id_column else None), path
 
 
 class EvaluationInputError(RadassetsError, ValueError):
@@ -54,7 +61,7 @@ class EvaluationInputs:
     clinical: pd.DataFrame
     pairs: list[tuple[str, str]]  # test-retest series pairs
     manifest: dict[str, Any]  # the embeddings manifest
-    files: dict[str, dict[str, str]]  # name → path and sha256
+    files: dict[str, dict[str, str]]  # name → path (relative to the artifact root where under it) and sha256
 
 
 def definition_sha256(definition: DatasetVersion) -> str:
@@ -72,9 +79,17 @@ def nothing_to_evaluate(definition: DatasetVersion) -> str | None:
     return None
 
 
+def recorded_path(path: Path, layout: Layout | None) -> str:
+    """How a record names an input file: relative to the artifact root of ``layout`` (``Layout.relative``), as
+    given without one."""
+    return layout.relative(path) if layout is not None else str(path)
+
+
 def read_evaluation_inputs(definition: DatasetVersion, model: str, embeddings_dir: Path,
-                           seeds_parquet: Path, source_root: Path | None = None) -> EvaluationInputs:
-    """What an evaluation reads; ``source_root`` is the folder of the source's own tables (``source:...``)."""
+                           seeds_parquet: Path, source_root: Path | None = None,
+                           layout: Layout | None = None) -> EvaluationInputs:
+    """What an evaluation reads; ``source_root`` is the folder of the source's own tables (``source:...``);
+    ``layout``: the artifact root the input files are named relative to."""
     from radassets.models.embed import read_embeddings
 
     if why := nothing_to_evaluate(definition):
@@ -84,33 +99,36 @@ def read_evaluation_inputs(definition: DatasetVersion, model: str, embeddings_di
             raise EvaluationInputError(f"{definition.name} × {model}: {needed} is missing; materialize the steps "
                                        f"before 'evaluation' first")
     rows, matrix = read_embeddings(embeddings_dir)
-    seeds = pd.read_parquet(seeds_parquet)
+    with seeds_parquet.open("rb") as f:
+        seeds = pd.read_parquet(f)
     clinical, clinical_path = _table(definition, source_root, definition.clinical.table, definition.clinical.id_column)
     pairs: list[tuple[str, str]] = []
-    files = {"embeddings": {"path": str(embeddings_dir / "embeddings.parquet"),
+    files = {"embeddings": {"path": recorded_path(embeddings_dir / "embeddings.parquet", layout),
                             "sha256": sha256_file(embeddings_dir / "embeddings.parquet")},
-             "seeds": {"path": str(seeds_parquet), "sha256": sha256_file(seeds_parquet)},
-             "clinical": {"path": str(clinical_path), "sha256": sha256_file(clinical_path)}}
+             "seeds": {"path": recorded_path(seeds_parquet, layout), "sha256": sha256_file(seeds_parquet)},
+             "clinical": {"path": recorded_path(clinical_path, layout), "sha256": sha256_file(clinical_path)}}
     if definition.test_retest is not None:
         retest, retest_path = _table(definition, source_root, definition.test_retest.table)
         pairs = test_retest_pairs(definition, retest)
-        files["test_retest"] = {"path": str(retest_path), "sha256": sha256_file(retest_path)}
+        files["test_retest"] = {"path": recorded_path(retest_path, layout), "sha256": sha256_file(retest_path)}
     patients, x = patient_embeddings(rows, matrix, seeds, {b for _, b in pairs})
     manifest = json.loads((embeddings_dir / "manifest.json").read_text())
     return EvaluationInputs(rows, matrix, patients, x, clinical, pairs, manifest, files)
 
 
 def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path, seeds_parquet: Path,
-                   out_dir: Path, seed: int = SEED, *, source_root: Path | None = None) -> EvaluationReport:
+                   out_dir: Path, seed: int = SEED, *, source_root: Path | None = None,
+                   layout: Layout | None = None) -> EvaluationReport:
+    """Evaluate and write the outputs under ``out_dir`` (the module docstring); ``layout``: the artifact root the
+    inputs are named relative to in ``metrics.json``."""
     if why := nothing_to_evaluate(definition):
         return EvaluationReport.of(write_not_evaluated(definition, model, why, out_dir, seed), out_dir)
-    read = read_evaluation_inputs(definition, model, embeddings_dir, seeds_parquet, source_root)
+    read = read_evaluation_inputs(definition, model, embeddings_dir, seeds_parquet, source_root, layout)
     rows, matrix, patients, x, clinical, pairs = read.rows, read.matrix, read.patients, read.x, read.clinical, read.pairs
     manifest, inputs = read.manifest, read.files
     definition_hash = definition_sha256(definition)
     lineage_id = sha256_json({"inputs": inputs, "seed": seed, "dataset_version": definition.name,
                               "definition_sha256": definition_hash, "model": model})[:16]
-    out_dir = Path(out_dir)
     results: list[EndpointResult] = []
     figures: dict[str, list[str]] = {}
     for i, endpoint in enumerate(definition.endpoints):
@@ -156,8 +174,8 @@ def write_not_evaluated(definition: DatasetVersion, model: str, why: str, out_di
                                           "definition_sha256": definition_hash})[:16],
                "weights_sha256": None, "preprocessing_hash": None, "patients": 0, "endpoints": {}, "stability": {},
                "figures": {}, "inputs": {}}
-    atomic_write_json(Path(out_dir) / "metrics.json", metrics)
-    write_report(metrics, Path(out_dir))
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    write_report(metrics, out_dir)
     return metrics
 
 

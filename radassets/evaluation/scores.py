@@ -201,7 +201,6 @@ def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: P
     lineage_id = sha256_json({"inputs": inputs, "horizon_days": horizon_days, "threshold": threshold,
                               "convention": censored_before_horizon, "seed": seed})[:16]
     metrics["lineage_id"] = lineage_id
-    out_dir = Path(out_dir)
     name = title or f"{Path(scores).stem}: {score_column}"
     roc_figure(binary["label"].to_numpy(int), binary["score"].to_numpy(float), auc,
                f"{name}\n{horizon_days}-day label, censored early = {censored_before_horizon}",

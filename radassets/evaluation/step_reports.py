@@ -70,7 +70,7 @@ class EvaluationReport:
                                                 probe["auc_ci_high"], survival))
         retest = metrics["stability"].get("test_retest")
         nothing = metrics["reason"] if metrics.get("status") == "nothing to evaluate" else None
-        return cls(Path(out_dir), metrics["lineage_id"], metrics["patients"], metrics["definition_sha256"], nothing,
+        return cls(out_dir, metrics["lineage_id"], metrics["patients"], metrics["definition_sha256"], nothing,
                    endpoints, failures, retest["cosine_mean"] if retest else None, metrics)
 
     def to_json(self) -> dict[str, Any]:
@@ -109,7 +109,7 @@ class ComparisonReport:
         failures = [ItemFailure("comparison", m, f"{'; '.join(s['causes'])}. Materialize {s['rematerialize']} again.")
                     for m, s in metrics["stale"].items()]
         nothing = metrics["reason"] if metrics.get("status") == "nothing to compare" else None
-        return cls(Path(out_dir), metrics["lineage_id"], list(metrics["models"]), nothing, rankings,
+        return cls(out_dir, metrics["lineage_id"], list(metrics["models"]), nothing, rankings,
                    list(metrics["figures"]), failures, metrics)
 
     def to_json(self) -> dict[str, Any]:
@@ -152,7 +152,7 @@ class StabilityReport:
                      for name, e in metrics["endpoints"].items()]
         failures = [ItemFailure("seed_stability", name, why) for name, why in metrics["endpoints_not_evaluable"].items()]
         protocol = metrics["protocol"]
-        return cls(Path(out_dir), metrics["lineage_id"], metrics["patients_perturbed"], protocol["trials"],
+        return cls(out_dir, metrics["lineage_id"], metrics["patients_perturbed"], protocol["trials"],
                    protocol["sd_mm"], endpoints, failures, metrics)
 
     def to_json(self) -> dict[str, Any]:
@@ -187,7 +187,7 @@ class ScoresReport:
 
     @classmethod
     def of(cls, metrics: dict[str, Any], out_dir: Path) -> ScoresReport:
-        return cls(out_dir=Path(out_dir), lineage_id=metrics["lineage_id"], **{k: metrics[k] for k in cls.HEADLINE},
+        return cls(out_dir=out_dir, lineage_id=metrics["lineage_id"], **{k: metrics[k] for k in cls.HEADLINE},
                    excluded=metrics["excluded"], metrics=metrics)
 
     def headline(self) -> dict[str, Any]:

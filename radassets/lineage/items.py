@@ -11,7 +11,9 @@ the versions its run read (the run's inputs), so "this seed's volume" means the 
 
 The readers here know what is in the files each step writes (manifests, parquet tables, metrics.json);
 where they are is the ``Layout``'s. They read them after the step succeeded, so the items are exactly
-what the run left.
+what the run left. They read through the paths' own ``open`` (a local folder or the artifact store's ``UPath``),
+and an item's ``path`` names its file relative to the artifact root (``Layout.relative``), so the items of a
+root are the same wherever the root is.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def settings_facet(record: Path) -> dict[str, Any]:
 def _records(path: Path) -> list[dict[str, Any]]:
     import pandas as pd  # here, not at the top: the code location (every run worker) imports this module
 
-    frame = pd.read_parquet(path)
+    with path.open("rb") as f:
+        frame = pd.read_parquet(f)
     return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
 
@@ -96,29 +99,30 @@ def _patches(layout: Layout, folder: Path, partition) -> list[dict]:
 def _embeddings(layout: Layout, folder: Path, partition) -> list[dict]:
     import pandas as pd
 
-    table = pd.read_parquet(folder / "embeddings.parquet", columns=["seed_id", "PatientID", "status", "reason", "model"])
+    with (folder / "embeddings.parquet").open("rb") as f:
+        table = pd.read_parquet(f, columns=["seed_id", "PatientID", "status", "reason", "model"])
     return [{"item_id": f"embedding:{r['model']}:{r['seed_id']}", "kind": "embedding", "name": r["seed_id"],
              "status": r["status"], "parents": [f"patch:{r['seed_id']}"],
              "attributes": {"PatientID": r["PatientID"], "reason": r["reason"]}}
             for r in table.astype(object).where(table.notna(), None).to_dict("records")]
 
 
-def _report(folder: Path, parents: list[str]) -> list[dict]:
+def _report(layout: Layout, folder: Path, parents: list[str]) -> list[dict]:
     """The report (metrics.json, and report.html where written) and every PNG beside it."""
     metrics = json.loads((folder / "metrics.json").read_text())
     lineage_id = metrics["lineage_id"]
     report = f"report:{lineage_id}"
     main = folder / "report.html" if (folder / "report.html").is_file() else folder / "metrics.json"
-    items = [{"item_id": report, "kind": "report", "name": main.name, "sha256": sha256_file(main), "path": str(main),
+    items = [{"item_id": report, "kind": "report", "name": main.name, "sha256": sha256_file(main), "path": layout.relative(main),
               "parents": parents, "attributes": {"lineage_id": lineage_id}}]
     for path in sorted(folder.glob("*.png")):
         items.append({"item_id": f"figure:{lineage_id}/{path.name}", "kind": "figure", "name": path.name,
-                      "sha256": sha256_file(path), "path": str(path), "parents": [report],
+                      "sha256": sha256_file(path), "path": layout.relative(path), "parents": [report],
                       "attributes": {"lineage_id": lineage_id}})
     for path in [*sorted(folder.glob("*.md")), folder / "metrics.json"]:
         if path.is_file() and path != main:
             items.append({"item_id": f"file:{lineage_id}/{path.name}", "kind": "report_file", "name": path.name,
-                          "sha256": sha256_file(path), "path": str(path), "parents": [report],
+                          "sha256": sha256_file(path), "path": layout.relative(path), "parents": [report],
                           "attributes": {"lineage_id": lineage_id}})
     return items
 
@@ -126,13 +130,13 @@ def _report(folder: Path, parents: list[str]) -> list[dict]:
 def _embedded_seeds(layout: Layout, partition: dict[str, str]) -> list[str]:
     import pandas as pd
 
-    table = pd.read_parquet(layout.partition_dir("embeddings", partition) / "embeddings.parquet",
-                            columns=["seed_id", "status"])
+    with (layout.partition_dir("embeddings", partition) / "embeddings.parquet").open("rb") as f:
+        table = pd.read_parquet(f, columns=["seed_id", "status"])
     return [f"embedding:{partition['model']}:{s}" for s in table.loc[table["status"] == "ok", "seed_id"]]
 
 
 def _evaluation(layout: Layout, folder: Path, partition) -> list[dict]:
-    return _report(folder, _embedded_seeds(layout, partition))
+    return _report(layout, folder, _embedded_seeds(layout, partition))
 
 
 def _comparison(layout: Layout, folder: Path, partition) -> list[dict]:
@@ -140,11 +144,11 @@ def _comparison(layout: Layout, folder: Path, partition) -> list[dict]:
     for model in json.loads((folder / "metrics.json").read_text())["models"]:
         evaluated = layout.record("evaluation", partition["dataset_version"], model)
         parents.append(f"report:{json.loads(evaluated.read_text())['lineage_id']}")
-    return _report(folder, parents)
+    return _report(layout, folder, parents)
 
 
 def _unparented_report(layout: Layout, folder: Path, partition) -> list[dict]:
-    return _report(folder, [])
+    return _report(layout, folder, [])
 
 
 READERS: dict[str, Callable[[Layout, Path, dict | None], list[dict]]] = {

@@ -1,7 +1,8 @@
 """Trace a figure, report or artifact back to the cohort it came from.
 
 A target is resolved to one version of one asset partition: a PNG by the lineage id embedded in it
-(``radassets:lineage_id``), any file by its sha256 (a copy elsewhere still matches), or an id: an
+(``radassets:lineage_id``), any file by its sha256 (a copy elsewhere still matches; a local file or a URL of the
+artifact store, such as ``s3://bucket/root/evaluation/.../os_2y_km.png``), or an id: an
 item id (``figure:<lineage id>/km.png``), a lineage id or data version, a version id
 (``asset[partition]@version``) or a run id. From there the chain follows each version's producing
 run to the versions that run read, recursively (one recursive query), and the facets recorded at
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 
+from radassets.layout import as_path
 from radassets.lineage.store import LineageError
 
 CHAIN = """
@@ -74,10 +76,19 @@ def _file_target(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, str]:
     raise LineageError(f"{path}: no recorded figure or artifact has its lineage id or its sha256 ({digest[:12]}…)")
 
 
+def _file(target: str) -> Path | None:
+    """The file a target names (a local path or a URL of the artifact store), or None when it names no file."""
+    try:
+        path = cast(Path, as_path(target)) if "://" in target else Path(target).expanduser()
+        return path if path.is_file() else None
+    except (OSError, ValueError):  # a URL of an unknown scheme or an unreachable store: not a file here
+        return None
+
+
 def resolve(con: duckdb.DuckDBPyConnection, target: str) -> tuple[str, str]:
-    """(version id, how it was found) for a file path or an id."""
-    path = Path(target).expanduser()
-    if path.is_file():
+    """(version id, how it was found) for a file path or URL, or an id."""
+    path = _file(target)
+    if path is not None:
         return _file_target(con, path)
     for query, how in (
         (f"SELECT i.version_id FROM items i JOIN dataset_versions v USING (version_id) WHERE i.item_id = ? {NEWEST}",

@@ -6,7 +6,7 @@ told otherwise). ``run_embeddings`` runs the batches in this process; ``embed_ra
 cluster's actors; both hand the vectors to ``write_embeddings``. A vector with NaN or infinite values is a
 recorded failure of that seed, not an embedding. The output (``embeddings.parquet``) has one row per seed:
 identifiers, the vector (float32), the model, the weights' sha256 and the preprocessing hash; ``manifest.json`` is
-written last.
+written last. The output folder may be on the artifact store (a ``UPath``): both files are put whole, the same bytes.
 
 Determinism: the model runs in eval mode under ``torch.inference_mode`` with deterministic
 algorithms requested, so the same patches give the same bytes on the same machine and settings. The number of
@@ -242,7 +242,6 @@ def write_embeddings(entry: ModelEntry, weights_sha256: str | None, vectors: np.
         ("status", pa.string()), ("reason", pa.string()), ("vector", pa.list_(pa.float32(), dim)),
         ("model", pa.string()), ("weights_sha256", pa.string()), ("preprocessing_hash", pa.string()),
     ])
-    out_dir = Path(out_dir)
     with atomic_path(out_dir / "embeddings.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(out_rows, schema=schema), tmp)
     report = EmbeddingsReport(out_dir, entry.name, out_rows, dim, weights_sha256, preprocessing_hash, device,
@@ -253,8 +252,10 @@ def write_embeddings(entry: ModelEntry, weights_sha256: str | None, vectors: np.
 
 
 def read_embeddings(out_dir: Path) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Rows (without vectors) and the (N, D) float32 matrix of the successfully embedded seeds."""
-    table = pq.read_table(Path(out_dir) / "embeddings.parquet")
+    """Rows (without vectors) and the (N, D) float32 matrix of the successfully embedded seeds; ``out_dir`` is a
+    folder or a ``UPath`` of the artifact store."""
+    with (out_dir / "embeddings.parquet").open("rb") as f:
+        table = pq.read_table(f)
     ok = table.filter(pc.equal(table["status"], "ok"))
     dim = ok.schema.field("vector").type.list_size
     matrix = ok.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)

@@ -1,7 +1,9 @@
 """The embeddings step of one (dataset version, model): patches in, one vector per seed out.
 
 Shared by the Dagster asset and the CLI (no Dagster imports). Output where the ``Layout`` says
-(``embeddings/<dataset_version>/<model>/``): ``embeddings.parquet`` and ``manifest.json`` (written last).
+(``embeddings/<dataset_version>/<model>/``): ``embeddings.parquet`` and ``manifest.json`` (written last). Under a
+URL root (``s3://``) the patches are read from the store (``load_patches``: the Zarr chunks by range) and both files
+are put whole, the same bytes as under a local root; the weights cache stays local (``Layout.weights_dir``).
 
 Where the batches run (``Compute``): with no Ray cluster set, in this process, one batch after the other, the
 model's own threads using every core (``embed.run_embeddings``); with ``ray_address`` set, on that cluster's
