@@ -21,7 +21,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from radassets.defs.lineage import recorded
+from radassets.defs.lineage import recorded, step_compute
 from radassets import datasets
 from radassets.defs.ingest import dicom
 from radassets.defs.metadata import failures_table, markdown_table, progress_logger, user_failure
@@ -78,7 +78,7 @@ def _table(rows: list[dict], columns: list[str], limit: int = 50) -> MetadataVal
 def volumes(context: AssetExecutionContext, imaging: ImagingResource, storage: StorageResource) -> MaterializeResult:
     settings = storage.settings()
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())
-    compute = settings.compute()
+    compute = step_compute(context, settings)
     context.log.info(f"converting {definition.name}'s series in {compute.describe()}")
     with user_failure():
         report = pipeline.run_volumes(definition, settings.layout(), imaging.tolerances(), progress_logger(context),
@@ -169,7 +169,8 @@ def patches(context: AssetExecutionContext, imaging: ImagingResource, storage: S
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())
     with user_failure():
         report, montage = pipeline.run_patches(definition, settings.layout(), imaging.patch_spec(),
-                                                progress_logger(context, flag=("border",)), settings.compute())
+                                                progress_logger(context, flag=("border",)),
+                                                step_compute(context, settings))
     image = base64.b64encode(montage.read_bytes()).decode("ascii")
     border = report.at_border
     return MaterializeResult(

@@ -17,6 +17,7 @@ Events are files (``radassets.lineage.store``); the wrapper then tries to merge 
 waiting. No ``from __future__ import annotations``: Dagster inspects the wrapped signature.
 """
 
+import dataclasses
 import functools
 import subprocess
 import uuid
@@ -29,8 +30,11 @@ from dagster import (AssetKey, AssetRecordsFilter, DagsterInstance, Failure, Mat
 import radassets
 from radassets.defs.metadata import user_failure
 from radassets.defs.locks import exclusive_partition
+from radassets.dataplane import Compute
 from radassets.lineage import store
-from radassets.lineage.items import output_record
+from radassets.lineage.chunks import ItemRecorder
+from radassets.lineage.items import ITEMS_OF_RESULTS, output_record
+from radassets.settings import Settings
 
 RUN_NAMESPACE = uuid.UUID("8f6f2a52-3c1e-4d6b-9a57-1f2a1e5c9b10")  # radassets lineage run ids (uuid5)
 MAX_METADATA_CHARS = 2000  # inline images and long tables stay in Dagster; the facet keeps the numbers
@@ -126,6 +130,25 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def lineage_run_id(context) -> str:
+    """The lineage run of this step attempt: one per attempt (a retry is a run of its own), the same wherever it
+    is computed (the recorder and the step's workers)."""
+    partition_key, _ = _partition(context)
+    key = f"{context.run.run_id}/{context.asset_key.to_user_string()}/{partition_key or ''}/{context.retry_number}"
+    return str(uuid.uuid5(RUN_NAMESPACE, key))
+
+
+def step_compute(context, settings: Settings) -> Compute:
+    """Where the step's items run (``Settings.compute``), and, for an asset whose items the workers record
+    (``radassets.lineage.items.ITEMS_OF_RESULTS``), the recorder that writes each result's items there."""
+    compute = settings.compute()
+    asset = context.asset_key.to_user_string()
+    if asset not in ITEMS_OF_RESULTS:
+        return compute
+    recorder = ItemRecorder(lineage_run_id(context), asset, settings.layout().lineage_events_dir())
+    return dataclasses.replace(compute, record=recorder)
+
+
 def recorded(fn):
     """Record the asset's materializations (started, completed, failed or interrupted) in the lineage store."""
 
@@ -137,9 +160,7 @@ def recorded(fn):
             layout.require_local(f"materializing {asset}")
         root, events = layout.lineage_dir(), layout.lineage_events_dir()
         partition_key, partition = _partition(context)
-        # One lineage run per step attempt: a retry is a run of its own.
-        key = f"{context.run.run_id}/{asset}/{partition_key or ''}/{context.retry_number}"
-        run = {"run_id": str(uuid.uuid5(RUN_NAMESPACE, key)), "dagster_run_id": context.run.run_id,
+        run = {"run_id": lineage_run_id(context), "dagster_run_id": context.run.run_id,
                "partition_key": partition_key, "partition": partition,
                "code_version": context.assets_def.code_versions_by_key.get(context.asset_key),
                "git_commit": git_commit(), "radassets_version": radassets.__version__}
@@ -165,7 +186,8 @@ def recorded(fn):
                 end("FAIL", {"error": _error(e)})
                 raise
             try:
-                settings, items = output_record(layout, asset, partition)
+                # The items of an asset whose workers recorded them are in its chunks (step_compute).
+                settings, items = output_record(layout, asset, partition, with_items=asset not in ITEMS_OF_RESULTS)
                 facets = {"settings": settings, "metadata": _metadata(result)}
             except Exception as e:  # noqa: BLE001 - the asset succeeded; a lineage reader's problem must not fail it
                 context.log.warning(f"lineage: the outputs of {asset} could not be read for their items: "

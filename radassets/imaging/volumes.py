@@ -412,6 +412,12 @@ def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,
     for row in others:  # e.g. SR or PT series that a selection let through: recorded, not converted
         mask_rows.append(dict(_base(row), status="skipped", code=None,
                               message=f"series {row['SeriesInstanceUID']}: modality {row['Modality']} is not converted"))
+    if compute.record is not None:  # the tasks' rows were recorded where they ran; these rows were decided here
+        by_tasks = ({i for i, _ in to_convert}, {i for i, _ in to_place})
+        decided_here = [r for i, r in enumerate(ct_rows) if i not in by_tasks[0]]
+        decided_here += [r for i, r in enumerate(mask_rows) if i not in by_tasks[1]]
+        if decided_here:
+            compute.record(decided_here)
     report = VolumesReport(out_dir, settings.as_dict(), [r for r in ct_rows + mask_rows if r is not None],
                            segments, dict(places))
     write_table(report.qc, QC_COLUMNS, out_dir / "qc.parquet")

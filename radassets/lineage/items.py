@@ -68,13 +68,19 @@ def _dicom(layout: Layout, folder: Path, partition) -> list[dict]:
             for s in manifest["series"]]
 
 
+def volume_item(r: dict[str, Any]) -> dict[str, Any]:
+    """The item of one row of the volumes' QC table (a CT volume, a mask series, or a series not converted). What
+    the output is, not how a run came by it: whether this run reused the volume is the run's metadata, so that a
+    rerun's items are the first run's."""
+    return {"item_id": f"volume:{r['crdc_series_uuid']}", "kind": "volume" if r["Modality"] == "CT" else "mask",
+            "name": r["SeriesInstanceUID"], "status": r["status"], "sha256": r.get("sha256"), "path": r.get("path"),
+            "parents": [f"dicom:{r['crdc_series_uuid']}"],
+            "attributes": {"Modality": r["Modality"], "PatientID": r["PatientID"], "code": r.get("code"),
+                           "message": r.get("message")}}
+
+
 def _volumes(layout: Layout, folder: Path, partition) -> list[dict]:
-    return [{"item_id": f"volume:{r['crdc_series_uuid']}", "kind": "volume" if r["Modality"] == "CT" else "mask",
-             "name": r["SeriesInstanceUID"], "status": r["status"], "sha256": r.get("sha256"), "path": r.get("path"),
-             "parents": [f"dicom:{r['crdc_series_uuid']}"],
-             "attributes": {"Modality": r["Modality"], "PatientID": r["PatientID"], "code": r.get("code"),
-                            "message": r.get("message"), "reused": r.get("reused")}}
-            for r in _records(folder / "qc.parquet")]
+    return [volume_item(r) for r in _records(folder / "qc.parquet")]
 
 
 def _seeds(layout: Layout, folder: Path, partition) -> list[dict]:
@@ -89,11 +95,31 @@ def _seeds(layout: Layout, folder: Path, partition) -> list[dict]:
     return items
 
 
+def patch_item(r: dict[str, Any]) -> dict[str, Any]:
+    """The item of one row of ``patches.parquet``."""
+    return {"item_id": f"patch:{r['seed_id']}", "kind": "patch", "name": str(r["index"]),
+            "parents": [f"seed:{r['seed_id']}"],
+            "attributes": {"index": r["index"], "at_border": r["at_border"], "padded_fraction": r["padded_fraction"]}}
+
+
 def _patches(layout: Layout, folder: Path, partition) -> list[dict]:
-    return [{"item_id": f"patch:{r['seed_id']}", "kind": "patch", "name": str(r["index"]),
-             "parents": [f"seed:{r['seed_id']}"],
-             "attributes": {"index": r["index"], "at_border": r["at_border"], "padded_fraction": r["padded_fraction"]}}
-            for r in _records(folder / "patches.parquet")]
+    return [patch_item(r) for r in _records(folder / "patches.parquet")]
+
+
+def _rows_of_volumes_result(result: Any) -> list[dict[str, Any]]:
+    """A volumes data-plane result: a CT task's QC row, a mask task's (QC row, segments), or the rows the step
+    decided itself (reused, not downloaded, not converted)."""
+    if isinstance(result, tuple):
+        return [result[0]]
+    return list(result) if isinstance(result, list) else [result]
+
+
+# The assets whose items the data-plane workers record, chunk by chunk, from each task's result
+# (radassets.lineage.chunks): a result → its items. Their COMPLETE event carries no items.
+ITEMS_OF_RESULTS: dict[str, Callable[[Any], list[dict[str, Any]]]] = {
+    "volumes": lambda result: [volume_item(r) for r in _rows_of_volumes_result(result)],
+    "patches": lambda rows: [patch_item(r) for r in rows],
+}
 
 
 def _embeddings(layout: Layout, folder: Path, partition) -> list[dict]:
@@ -159,11 +185,12 @@ READERS: dict[str, Callable[[Layout, Path, dict | None], list[dict]]] = {
 }
 
 
-def output_record(layout: Layout, asset: str,
-                  partition: dict[str, str] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(settings facet, items) of what ``asset`` wrote for ``partition``, found where ``layout`` says."""
+def output_record(layout: Layout, asset: str, partition: dict[str, str] | None,
+                  with_items: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(settings facet, items) of what ``asset`` wrote for ``partition``, found where ``layout`` says; no items
+    with ``with_items=False`` (an asset whose workers recorded them: ``ITEMS_OF_RESULTS``)."""
     partition = partition or {}
     folder = layout.partition_dir(asset, partition)
-    reader = READERS.get(asset)
+    reader = READERS.get(asset) if with_items else None
     return (settings_facet(layout.record(asset, partition.get("dataset_version"), partition.get("model"))),
             reader(layout, folder, partition) if reader else [])

@@ -129,3 +129,43 @@ def test_a_run_killed_mid_way_leaves_the_store_consistent(home, small_demo, monk
         assert con.execute("SELECT count(*) FROM items WHERE kind IN ('volume', 'mask')").fetchone()[0] == 0
         assert_consistent(con)
     assert not (events / "rejected").exists()
+
+
+def test_the_workers_record_the_items_of_volumes_and_patches(home, small_demo, monkeypatch):
+    """With a pool of two processes, each task's worker writes its items as a chunk; the COMPLETE events of volumes
+    and patches carry none; the store holds, for each, exactly the items read back from the step's own tables."""
+    from radassets.layout import Layout
+    from radassets.lineage.items import output_record
+
+    home.mkdir(parents=True)
+    (home / "demo").symlink_to(small_demo)
+    monkeypatch.setenv("RADASSETS_DEMO_SPEC", json.dumps(SMALL_DEMO_SPEC))
+    monkeypatch.setenv("RADASSETS_WORKERS", "2")
+    with DagsterInstance.get() as instance:
+        result = materialize(list(defs.assets), instance=instance, resources=defs.resources, partition_key="demo_v1",
+                             selection=["cohort", "dicom", "volumes", "seeds", "patches"])
+    assert result.success
+    merged = [json.loads(p.read_text()) for p in sorted((home / "lineage" / "events" / "merged").glob("*.json"))]
+    chunks = [e for e in merged if e["event_type"] == "ITEMS"]
+    assert {c["job_name"] for c in chunks} == {"volumes", "patches"}
+    for event in merged:
+        if event["event_type"] == "COMPLETE" and event["job"]["name"] in ("volumes", "patches"):
+            assert event["outputs"][0]["items"] == []
+
+    def canonical(items):
+        return sorted(json.dumps({**i, "parents": sorted(i.get("parents", []))}, sort_keys=True, default=str)
+                      for i in items)
+
+    with store.reader(home / "lineage") as con:
+        assert_consistent(con)
+        for asset in ("volumes", "patches"):
+            rows = con.execute(
+                "SELECT i.item_id, i.kind, i.name, i.status, i.sha256, i.path, i.attributes, "
+                "list(p.parent_id ORDER BY p.parent_id) FROM items i JOIN dataset_versions v USING (version_id) "
+                "JOIN datasets d USING (dataset_name) LEFT JOIN item_parents p USING (version_id, item_id) "
+                "WHERE d.asset = ? GROUP BY ALL", [asset]).fetchall()
+            stored = [{"item_id": r[0], "kind": r[1], "name": r[2], "status": r[3], "sha256": r[4], "path": r[5],
+                       "attributes": json.loads(r[6]), "parents": [p for p in r[7] if p]} for r in rows]
+            _, from_tables = output_record(Layout(home), asset, {"dataset_version": "demo_v1"})
+            expected = [{"status": "ok", "sha256": None, "path": None, **i} for i in from_tables]
+            assert canonical(stored) == canonical(expected) and stored, asset
