@@ -171,6 +171,12 @@ class Layout:
         """``dicom/series/``: one folder per series version, shared by the dataset versions that hold it."""
         return self.root / "dicom" / "series"
 
+    def dicom_work_dir(self) -> Path:
+        """Where series are fetched and verified before they are in ``dicom_series_dir`` (their partial folders and
+        locks): that folder itself under a local root (a verified series is renamed into place), a local folder
+        under a URL root (a verified series is put to the store)."""
+        return self.dicom_series_dir() if self.is_local else self.state_dir / "dicom" / "series"
+
     def seeds_table(self, dataset_version: str) -> Path:
         return self.asset_dir("seeds", dataset_version) / "seeds.parquet"
 
