@@ -50,7 +50,7 @@ from itertools import repeat
 from multiprocessing import get_context
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pydicom.uid import generate_uid
@@ -569,7 +569,7 @@ def _generate_on_store(root: UPath, spec: DemoSpec, progress: Callable[[str], No
     """Generate the collection in a local scratch folder and put it to ``root`` on an object store, its manifest
     last. Only a demo collection (a readable manifest) or nothing is replaced, as on a disk."""
     exists = root.fs.exists(root.path)
-    if exists and _read_manifest(root) is None:
+    if exists and _read_manifest(cast(Path, root)) is None:
         raise DemoError(f"{root} is not a demo collection (no readable {MANIFEST}) and is not empty: it is left as "
                         "it is; choose another artifact root (or delete a damaged demo collection yourself)")
     with tempfile.TemporaryDirectory(prefix="radassets-demo-") as scratch:
@@ -577,10 +577,10 @@ def _generate_on_store(root: UPath, spec: DemoSpec, progress: Callable[[str], No
         if exists:
             (root / MANIFEST).unlink()  # first: from here on, readers see no collection until the new one is whole
             root.fs.rm(root.path, recursive=True)
-        put_folder(local.root, root, last=MANIFEST)
+        put_folder(local.root, cast(Path, root), last=MANIFEST)
     if progress:
         progress(f"demo: put to {root}")
-    return DemoCollection(root, spec, local.counts)
+    return DemoCollection(cast(Path, root), spec, local.counts)
 
 
 def ensure_demo_source(definition: DatasetVersion, layout: Layout, spec: DemoSpec | None = None,

@@ -22,6 +22,7 @@ from typing import Any
 
 import duckdb
 
+from radassets.dataplane import IN_PROCESS, Compute
 from radassets.datasets import DatasetVersion
 from radassets.idc import download
 from radassets.idc.cohort import Cohort
@@ -144,10 +145,11 @@ def read_manifest(dataset_version: str, layout: Layout) -> dict[str, Any]:
 
 def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, layout: Layout, *,
                         mirror: download.Mirror | None = None, idc_mirror: download.Mirror | None = None,
-                        attempts: int = 3, progress: Progress | None = None) -> DicomReport:
+                        attempts: int = 3, progress: Progress | None = None,
+                        compute: Compute = IN_PROCESS) -> DicomReport:
     """Fetch or verify every series of ``cohort``; failures are recorded, never raised per series.
     ``mirror`` is where series are copied from; when it is None, ``mirror_for`` says which (``idc_mirror``
-    for IDC sources).
+    for IDC sources). ``compute`` says where the series are fetched (``download.fetch_series``).
 
     Raises ``download.BucketUnreachableError`` before doing anything when the source cannot be
     reached at all: that is not a property of any one series.
@@ -160,7 +162,7 @@ def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, layout: Layo
     else:
         source = mirror_for(definition, layout, mirror, idc_mirror)
         results = download.fetch_series(cohort.series, layout.dicom_series_dir(), source, attempts=attempts,
-                                        progress=progress, work_root=layout.dicom_work_dir())
+                                        progress=progress, work_root=layout.dicom_work_dir(), compute=compute)
     by_uuid = {r.crdc_series_uuid: r for r in results}
     rows = []
     for s in cohort.series:

@@ -51,6 +51,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from upath import UPath
 
+from radassets.dataplane import IN_PROCESS, Compute, map_items
 from radassets.staging import put_folder
 from radassets.storage import atomic_write_json, is_local, remove_stale_temporaries, removable_lock, sha256_file
 from radassets.errors import RadassetsError
@@ -173,7 +174,7 @@ def _copy_from_folder(mirror: Mirror, series_url: str, dest: Path) -> tuple[int,
     bucket, prefix = _bucket_and_prefix(series_url)
     source = mirror.folder / bucket / prefix
     if not is_local(source):
-        return _copy_from_store(cast(UPath, source), dest)
+        return _copy_from_store(source, dest)
     files = sorted(source.glob("*.dcm")) if source.is_dir() else []
     if not files:
         return 1, f"no objects at {source}"
@@ -190,7 +191,7 @@ def _copy_from_folder(mirror: Mirror, series_url: str, dest: Path) -> tuple[int,
     return 0, ""
 
 
-def _copy_from_store(source: UPath, dest: Path) -> tuple[int, str]:
+def _copy_from_store(source: Path, dest: Path) -> tuple[int, str]:
     """``_copy_from_folder`` for a mirror folder on an object store: the ``.dcm`` objects missing from ``dest`` (or
     of another size), in one batch ``get``, each renamed into place once whole."""
     objects = _listing(source)
@@ -199,7 +200,8 @@ def _copy_from_store(source: UPath, dest: Path) -> tuple[int, str]:
     wanted = [name for name, size in sorted(objects.items())
               if not ((dest / name).exists() and (dest / name).stat().st_size == size)]
     if wanted:
-        source.fs.get([(source / name).path for name in wanted], [str(dest / f".{name}.tmp") for name in wanted])
+        store = cast(UPath, source)
+        store.fs.get([(store / name).path for name in wanted], [str(dest / f".{name}.tmp") for name in wanted])
         for name in wanted:
             os.replace(dest / f".{name}.tmp", dest / name)
     return 0, ""
@@ -260,8 +262,11 @@ def _listing(folder: Path) -> dict[str, int]:
 def _present(folder: Path, row: dict[str, Any], deep: bool) -> dict[str, int] | None:
     """The files (name -> size) of a finished, unchanged series folder; None if it is missing or unfinished (no
     record: on a store, a put interrupted before its record) or does not match its record."""
+    record_path = folder / SERIES_RECORD
     try:
-        record = json.loads((folder / SERIES_RECORD).read_text())
+        # On a store one GET (``read_text`` would ask for the object's size first).
+        record = json.loads(record_path.read_bytes() if is_local(record_path)
+                            else cast(UPath, record_path).fs.cat_file(cast(UPath, record_path).path))
     except (FileNotFoundError, NotADirectoryError):
         return None
     files = {r["file"]: r for r in record["instances"]}
@@ -369,11 +374,47 @@ def _fetch_one_locked(row: dict[str, Any], dest_root: Path, work_root: Path, mir
                         f"incomplete after {attempts} attempt(s) ({n} files kept for resume): {reason}")
 
 
+@dataclass(frozen=True)
+class FetchJob:
+    """One series to fetch, as a data-plane task's item (plain, picklable data: a ``UPath`` pickles with its
+    storage options)."""
+
+    row: dict[str, Any]
+    dest_root: Path
+    work_root: Path | None
+    mirror: Mirror
+    attempts: int
+    retry_count: int
+    workers: int
+    backoff_s: float
+
+
+def fetch_task(job: FetchJob) -> SeriesResult:
+    """Fetch one series (a ``radassets.dataplane`` task): where it runs, it downloads into its machine's work
+    folder and puts the verified series to the store itself."""
+    return fetch_one(job.row, job.dest_root, job.mirror, attempts=job.attempts, retry_count=job.retry_count,
+                     workers=job.workers, backoff_s=job.backoff_s, work_root=job.work_root)
+
+
+def _no_url(row: dict[str, Any]) -> SeriesResult:
+    return SeriesResult(row["crdc_series_uuid"], row["SeriesInstanceUID"], "failed",
+                        reason="the cohort gives no bucket URL for this series")
+
+
+def _told(row: dict[str, Any], result: SeriesResult) -> str:
+    what = result.reason if result.status == "failed" else f"{result.files} files"
+    return (f"{result.status}: {row.get('PatientID', '')} {row.get('Modality', '')} {result.series_instance_uid} "
+            f"({what})")
+
+
 def fetch_series(rows: Sequence[dict[str, Any]], dest_root: Path, mirror: Mirror, *, attempts: int = 3,
                  retry_count: int = 3, workers: int = 16, backoff_s: float = 1.0,
-                 progress: Progress | None = None, work_root: Path | None = None) -> list[SeriesResult]:
+                 progress: Progress | None = None, work_root: Path | None = None,
+                 compute: Compute = IN_PROCESS) -> list[SeriesResult]:
     """Fetch every series into ``dest_root`` (a local folder, or a folder of an object store with a local
-    ``work_root``: see the module docstring); one failure is recorded and the rest continue.
+    ``work_root``: see the module docstring); one failure is recorded and the rest continue. The series are
+    fetched one after the other in this process, or as data-plane tasks where ``compute`` says (a pool of local
+    processes, the nodes of a Ray cluster: each fetches its series into its own work folder and puts them).
 
     Raises BucketUnreachableError first if a bucket cannot be reached at all.
     """
@@ -386,20 +427,25 @@ def fetch_series(rows: Sequence[dict[str, Any]], dest_root: Path, mirror: Mirror
                and _present(dest_root / r["crdc_series_uuid"], r, False) is None]
     for bucket in sorted({_bucket_and_prefix(r["series_aws_url"])[0] for r in missing}):
         check_reachable(mirror, bucket)
+    if compute.ray_address or compute.resolved_workers > 1:
+        jobs = [FetchJob(row, dest_root, work_root, mirror, attempts, retry_count, workers, backoff_s)
+                for row in rows if row.get("series_aws_url")]
+        by_uuid = {job.row["crdc_series_uuid"]: job.row for job in jobs}
+        told = (lambda done, total, result: progress(done, total, _told(by_uuid[result.crdc_series_uuid], result))
+                ) if progress else None
+        fetched = iter(map_items(fetch_task, jobs, compute, progress=told).results)
+        return [next(fetched) if row.get("series_aws_url") else _no_url(row) for row in rows]
     results = []
     for i, row in enumerate(rows, start=1):
         if not row.get("series_aws_url"):
-            result = SeriesResult(row["crdc_series_uuid"], row["SeriesInstanceUID"], "failed",
-                                  reason="the cohort gives no bucket URL for this series")
+            result = _no_url(row)
         else:
             result = fetch_one(row, dest_root, mirror, attempts=attempts, retry_count=retry_count, workers=workers,
                                backoff_s=backoff_s, work_root=work_root,
                                on_wait=functools.partial(progress, i - 1, len(rows)) if progress else None)
         results.append(result)
         if progress:
-            what = result.reason if result.status == "failed" else f"{result.files} files"
-            progress(i, len(rows), f"{result.status}: {row.get('PatientID', '')} {row.get('Modality', '')} "
-                                   f"{result.series_instance_uid} ({what})")
+            progress(i, len(rows), _told(row, result))
     return results
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from radassets import datasets
+from radassets.dataplane import Compute
 from radassets.demo import DemoSpec, ensure_demo_source
 from radassets.idc.cohort import Cohort, series_hash
 from radassets.idc.cohorts import cohort_for, write_cohort
@@ -26,10 +27,14 @@ DEMO_BUCKET = "radassets-demo-data"
 
 
 def files_under(root: Path, folder: str) -> dict[str, bytes]:
-    """Every file under ``root/folder``, by its name relative to ``root``."""
+    """Every file under ``root/folder``, by its name relative to ``root`` (on a store: one listing, one batch read)."""
     base = root / folder
-    prefix = str(root).rstrip("/") + "/"
-    return {str(p)[len(prefix):]: p.read_bytes() for p in base.rglob("*") if p.is_file()}
+    if isinstance(base, Path):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in base.rglob("*") if p.is_file()}
+    store = base.fs
+    contents = store.cat(store.find(base.path)) if store.exists(base.path) else {}
+    prefix = root.path.rstrip("/") + "/"
+    return {name[len(prefix):]: data for name, data in contents.items()}
 
 
 def lockfile_without_time(layout: Layout, dataset_version: str) -> dict:
@@ -42,7 +47,7 @@ def lockfile_without_time(layout: Layout, dataset_version: str) -> dict:
 def few_series(cohort: Cohort) -> Cohort:
     """Three series of the cohort (two CT, one mask): enough for every case, and seconds on moto."""
     ct = [s for s in cohort.series if s["Modality"] == "CT"][:2]
-    series = ct + [next(s for s in cohort.series if s["Modality"] != "CT")]
+    series = [*ct, next(s for s in cohort.series if s["Modality"] != "CT")]
     return dataclasses.replace(cohort, series=series, content_hash=series_hash(cohort.idc_version, series))
 
 
@@ -157,3 +162,15 @@ def test_the_demo_collection_is_generated_once_and_put_to_the_store(s3_root, tmp
     assert told == []  # found on the store: not generated again
     cohort = cohort_for(definition, remote)
     assert len(cohort.series) == manifest["counts"]["series_current"]
+
+
+def test_series_fetched_by_a_pool_of_processes_are_put_to_the_store_as_in_process(two_roots):
+    local, remote = two_roots
+    in_process = fetch(local)
+    cohort = few_series(Cohort.read(remote.cohort_lockfile("demo_v1")))
+    told: list[tuple[int, int]] = []
+    pooled = fetch_dataset_dicom(datasets.get("demo_v1"), cohort, remote, attempts=1, compute=Compute(workers=2),
+                                 progress=lambda done, total, message: told.append((done, total)))
+    assert pooled.rows == in_process.rows and {r["how"] for r in pooled.rows} == {"downloaded"}
+    assert sorted(told) == [(1, 3), (2, 3), (3, 3)]
+    assert files_under(remote.root, "dicom") == files_under(local.root, "dicom")
