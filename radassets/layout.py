@@ -21,7 +21,8 @@ A step writes its record file last (``manifest.json``; ``cohort.lock.json`` for 
 ``metrics.json`` for a report), so a partition without it is unfinished and is never read.
 
 Locks and the lineage store need a local file system (``flock``, DuckDB): under a URL root they live
-in ``state_dir``, a local folder (default ``~/.radassets/state/<the URL, made a folder name>``).
+in ``state_dir``, a local folder (default ``~/.radassets/state/<the URL, made a folder name>``), as do the
+DICOM series being fetched before they are put to the store (``dicom_work_dir``).
 """
 
 from __future__ import annotations

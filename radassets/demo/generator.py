@@ -589,7 +589,8 @@ def ensure_demo_source(definition: DatasetVersion, layout: Layout, spec: DemoSpe
     layout's demo root with ``spec`` (the default spec if None).
 
     The entry points (the cohort asset, the CLI) call this before building a cohort, so the embedded
-    default works on a fresh machine without a separate step (deterministic, about half a minute).
+    default works on a fresh machine without a separate step (deterministic, about half a minute). Under a URL
+    root the collection is generated locally and put to the store (see the module docstring).
     Other sources are left alone. Called here rather than by ``radassets.idc``: idc is the layer below.
     """
     if definition.source.kind == "demo":

@@ -1,7 +1,7 @@
 """The ingest steps (cohort, dicom) on an artifact root on an object store (moto's S3 server, the real s3fs): the
 same bytes under the same relative names as on a local root, series reused on a rerun, a series whose put was
-cut short before its record fetched again, a series of wrong content quarantined, and the demo collection put to
-the store."""
+cut short before its record fetched again, a series of wrong content quarantined, series fetched by pool processes
+(data-plane tasks), and the demo collection put to the store."""
 
 from __future__ import annotations
 
@@ -174,3 +174,13 @@ def test_series_fetched_by_a_pool_of_processes_are_put_to_the_store_as_in_proces
     assert pooled.rows == in_process.rows and {r["how"] for r in pooled.rows} == {"downloaded"}
     assert sorted(told) == [(1, 3), (2, 3), (3, 3)]
     assert files_under(remote.root, "dicom") == files_under(local.root, "dicom")
+
+
+def test_series_files_resolve_relative_folders_and_the_absolute_ones_of_earlier_manifests(demo_layout, small_demo):
+    bucket = small_demo / "bucket" / DEMO_BUCKET
+    uuid = sorted(p.name for p in bucket.iterdir())[0]
+    shutil.copytree(bucket / uuid, demo_layout.dicom_series_dir() / uuid)
+    files_of = series_files(datasets.get("demo_v1"), demo_layout)
+    now = files_of({"crdc_series_uuid": uuid, "folder": f"dicom/series/{uuid}"})
+    earlier = files_of({"crdc_series_uuid": uuid, "folder": str(demo_layout.dicom_series_dir() / uuid)})
+    assert now and now == earlier == sorted((demo_layout.dicom_series_dir() / uuid).glob("*.dcm"))
