@@ -21,8 +21,9 @@ A step writes its record file last (``manifest.json``; ``cohort.lock.json`` for 
 ``metrics.json`` for a report), so a partition without it is unfinished and is never read.
 
 Locks and the lineage database need a local file system (``flock``, DuckDB): under a URL root they live
-in ``state_dir``, a local folder (default ``~/.radassets/state/<the URL, made a folder name>``); the lineage
-event files stay under the root (``lineage/events/``), where every node writes and from which a database is rebuilt.
+in ``state_dir``, a local folder (default ``~/.radassets/state/<the URL, made a folder name>``), as do the
+DICOM series being fetched before they are put to the store (``dicom_work_dir``); the lineage event files stay
+under the root (``lineage/events/``), where every node writes and from which a database is rebuilt.
 """
 
 from __future__ import annotations
@@ -171,6 +172,12 @@ class Layout:
     def dicom_series_dir(self) -> Path:
         """``dicom/series/``: one folder per series version, shared by the dataset versions that hold it."""
         return self.root / "dicom" / "series"
+
+    def dicom_work_dir(self) -> Path:
+        """Where series are fetched and verified before they are in ``dicom_series_dir`` (their partial folders and
+        locks): that folder itself under a local root (a verified series is renamed into place), a local folder
+        under a URL root (a verified series is put to the store)."""
+        return self.dicom_series_dir() if self.is_local else self.state_dir / "dicom" / "series"
 
     def seeds_table(self, dataset_version: str) -> Path:
         return self.asset_dir("seeds", dataset_version) / "seeds.parquet"

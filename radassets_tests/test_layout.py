@@ -76,6 +76,9 @@ def test_local_state_and_weights(tmp_path):
     remote = Layout("memory://radassets-layout-test/prefix", state_dir=tmp_path / "state")
     assert isinstance(remote.lineage_dir(), Path) and remote.lineage_dir() == tmp_path / "state" / "lineage"
     assert remote.lock_file("cohort", "demo_v1") == tmp_path / "state" / ".locks" / "cohort" / "demo_v1.lock"
+    # Series are fetched and verified in place under a local root, on this machine under a URL root.
+    assert local.dicom_work_dir() == local.dicom_series_dir()
+    assert remote.dicom_work_dir() == tmp_path / "state" / "dicom" / "series"
 
 
 @pytest.mark.parametrize("root", ["local", "memory"])

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import shutil
 import typing
-from pathlib import Path
 
 import pytest
 
@@ -71,9 +70,10 @@ def test_every_report_states_its_failures_as_item_failures(step):
     assert _failures_hint(report) == list[ItemFailure], f"{report.__name__}.failures is {_failures_hint(report)}"
 
 
-def _old_dicom_manifest(rows: list[dict], dataset_version: str, manifest: Path, cohort_hash: str,
+def _old_dicom_manifest(rows: list[dict], dataset_version: str, manifest: str, cohort_hash: str,
                         content_hash: str) -> dict:
-    """The DICOM manifest as the step wrote it from its dict rows before the reports were typed."""
+    """The DICOM manifest as the step wrote it from its dict rows before the reports were typed (``manifest``: its
+    name relative to the root, as records name artifacts since they are written to object stores too)."""
     failed = [r for r in rows if r["status"] == "failed"]
     return {"summary": {"dataset_version": dataset_version, "series": len(rows), "verified": len(rows) - len(failed),
                         "failed": len(failed), "failed_fraction": len(failed) / len(rows),
@@ -103,8 +103,8 @@ def test_a_corrupted_series_is_one_item_failure_through_the_steps_and_the_manife
     assert "unreadable DICOM" in failure.reason, failure.reason
     assert (dicom.series, dicom.failed, dicom.verified) == (len(cohort.series), 1, len(cohort.series) - 1)
     written = json.loads(dicom.manifest_path.read_text())
-    assert written == _old_dicom_manifest(written["series"], "demo_v1", dicom.manifest_path, cohort.content_hash,
-                                          dicom.content_hash)
+    assert written == _old_dicom_manifest(written["series"], "demo_v1", layout.relative(dicom.manifest_path),
+                                          cohort.content_hash, dicom.content_hash)
     assert [r["reason"] for r in written["series"] if r["status"] == "failed"] == [failure.reason]
 
     volumes = run_volumes(definition, layout)

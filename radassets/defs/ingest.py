@@ -17,6 +17,7 @@ from dagster import (
 
 from radassets.defs.lineage import recorded
 from radassets import datasets
+from radassets.dataplane import IN_PROCESS
 from radassets.defs.metadata import failures_table, markdown_table, progress_logger
 from radassets.defs.partitions import cohort_problems, dataset_version_partitions
 from radassets.defs.resources import BigQueryCohortResource, IdcResource, StorageResource
@@ -87,8 +88,12 @@ def dicom(context: AssetExecutionContext, idc: IdcResource, storage: StorageReso
     layout = settings.layout()
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())
     lock = Cohort.read(layout.cohort_lockfile(definition.name))
+    # A Ray cluster spreads the series over its nodes, each downloading and putting its own; local processes
+    # would gain little, as s5cmd already fetches a series' files concurrently: the series go one by one here.
+    compute = settings.compute() if settings.compute().ray_address else IN_PROCESS
     report = fetch_dataset_dicom(definition, lock, layout, mirror=settings.mirror(idc.mirror) if idc.mirror else None,
-                                 idc_mirror=settings.mirror(), attempts=idc.attempts, progress=progress_logger(context))
+                                 idc_mirror=settings.mirror(), attempts=idc.attempts, progress=progress_logger(context),
+                                 compute=compute)
     failures = failures_table(report.failures)
     if report.failed_fraction > idc.max_failed_fraction:
         raise Failure(

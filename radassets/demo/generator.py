@@ -25,6 +25,12 @@ the end, so an interrupted run never leaves a half collection where a good one w
 collection this generator made (it holds ``demo_manifest.json``), an empty folder or a missing
 one is ever replaced: any other folder, such as ``$RADASSETS_HOME`` or a folder of the user's
 files, is an error naming it, and nothing is deleted.
+
+Under an artifact root on an object store (``s3://...``), the demo root is a folder of the store: the collection
+is generated in a local scratch folder and put to the store with ``demo_manifest.json`` last
+(``radassets.staging.put_folder``), so every worker of a cluster reads the same collection (the ``dicom`` step
+copies its series from there) and a put cut short is not taken for a collection. A store has no rename to swap a
+folder in: an earlier collection's manifest is removed first, then its files, then the new one is put.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -43,10 +50,11 @@ from itertools import repeat
 from multiprocessing import get_context
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pydicom.uid import generate_uid
+from upath import UPath
 
 from radassets.demo.dicom_writer import Geometry, SeriesIds, write_ct_series, write_rtstruct, write_seg
 from radassets.datasets import DatasetVersion
@@ -55,6 +63,7 @@ from radassets.errors import RadassetsError
 from radassets.idc import schema
 from radassets.layout import Layout
 from radassets.names import shown
+from radassets.staging import put_folder
 
 GENERATOR_VERSION = 2  # 2: RTSTRUCT contours on the mask boundary
 SPEC_ENV = "RADASSETS_DEMO_SPEC"
@@ -543,13 +552,35 @@ def _write_collection(work: Path, spec: DemoSpec, progress: Callable[[str], None
 
 def ensure_demo_collection(root: Path, spec: DemoSpec | None = None,
                            progress: Callable[[str], None] | None = None) -> DemoCollection:
-    """The collection at ``root``, generated only if absent or made by another spec or generator."""
+    """The collection at ``root`` (a folder, or one on the artifact store: a ``UPath``), generated only if absent
+    or made by another spec or generator."""
     spec = spec or DemoSpec()
-    manifest = _read_manifest(Path(root))
+    root = root if isinstance(root, UPath) else Path(root)
+    manifest = _read_manifest(root)
     if (manifest is not None and manifest.get("generator_version") == GENERATOR_VERSION
             and manifest.get("spec") == asdict(spec) and isinstance(manifest.get("counts"), dict)):
-        return DemoCollection(Path(root), spec, manifest["counts"])
+        return DemoCollection(root, spec, manifest["counts"])
+    if isinstance(root, UPath):
+        return _generate_on_store(root, spec, progress)
     return generate_demo_collection(root, spec, progress)
+
+
+def _generate_on_store(root: UPath, spec: DemoSpec, progress: Callable[[str], None] | None) -> DemoCollection:
+    """Generate the collection in a local scratch folder and put it to ``root`` on an object store, its manifest
+    last. Only a demo collection (a readable manifest) or nothing is replaced, as on a disk."""
+    exists = root.fs.exists(root.path)
+    if exists and _read_manifest(cast(Path, root)) is None:
+        raise DemoError(f"{root} is not a demo collection (no readable {MANIFEST}) and is not empty: it is left as "
+                        "it is; choose another artifact root (or delete a damaged demo collection yourself)")
+    with tempfile.TemporaryDirectory(prefix="radassets-demo-") as scratch:
+        local = generate_demo_collection(Path(scratch) / "demo", spec, progress)
+        if exists:
+            (root / MANIFEST).unlink()  # first: from here on, readers see no collection until the new one is whole
+            root.fs.rm(root.path, recursive=True)
+        put_folder(local.root, cast(Path, root), last=MANIFEST)
+    if progress:
+        progress(f"demo: put to {root}")
+    return DemoCollection(cast(Path, root), spec, local.counts)
 
 
 def ensure_demo_source(definition: DatasetVersion, layout: Layout, spec: DemoSpec | None = None,
@@ -558,7 +589,8 @@ def ensure_demo_source(definition: DatasetVersion, layout: Layout, spec: DemoSpe
     layout's demo root with ``spec`` (the default spec if None).
 
     The entry points (the cohort asset, the CLI) call this before building a cohort, so the embedded
-    default works on a fresh machine without a separate step (deterministic, about half a minute).
+    default works on a fresh machine without a separate step (deterministic, about half a minute). Under a URL
+    root the collection is generated locally and put to the store (see the module docstring).
     Other sources are left alone. Called here rather than by ``radassets.idc``: idc is the layer below.
     """
     if definition.source.kind == "demo":

@@ -33,6 +33,7 @@ from typing import Any
 from radassets import __version__
 from radassets.datasets import DatasetVersion
 from radassets.idc.index import IndexSource, resolve_table
+from radassets.staging import local_files
 from radassets.storage import atomic_write_json, sha256_file, sha256_json
 from radassets.errors import RadassetsError
 
@@ -156,7 +157,7 @@ class Cohort:
     @classmethod
     def read(cls, path: Path) -> Cohort:
         try:
-            raw = json.loads(Path(path).read_text())
+            raw = json.loads(path.read_text())  # a local path or one on the artifact store (UPath)
         except FileNotFoundError:
             raise CohortError(f"no cohort lockfile at {path}; materialize the cohort first") from None
         except json.JSONDecodeError as e:
@@ -226,8 +227,9 @@ def build_cohort(definition: DatasetVersion, index: IndexSource) -> Cohort:
             "upgrade the index package or build the cohort from BigQuery"
         )
     sql, params, tables = selection_query(definition, index.source_root)
-    bound = dict(params, **{k: str(v) for k, v in tables.items()})
-    with index.connect() as con:
+    # DuckDB reads local files: a ``source:`` table of a demo collection on the artifact store is copied first.
+    with local_files(list(tables.values())) as local_tables, index.connect() as con:
+        bound = dict(params, **{k: str(v) for k, v in zip(tables, local_tables)})
         try:
             cursor = con.execute(sql, bound)
         except Exception as e:  # DuckDB raises several error types; all mean the same to a user

@@ -4,7 +4,12 @@ Series folders are keyed by ``crdc_series_uuid`` under ``$RADASSETS_HOME/dicom/s
 IDC series versions are immutable, so dataset versions that share a series share one copy
 and a rerun skips what is already verified. The partition's manifest
 (``$RADASSETS_HOME/dicom/<dataset_version>/manifest.json``) lists every series with its
-status, folder, file count, size and, for failures, the cause.
+status, folder (relative to the artifact root, ``Layout.relative``; readers also accept the absolute paths
+that earlier versions wrote), file count, size and, for failures, the cause.
+
+The artifact root may be an object store (``s3://...``): series are then fetched and verified in a local work
+folder (``Layout.dicom_work_dir``) and put to the store, their record last (``radassets.idc.download``), and the
+manifest is the same bytes as under a local root.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from typing import Any
 
 import duckdb
 
+from radassets.dataplane import IN_PROCESS, Compute
 from radassets.datasets import DatasetVersion
 from radassets.idc import download
 from radassets.idc.cohort import Cohort
 from radassets.layout import Layout
 from radassets.reports import ItemFailure
+from radassets.staging import local_file
 from radassets.storage import atomic_write_json, sha256_json
 
 Progress = Callable[[int, int, str], None]
@@ -34,6 +41,7 @@ class DicomReport:
     dataset_version: str
     manifest_path: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
+    manifest_name: str | None = None  # how the manifest names itself: relative to the root (default: its path)
 
     @property
     def series(self) -> int:
@@ -75,7 +83,7 @@ class DicomReport:
             "failed_fraction": self.failed_fraction,
             "files": self.files,
             "size_gb": self.size_gb,
-            "manifest": str(self.manifest_path),
+            "manifest": self.manifest_name or str(self.manifest_path),
         }
 
     def metadata(self) -> dict[str, Any]:
@@ -109,8 +117,9 @@ def mirror_for(definition: DatasetVersion, layout: Layout, configured: download.
 def _local_files(definition: DatasetVersion, layout: Layout) -> dict[str, list[Path]]:
     """crdc_series_uuid -> files, from the index written by ``add-local``."""
     table = layout.local_root(definition.name) / "index" / "instances.parquet"
-    with duckdb.connect() as con:
-        rows = con.execute("SELECT crdc_series_uuid, path FROM read_parquet(?) ORDER BY path", [str(table)]).fetchall()
+    with local_file(table) as local_table, duckdb.connect() as con:
+        rows = con.execute("SELECT crdc_series_uuid, path FROM read_parquet(?) ORDER BY path",
+                           [str(local_table)]).fetchall()
     files: dict[str, list[Path]] = {}
     for uuid, path in rows:
         files.setdefault(uuid, []).append(Path(path))
@@ -119,7 +128,7 @@ def _local_files(definition: DatasetVersion, layout: Layout) -> dict[str, list[P
 
 def series_files(definition: DatasetVersion, layout: Layout) -> Callable[[dict[str, Any]], list[Path]]:
     """A lookup of the DICOM files of each verified series of a ``dicom`` manifest row, wherever they lie
-    (a local source's index is read once, not once per series)."""
+    (a local source's index is read once, not once per series): under a URL root, paths on the store."""
     if definition.source.kind == "local":
         local = _local_files(definition, layout)
         return lambda row: local.get(row["crdc_series_uuid"], [])
@@ -136,10 +145,11 @@ def read_manifest(dataset_version: str, layout: Layout) -> dict[str, Any]:
 
 def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, layout: Layout, *,
                         mirror: download.Mirror | None = None, idc_mirror: download.Mirror | None = None,
-                        attempts: int = 3, progress: Progress | None = None) -> DicomReport:
+                        attempts: int = 3, progress: Progress | None = None,
+                        compute: Compute = IN_PROCESS) -> DicomReport:
     """Fetch or verify every series of ``cohort``; failures are recorded, never raised per series.
     ``mirror`` is where series are copied from; when it is None, ``mirror_for`` says which (``idc_mirror``
-    for IDC sources).
+    for IDC sources). ``compute`` says where the series are fetched (``download.fetch_series``).
 
     Raises ``download.BucketUnreachableError`` before doing anything when the source cannot be
     reached at all: that is not a property of any one series.
@@ -151,8 +161,8 @@ def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, layout: Layo
             progress(len(results), len(results), f"verified {len(results)} local series in place")
     else:
         source = mirror_for(definition, layout, mirror, idc_mirror)
-        results = download.fetch_series(cohort.series, layout.dicom_series_dir(), source,
-                                        attempts=attempts, progress=progress)
+        results = download.fetch_series(cohort.series, layout.dicom_series_dir(), source, attempts=attempts,
+                                        progress=progress, work_root=layout.dicom_work_dir(), compute=compute)
     by_uuid = {r.crdc_series_uuid: r for r in results}
     rows = []
     for s in cohort.series:
@@ -160,9 +170,10 @@ def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, layout: Layo
         rows.append({
             "PatientID": s["PatientID"], "Modality": s["Modality"], "SeriesInstanceUID": s["SeriesInstanceUID"],
             "crdc_series_uuid": s["crdc_series_uuid"], "status": "failed" if r.status == "failed" else "verified",
-            "how": r.status, "folder": str(r.folder) if r.folder else None, "files": r.files, "bytes": r.bytes,
+            "how": r.status, "folder": layout.relative(r.folder) if r.folder else None, "files": r.files, "bytes": r.bytes,
             "reason": r.reason,
         })
-    report = DicomReport(definition.name, layout.dicom_manifest(definition.name), rows)
+    manifest_path = layout.dicom_manifest(definition.name)
+    report = DicomReport(definition.name, manifest_path, rows, layout.relative(manifest_path))
     atomic_write_json(report.manifest_path, report.manifest(cohort.content_hash))
     return report

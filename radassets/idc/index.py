@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+from upath import UPath
 
 from radassets.datasets import SOURCE_PREFIX, DatasetDefinitionError, DatasetVersion
 from radassets.errors import RadassetsError
 from radassets.layout import Layout
 from radassets.packaged import packaged_data_dir
+from radassets.staging import local_files
+from radassets.storage import is_local
 
 BUNDLED_PACKAGE = "idc-index-data"
 
@@ -35,10 +38,17 @@ class IndexSource:
     source_root: Path | None = None  # folder of a demo/local source (its files and tables)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with one view per index table."""
+        """An in-memory DuckDB connection with one view per index table; tables on the artifact store (the demo
+        collection's under a URL root: small) are copied into the connection, as DuckDB reads local files."""
         con = duckdb.connect()
-        for name, path in self.tables.items():
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{_sql_path(path)}')")
+        paths = list(self.tables.values())
+        if all(is_local(p) for p in paths):
+            for name, path in self.tables.items():
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{_sql_path(path)}')")
+            return con
+        with local_files(paths) as local:
+            for name, path in zip(self.tables, local):
+                con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet('{_sql_path(path)}')")
         return con
 
     def latest_version(self) -> int:
@@ -75,7 +85,8 @@ def bundled_index() -> IndexSource:
 
 def folder_index(root: Path, package: str) -> IndexSource:
     """An index written under ``root/index/`` (demo collection or a local folder)."""
-    folder = Path(root) / "index"
+    root = root if isinstance(root, UPath) else Path(root)  # a folder, or one on the artifact store
+    folder = root / "index"
     names = ("idc_index", "prior_versions_index", "version_metadata_index", "collections_index", "instances")
     tables = {name: folder / f"{name}.parquet" for name in names}
     missing = [name for name, p in tables.items() if not p.is_file()]
@@ -83,7 +94,7 @@ def folder_index(root: Path, package: str) -> IndexSource:
         raise IndexMissingError(f"index at {folder} is incomplete: missing {missing}")
     from radassets import __version__
 
-    return IndexSource(package, __version__, tables, source_root=Path(root))
+    return IndexSource(package, __version__, tables, source_root=root)
 
 
 def index_for(definition: DatasetVersion, layout: Layout) -> IndexSource:

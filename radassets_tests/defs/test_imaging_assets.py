@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import zarr
@@ -75,7 +74,7 @@ def _break_one_ct(layout: Layout) -> str:
     """Tilt one downloaded CT series. The local mirror hard-links files, so each is first replaced by
     a copy of its own: the shared demo collection must stay intact."""
     series = next(r for r in read_manifest("demo_v1", layout)["series"] if r["Modality"] == "CT")
-    files = sorted(Path(series["folder"]).glob("*.dcm"))
+    files = sorted(layout.resolve(series["folder"]).glob("*.dcm"))
     for f in files:
         shutil.copy(f, f.with_suffix(".tmp"))
         f.with_suffix(".tmp").replace(f)
