@@ -80,8 +80,8 @@ class Layout:
         self.is_local = isinstance(root_path, Path)
         # Typed ``Path`` for the code that uses the layout: under a URL root the paths are ``UPath`` objects,
         # which have pathlib's API (/, exists, is_file, read_bytes, open, iterdir) and are written through
-        # radassets.storage. A step that hands a path to a C library (SimpleITK, DuckDB, numpy) needs a local
-        # root, which ``require_local`` checks before the step starts.
+        # radassets.storage. A step that hands a path to a C library (SimpleITK, DuckDB, numpy) stages the file
+        # locally first (radassets.staging).
         self.root: Path = cast(Path, root_path)
         self._weights_dir = Path(weights_dir) if weights_dir is not None else None
         if state_dir is not None:
@@ -92,12 +92,12 @@ class Layout:
             self.state_dir = Path.home() / ".radassets" / "state" / re.sub(r"[^A-Za-z0-9._-]+", "_", str(self.root))
 
     def require_local(self, what: str) -> None:
-        """Refuse, naming ``what``, to run a step under a URL root: the steps read and write their files
-        with libraries that open local paths (SimpleITK, DuckDB, numpy); only the paths, the atomic writers
-        and the lineage readers work on object storage so far."""
+        """Refuse, naming ``what``, what only a local root can hold: a local DICOM source's index of the files
+        on this machine (``datasets add-local``) and a demo collection generated in place (``demo generate``).
+        Every step runs on a URL root."""
         if not self.is_local:
-            raise StorageRootError(f"{what} needs a local artifact root; {self.root} is not one (running the steps "
-                                   f"on object storage is not supported yet: set RADASSETS_HOME to a folder)")
+            raise StorageRootError(f"{what} needs a local artifact root; {self.root} is not one (set RADASSETS_HOME "
+                                   f"to a folder for it)")
 
     def __repr__(self) -> str:
         return f"Layout({str(self.root)!r})"

@@ -145,14 +145,14 @@ def test_local_writes_are_byte_identical_through_the_layout(tmp_path):
         (tmp_path / "b" / "seeds" / "demo_v1" / "manifest.json").read_bytes()
 
 
-def test_a_step_under_a_url_root_is_refused_with_the_root_named(tmp_path):
-    """The steps open their files with SimpleITK, DuckDB and numpy: under an object-store root they are refused
-    before they start, with one line, rather than failing inside a C library."""
-    Layout(tmp_path).require_local("materializing volumes")  # a local root: allowed
+def test_what_only_a_local_root_can_hold_is_refused_under_a_url_root_with_the_root_named(tmp_path):
+    """A local source's index of this machine's files (``datasets add-local``) cannot live in a bucket: refused
+    before anything is written, with one line."""
+    Layout(tmp_path).require_local("radassets datasets add-local")  # a local root: allowed
     remote = Layout("memory://radassets-layout-steps/prefix", state_dir=tmp_path / "state")
-    with pytest.raises(StorageRootError, match=r"materializing volumes needs a local artifact root; "
+    with pytest.raises(StorageRootError, match=r"radassets datasets add-local needs a local artifact root; "
                                                r"memory://radassets-layout-steps/prefix is not one"):
-        remote.require_local("materializing volumes")
+        remote.require_local("radassets datasets add-local")
 
 
 @pytest.mark.parametrize("root", ["local", "memory://radassets-layout-relative/prefix"])

@@ -34,7 +34,6 @@ def _ensure_demo_source(definition) -> None:
     from radassets.demo import ensure_demo_source
 
     if definition.source.kind == "demo":  # the demo spec is read (and checked) only for the demo
-        current_layout().require_local("generating the demo collection")
         ensure_demo_source(definition, current_layout(), current_settings().demo(), progress=progress)
 
 

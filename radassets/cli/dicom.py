@@ -26,7 +26,6 @@ def fetch(dataset_version: str) -> None:
     settings, layout = current_settings(), current_layout()
     definition = datasets.get(dataset_version, settings.resolved_data_dir())
     cohort = Cohort.read(layout.cohort_lockfile(dataset_version))
-    layout.require_local("radassets dicom fetch")
     report = fetch_dataset_dicom(definition, cohort, layout, idc_mirror=settings.mirror(),
                                  progress=lambda done, total, msg: progress(f"[{done}/{total}] {msg}"))
     print_json(report.summary())

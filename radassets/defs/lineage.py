@@ -28,7 +28,6 @@ from dagster import (AssetKey, AssetRecordsFilter, DagsterInstance, Failure, Mat
                      MultiPartitionsDefinition, MetadataValue)
 
 import radassets
-from radassets.defs.metadata import user_failure
 from radassets.defs.locks import exclusive_partition
 from radassets.dataplane import Compute
 from radassets.lineage import store
@@ -156,8 +155,6 @@ def recorded(fn):
     def wrapper(context, *args, **kwargs):
         asset = context.asset_key.to_user_string()
         layout = context.resources.storage.layout()  # every asset has the ``storage`` resource
-        with user_failure():
-            layout.require_local(f"materializing {asset}")
         root, events = layout.lineage_dir(), layout.lineage_events_dir()
         partition_key, partition = _partition(context)
         run = {"run_id": lineage_run_id(context), "dagster_run_id": context.run.run_id,

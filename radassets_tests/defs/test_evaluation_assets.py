@@ -117,7 +117,8 @@ def check_seed_stability(instance, home, evaluation_metrics):
     still = run_seed_stability(datasets.get("demo_v1"), "radiomics",
                                layout.asset_dir("embeddings", "demo_v1", "radiomics"),
                                layout.seeds_table("demo_v1"), layout.asset_dir("patches", "demo_v1"),
-                               home / "still", trials=2, sd_voxels=0.0, source_root=layout.demo_root())
+                               home / "still", trials=2, sd_voxels=0.0, source_root=layout.demo_root(),
+                               layout=layout)
     s = next(e for e in still.endpoints if e.endpoint == "os_2y")
     assert s.kappa_min == 1.0 and s.changed_mean == 0.0 and s.auc_mean == pytest.approx(s.unperturbed_auc)
     assert still.to_json()["cosine"]["min"] > 0.99999
