@@ -114,6 +114,10 @@ def choose_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+# How fast this run was: in the step's metadata, not in the manifest (the record of the output).
+RUN_ONLY = ("seconds", "patches_per_second")
+
+
 @dataclass(frozen=True)
 class EmbeddingsReport:
     """What ``run_embeddings`` did: one row per seed (as written to embeddings.parquet, with the vector)."""
@@ -162,9 +166,12 @@ class EmbeddingsReport:
         return {k: v for k, v in self.summary().items() if v is not None}
 
     def manifest(self, entry: dict[str, Any], batch_size: int, torch_version: str) -> dict[str, Any]:
-        """The partition's ``manifest.json`` (``entry``: the model's registry entry, as JSON)."""
+        """The partition's ``manifest.json`` (``entry``: the model's registry entry, as JSON), without this run's
+        timings (``RUN_ONLY``: the step's metadata shows them), so that the same embeddings have the same record
+        wherever and however fast they were made."""
+        summary = {k: v for k, v in self.summary().items() if k not in RUN_ONLY}
         return {"model": entry, "weights_sha256": self.weights_sha256, "preprocessing_hash": self.preprocessing_hash,
-                "batch_size": batch_size, "device": self.device, "torch": torch_version, "summary": self.summary(),
+                "batch_size": batch_size, "device": self.device, "torch": torch_version, "summary": summary,
                 "content_hash": self.content_hash,
                 "failures": [{"seed_id": f.item, "PatientID": f.patient, "reason": f.reason} for f in self.failures]}
 
