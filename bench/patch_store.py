@@ -7,7 +7,8 @@ here from the same N patches (default 400 of 64³ int16, 200 MB), CT-like: a bod
 leaves after the linear resampling to 1 mm), and every tenth patch half padded with air as at a
 volume border. Every codec is timed on the same patches:
 
-- ``none``: raw chunks (the store's choice, ``COMPRESSORS``); ``zstd-1``: Zstandard level 1;
+- ``none``: raw chunks (the store's choice, ``COMPRESSORS``), read as the steps read them (``open_readers``: a
+  local store's chunk files directly) and, as ``none (zarr)``, through zarr; ``zstd-1``: Zstandard level 1;
   ``blosc-lz4``, ``blosc-zstd-1``: Blosc with LZ4, or Zstandard level 1, and byte shuffle.
 
 Timed, with every file in the OS cache (the store was just written; each read is repeated
@@ -121,16 +122,22 @@ def main(argv: list[str] | None = None) -> int:
             arrays = patch_store.open_arrays(location, read_only=False)
             for i in range(n):
                 patch_store.write_patch(arrays, i, data[i], masks[i])
-            patches, _ = patch_store.open_arrays(location)
-            check = np.asarray(patches[batches[0]])
-            assert np.array_equal(check, data[batches[0]]), name
-            timed = zarr_timings(patches, n, batches, args.repeats)
             size = (store_bytes(location / "patches")) / data.nbytes
-            results["codecs"][name] = {"size_ratio": round(size, 3),
-                                       **{k: {"patches_per_s": round(n / v, 1), "mmap_over_zarr": round(v / base[k], 2)}
-                                          for k, v in timed.items()}}
-            print(f"{name:12} {size:6.2f} " + " ".join(f"{n / timed[k]:10.0f}/s (mmap ×{timed[k] / base[k]:5.1f} faster)"
-                                                       for k in timed))
+            # What the steps read (open_readers: raw chunks of a local store from their files), and for the raw
+            # store also zarr's own reads of the same files.
+            readers = {name: patch_store.open_readers(location)[0]}
+            if not compressors:
+                readers[f"{name} (zarr)"] = patch_store.open_arrays(location)[0]
+            for label, patches in readers.items():
+                check = np.asarray(patches[batches[0]])
+                assert np.array_equal(check, data[batches[0]]), label
+                timed = zarr_timings(patches, n, batches, args.repeats)
+                results["codecs"][label] = {
+                    "size_ratio": round(size, 3), "reader": type(patches).__name__,
+                    **{k: {"patches_per_s": round(n / v, 1), "mmap_over_zarr": round(v / base[k], 2)}
+                       for k, v in timed.items()}}
+                print(f"{label:12} {size:6.2f} " + " ".join(f"{n / timed[k]:10.0f}/s (mmap ×{timed[k] / base[k]:5.1f} "
+                                                            f"faster)" for k in timed))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -144,10 +144,13 @@ def _in_process(task: Callable[[T], R], items: list[T], progress: Progress | Non
 
 # -- a pool of local processes --------------------------------------------------------------------------------
 
-def _init_pool_process() -> None:
+def _init_pool_process(storage: dict[str, str] | None = None) -> None:
     """Pool process initializer. SIGKILL when the forkserver (and so the run's process) is gone (Linux). One
     thread for the libraries that start their own (ITK, OpenMP), unless the user set them: the pool already has a
-    process per CPU, and N processes of N threads each would oversubscribe the machine."""
+    process per CPU, and N processes of N threads each would oversubscribe the machine. ``storage``: the artifact
+    store's client settings as the step's process has them now (``storage_environment``), as Ray's workers get
+    them: a pool process is forked from the forkserver, whose environment is the one of its start."""
+    os.environ.update(storage or {})
     for variable in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
     if sys.platform.startswith("linux"):
@@ -177,7 +180,7 @@ def _in_pool(task: Callable[[T], R], items: list[T], workers: int, retries: int,
     while len(results) < len(items):
         todo = [i for i in range(len(items)) if i not in results]
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
-                                 initializer=_init_pool_process) as pool:
+                                 initializer=_init_pool_process, initargs=(storage_environment(),)) as pool:
             futures: dict[Future, int] = {pool.submit(_placed, task, items[i], record): i for i in todo}
             try:
                 complete = _collect(futures, results, places, len(items), progress)

@@ -64,3 +64,7 @@ class WriteWhere:
     def __call__(self, result: dict) -> None:
         output = Path(self.folder) / f"{result['n']}.txt"
         atomic_write_text(Path(self.folder) / f"{result['n']}.recorded", f"{os.getpid()} {output.is_file()}")
+
+
+def environment(name: str) -> str | None:
+    return os.environ.get(name)

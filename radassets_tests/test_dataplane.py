@@ -96,6 +96,16 @@ def test_each_result_is_recorded_where_its_task_ran_after_its_output(tmp_path, w
         assert pids == set(mapped.places) and f"pid {os.getpid()}" not in pids
 
 
+def test_pool_processes_get_the_storage_settings_the_step_has_now(monkeypatch):
+    """The pool's processes are forked from a forkserver started once per process, with the environment of then:
+    the artifact store's settings set since (a test's moto server, a user's new credentials) reach them too."""
+    map_items(tasks.environment, ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL"], Compute(workers=2))  # the forkserver runs
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    mapped = map_items(tasks.environment, ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL"], Compute(workers=2))
+    assert mapped.results == ["http://127.0.0.1:9"] * 2
+    assert all(place.startswith("pid ") and place != f"pid {os.getpid()}" for place in mapped.places)
+
+
 # -- Ray ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.services

@@ -56,8 +56,9 @@ if TYPE_CHECKING:
     from zarr.core.array_spec import ArrayConfigParams
 
 STORE_NAME = "patches.zarr"
-# What readers of patches take: the lazy store array, or any numpy array with patches along the first axis.
-PatchArray: TypeAlias = "np.ndarray | zarr.Array"
+# What readers of patches take: the lazy store array (zarr's, or the raw chunk reader of a local store), or any
+# numpy array with patches along the first axis.
+PatchArray: TypeAlias = "np.ndarray | zarr.Array | RawChunkReader"
 PATCHES, MASKS = "patches", "masks"
 DTYPES: dict[str, np.dtype[Any]] = {PATCHES: np.dtype("<i2"), MASKS: np.dtype("u1")}
 DIMENSIONS = ("patch", "S", "P", "L")
@@ -104,6 +105,84 @@ def open_arrays(location: str | os.PathLike, read_only: bool = True) -> tuple[za
     patches, masks = (zarr.open_array(store, path=name, mode=mode, zarr_format=3).with_config(WRITE_CONFIG)
                       for name in (PATCHES, MASKS))
     return patches, masks
+
+
+def open_readers(location: str | os.PathLike) -> tuple[PatchArray, PatchArray]:
+    """The ``patches`` and ``masks`` arrays for reading: on a local folder whose chunks are raw (this store's
+    codec), ``RawChunkReader``s; else (a bucket, a compressed store of another version) zarr's arrays."""
+    patches, masks = open_arrays(location)
+    path = as_path(location)
+    if isinstance(path, Path) and all(RawChunkReader.can_read(a) for a in (patches, masks)):
+        return RawChunkReader(patches, path / PATCHES), RawChunkReader(masks, path / MASKS)
+    return patches, masks
+
+
+class RawChunkReader:
+    """Whole patches of a local store read straight from their chunk files (``c/<i>/0/0/0``: the raw little-endian
+    values, with no codec, as zarr's "bytes" codec lays them out), for the speed of the memory-mapped ``.npy`` this
+    store replaced: zarr-python's per-chunk machinery (asyncio, the codec pipeline) costs about 1 ms a chunk, three
+    times what reading the file does (``bench/patch_store.py``). Written by hand for that reason, for this store's
+    layout only (``can_read``); anything else is read through zarr. A chunk that is missing is an error, not zeros:
+    the step writes every chunk (``write_empty_chunks``), so a missing one is a damaged store."""
+
+    def __init__(self, array: zarr.Array, folder: Path):
+        self.array = array  # anything other than an index, a slice or a list of indices reads through zarr
+        self.folder = folder
+        self.shape: tuple[int, ...] = tuple(array.shape)
+        self.dtype = np.dtype(array.dtype)
+
+    @staticmethod
+    def can_read(array: zarr.Array) -> bool:
+        from zarr.codecs import BytesCodec
+
+        metadata = array.metadata
+        encoding = getattr(metadata, "chunk_key_encoding", None)
+        return (getattr(metadata, "zarr_format", None) == 3 and not array.filters and not array.compressors
+                and isinstance(array.serializer, BytesCodec)
+                and ((array.serializer.endian is None and array.dtype.itemsize == 1)  # bytes have no order
+                     or getattr(array.serializer.endian, "value", None) == "little")
+                and tuple(array.chunks) == (1, *array.shape[1:]) and getattr(encoding, "name", None) == "default"
+                and getattr(encoding, "separator", None) == "/" and array.dtype.byteorder in ("<", "=", "|")
+                and array.dtype.isnative)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def chunk(self, i: int) -> np.ndarray:
+        """Patch ``i`` (a negative ``i`` counts from the end, as numpy's)."""
+        n = self.shape[0]
+        if not -n <= i < n:
+            raise IndexError(f"patch {i} of {n}")
+        path = self.folder / "c" / str(i % n) / "0" / "0" / "0"
+        try:
+            values = np.fromfile(path, dtype=self.dtype)
+        except FileNotFoundError:
+            raise PatchStoreError(f"{path}: the chunk of patch {i % n} is missing (the step writes every chunk); "
+                                  f"materialize 'patches' again") from None
+        if values.size != int(np.prod(self.shape[1:])):
+            raise PatchStoreError(f"{path}: {values.nbytes} bytes, not one patch of {self.shape[1:]} {self.dtype}")
+        return values.reshape(self.shape[1:])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self.chunk(int(key))
+        if isinstance(key, slice) and key.step in (None, 1):
+            indices = range(*key.indices(self.shape[0]))
+        elif isinstance(key, (list, np.ndarray)) and np.asarray(key).ndim == 1 and np.asarray(key).dtype.kind in "iu":
+            return self._stack([int(i) for i in np.asarray(key)])
+        else:
+            return np.asarray(self.array[key])
+        return self._stack(list(indices))
+
+    def _stack(self, indices: list[int]) -> np.ndarray:
+        out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
+        for j, i in enumerate(indices):
+            out[j] = self.chunk(i)
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        values = self[:]
+        return values if dtype is None else values.astype(dtype)
 
 
 def write_patch(arrays: tuple[zarr.Array, zarr.Array], index: int, patch: np.ndarray, mask: np.ndarray) -> str:

@@ -38,7 +38,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -49,9 +49,6 @@ from radassets.imaging import patch_store
 from radassets.layout import as_path
 from radassets.staging import local_file
 from radassets.storage import atomic_write_json, sha256_file, sha256_json
-
-if TYPE_CHECKING:
-    import zarr
 
 Point = Sequence[float] | np.ndarray  # x, y, z in LPS mm
 AIR_HU = -1024
@@ -262,7 +259,7 @@ def write_patches(seeds: Sequence[dict[str, Any]], out_dir: Path, spec: PatchSpe
     return report
 
 
-def load_patches(out_dir: Path) -> tuple[zarr.Array, zarr.Array, list[dict[str, Any]]]:
+def load_patches(out_dir: Path) -> tuple[patch_store.PatchArray, patch_store.PatchArray, list[dict[str, Any]]]:
     """The patches and masks of one ``patches`` partition, read lazily (``[i]`` and slices read those chunks
     only, and give numpy arrays), and their rows. ``out_dir`` is a local folder or a ``UPath`` of a bucket."""
     import pyarrow.parquet as pq
@@ -275,7 +272,7 @@ def load_patches(out_dir: Path) -> tuple[zarr.Array, zarr.Array, list[dict[str, 
         raise patch_store.PatchStoreError(f"the patches partition at {out_dir} has no {patch_store.STORE_NAME} (it "
                                           f"was written by an older radassets as .npy files); materialize 'patches' "
                                           f"again")
-    patches, masks = patch_store.open_arrays(store)
+    patches, masks = patch_store.open_readers(store)
     with (out_dir / "patches.parquet").open("rb") as f:
         rows = pq.read_table(f).to_pylist()
     if patches.shape[0] != len(rows) or masks.shape != patches.shape:

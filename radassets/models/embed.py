@@ -42,7 +42,8 @@ from radassets.storage import atomic_path, atomic_write_json, sha256_file, sha25
 
 if TYPE_CHECKING:  # torch is imported where a model runs: the definitions (every run worker) load without it
     import torch
-    import zarr
+
+    from radassets.imaging.patch_store import PatchArray
 
 Progress = Callable[[int, int, str], None]
 
@@ -188,7 +189,7 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]
 
 
-def embed_batch(extractor: Extractor, patches: np.ndarray | zarr.Array, masks: np.ndarray | zarr.Array,
+def embed_batch(extractor: Extractor, patches: PatchArray, masks: PatchArray,
                 rows: Sequence[dict[str, Any]], start: int, stop: int) -> np.ndarray:
     """The (stop - start, dim) vectors of patches ``start:stop`` (read from the arrays now: a slice of a Zarr
     array reads those chunks only)."""
@@ -199,7 +200,7 @@ def embed_batch(extractor: Extractor, patches: np.ndarray | zarr.Array, masks: n
     return batch
 
 
-def run_embeddings(extractor: Extractor, patches: np.ndarray | zarr.Array, masks: np.ndarray | zarr.Array,
+def run_embeddings(extractor: Extractor, patches: PatchArray, masks: PatchArray,
                    rows: Sequence[dict[str, Any]],
                    out_dir: Path, batch_size: int = 8, device: str = "cpu",
                    progress: Progress | None = None) -> EmbeddingsReport:

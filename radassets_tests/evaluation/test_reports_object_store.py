@@ -37,6 +37,9 @@ from radassets.models.embed import write_embeddings
 from radassets.models.pipeline import run_model
 from radassets_tests.conftest import SMALL_DEMO_SPEC, copy_to_store
 
+# moto's S3 server with whole steps on it: minutes, so with the other services tests (make test-services).
+pytestmark = pytest.mark.services
+
 DEMO = "demo_v1"
 
 

@@ -23,6 +23,9 @@ from radassets.layout import Layout
 from radassets.storage import sha256_file
 from radassets_tests.conftest import SMALL_DEMO_SPEC, copy_to_store
 
+# moto's S3 server with whole steps on it: minutes, so with the other services tests (make test-services).
+pytestmark = pytest.mark.services
+
 DEMO_BUCKET = "radassets-demo-data"
 
 

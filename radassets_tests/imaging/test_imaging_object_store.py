@@ -24,6 +24,9 @@ from radassets.layout import Layout
 from radassets.storage import atomic_write_json
 from radassets_tests.conftest import SMALL_DEMO_SPEC, copy_to_store
 
+# moto's S3 server with whole steps on it: minutes, so with the other services tests (make test-services).
+pytestmark = pytest.mark.services
+
 DV = "demo_v1"
 STEPS = ("volumes", "seeds", "patches")
 # The series of two patients, to keep the test short: DEMO-001's two CT scans (test and retest), each with a

@@ -67,7 +67,8 @@ def tree(folder: Path) -> dict[str, str]:
 def test_patches_are_read_back_from_the_store_as_extracted(seeds, tmp_path):
     report = write_patches(seeds, tmp_path / "out", SPEC)
     patches, masks, rows = load_patches(tmp_path / "out")
-    assert isinstance(patches, zarr.Array) and patches.shape == (5, 16, 16, 16) and patches.dtype == np.int16
+    # Read lazily: from a local folder, from the chunk files themselves (a bucket: zarr by range).
+    assert isinstance(patches, patch_store.RawChunkReader) and patches.shape == (5, 16, 16, 16) and patches.dtype == np.int16
     assert masks.dtype == np.uint8 and masks.shape == patches.shape
     assert [r["seed_id"] for r in rows] == [s["seed_id"] for s in seeds]  # row i is seed i, whatever the tasks' order
     for i, seed in enumerate(seeds):
@@ -199,3 +200,44 @@ def test_the_store_on_s3_holds_the_local_bytes_and_serves_one_patch(seeds, tmp_p
     key = objects["patches.zarr/patches/c/3/0/0/0"]
     part = client.get_object(Bucket="artifacts", Key=key, Range="bytes=0-31")["Body"].read()
     assert np.array_equal(np.frombuffer(part, "<i2"), np.asarray(local_patches[3]).ravel()[:16])
+
+
+def small_store(folder: Path, compressors=patch_store.COMPRESSORS) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    data = rng.integers(-1024, 2000, size=(5, 4, 4, 4)).astype(np.int16)
+    masks = (data > 500).astype(np.uint8)
+    patch_store.create_store(folder, 5, 4, compressors)
+    arrays = patch_store.open_arrays(folder, read_only=False)
+    for i in range(5):
+        patch_store.write_patch(arrays, i, data[i], masks[i])
+    return data, masks
+
+
+def test_a_local_store_is_read_from_its_chunk_files_with_zarrs_values(tmp_path):
+    data, masks = small_store(tmp_path / "patches.zarr")
+    patches, mask_reader = patch_store.open_readers(tmp_path / "patches.zarr")
+    assert isinstance(patches, patch_store.RawChunkReader) and isinstance(mask_reader, patch_store.RawChunkReader)
+    zarr_patches, _ = patch_store.open_arrays(tmp_path / "patches.zarr")
+    for key in (0, 4, -1, np.int64(2), slice(1, 4), slice(None), slice(3, 99), [4, 0, 2], np.array([1, 1])):
+        assert np.array_equal(patches[key], np.asarray(zarr_patches[key])), key
+        assert np.array_equal(patches[key], data[key]), key
+    assert np.array_equal(mask_reader[1:3], masks[1:3]) and mask_reader[0].dtype == np.uint8
+    assert np.array_equal(np.asarray(patches), data) and len(patches) == 5 and patches.shape == data.shape
+    with pytest.raises(IndexError):
+        patches[5]
+
+
+def test_a_missing_chunk_is_an_error_naming_it_not_zeros(tmp_path):
+    small_store(tmp_path / "patches.zarr")
+    (tmp_path / "patches.zarr" / "patches" / "c" / "3" / "0" / "0" / "0").unlink()
+    patches, _ = patch_store.open_readers(tmp_path / "patches.zarr")
+    with pytest.raises(patch_store.PatchStoreError, match=r"c/3/0/0/0: the chunk of patch 3 is missing"):
+        patches[2:4]
+
+
+def test_a_compressed_or_remote_store_is_read_through_zarr(tmp_path):
+    from zarr.codecs import ZstdCodec
+
+    data, _ = small_store(tmp_path / "zstd.zarr", (ZstdCodec(level=1),))
+    patches, _ = patch_store.open_readers(tmp_path / "zstd.zarr")
+    assert isinstance(patches, zarr.Array) and np.array_equal(patches[1:3], data[1:3])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import uuid
 
+import pytest
 from upath import UPath
 
 from radassets.layout import as_path
@@ -90,6 +91,7 @@ def _worker(events: str, run_id: str, worker: int, chunks: int) -> None:
         store.write_items(run_id, "patches", items(f"w{worker}c{c}", 25), folder)
 
 
+@pytest.mark.services  # moto's S3 server and three writer processes: with the services tests
 def test_workers_on_an_object_store_lose_no_item(tmp_path, s3_root):
     """Three processes write chunks to the event folder on S3 at once while the run's own events are written and
     merged beside them; the database is local. Every one of the 3 × 5 × 25 items is there once."""
