@@ -9,16 +9,17 @@ no coordination, and a reader fetches one patch with one GET. The store opens th
 ``location`` is a ``pathlib.Path``, a ``UPath`` (its storage options travel with it) or a string, all of them
 picklable plain data for a worker process.
 
-Codec: none (``COMPRESSORS`` is empty): a chunk file holds the patch's raw little-endian values. Measured
-with ``bench/patch_store.py`` (400 CT-like 64³ patches, files in the OS cache, our shared 2-core machine; one
-run): one patch at a time, raw chunks read at 704 patches/s, Zstandard level 1 at 466/s, Blosc-LZ4 and
-Blosc-Zstd at 115-200/s, against 2,358/s from the memory-mapped .npy this store replaced; in slices of 8 (as
-the embeddings read) 1,781/s raw against 415/s for zstd-1. Zarr's own cost per chunk (about 1 ms) is the
-gap that remains, and decoding only adds to it, so raw chunks are the closest to the memory map, as the
-issue asks of local reads. Compression would store 0.57 (zstd-1) or 0.42-0.48 (Blosc) of the bytes, which
-matters on a bucket; it is one constant away, and the manifest's hash is of the values (``patch_sha256``),
-not of the files, so it would not change. Every consumer reads far slower than either (a model embeds at
-most hundreds of patches per second).
+Codec: none (``COMPRESSORS`` is empty): a chunk file holds the patch's raw little-endian values, which the steps
+read on a local folder straight from the file (``open_readers`` / ``RawChunkReader``), and zarr reads by range on a
+bucket. Measured with ``bench/patch_store.py`` (400 CT-like 64³ patches, files in the OS cache, this 2-core
+machine idle; patches/s): one at a time 2,613 from the chunk files, 2,195 from the memory-mapped .npy this store
+replaced, 779 through zarr; in slices of 8 (as the embeddings read) 3,302, 4,190 and 1,671; Zstandard level 1
+through zarr 466-732, Blosc 400-1,160. zarr-python's own cost per chunk (about 1 ms: asyncio and the codec
+pipeline) is what the chunk-file reader saves; the memory map keeps an edge on batches (one contiguous copy
+against 8 files). Compression would store 0.57 (zstd-1) or 0.42-0.48 (Blosc) of the bytes, which matters on a
+bucket; it is one constant away (a compressed store is read through zarr), and the manifest's hash is of the
+values (``patch_sha256``), not of the files, so it would not change. Every consumer reads far slower than either
+(a model embeds at most hundreds of patches per second).
 
 Deterministic bytes: the metadata (``zarr.json``) holds the shape, chunking, codec and dimension names, no
 timestamp and no random id; every chunk is written, even one that equals the fill value (``write_empty_chunks``:
@@ -148,20 +149,24 @@ class RawChunkReader:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def chunk(self, i: int) -> np.ndarray:
-        """Patch ``i`` (a negative ``i`` counts from the end, as numpy's)."""
+    def chunk(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Patch ``i`` (a negative ``i`` counts from the end, as numpy's), read into ``out`` if given (one patch,
+        C-contiguous: the file's bytes land there with no copy)."""
         n = self.shape[0]
         if not -n <= i < n:
             raise IndexError(f"patch {i} of {n}")
         path = self.folder / "c" / str(i % n) / "0" / "0" / "0"
+        out = np.empty(self.shape[1:], dtype=self.dtype) if out is None else out
         try:
-            values = np.fromfile(path, dtype=self.dtype)
+            with open(path, "rb", buffering=0) as f:
+                read = f.readinto(out.data.cast("B"))
+                extra = f.read(1)
         except FileNotFoundError:
             raise PatchStoreError(f"{path}: the chunk of patch {i % n} is missing (the step writes every chunk); "
                                   f"materialize 'patches' again") from None
-        if values.size != int(np.prod(self.shape[1:])):
-            raise PatchStoreError(f"{path}: {values.nbytes} bytes, not one patch of {self.shape[1:]} {self.dtype}")
-        return values.reshape(self.shape[1:])
+        if read != out.nbytes or extra:
+            raise PatchStoreError(f"{path}: not one patch of {self.shape[1:]} {self.dtype} ({out.nbytes} bytes)")
+        return out
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
@@ -177,7 +182,7 @@ class RawChunkReader:
     def _stack(self, indices: list[int]) -> np.ndarray:
         out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
         for j, i in enumerate(indices):
-            out[j] = self.chunk(i)
+            self.chunk(i, out[j])
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:

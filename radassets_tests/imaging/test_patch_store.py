@@ -233,6 +233,11 @@ def test_a_missing_chunk_is_an_error_naming_it_not_zeros(tmp_path):
     patches, _ = patch_store.open_readers(tmp_path / "patches.zarr")
     with pytest.raises(patch_store.PatchStoreError, match=r"c/3/0/0/0: the chunk of patch 3 is missing"):
         patches[2:4]
+    chunk = tmp_path / "patches.zarr" / "patches" / "c" / "1" / "0" / "0" / "0"
+    for damaged in (chunk.read_bytes()[:-2], chunk.read_bytes() + b"\0"):  # cut short, or too long
+        chunk.write_bytes(damaged)
+        with pytest.raises(patch_store.PatchStoreError, match=r"c/1/0/0/0: not one patch of \(4, 4, 4\) int16"):
+            patches[1]
 
 
 def test_a_compressed_or_remote_store_is_read_through_zarr(tmp_path):
