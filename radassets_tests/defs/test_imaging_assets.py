@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-import zarr
 import pandas as pd
 import pytest
 from dagster import AssetKey, materialize
@@ -13,6 +12,7 @@ from dagster import AssetKey, materialize
 from radassets.defs.imaging import ImagingResource
 from radassets.definitions import defs
 from radassets.idc.dicom import read_manifest
+from radassets.imaging import patch_store
 from radassets.imaging.patches import load_patches
 from radassets.layout import Layout
 from radassets_tests.imaging.test_ct import _edit, tilt
@@ -46,7 +46,9 @@ def test_demo_v1_volumes_seeds_patches(instance, small_demo_home):
     patches_meta = metadata(instance, "patches")
     assert patches_meta["montage"].value.startswith("![QC montage](data:image/png;base64,")
     patches, masks, rows = load_patches(Layout(small_demo_home).asset_dir("patches", "demo_v1"))
-    assert isinstance(patches, zarr.Array) and patches.shape == (n_ct, 64, 64, 64) and patches.dtype == np.int16
+    # A local store's patches are read from their chunk files (radassets.imaging.patch_store.RawChunkReader).
+    assert isinstance(patches, patch_store.RawChunkReader)
+    assert patches.shape == (n_ct, 64, 64, 64) and patches.dtype == np.int16
     for i, row in enumerate(rows):
         k, j, l = np.nonzero(masks[i])
         assert np.abs(np.array([l.mean(), j.mean(), k.mean()]) - 31.5).max() < 1.0, row  # lesion at the centre
