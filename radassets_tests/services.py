@@ -114,6 +114,19 @@ def postgres_server() -> Iterator[PostgresServer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def pg_rows(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
+    """The rows of one query, read with psycopg2 (not through Dagster): what a test checks in the database."""
+    import psycopg2
+
+    con = psycopg2.connect(dsn)
+    try:
+        with con.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+    finally:
+        con.close()
+
+
 def _user_exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)

@@ -20,21 +20,9 @@ import yaml
 from dagster import DagsterEventType
 
 from radassets_tests.conftest import REPO, SMALL_DEMO_SPEC
-from radassets_tests.services import postgres_server
+from radassets_tests.services import pg_rows, postgres_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.services]
-
-
-def _rows(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
-    import psycopg2
-
-    con = psycopg2.connect(dsn)
-    try:
-        with con.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall()
-    finally:
-        con.close()
 
 
 def test_a_pipeline_run_records_its_run_and_events_in_postgres(tmp_path, small_demo):
@@ -54,10 +42,10 @@ def test_a_pipeline_run_records_its_run_and_events_in_postgres(tmp_path, small_d
                                "key:cohort"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-        runs = _rows(pg.dsn, "SELECT run_id, status FROM runs")
+        runs = pg_rows(pg.dsn, "SELECT run_id, status FROM runs")
         assert [status for _, status in runs] == ["SUCCESS"], runs
         [(run_id, _)] = runs
-        events = _rows(pg.dsn, "SELECT dagster_event_type, step_key, asset_key, partition FROM event_logs "
+        events = pg_rows(pg.dsn, "SELECT dagster_event_type, step_key, asset_key, partition FROM event_logs "
                                "WHERE run_id = %s ORDER BY id", (run_id,))
         # The column holds the events' stored names: a run's start and success keep their legacy names there
         # (DagsterEventType.RUN_START.value is "PIPELINE_START").
@@ -67,7 +55,7 @@ def test_a_pipeline_run_records_its_run_and_events_in_postgres(tmp_path, small_d
         assert ("ASSET_MATERIALIZATION", json.dumps(["cohort"]), "demo_v1") in {
             (t, asset, partition) for t, _, asset, partition in events}, events
         # Set by the command above, not dagster.yaml's default_limit (also 1).
-        assert _rows(pg.dsn, 'SELECT "limit", using_default_limit FROM concurrency_limits '
+        assert pg_rows(pg.dsn, 'SELECT "limit", using_default_limit FROM concurrency_limits '
                              "WHERE concurrency_key = 'gpu'") == [(1, False)]
 
     # Stopped by its pid, its folder removed.

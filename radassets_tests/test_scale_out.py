@@ -32,7 +32,7 @@ import pytest
 from radassets.layout import Layout, as_path
 from radassets.lineage import store
 from radassets_tests.conftest import REPO, SMALL_DEMO_SPEC
-from radassets_tests.services import postgres_server
+from radassets_tests.services import pg_rows, postgres_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.services]
 
@@ -101,21 +101,9 @@ class WorkerKiller(threading.Thread):
             time.sleep(0.005)
 
 
-def _rows(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
-    import psycopg2
-
-    con = psycopg2.connect(dsn)
-    try:
-        with con.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall()
-    finally:
-        con.close()
-
-
 def _metadata(dsn: str, asset: str) -> dict:
     """The metadata of the asset's latest materialization, read from PostgreSQL's event log."""
-    [(body,)] = _rows(dsn, "SELECT event FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND "
+    [(body,)] = pg_rows(dsn, "SELECT event FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND "
                            "asset_key = %s ORDER BY id DESC LIMIT 1", (json.dumps([asset]),))
     from dagster import deserialize_value
 
@@ -161,9 +149,9 @@ def test_demo_v1_on_postgres_s3_and_a_two_node_ray_cluster_is_the_local_run(tmp_
         volumes, embeddings = _metadata(pg.dsn, "volumes"), _metadata(pg.dsn, "embeddings")
         assert volumes["workers_used"] == 2, volumes  # both nodes converted series
         assert set(embeddings["batches_by_place"]) == {gpu_node}, (embeddings["batches_by_place"], gpu_node)
-        runs = _rows(pg.dsn, "SELECT status FROM runs")
+        runs = pg_rows(pg.dsn, "SELECT status FROM runs")
         assert runs and {status for (status,) in runs} == {"SUCCESS"}, runs
-        steps = {step for (step,) in _rows(pg.dsn, "SELECT DISTINCT step_key FROM event_logs WHERE "
+        steps = {step for (step,) in pg_rows(pg.dsn, "SELECT DISTINCT step_key FROM event_logs WHERE "
                                                    "dagster_event_type = 'STEP_SUCCESS'")}
         assert {"cohort", "dicom", "volumes", "seeds", "patches", "embeddings", "evaluation"} <= steps, steps
 
