@@ -30,19 +30,22 @@ item counting one try. A task is idempotent (same inputs, same bytes, written at
 nothing that a reader can see. An exception the task raises is not retried: it is the task's bug, not the
 machine's, and it stops the step (tasks record an item's expected failures in their result instead).
 
-A worker dies with the run: each pool process asks Linux to kill it when its parent (the forkserver, which
-exits with the run's process) dies, so a killed run leaves no process writing behind it.
+A worker dies with the run: each pool process watches the process that started its pool (a Linux pidfd, no
+polling) and kills itself when that one is gone, so a run killed with ``kill -9`` leaves no process writing behind
+it. Not its parent: a pool process is forked from the forkserver, which by design lives as long as any process
+it forked (each holds its liveness pipe), so a process that waited for its parent would keep both alive for
+ever; with the pool processes gone the forkserver sees its pipe close and exits too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing
 import os
+import select
 import signal
 import socket
-import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -57,7 +60,6 @@ R = TypeVar("R")
 Progress = Callable[[int, int, Any], None]  # (done, total, the result just finished)
 
 DEFAULT_RETRIES = 3
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class DataPlaneError(RadassetsError, RuntimeError):
@@ -144,8 +146,8 @@ def _in_process(task: Callable[[T], R], items: list[T], progress: Progress | Non
 
 # -- a pool of local processes --------------------------------------------------------------------------------
 
-def _init_pool_process(storage: dict[str, str] | None = None) -> None:
-    """Pool process initializer. SIGKILL when the forkserver (and so the run's process) is gone (Linux). One
+def _init_pool_process(storage: dict[str, str] | None = None, driver: int | None = None) -> None:
+    """Pool process initializer. Dies with ``driver``, the process that started the pool (module docstring). One
     thread for the libraries that start their own (ITK, OpenMP), unless the user set them: the pool already has a
     process per CPU, and N processes of N threads each would oversubscribe the machine. ``storage``: the artifact
     store's client settings as the step's process has them now (``storage_environment``), as Ray's workers get
@@ -153,8 +155,26 @@ def _init_pool_process(storage: dict[str, str] | None = None) -> None:
     os.environ.update(storage or {})
     for variable in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if driver is not None:
+        die_with(driver)
+
+
+def die_with(pid: int) -> None:
+    """Kill this process (SIGKILL: no clean-up, as ``kill -9`` of the run would) as soon as process ``pid`` has
+    exited, whichever way. A daemon thread waits on the process's pidfd (Linux 5.3+), which becomes readable when
+    it exits; where pidfds are missing (not Linux), nothing is watched."""
+    try:
+        watched = os.pidfd_open(pid)
+    except ProcessLookupError:  # gone already
+        os.kill(os.getpid(), signal.SIGKILL)
+    except (AttributeError, OSError):  # pragma: no cover - no pidfd here
+        return
+
+    def wait_then_die() -> None:
+        select.select([watched], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=wait_then_die, name="radassets-die-with-run", daemon=True).start()
 
 
 def _placed(task: Callable[[T], R], item: T, record: Callable[[Any], None] | None) -> tuple[str, R]:
@@ -180,7 +200,8 @@ def _in_pool(task: Callable[[T], R], items: list[T], workers: int, retries: int,
     while len(results) < len(items):
         todo = [i for i in range(len(items)) if i not in results]
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
-                                 initializer=_init_pool_process, initargs=(storage_environment(),)) as pool:
+                                 initializer=_init_pool_process,
+                                 initargs=(storage_environment(), os.getpid())) as pool:
             futures: dict[Future, int] = {pool.submit(_placed, task, items[i], record): i for i in todo}
             try:
                 complete = _collect(futures, results, places, len(items), progress)

@@ -68,3 +68,12 @@ class WriteWhere:
 
 def environment(name: str) -> str | None:
     return os.environ.get(name)
+
+
+def blocks(item: tuple[str, int]) -> dict:
+    """Writes ``<folder>/<n>.pid`` (this process's id), then waits for ever: a task caught mid-way by the run's
+    death."""
+    folder, n = item
+    atomic_write_text(Path(folder) / f"{n}.pid", str(os.getpid()))
+    signal.pause()
+    return {"n": n}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,50 @@ def test_an_unreachable_ray_cluster_is_one_clear_error(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
     assert done.stdout.startswith("cannot join the Ray cluster at '127.0.0.1:9' (setting ray_address"), \
         done.stdout + done.stderr[-2000:]
+
+
+def running(pid: int) -> tuple[bool, int]:
+    """Whether process ``pid`` still runs (an exited one waiting to be reaped does not), and its parent."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False, 0
+    state, parent = stat.rpartition(")")[2].split()[:2]
+    return state not in ("Z", "X"), int(parent)
+
+
+def wait_for(condition, what: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting after {timeout_s:.0f} s for {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="pool processes watch the run through a Linux pidfd")
+def test_a_run_killed_mid_step_leaves_no_pool_process_behind(tmp_path):
+    """``kill -9`` of the process running a pool (the OOM killer, a lost pod): its pool processes, caught mid-task,
+    and their forkserver exit too. They did not: each pool process waited for its parent, the forkserver, which
+    waits for every process it forked, so both lived on for ever."""
+    probe = ("from radassets.dataplane import Compute, map_items\n"
+             "from radassets_tests import dataplane_tasks as tasks\n"
+             "if __name__ == '__main__':\n"
+             f"    map_items(tasks.blocks, [({str(tmp_path)!r}, n) for n in range(2)], Compute(workers=2))\n")
+    (tmp_path / "probe.py").write_text(probe)
+    repository = str(Path(__file__).parents[1])
+    path = os.pathsep.join(filter(None, [repository, os.environ.get("PYTHONPATH")]))
+    run = subprocess.Popen([sys.executable, str(tmp_path / "probe.py")], env={**os.environ, "PYTHONPATH": path})
+    try:
+        wait_for(lambda: len(list(tmp_path.glob("*.pid"))) == 2 or run.poll() is not None, "both tasks to start")
+        assert run.poll() is None, "the probe stopped before its tasks started"
+        workers = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+        forkservers = {running(pid)[1] for pid in workers}
+        assert run.pid not in forkservers  # forked from the forkserver, not from the run's process
+        stragglers = set(workers) | forkservers
+        assert all(running(pid)[0] for pid in stragglers)
+    finally:
+        run.kill()
+        run.wait()
+    wait_for(lambda: not any(running(pid)[0] for pid in stragglers), f"processes {sorted(stragglers)} to exit")
 
 
 def test_pool_processes_run_their_libraries_on_one_thread(monkeypatch):
