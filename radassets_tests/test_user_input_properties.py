@@ -260,7 +260,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
                            max_leaves=10)
 spec_like = st.dictionaries(st.sampled_from(["n_patients", "n_added_in_release_2", "n_revised_in_release_2",
-                                             "n_test_retest", "seed", "n_patient"]),
+                                             "n_test_retest", "seed", "slice_matrix", "n_patient"]),
                             st.integers(-5, 3000) | json_values, max_size=5)
 env_text = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=60)
 
@@ -272,3 +272,4 @@ def test_any_demo_spec_in_the_environment(value):
         spec = outcome(DemoError, lambda: Settings.load().demo())
     if spec is not None:
         assert spec.n_patients >= 1 and spec.n_test_retest + spec.n_revised_in_release_2 <= spec.n_patients
+        assert 64 <= spec.slice_matrix <= 1024

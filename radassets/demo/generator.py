@@ -68,6 +68,7 @@ from radassets.staging import put_folder
 GENERATOR_VERSION = 2  # 2: RTSTRUCT contours on the mask boundary
 SPEC_ENV = "RADASSETS_DEMO_SPEC"
 MANIFEST = "demo_manifest.json"
+MIN_MATRIX, MAX_MATRIX = 64, 1024  # CT slice rows and columns (DemoSpec.slice_matrix)
 MAX_PATIENTS = 2000  # per release: the default demo has 60; beyond this, generation takes hours
 COLLECTION_ID = "radassets_demo"
 BUCKET = "radassets-demo-data"
@@ -100,6 +101,9 @@ class DemoSpec:
     n_revised_in_release_2: int = 4
     n_test_retest: int = 12
     seed: int = 20261123
+    # Rows and columns of every CT slice (the field of view is the same: the pixels are smaller). 128 keeps the
+    # demo small and fast; 512, a clinical CT's matrix, makes series of realistic size (``bench/scale.py``).
+    slice_matrix: int = 128
 
     @classmethod
     def from_text(cls, text: str | None, where: str = SPEC_ENV) -> DemoSpec:
@@ -130,7 +134,7 @@ class DemoSpec:
                 raise DemoError(f"{name} must be a whole number, got {shown(value)}")
         bounds = {"n_patients": (1, MAX_PATIENTS), "n_added_in_release_2": (0, MAX_PATIENTS),
                   "n_revised_in_release_2": (0, MAX_PATIENTS), "n_test_retest": (0, MAX_PATIENTS),
-                  "seed": (0, 2**63 - 1)}
+                  "seed": (0, 2**63 - 1), "slice_matrix": (MIN_MATRIX, MAX_MATRIX)}
         for name, (low, high) in bounds.items():
             if not low <= getattr(self, name) <= high:
                 raise DemoError(f"{name} must be in {low}..{high}, got {getattr(self, name)}")
@@ -169,8 +173,7 @@ def _rng(spec: DemoSpec, *key: int) -> np.random.Generator:
     return np.random.default_rng([spec.seed, *key])
 
 
-def _geometry(rng: np.random.Generator, number: int) -> Geometry:
-    size = 128
+def _geometry(rng: np.random.Generator, number: int, size: int) -> Geometry:
     fov = rng.uniform(250.0, 330.0)
     spacing = fov / size
     row_spacing = col_spacing = round(spacing, 4)
@@ -226,7 +229,7 @@ def plan_patients(spec: DemoSpec) -> list[PatientPlan]:
     revised = set(range(spec.n_test_retest + 1, spec.n_test_retest + spec.n_revised_in_release_2 + 1))
     for number in range(1, total + 1):
         rng = _rng(spec, number)
-        geom = _geometry(rng, number)
+        geom = _geometry(rng, number, spec.slice_matrix)
         phantom = _phantom(rng, geom)
         mask_kind = "SEG" if (number % 2 == 0 or not geom.square_pixels) else "RTSTRUCT"
         shift = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import highdicom as hd
@@ -17,7 +18,7 @@ import SimpleITK as sitk
 from lifelines import CoxPHFitter
 
 from radassets.demo import DemoSpec, ensure_demo_collection, generate_demo_collection
-from radassets.demo.generator import BUCKET, plan_patients, survival
+from radassets.demo.generator import BUCKET, DemoError, plan_patients, survival
 from radassets.idc import schema
 from radassets.imaging.ct import read_ct_series
 from radassets.imaging.masks import read_rtstruct_segments
@@ -104,6 +105,10 @@ def _centroid(mask_krc: np.ndarray, positions: np.ndarray, col_step: np.ndarray,
 
 def test_masks_round_trip_to_the_lesion_centre(demo):
     """SEG read back with highdicom and RTSTRUCT by pixel-centre fill give each lesion its true centre and volume."""
+    assert_masks_give_the_lesions_true_centres(demo)
+
+
+def assert_masks_give_the_lesions_true_centres(demo: Path) -> None:
     truth = pd.read_csv(demo / "truth" / "lesions.csv")
     current = _index(demo, "idc_index").set_index("SeriesInstanceUID")
     kinds_seen = set()
@@ -137,6 +142,35 @@ def test_masks_round_trip_to_the_lesion_centre(demo):
                                           np.linalg.norm(positions[1] - positions[0])]) / 1000 - row.mask_volume_ml) \
             <= 0.01 * row.mask_volume_ml + 0.005, (row.PatientID, row.segment_label, row.mask_modality)
     assert kinds_seen == {"SEG", "RTSTRUCT"}
+
+
+LARGER = DemoSpec(n_patients=2, n_added_in_release_2=0, n_revised_in_release_2=0, n_test_retest=0,
+                  slice_matrix=256)
+
+
+def test_a_larger_slice_matrix_gives_the_same_patients_in_smaller_pixels(tmp_path):
+    """``slice_matrix`` (for benchmarks with series of a clinical CT's size): the same field of view, slices,
+    lesions and masks, in more, smaller pixels; an RTSTRUCT and a SEG still give each lesion its true centre."""
+    small, large = plan_patients(replace(LARGER, slice_matrix=128)), plan_patients(LARGER)
+    for a, b in zip(small, large, strict=True):
+        assert (b.geometry.rows, b.geometry.cols) == (256, 256)
+        assert b.geometry.col_spacing == pytest.approx(a.geometry.col_spacing / 2, abs=1e-4)  # both rounded
+        assert (b.geometry.slice_spacing, b.geometry.n_slices) == (a.geometry.slice_spacing, a.geometry.n_slices)
+        assert [lesion.label for lesion in b.phantom.lesions] == [lesion.label for lesion in a.phantom.lesions]
+        for la, lb in zip(a.phantom.lesions, b.phantom.lesions, strict=True):
+            assert lb.center == pytest.approx(la.center, abs=0.5) and lb.semi_axes == pytest.approx(la.semi_axes)
+    root = generate_demo_collection(tmp_path / "demo", LARGER).root
+    index = _index(root, "idc_index")
+    for uuid in index[index.Modality == "CT"].crdc_series_uuid:
+        image = read_ct_series(sorted((root / "bucket" / BUCKET / uuid).glob("*.dcm"))).image
+        assert image.GetSize()[:2] == (256, 256)
+    assert_masks_give_the_lesions_true_centres(root)
+
+
+@pytest.mark.parametrize("matrix", [32, 2048, True])
+def test_a_slice_matrix_out_of_range_is_refused(matrix):
+    with pytest.raises(DemoError, match="slice_matrix"):
+        DemoSpec(slice_matrix=matrix)
 
 
 def test_release_2_adds_and_revises_series_like_idc(demo):
