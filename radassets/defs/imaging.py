@@ -125,8 +125,9 @@ def volumes(context: AssetExecutionContext, imaging: ImagingResource, storage: S
 def seeds(context: AssetExecutionContext, imaging: ImagingResource, storage: StorageResource) -> MaterializeResult:
     settings = storage.settings()
     definition = datasets.get(context.partition_key, settings.resolved_data_dir())
+    compute = step_compute(context, settings)
     with user_failure():
-        report = pipeline.run_seeds(definition, settings.layout(), imaging.seed_disagreement_mm)
+        report = pipeline.run_seeds(definition, settings.layout(), imaging.seed_disagreement_mm, compute)
     metadata = report.metadata()
     context.log.info(f"{len(report.seeds)} seeds of {report.patients} patients; {metadata}")
     disagreeing = report.disagreeing

@@ -196,18 +196,22 @@ def _named(layout: Layout, row: dict[str, Any], *keys: str) -> dict[str, Any]:
     return dict(row, **{k: layout.relative(row[k]) for k in keys if row.get(k)})
 
 
-def run_seeds(definition: DatasetVersion, layout: Layout, threshold_mm: float = DISAGREEMENT_MM) -> SeedsReport:
+def run_seeds(definition: DatasetVersion, layout: Layout, threshold_mm: float = DISAGREEMENT_MM,
+              compute: Compute = IN_PROCESS) -> SeedsReport:
+    """One seed per lesion (module ``radassets.imaging.seeds``); the masks' centroids and the volumes' bounds are
+    read by data-plane tasks where ``compute`` says, the rest here."""
     volumes = _manifest(layout, "volumes", definition.name, "seeds")
     reference = _reference_table(definition, layout)
     failures: list[ItemFailure] = []
     if definition.seeds.source == "mask":
-        seeds = seeds_from_segments([_resolved(layout, s, "ct_path", "mask_path") for s in volumes["segments"]])
+        seeds = seeds_from_segments([_resolved(layout, s, "ct_path", "mask_path") for s in volumes["segments"]],
+                                    compute)
         if reference is not None:
             compare_with_reference(seeds, reference, threshold_mm)
     else:
         cts = [_resolved(layout, r, "path") for r in volumes["qc"] if r["Modality"] == "CT"]
         seeds, failures = seeds_from_reference(reference, cts)
-    for seed in outside_volume(seeds):
+    for seed in outside_volume(seeds, compute):
         seeds.remove(seed)
         failures.append(outside_volume_failure(seed))
     seeds = [_named(layout, seed, "ct_path", "mask_path") for seed in seeds]

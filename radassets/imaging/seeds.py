@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import SimpleITK as sitk
 
+from radassets.dataplane import IN_PROCESS, Compute, map_items
 from radassets.imaging.masks import centroid_lps
 from radassets.layout import as_path
 from radassets.reports import ItemFailure
@@ -85,22 +86,25 @@ def _read_image(path: Path | str) -> sitk.Image:
         return sitk.ReadImage(str(local))
 
 
-def seeds_from_segments(segments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One seed per segment row of the ``volumes`` partition (its mask file is read for the centroid)."""
-    seeds = []
-    for s in segments:
-        mask = _read_image(s["mask_path"])
-        x, y, z = centroid_lps(mask)
-        seeds.append({
-            "seed_id": seed_id(s["crdc_series_uuid"], s["mask_crdc_series_uuid"], s["segment_number"]),
-            "PatientID": s["PatientID"], "SeriesInstanceUID": s["SeriesInstanceUID"],
-            "crdc_series_uuid": s["crdc_series_uuid"], "segment_label": s["segment_label"],
-            "segment_number": s["segment_number"], "coordX": float(x), "coordY": float(y), "coordZ": float(z),
-            "voxels": s["voxels"], "volume_ml": s["volume_ml"], "source": "mask",
-            "mask_SeriesInstanceUID": s["mask_SeriesInstanceUID"], "mask_Modality": s["mask_Modality"],
-            "ct_path": s["ct_path"], "mask_path": s["mask_path"],
-        })
-    return seeds
+def seeds_from_segments(segments: Sequence[dict[str, Any]], compute: Compute = IN_PROCESS) -> list[dict[str, Any]]:
+    """One seed per segment row of the ``volumes`` partition, in the rows' order; each reads its mask file for
+    the centroid, as a ``radassets.dataplane`` task run where ``compute`` says."""
+    return map_items(seed_from_segment, list(segments), compute).results
+
+
+def seed_from_segment(s: dict[str, Any]) -> dict[str, Any]:
+    """The seed of one segment row: the centroid of its mask (a data-plane task)."""
+    mask = _read_image(s["mask_path"])
+    x, y, z = centroid_lps(mask)
+    return {
+        "seed_id": seed_id(s["crdc_series_uuid"], s["mask_crdc_series_uuid"], s["segment_number"]),
+        "PatientID": s["PatientID"], "SeriesInstanceUID": s["SeriesInstanceUID"],
+        "crdc_series_uuid": s["crdc_series_uuid"], "segment_label": s["segment_label"],
+        "segment_number": s["segment_number"], "coordX": float(x), "coordY": float(y), "coordZ": float(z),
+        "voxels": s["voxels"], "volume_ml": s["volume_ml"], "source": "mask",
+        "mask_SeriesInstanceUID": s["mask_SeriesInstanceUID"], "mask_Modality": s["mask_Modality"],
+        "ct_path": s["ct_path"], "mask_path": s["mask_path"],
+    }
 
 
 def _candidates(reference: ReferenceTable, seed: dict[str, Any]) -> pd.DataFrame:
@@ -190,23 +194,32 @@ def failure_record(failure: ItemFailure) -> dict[str, Any]:
             "reason": failure.reason}
 
 
-def outside_volume(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Seeds whose point lies outside their CT volume (a wrong table or a wrong series): the failures."""
-    headers: dict[str, sitk.ImageFileReader] = {}  # one header read per volume, not per seed
-    bad = []
-    for seed in seeds:
-        volume = str(seed["ct_path"])
-        if volume not in headers:
-            reader = sitk.ImageFileReader()
-            with local_file(cast(Path, as_path(seed["ct_path"]))) as local:
-                reader.SetFileName(str(local))
-                reader.ReadImageInformation()
-            headers[volume] = reader
-        reader = headers[volume]
-        origin, spacing = np.array(reader.GetOrigin()), np.array(reader.GetSpacing())
-        direction = np.array(reader.GetDirection()).reshape(3, 3)
-        index = np.linalg.solve(direction * spacing, np.array([seed["coordX"], seed["coordY"], seed["coordZ"]]) - origin)
-        if (index < -0.5).any() or (index > np.array(reader.GetSize()) - 0.5).any():
-            bad.append(seed)
-    return bad
+def outside_volume(seeds: list[dict[str, Any]], compute: Compute = IN_PROCESS) -> list[dict[str, Any]]:
+    """Seeds whose point lies outside their CT volume (a wrong table or a wrong series): the failures. One
+    data-plane task per CT volume, which reads its header once (``ImageReadInformation``: not its voxels)."""
+    by_volume: dict[str, list[int]] = {}  # the seeds' indices per volume
+    for i, seed in enumerate(seeds):
+        by_volume.setdefault(str(seed["ct_path"]), []).append(i)
+    tasks = [(seeds[group[0]]["ct_path"], [(seeds[i]["coordX"], seeds[i]["coordY"], seeds[i]["coordZ"])
+                                           for i in group]) for group in by_volume.values()]
+    outside = {i for group, inside in zip(by_volume.values(), map_items(points_inside_volume, tasks, compute).results)
+               for i, ok in zip(group, inside) if not ok}
+    return [seed for i, seed in enumerate(seeds) if i in outside]  # in the seeds' order
 
+
+def points_inside_volume(task: tuple[Any, list[tuple[float, float, float]]]) -> list[bool]:
+    """Whether each LPS point lies within the CT volume at ``path`` (within half a voxel of its grid; a
+    data-plane task)."""
+    path, points = task
+    reader = sitk.ImageFileReader()
+    with local_file(cast(Path, as_path(path))) as local:
+        reader.SetFileName(str(local))
+        reader.ReadImageInformation()
+    origin, spacing = np.array(reader.GetOrigin()), np.array(reader.GetSpacing())
+    direction = np.array(reader.GetDirection()).reshape(3, 3)
+    size = np.array(reader.GetSize())
+    flags = []
+    for point in points:
+        index = np.linalg.solve(direction * spacing, np.array(point) - origin)
+        flags.append(not ((index < -0.5).any() or (index > size - 0.5).any()))
+    return flags

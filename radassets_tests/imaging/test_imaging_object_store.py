@@ -50,9 +50,9 @@ def store_outputs(layout: Layout) -> dict[str, bytes]:
 
 
 def run_steps(definition, layout: Layout, compute: Compute) -> set[str]:
-    """volumes → seeds → patches; where the volumes' tasks ran."""
+    """volumes → seeds → patches, each on ``compute``; where the volumes' tasks ran."""
     places = set(run_volumes(definition, layout, compute=compute).places)
-    run_seeds(definition, layout)
+    run_seeds(definition, layout, compute=compute)
     run_patches(definition, layout, compute=compute)
     return places
 

@@ -12,12 +12,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from radassets.dataplane import Compute
 from radassets.imaging.folder import SEED_CSV_COLUMNS
 from radassets.imaging.seeds import (
     NO_CONVERTED_CT,
     ReferenceTable,
     compare_with_reference,
     failure_record,
+    outside_volume,
     seeds_from_reference,
     seeds_from_segments,
 )
@@ -51,6 +53,19 @@ def test_mask_seeds_are_the_true_lesion_centres(converted, small_demo):
         assert error < 0.5, (seed["PatientID"], seed["mask_Modality"], error)
         assert seed["volume_ml"] == pytest.approx(row.mask_volume_ml, rel=0.01, abs=0.005)
         assert seed["source"] == "mask" and len(seed["seed_id"]) == 16
+
+
+def test_seeds_from_a_pool_of_processes_are_the_ones_made_here(converted):
+    """The masks' centroids and the volumes' bounds are data-plane tasks: two processes give the same seeds, in
+    the same order, and the same points outside their volume."""
+    here = seeds_from_segments(converted.segments)
+    pooled = seeds_from_segments(converted.segments, Compute(workers=2))
+    assert pooled == here and len(here) == 8
+    moved = [dict(s, coordZ=s["coordZ"] + 1000.0) if i % 3 == 1 else s for i, s in enumerate(here)]
+    moved += [dict(moved[1], seed_id="again"), dict(here[1], seed_id="inside")]  # a volume's seeds, not in a row
+    expected = [s["seed_id"] for i, s in enumerate(here) if i % 3 == 1] + ["again"]
+    assert [s["seed_id"] for s in outside_volume(moved)] == expected
+    assert [s["seed_id"] for s in outside_volume(moved, Compute(workers=2))] == expected
 
 
 def test_distance_to_published_points_and_the_10mm_flag(converted, small_demo, tmp_path):
