@@ -15,7 +15,10 @@ compute)`` runs ``task(item)`` for each of them where ``Compute`` says:
   joins as a driver (``ray.init``). A cluster is the user's (KubeRay, ``ray start``): radassets starts none.
 
 Whichever runs them, the results come back in the items' order, so what a step writes from them is the same bytes
-on one core or a hundred. Tasks get plain data and write their own outputs to their final names atomically
+on one core or a hundred. A step that can tell which items are big (a series' slices, a volume's seeds) passes
+``cost``: the pool and Ray then start the costliest items first (longest processing time first, the classic rule
+for independent jobs on identical workers), so that the step does not wait at its end for one worker still busy
+with a big item that happened to come last. Tasks get plain data and write their own outputs to their final names atomically
 (``radassets.storage``): only small records return to the driver, which writes the step's manifest last.
 
 Recording. ``Compute.record``, if set, is called where the task ran, with its result, right after the task returned
@@ -115,16 +118,27 @@ class Mapped(Generic[R]):
 
 
 def map_items(task: Callable[[T], R], items: Sequence[T], compute: Compute = IN_PROCESS,
-              progress: Progress | None = None) -> Mapped[R]:
+              progress: Progress | None = None, cost: Callable[[T], float] | None = None) -> Mapped[R]:
     """``task(item)`` for every item, where ``compute`` says; results in the items' order. ``task`` must be a
-    module-level function (it is pickled by name) and its items and results plain, picklable data."""
+    module-level function (it is pickled by name) and its items and results plain, picklable data. ``cost``: an
+    estimate of an item's work, to start the costliest first on many workers (module docstring)."""
     items = list(items)
+    order = start_order(items, cost)
     if compute.ray_address:
-        return _on_ray(task, items, compute, progress)
+        return _on_ray(task, items, compute, progress, order)
     workers = min(compute.resolved_workers, len(items))
     if workers <= 1:
         return _in_process(task, items, progress, compute.record)
-    return _in_pool(task, items, workers, compute.retries, progress, compute.record)
+    return _in_pool(task, items, workers, compute.retries, progress, compute.record, order)
+
+
+def start_order(items: Sequence[T], cost: Callable[[T], float] | None) -> list[int]:
+    """The items' indices in the order their tasks start on many workers: costliest first, ties (and every item
+    when there is no ``cost``) in the items' order."""
+    if cost is None:
+        return list(range(len(items)))
+    costs = [cost(item) for item in items]
+    return sorted(range(len(items)), key=lambda i: -costs[i])  # stable: ties keep the items' order
 
 
 def _run(task: Callable[[T], R], item: T, record: Callable[[Any], None] | None) -> R:
@@ -171,7 +185,9 @@ def die_with(pid: int) -> None:
         return
 
     def wait_then_die() -> None:
-        select.select([watched], [], [])
+        poller = select.poll()  # not select.select: no limit on the descriptor's number
+        poller.register(watched, select.POLLIN)
+        poller.poll()
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=wait_then_die, name="radassets-die-with-run", daemon=True).start()
@@ -192,13 +208,14 @@ def _pool_context(module: str) -> multiprocessing.context.BaseContext:
 
 
 def _in_pool(task: Callable[[T], R], items: list[T], workers: int, retries: int,
-             progress: Progress | None, record: Callable[[Any], None] | None = None) -> Mapped[R]:
+             progress: Progress | None, record: Callable[[Any], None] | None = None,
+             order: list[int] | None = None) -> Mapped[R]:
     results: dict[int, R] = {}
     places: Counter[str] = Counter()
     tries: Counter[int] = Counter()  # pools lost while an item was unfinished
     context = _pool_context(task.__module__)
     while len(results) < len(items):
-        todo = [i for i in range(len(items)) if i not in results]
+        todo = [i for i in (order or range(len(items))) if i not in results]
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
                                  initializer=_init_pool_process,
                                  initargs=(storage_environment(), os.getpid())) as pool:
@@ -296,7 +313,8 @@ def _require_listening(address: str, timeout_s: float = 10.0) -> None:
                              f"RADASSETS_RAY_ADDRESS): {e}") from None
 
 
-def _on_ray(task: Callable[[T], R], items: list[T], compute: Compute, progress: Progress | None) -> Mapped[R]:
+def _on_ray(task: Callable[[T], R], items: list[T], compute: Compute, progress: Progress | None,
+            order: list[int] | None = None) -> Mapped[R]:
     import ray
 
     assert compute.ray_address is not None
@@ -304,8 +322,8 @@ def _on_ray(task: Callable[[T], R], items: list[T], compute: Compute, progress: 
     # SPREAD: a step's items go to every node, not first to fill one (each item reads and writes its own files).
     remote: Any = ray.remote(num_cpus=1, max_retries=compute.retries, retry_exceptions=False,
                         scheduling_strategy="SPREAD")(_node_placed)
-    refs = [remote.remote(task, item, compute.record) for item in items]
-    index = {ref: i for i, ref in enumerate(refs)}
+    index = {remote.remote(task, items[i], compute.record): i for i in (order or range(len(items)))}
+    refs = list(index)
     results: dict[int, R] = {}
     places: Counter[str] = Counter()
     pending = list(refs)

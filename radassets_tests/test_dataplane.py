@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from radassets.dataplane import Compute, DataPlaneError, map_items
+from radassets.dataplane import Compute, DataPlaneError, map_items, start_order
 from radassets_tests import dataplane_tasks as tasks
 
 ITEMS = 6
@@ -47,6 +47,20 @@ def test_a_pool_gives_the_in_process_results_in_the_items_order(tmp_path, refere
     assert sum(mapped.places.values()) == ITEMS
     assert all(place.startswith("pid ") and place != f"pid {os.getpid()}" for place in mapped.places)  # not here
     assert mapped.retried == 0
+
+
+def test_the_costliest_items_start_first_and_the_results_keep_the_items_order(tmp_path, reference):
+    """``cost``: longest processing time first on many workers (ties in the items' order); the results, the
+    files and the progress's totals are those of the items' order."""
+    costs = [1, 5, 2, 6, 3, 5]
+    assert start_order(range(6), lambda i: costs[i]) == [3, 1, 5, 4, 2, 0]
+    assert start_order(range(6), None) == list(range(6))
+    results, written = reference
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    mapped = map_items(tasks.digest, [(str(folder), i) for i in range(ITEMS)], Compute(workers=2),
+                       cost=lambda item: costs[item[1]])
+    assert mapped.results == results and files(folder) == written
 
 
 def test_a_pool_process_killed_mid_task_is_retried_and_the_files_are_a_clean_runs(tmp_path, reference):
@@ -121,6 +135,15 @@ def test_on_a_two_node_ray_cluster_items_run_on_both_nodes_with_the_same_results
 
 
 @pytest.mark.services
+def test_on_ray_the_costliest_first_keeps_the_items_order(tmp_path, reference, ray_cluster):
+    results, written = reference
+    folder = tmp_path / "ray"
+    folder.mkdir()
+    mapped = map_items(tasks.digest, [(str(folder), i) for i in range(ITEMS)],
+                       Compute(ray_address=ray_cluster.address), cost=lambda item: item[1] % 3)
+    assert mapped.results == results and files(folder) == written
+
+
 def test_on_ray_each_result_is_recorded_on_its_worker(tmp_path, ray_cluster):
     folder = tmp_path / "ray"
     run(tasks.digest, folder, Compute(ray_address=ray_cluster.address, record=tasks.WriteWhere(str(folder))))
@@ -148,7 +171,7 @@ def test_on_ray_a_task_error_is_raised_as_it_is(tmp_path, ray_cluster):
 def test_an_unreachable_ray_cluster_is_one_clear_error(tmp_path):
     """In a process of its own: a driver joins one cluster for its life, and the services tests' cluster may be
     joined already in this one."""
-    probe = ("from radassets.dataplane import Compute, DataPlaneError, map_items\n"
+    probe = ("from radassets.dataplane import Compute, DataPlaneError, map_items, start_order\n"
              "from radassets_tests.dataplane_tasks import digest\n"
              "try:\n"
              f"    map_items(digest, [({str(tmp_path)!r}, 1), ({str(tmp_path)!r}, 2)], Compute(ray_address='127.0.0.1:9'))\n"

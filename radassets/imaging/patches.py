@@ -246,7 +246,7 @@ def write_patches(seeds: Sequence[dict[str, Any]], out_dir: Path, spec: PatchSpe
                                   + (f" at the volume border ({padded:.1%} padded with air)" if padded > 0 else ""))
 
     for volume_rows in map_items(extract_volume_patches, patch_tasks(seeds, store, spec), compute,
-                                 progress=volume_done).results:
+                                 progress=volume_done, cost=lambda task: len(task.seeds)).results:
         for row in volume_rows:
             rows[row["index"]] = row
     patch_store.finish_store(store)

@@ -386,7 +386,7 @@ def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,
             tick(qc)
         ct_rows.append(qc)
     converted = map_items(convert_ct_task, [item for _, item in to_convert], compute,
-                          progress=lambda _done, _total, qc: tick(qc))
+                          progress=lambda _done, _total, qc: tick(qc), cost=lambda item: len(item[1]))  # slices
     places.update(converted.places)
     for (i, _), qc in zip(to_convert, converted.results):
         ct_rows[i] = qc
