@@ -18,8 +18,9 @@ Whichever runs them, the results come back in the items' order, so what a step w
 on one core or a hundred. A step that can tell which items are big (a series' slices, a volume's seeds) passes
 ``cost``: the pool and Ray then start the costliest items first (longest processing time first, the classic rule
 for independent jobs on identical workers), so that the step does not wait at its end for one worker still busy
-with a big item that happened to come last. Tasks get plain data and write their own outputs to their final names atomically
-(``radassets.storage``): only small records return to the driver, which writes the step's manifest last.
+with a big item that happened to come last. Tasks get plain data and write their own outputs to their final
+names atomically (``radassets.storage``): only small records return to the driver, which writes the step's
+manifest last.
 
 Recording. ``Compute.record``, if set, is called where the task ran, with its result, right after the task returned
 (so after the outputs it wrote): the lineage layer's chunk writer (``radassets.lineage.chunks``), which puts the

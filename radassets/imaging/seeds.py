@@ -196,14 +196,16 @@ def failure_record(failure: ItemFailure) -> dict[str, Any]:
 
 def outside_volume(seeds: list[dict[str, Any]], compute: Compute = IN_PROCESS) -> list[dict[str, Any]]:
     """Seeds whose point lies outside their CT volume (a wrong table or a wrong series): the failures. One
-    data-plane task per CT volume, which reads its header once (``ImageReadInformation``: not its voxels)."""
+    data-plane task per CT volume, which reads its header once (``ReadImageInformation``: not its voxels)."""
     by_volume: dict[str, list[int]] = {}  # the seeds' indices per volume
     for i, seed in enumerate(seeds):
         by_volume.setdefault(str(seed["ct_path"]), []).append(i)
-    tasks = [(seeds[group[0]]["ct_path"], [(seeds[i]["coordX"], seeds[i]["coordY"], seeds[i]["coordZ"])
-                                           for i in group]) for group in by_volume.values()]
-    outside = {i for group, inside in zip(by_volume.values(), map_items(points_inside_volume, tasks, compute).results)
-               for i, ok in zip(group, inside) if not ok}
+    groups = list(by_volume.values())
+    tasks = [(seeds[group[0]]["ct_path"], [(seeds[i]["coordX"], seeds[i]["coordY"], seeds[i]["coordZ"]) for i in group])
+             for group in groups]
+    outside: set[int] = set()
+    for group, inside in zip(groups, map_items(points_inside_volume, tasks, compute).results):
+        outside.update(i for i, ok in zip(group, inside) if not ok)
     return [seed for i, seed in enumerate(seeds) if i in outside]  # in the seeds' order
 
 
