@@ -94,9 +94,8 @@ test-services: install
 test-ui: install
 	$(BIN)/python -m pytest -m ui
 
-# Timings against peer tools (dcm2niix from Debian: apt-get install dcm2niix; plastimatch from PyPI).
+# Timings against peer tools (dcm2niix and plastimatch: their PyPI wheels, in the test extras).
 bench: install
-	$(BIN)/python -m pip install --quiet "plastimatch==1.10.0"
 	$(BIN)/python bench/imaging.py
 	$(BIN)/python bench/embeddings.py
 	$(BIN)/python bench/evaluation.py

@@ -132,7 +132,7 @@ def converters() -> tuple[dict[str, tuple[str, Callable[[Path, Path, str], None]
         gz = "pigz" if shutil.which("pigz") else "internal zlib"
         tools["dcm2niix-gz"] = (f"NIfTI, gzip (-z y, {gz})", dcm2niix_z("y"))
     else:
-        missing.append("dcm2niix not found: skipped (install: apt-get install dcm2niix)")
+        missing.append("dcm2niix not found: skipped (install: pip install dcm2niix)")
     plastimatch = find_tool("plastimatch")
     if plastimatch:
         tools["plastimatch"] = ("NRRD", lambda folder, out, name: run_quiet(
