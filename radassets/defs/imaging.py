@@ -66,12 +66,14 @@ def _table(rows: list[dict], columns: list[str], limit: int = 50) -> MetadataVal
     kinds={"dicom", "nrrd"},
     code_version="volumes-1",
     check_specs=[AssetCheckSpec("all_series_converted", asset="volumes",
-                                description="every CT and mask series became a volume on its CT grid")],
+                                description="every CT and mask series became a volume on its CT grid (excluded "
+                                            "series, not volumes, do not count)")],
     description=(
         "CT series as int16 HU volumes (NRRD, LPS) and the selected tumour segments of each SEG / RTSTRUCT "
         "on its CT's grid. Every series is validated first (spacing, missing or duplicate slices, gantry tilt, "
         "orientation, SOP class, rescale, decodability); each failure is a QC row with its cause, and the "
-        "partition fails only above the configured failure ratio."
+        "partition fails only above the configured failure ratio. Localizers, dose screens and other series "
+        "that are not volumes are excluded with their reason, apart from the failures."
     ),
 )
 @recorded
@@ -84,24 +86,31 @@ def volumes(context: AssetExecutionContext, imaging: ImagingResource, storage: S
         report = pipeline.run_volumes(definition, settings.layout(), imaging.tolerances(), progress_logger(context),
                                       compute)
     failures = failures_table(report.failures)
+    # Localizers, screens and other non-volume series are shown apart: excluded, with their reasons, not failures.
+    excluded = ({"excluded_series": _table(report.exclusions, ["PatientID", "SeriesInstanceUID", "Modality", "code",
+                                                                "message"])} if report.excluded else {})
     if report.failed_fraction > imaging.max_failed_fraction:
         raise Failure(
-            description=(f"{report.failed} of {report.series} series could not be converted "
-                         f"(more than the allowed {imaging.max_failed_fraction:.0%}): {report.failures_by_code}"),
-            metadata={"failures": failures, "qc": MetadataValue.path(str(report.out_dir / "qc.parquet"))},
+            description=(f"{report.failed} of {report.series - report.excluded} series could not be converted "
+                         f"(more than the allowed {imaging.max_failed_fraction:.0%}; {report.excluded} excluded "
+                         f"as not volumes): {report.failures_by_code}"),
+            metadata={"failures": failures, "qc": MetadataValue.path(str(report.out_dir / "qc.parquet")), **excluded},
         )
     return MaterializeResult(
         metadata={
             **report.metadata(),
             "failures_by_code": MetadataValue.json(report.failures_by_code),
+            "excluded_by_code": MetadataValue.json(report.excluded_by_code),
             "conversion_settings": MetadataValue.json(report.settings),
             "qc_table": MetadataValue.path(str(report.out_dir / "qc.parquet")),
             **({"failures": failures} if report.failed else {}),
+            **excluded,
         },
         data_version=DataVersion(report.content_hash),
         check_results=[AssetCheckResult(
             check_name="all_series_converted", passed=report.failed == 0, severity=AssetCheckSeverity.WARN,
             metadata={"failed": report.failed, "failures_by_code": MetadataValue.json(report.failures_by_code),
+                      "excluded": report.excluded, "excluded_by_code": MetadataValue.json(report.excluded_by_code),
                       **({"failures": failures} if report.failed else {})},
         )],
     )

@@ -63,14 +63,14 @@ served AS (
     SELECT collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID, crdc_series_uuid,
            Modality, instanceCount, series_size_MB, license_short_name, source_DOI,
            aws_bucket, series_aws_url, series_init_idc_version, series_revised_idc_version,
-           'idc_index' AS index_table
+           'idc_index' AS index_table, SOPClassUID
     FROM idc_index
     WHERE series_revised_idc_version <= $idc_version
     UNION ALL
     SELECT p.collection_id, p.PatientID, p.StudyInstanceUID, p.SeriesInstanceUID, p.crdc_series_uuid,
            p.Modality, NULL::BIGINT, p.series_size_MB, c.license_short_name, c.source_DOI,
            p.aws_bucket, p.series_aws_url, coalesce(c.series_init_idc_version, s.first_served),
-           s.first_served, 'prior_versions_index'
+           s.first_served, 'prior_versions_index', NULL::VARCHAR
     FROM prior_versions_index p
     JOIN prior_spans s USING (crdc_series_uuid)
     LEFT JOIN current_versions c USING (SeriesInstanceUID)
@@ -124,6 +124,9 @@ class Cohort:
     created_at: str
     created_by: str = f"radassets {__version__}"
     format: int = LOCKFILE_FORMAT
+    # Series the selection matched that the index shows are not volumes (``non_volume_reason``): left out of
+    # ``series`` (never downloaded), listed here with the reason, and shown as excluded in the volumes' QC table.
+    excluded: list[dict[str, Any]] = field(default_factory=list)
 
     # -- summaries -------------------------------------------------------------------------
     def stats(self) -> CohortStats:
@@ -240,6 +243,25 @@ def build_cohort(definition: DatasetVersion, index: IndexSource) -> Cohort:
                         query={"sql": sql, "parameters": params}, tables=tables)
 
 
+# SOP classes whose images can be slices of a CT volume (CT Image, Enhanced CT, Legacy Converted Enhanced CT).
+CT_IMAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
+CT_IMAGE_STORAGE = CT_IMAGE_CLASSES[0]
+
+
+def non_volume_reason(row: dict[str, Any]) -> str | None:
+    """Why the index shows a CT series is not a volume, or None. Only what the index tells for certain: a SOP
+    class that is not a CT image (a dose report's Secondary Capture, Raw Data), or a single-frame CT series of one
+    instance (a localizer, a screen, one slice). The volumes step tells the rest from the files' headers."""
+    if row.get("Modality") != "CT" or not row.get("SOPClassUID"):
+        return None
+    sop_class = str(row["SOPClassUID"])
+    if sop_class not in CT_IMAGE_CLASSES:
+        return f"{row.get('sop_class_name') or sop_class}, not a CT image (IDC index)"
+    if sop_class == CT_IMAGE_STORAGE and row.get("instanceCount") == 1:
+        return "one single-frame CT image (IDC index): a localizer, a screen or a single slice, not a volume"
+    return None
+
+
 def make_cohort(definition: DatasetVersion, rows: list[dict[str, Any]], *, backend: str,
                  index: IndexSource | None, query: dict[str, Any], tables: dict[str, Path],
                  release_date: str | None = None) -> Cohort:
@@ -250,7 +272,11 @@ def make_cohort(definition: DatasetVersion, rows: list[dict[str, Any]], *, backe
             f"(collections {sel.collections}, modalities {sel.modalities}, DOIs {sel.source_dois}); "
             "check the collection ids and DOIs against the index"
         )
-    series = [{k: row.get(k) for k in SERIES_COLUMNS} for row in rows]
+    excluded = [{"PatientID": row.get("PatientID"), "Modality": row.get("Modality"),
+                 "SeriesInstanceUID": row.get("SeriesInstanceUID"), "crdc_series_uuid": row.get("crdc_series_uuid"),
+                 "SOPClassUID": row.get("SOPClassUID"), "reason": non_volume_reason(row)}
+                for row in rows if non_volume_reason(row)]
+    series = [{k: row.get(k) for k in SERIES_COLUMNS} for row in rows if not non_volume_reason(row)]
     for s in series:
         if s["instanceCount"] is not None:
             s["instanceCount"] = int(s["instanceCount"])
@@ -288,6 +314,7 @@ def make_cohort(definition: DatasetVersion, rows: list[dict[str, Any]], *, backe
         },
         content_hash=series_hash(definition.source.idc_version, series),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        excluded=excluded,
     )
 
 

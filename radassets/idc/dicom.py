@@ -91,10 +91,11 @@ class DicomReport:
         return {"series": self.series, "verified": self.verified, "failed": self.failed, "files": self.files,
                 "size_gb": self.size_gb}
 
-    def manifest(self, cohort_hash: str) -> dict[str, Any]:
-        """The partition's ``manifest.json``."""
+    def manifest(self, cohort_hash: str, excluded: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The partition's ``manifest.json``; ``excluded``: the cohort's series that are not volumes (not
+        fetched), passed on so that the volumes' QC table lists them."""
         return {"summary": self.summary(), "cohort_hash": cohort_hash, "content_hash": self.content_hash,
-                "series": self.rows}
+                "series": self.rows, **({"excluded": excluded} if excluded else {})}
 
     @property
     def content_hash(self) -> str:
@@ -175,5 +176,5 @@ def fetch_dataset_dicom(definition: DatasetVersion, cohort: Cohort, layout: Layo
         })
     manifest_path = layout.dicom_manifest(definition.name)
     report = DicomReport(definition.name, manifest_path, rows, layout.relative(manifest_path))
-    atomic_write_json(report.manifest_path, report.manifest(cohort.content_hash))
+    atomic_write_json(report.manifest_path, report.manifest(cohort.content_hash, cohort.excluded))
     return report

@@ -25,22 +25,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from radassets.errors import RadassetsError
+from radassets.imaging.qc import QCError as QCError  # re-exported: masks and volumes name it from here
+from radassets.imaging.series_kind import SeriesExcluded as SeriesExcluded, excluded_reason, several_stacks
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-
-
-class QCError(RadassetsError, ValueError):
-    """A failure recorded in a QC table: a short ``code`` (one of ``CODES``) and a message naming the item."""
-
-    CODES: tuple[str, ...] = ()
-    NOUN = "item"
-
-    def __init__(self, code: str, series: str, message: str):
-        assert code in self.CODES, code
-        self.code = code
-        self.series = series
-        super().__init__(f"{self.NOUN} {series}: {message}")
 
 
 class SeriesError(QCError):
@@ -48,7 +36,7 @@ class SeriesError(QCError):
 
     CODES = ("unreadable_file", "not_ct", "missing_geometry", "missing_rescale", "mixed_orientation",
              "duplicate_positions", "gantry_tilt", "missing_slices", "non_uniform_spacing", "undecodable",
-             "too_few_slices", "geometry_mismatch", "conversion_error", "changed_since_indexed")
+             "too_few_slices", "geometry_mismatch", "conversion_error", "changed_since_indexed", "several_stacks")
     NOUN = "series"
 
 
@@ -104,6 +92,12 @@ def sort_and_validate(files: Sequence[Path], tol: Tolerances = Tolerances()) -> 
     """Validate a CT series' headers; return its files sorted along the slice normal and the geometry."""
     headers = _read_headers(files)
     uid = _series_uid([h for _, h in headers])
+    excluded = excluded_reason(headers)  # localizers, screens, single images: not volumes, not failures
+    if excluded is not None:
+        raise excluded
+    stacks = several_stacks(headers, tol.min_slices)
+    if stacks:
+        raise SeriesError("several_stacks", uid, f"holds {stacks}; split the series or select one stack")
     if len(headers) < tol.min_slices:
         raise SeriesError("too_few_slices", uid, f"{len(headers)} slices; at least {tol.min_slices} are needed")
     for path, h in headers:

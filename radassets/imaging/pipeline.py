@@ -118,7 +118,7 @@ def run_volumes(definition: DatasetVersion, layout: Layout, tolerances: Toleranc
     out_dir = layout.asset_dir("volumes", definition.name)
     remove_stale_temporaries(out_dir)
     return convert_dataset(manifest["series"], files_of, out_dir, conversion_settings(definition, tolerances), progress,
-                           compute, layout)
+                           compute, layout, excluded=manifest.get("excluded", []))
 
 
 # -- seeds ----------------------------------------------------------------------------------------

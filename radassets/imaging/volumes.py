@@ -44,7 +44,8 @@ import pydicom
 import SimpleITK as sitk
 
 from radassets.dataplane import IN_PROCESS, Compute, map_items
-from radassets.imaging.ct import QCError, SeriesError, Tolerances, describe_exception, failure_qc, read_ct_series
+from radassets.imaging.ct import (QCError, SeriesError, SeriesExcluded, Tolerances, describe_exception, failure_qc,
+                                  read_ct_series)
 from radassets.imaging.masks import MaskError, read_mask_header, read_mask_segments, select_segments
 from radassets.layout import Layout, as_path
 from radassets.reports import ItemFailure
@@ -117,8 +118,18 @@ class VolumesReport:
                             series=r["SeriesInstanceUID"], code=r["code"]) for r in self.qc if r["status"] == "failed"]
 
     @property
+    def exclusions(self) -> list[dict[str, Any]]:
+        """The series left out as not volumes (localizers, screens, other modalities), with their reasons."""
+        return [{"PatientID": r["PatientID"], "SeriesInstanceUID": r["SeriesInstanceUID"], "Modality": r["Modality"],
+                 "code": r["code"], "message": r["message"]} for r in self.qc if r["status"] == "excluded"]
+
+    @property
     def series(self) -> int:
         return len(self.qc)
+
+    @property
+    def excluded(self) -> int:
+        return sum(r["status"] == "excluded" for r in self.qc)
 
     @property
     def failed(self) -> int:
@@ -126,7 +137,9 @@ class VolumesReport:
 
     @property
     def failed_fraction(self) -> float:
-        return self.failed / self.series if self.series else 0.0
+        """Failed over the series meant to be converted: excluded series (not volumes) do not count."""
+        considered = self.series - self.excluded
+        return self.failed / considered if considered else 0.0
 
     @property
     def ct_converted(self) -> int:
@@ -144,6 +157,10 @@ class VolumesReport:
     def failures_by_code(self) -> dict[str, int]:
         return _count(f.code for f in self.failures)
 
+    @property
+    def excluded_by_code(self) -> dict[str, int]:
+        return _count(r["code"] for r in self.exclusions)
+
     def summary(self) -> dict[str, Any]:
         """The manifest's ``summary`` (less ``RUN_ONLY``), as written."""
         return {
@@ -151,14 +168,15 @@ class VolumesReport:
             "ct_converted": self.ct_converted,
             "ct_failed": sum(r["status"] == "failed" for r in self.qc if r["Modality"] == "CT"),
             "masks_converted": self.masks_converted, "segments": len(self.segments), "reused": self.reused,
-            "failures_by_code": self.failures_by_code,
+            "failures_by_code": self.failures_by_code, "excluded": self.excluded,
+            "excluded_by_code": self.excluded_by_code,
         }
 
     def metadata(self) -> dict[str, Any]:
         """The counts an asset shows (plain values)."""
         return {"series": self.series, "ct_converted": self.ct_converted, "masks_converted": self.masks_converted,
-                "segments": len(self.segments), "failed": self.failed, "reused": self.reused,
-                "workers_used": len(self.places)}
+                "segments": len(self.segments), "failed": self.failed, "excluded": self.excluded,
+                "reused": self.reused, "workers_used": len(self.places)}
 
     @property
     def content_hash(self) -> str:
@@ -248,6 +266,8 @@ def _convert_ct(row: dict, files: Sequence[Path], out_dir: Path, tol: Tolerances
     """``files``: local paths (staged); the volume is written to ``out_dir`` (local or on a store)."""
     try:
         volume = read_ct_series(files, tol)
+    except SeriesExcluded as e:
+        return dict(failure_qc(files, e), status="excluded", **_base(row))
     except SeriesError as e:
         return dict(failure_qc(files, e), **_base(row))
     except Exception as e:  # noqa: BLE001 - one series' failure, recorded with its type and origin
@@ -351,11 +371,12 @@ def _unavailable(row: dict, files_of: FilesOf, what: str) -> tuple[dict[str, Any
 def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,
                     settings: ConversionSettings = ConversionSettings(),
                     progress: Progress | None = None, compute: Compute = IN_PROCESS,
-                    layout: Layout | None = None) -> VolumesReport:
+                    layout: Layout | None = None, excluded: Sequence[dict] = ()) -> VolumesReport:
     """Convert every series of a ``dicom`` manifest (rows with PatientID, Modality, SeriesInstanceUID,
     crdc_series_uuid, status). CTs first, then each mask on its CT's grid; the series of each phase are
     ``radassets.dataplane`` tasks, run where ``compute`` says, their rows kept in the manifest's order.
-    ``layout``: the artifact root that the records name files relative to (see the module docstring)."""
+    ``layout``: the artifact root that the records name files relative to (see the module docstring).
+    ``excluded``: series the cohort left out as not volumes (rows with their ``reason``), listed in the QC table."""
     out_dir = cast(Path, as_path(out_dir))
     reusable = _previous(out_dir, settings.hash, layout)
     cts = [r for r in series if r["Modality"] == "CT"]
@@ -410,8 +431,11 @@ def convert_dataset(series: Sequence[dict], files_of: FilesOf, out_dir: Path,
         found_by_mask[i] = found
     segments = [s for i in range(len(mask_rows)) for s in found_by_mask.get(i, [])]
     for row in others:  # e.g. SR or PT series that a selection let through: recorded, not converted
-        mask_rows.append(dict(_base(row), status="skipped", code=None,
+        mask_rows.append(dict(_base(row), status="excluded", code="modality_not_converted",
                               message=f"series {row['SeriesInstanceUID']}: modality {row['Modality']} is not converted"))
+    for row in excluded:  # never fetched: the cohort's index showed they are not volumes
+        mask_rows.append(dict(_base(row), status="excluded", code="excluded_by_index",
+                              message=f"series {row['SeriesInstanceUID']}: {row['reason']}"))
     if compute.record is not None:  # the tasks' rows were recorded where they ran; these rows were decided here
         by_tasks = ({i for i, _ in to_convert}, {i for i, _ in to_place})
         decided_here = [r for i, r in enumerate(ct_rows) if i not in by_tasks[0]]

@@ -171,11 +171,12 @@ def dicom_all_from_history(con: duckdb.DuckDBPyConnection) -> None:
             if version in releases:
                 for i in range(INSTANCES[uuid]):
                     rows.append(("toy", _patient(series), "ST-" + series, series, f"{uuid}.{i}", uuid, modality,
-                                 1_500_000 / INSTANCES[uuid], "CC BY 4.0", doi.upper(), f"s3://{bucket}/{uuid}/{i}.dcm"))
+                                 1_500_000 / INSTANCES[uuid], "CC BY 4.0", doi.upper(), f"s3://{bucket}/{uuid}/{i}.dcm",
+                                 None))
         con.execute(f"""CREATE TABLE dicom_all_v{version} (collection_id TEXT, PatientID TEXT, StudyInstanceUID TEXT,
             SeriesInstanceUID TEXT, SOPInstanceUID TEXT, crdc_series_uuid TEXT, Modality TEXT, instance_size DOUBLE,
-            license_short_name TEXT, Source_DOI TEXT, aws_url TEXT)""")
-        con.executemany(f"INSERT INTO dicom_all_v{version} VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            license_short_name TEXT, Source_DOI TEXT, aws_url TEXT, SOPClassUID TEXT)""")
+        con.executemany(f"INSERT INTO dicom_all_v{version} VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
 
 def test_bigquery_cohort_equals_reconstructed_cohort(toy_index):

@@ -1,0 +1,132 @@
+"""Series that are not volumes are excluded (not failed); series with several stacks are refused, never merged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import idc_index_data
+import pytest
+
+from radassets.demo.cases import non_volume
+from radassets.idc.cohort import non_volume_reason
+from radassets.imaging.ct import SeriesError, SeriesExcluded, read_ct_series
+from radassets.imaging.volumes import convert_dataset
+
+EXCLUDED = {"localizer": "localizer", "dose_screen": "not_ct_image", "protocol_page": "screen_capture",
+            "single_axial": "single_image"}
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> dict[str, list[Path]]:
+    root = tmp_path_factory.mktemp("cases")
+    return {name: non_volume.write_case(name, root / name) for name in non_volume.CASES}
+
+
+@pytest.mark.parametrize("name", sorted(EXCLUDED))
+def test_a_series_that_is_not_a_volume_is_excluded_with_its_reason(cases, name):
+    with pytest.raises(SeriesExcluded) as raised:
+        read_ct_series(cases[name])
+    assert raised.value.code == EXCLUDED[name]
+    assert "not a volume" in str(raised.value)
+
+
+def test_a_localizer_is_named_by_its_image_type(cases):
+    with pytest.raises(SeriesExcluded, match=r"ImageType ORIGINAL\\PRIMARY\\LOCALIZER"):
+        read_ct_series(cases["localizer"])
+
+
+def test_a_dose_screen_names_its_sop_class(cases):
+    with pytest.raises(SeriesExcluded, match="Secondary Capture Image Storage, not a CT image"):
+        read_ct_series(cases["dose_screen"])
+
+
+def test_two_acquisitions_over_the_same_positions_are_refused_as_several_stacks(cases):
+    with pytest.raises(SeriesError) as raised:
+        read_ct_series(cases["two_phases"])
+    assert raised.value.code == "several_stacks"
+    assert "told apart by AcquisitionNumber (AcquisitionNumber 1: 10 slices, AcquisitionNumber 2: 10 slices)" \
+        in str(raised.value)
+
+
+def test_two_orientations_in_one_series_are_refused_as_several_stacks(cases):
+    with pytest.raises(SeriesError) as raised:
+        read_ct_series(cases["two_orientations"])
+    assert raised.value.code == "several_stacks"
+    assert "2 orientations (8 slices at" in str(raised.value)
+
+
+def test_a_sequential_scan_with_an_acquisition_number_per_rotation_is_one_volume(cases):
+    """Step-and-shoot scans number each rotation: AcquisitionNumber alone must not split a series."""
+    volume = read_ct_series(cases["sequential"])
+    assert volume.image.GetSize() == (32, 32, 16)
+    assert volume.qc["spacing_z"] == pytest.approx(2.5)
+
+
+def test_a_localizer_slice_inside_an_axial_series_is_not_dropped_silently(cases, tmp_path):
+    """Exclusion is for whole series: one odd file in a volume makes the series fail with a code, never vanish."""
+    files = non_volume.write_case("sequential", tmp_path / "mixed")
+    files += non_volume.write_localizer(tmp_path / "mixed-scout", images=1)
+    with pytest.raises(SeriesError) as raised:
+        read_ct_series(files)
+    assert raised.value.code == "several_stacks"
+    assert "holds 1 image(s) that are a localizer (ImageType ORIGINAL\\PRIMARY\\LOCALIZER) among 16 volume slice(s)" \
+        in str(raised.value)
+
+
+def _rows(cases) -> tuple[list[dict], dict[str, list[Path]]]:
+    rows, files = [], {}
+    for name in non_volume.CASES:
+        uid = f"uuid-{name}"
+        rows.append({"PatientID": "SCANNER-001", "Modality": "CT", "SeriesInstanceUID": name,
+                     "crdc_series_uuid": uid, "status": "verified"})
+        files[uid] = cases[name]
+    return rows, files
+
+
+def test_a_partition_of_real_study_contents_completes_and_excluded_series_do_not_count_as_failures(cases, tmp_path):
+    rows, files = _rows(cases)
+    index_excluded = [{"PatientID": "SCANNER-001", "Modality": "CT", "SeriesInstanceUID": "scout-from-index",
+                       "crdc_series_uuid": "uuid-scout", "reason": "one single-frame CT image (IDC index)"}]
+    report = convert_dataset(rows, lambda row: files[row["crdc_series_uuid"]], tmp_path / "volumes",
+                             excluded=index_excluded)
+    status = {r["SeriesInstanceUID"]: (r["status"], r["code"]) for r in report.qc}
+    assert status == {
+        "localizer": ("excluded", "localizer"), "dose_screen": ("excluded", "not_ct_image"),
+        "protocol_page": ("excluded", "screen_capture"), "single_axial": ("excluded", "single_image"),
+        "two_phases": ("failed", "several_stacks"), "two_orientations": ("failed", "several_stacks"),
+        "sequential": ("ok", None), "scout-from-index": ("excluded", "excluded_by_index"),
+    }
+    # 2 failures among the 3 series meant to be volumes; the 5 excluded ones are not in the fraction.
+    assert (report.series, report.excluded, report.failed) == (8, 5, 2)
+    assert report.failed_fraction == pytest.approx(2 / 3)
+    assert report.excluded_by_code == {"localizer": 1, "not_ct_image": 1, "screen_capture": 1, "single_image": 1,
+                                       "excluded_by_index": 1}
+    assert [f.series for f in report.failures] == ["two_phases", "two_orientations"]
+    summary = report.summary()
+    assert summary["excluded"] == 5 and summary["failed"] == 2
+
+
+def test_the_index_tells_screens_and_single_images_apart_from_volumes():
+    ct, sc, enhanced = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.2.1"
+    assert non_volume_reason({"Modality": "CT", "SOPClassUID": ct, "instanceCount": 120}) is None
+    assert "single-frame" in non_volume_reason({"Modality": "CT", "SOPClassUID": ct, "instanceCount": 1})
+    assert non_volume_reason({"Modality": "CT", "SOPClassUID": enhanced, "instanceCount": 1}) is None  # multi-frame
+    assert "Secondary Capture" in non_volume_reason({"Modality": "CT", "SOPClassUID": sc, "instanceCount": 3,
+                                                     "sop_class_name": "Secondary Capture Image Storage"})
+    assert non_volume_reason({"Modality": "SEG", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.66.4",
+                              "instanceCount": 1}) is None
+    assert non_volume_reason({"Modality": "CT", "SOPClassUID": None, "instanceCount": 1}) is None  # unknown: kept
+
+
+def test_the_real_idc_index_holds_such_series_and_the_rule_finds_them():
+    """IDC's own index (idc-index-data, shipped): CT series of one instance and Secondary Captures exist."""
+    import duckdb
+
+    rows = duckdb.sql(f"""SELECT Modality, SOPClassUID, sop_class_name, instanceCount
+                          FROM '{idc_index_data.IDC_INDEX_PARQUET_FILEPATH}'
+                          WHERE collection_id = 'nsclc_radiogenomics' AND Modality = 'CT'""").fetchall()
+    reasons = [non_volume_reason(dict(zip(("Modality", "SOPClassUID", "sop_class_name", "instanceCount"), r)))
+               for r in rows]
+    single = sum(r[3] == 1 for r in rows)
+    assert single > 0
+    assert sum(reason is not None for reason in reasons) == single
