@@ -33,6 +33,7 @@ from typing import Any
 from radassets import __version__
 from radassets.datasets import DatasetVersion
 from radassets.idc.index import IndexSource, resolve_table
+from radassets.idc.schema import CT_IMAGE_CLASSES
 from radassets.staging import local_files
 from radassets.storage import atomic_write_json, sha256_file, sha256_json
 from radassets.errors import RadassetsError
@@ -243,8 +244,6 @@ def build_cohort(definition: DatasetVersion, index: IndexSource) -> Cohort:
                         query={"sql": sql, "parameters": params}, tables=tables)
 
 
-# SOP classes whose images can be slices of a CT volume (CT Image, Enhanced CT, Legacy Converted Enhanced CT).
-CT_IMAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
 CT_IMAGE_STORAGE = CT_IMAGE_CLASSES[0]
 
 

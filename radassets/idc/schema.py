@@ -13,6 +13,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# SOP classes whose images can be slices of a CT volume: CT Image, Enhanced CT, Legacy Converted Enhanced CT. The
+# cohort leaves other classes of Modality CT out (dose screens), and the volumes step reads these three.
+CT_IMAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
+
 # idc_index: one row per series version currently served.
 IDC_INDEX_SCHEMA = pa.schema(
     [

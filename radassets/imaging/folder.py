@@ -22,7 +22,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
-from radassets.imaging.ct import CT_IMAGE_STORAGE, SeriesError, describe_exception, read_ct_series
+from radassets.imaging.ct import QCError, SeriesError, describe_exception, read_ct_series
+from radassets.imaging.series_kind import CT_IMAGE_CLASSES
 from radassets.errors import RadassetsError
 from radassets.imaging.masks import (RTSTRUCT_STORAGE, SEG_STORAGE, MaskError, centroid_lps, read_mask_header,
                                      read_mask_segments, select_segments)
@@ -60,7 +61,7 @@ def scan_folder(root: Path) -> FolderScan:
             scan.unreadable.append(f"{path}: cannot read it: {describe_exception(e)}")
             continue
         sop_class = str(ds.get("SOPClassUID", ""))
-        if sop_class == CT_IMAGE_STORAGE:
+        if sop_class in CT_IMAGE_CLASSES:
             uid = str(ds.get("SeriesInstanceUID", ""))
             if not uid:
                 # It belongs to some CT series, which may now lack a slice: listed, so never silent.
@@ -98,7 +99,7 @@ def seeds_from_folder(root: Path, labels: Sequence[str] | None = None,
                       progress: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], list[str], FolderScan]:
     """One row per lesion (``SEED_CSV_COLUMNS``), the failures (one message each), and the scan."""
     scan = scan_folder(root)
-    volumes: dict[str, sitk.Image | SeriesError] = {}
+    volumes: dict[str, sitk.Image | QCError] = {}
     rows: list[dict[str, Any]] = []
     failures = list(scan.unreadable)
     for path in scan.masks:
@@ -108,12 +109,12 @@ def seeds_from_folder(root: Path, labels: Sequence[str] | None = None,
             if ct_uid not in volumes:
                 try:
                     volumes[ct_uid] = read_ct_series(scan.ct_series[ct_uid]).image
-                except SeriesError as e:
+                except QCError as e:  # a failure, or a series that is not a volume (a localizer)
                     volumes[ct_uid] = e
                 except Exception as e:  # noqa: BLE001 - that CT's failure, with its type and origin
                     volumes[ct_uid] = SeriesError("conversion_error", ct_uid, describe_exception(e))
             image = volumes[ct_uid]
-            if isinstance(image, SeriesError):
+            if isinstance(image, QCError):
                 raise MaskError("no_reference", header.series_uid, f"its CT cannot be converted: {image}")
             segments = read_mask_segments(path, image, scan.ct_frames.get(ct_uid) or None)
         except MaskError as e:

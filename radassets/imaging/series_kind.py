@@ -30,10 +30,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from radassets.idc.schema import CT_IMAGE_CLASSES
 from radassets.imaging.qc import QCError
-
-# The SOP classes whose images can be slices of a CT volume: CT Image, Enhanced CT, Legacy Converted Enhanced CT.
-CT_IMAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
 Headers = Sequence[tuple[Path, pydicom.Dataset]]
 
 LOCALIZER_WORDS = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW")
