@@ -184,6 +184,11 @@ def read_multiframe_ct(path: Path, tol: Tolerances = Tolerances()) -> CTVolume:
     # As ct.py: HU rounded to 1 HU (SimpleITK's rounding) and clamped to int16.
     hu = sitk.Cast(sitk.Clamp(sitk.Round(image), lowerBound=-32768, upperBound=32767), sitk.sitkInt16)
     _check_geometry(hu, geometry, uid)
+    # highdicom derives the origin and direction through its affine (differences ~1e-7 mm on oblique files);
+    # the image carries them as the headers state them, as SimpleITK does for single-frame files, so that the
+    # same slices give the same numbers whichever way they were stored.
+    hu.SetOrigin(geometry["origin"])
+    hu.SetDirection(np.array(geometry["direction"]).ravel().tolist())
     array = sitk.GetArrayViewFromImage(hu)
     ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
     qc = {
