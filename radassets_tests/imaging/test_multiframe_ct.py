@@ -17,6 +17,8 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEG2000Lossless
 
 from radassets.demo.cases.multiframe import VARIANTS, MultiframeCase, phantom, write_case
 from radassets.imaging.ct import SeriesError, read_ct_series
@@ -156,6 +158,19 @@ def test_a_malformed_multiframe_file_gets_its_own_code(cases, tmp_path, edit, co
         read_ct_series([path])
     assert raised.value.code == code
     assert str(ds.SeriesInstanceUID) in str(raised.value) and cause in str(raised.value), str(raised.value)
+
+
+def test_a_multiframe_file_whose_frames_cannot_be_decoded_is_undecodable(cases, tmp_path):
+    ds = pydicom.dcmread(cases["axial"].enhanced)
+    ds.PixelData = encapsulate([bytes(64)] * int(ds.NumberOfFrames))  # not JPEG 2000 streams
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.save_as(tmp_path / "bad.dcm", enforce_file_format=True)
+    with pytest.raises(SeriesError) as raised:
+        read_ct_series([tmp_path / "bad.dcm"])
+    message = str(raised.value)
+    assert raised.value.code == "undecodable" and "JPEG 2000 Image Compression (Lossless Only)" in message, message
+    assert str(ds.SeriesInstanceUID) in message and " at 0x" not in message
 
 
 # -- reference tool --------------------------------------------------------------------------------
