@@ -176,6 +176,12 @@ def _failing_file(ordered: Sequence[Path]) -> str:
 
 def read_ct_series(files: Sequence[Path], tol: Tolerances = Tolerances()) -> CTVolume:
     """Validate and convert one CT series to an int16 HU image (SimpleITK, LPS)."""
+    if len(files) == 1:
+        # One file may hold the whole series as frames (Enhanced / Legacy Converted Enhanced CT).
+        from radassets.imaging.multiframe import is_multiframe_ct, read_multiframe_ct  # it imports this module
+
+        if is_multiframe_ct(Path(files[0])):
+            return read_multiframe_ct(Path(files[0]), tol)
     started = time.monotonic()
     ordered, geometry = sort_and_validate(files, tol)
     uid = str(pydicom.dcmread(ordered[0], stop_before_pixels=True).get("SeriesInstanceUID", "?"))

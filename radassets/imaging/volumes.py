@@ -68,6 +68,7 @@ QC_COLUMNS = {
     "transfer_syntax": pa.string(), "hu_min": pa.int64(), "hu_max": pa.int64(),
     "FrameOfReferenceUID": pa.string(), "referenced_ct": pa.string(), "labels": pa.string(),
     "selected_labels": pa.string(), "path": pa.string(), "sha256": pa.string(),
+    "sop_class": pa.string(),  # a multi-frame CT's SOP class name; null for a series of single-frame files
 }
 RUN_ONLY = ("reused", "seconds")
 SEGMENT_COLUMNS = {
