@@ -29,6 +29,7 @@ import SimpleITK as sitk
 from pydicom.uid import EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
 
 from radassets.imaging.ct import CTVolume, SeriesError, Tolerances, describe_exception
+from radassets.imaging.series_kind import excluded_reason
 
 MULTIFRAME_CT_CLASSES = (EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage)
 
@@ -181,6 +182,9 @@ def read_multiframe_ct(path: Path, tol: Tolerances = Tolerances()) -> CTVolume:
     if sop_class not in MULTIFRAME_CT_CLASSES:
         name = pydicom.uid.UID(sop_class).name or sop_class or "none"
         raise SeriesError("not_ct", uid, f"{Path(path).name} is {name}, not (Legacy Converted) Enhanced CT")
+    excluded = excluded_reason([(Path(path), ds)])  # an enhanced localizer is no more a volume than a 2-D one
+    if excluded is not None:
+        raise excluded
     geometry = validate_frames(frame_geometry(ds, uid), uid, tol)
     image = _hu_image(ds, uid, Path(path), tol)
     # As ct.py: HU rounded to 1 HU (SimpleITK's rounding) and clamped to int16.

@@ -130,3 +130,18 @@ def test_the_real_idc_index_holds_such_series_and_the_rule_finds_them():
     single = sum(r[3] == 1 for r in rows)
     assert single > 0
     assert sum(reason is not None for reason in reasons) == single
+
+
+def test_an_enhanced_ct_localizer_is_excluded_too(tmp_path):
+    """Enhanced CT's ImageType has four values (ORIGINAL\\PRIMARY\\LOCALIZER\\NONE): one file, still no volume."""
+    import pydicom
+
+    from radassets.demo.cases import multiframe
+
+    case = multiframe.write_case(tmp_path / "case", "axial")
+    ds = pydicom.dcmread(case.enhanced)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER", "NONE"]
+    ds.save_as(tmp_path / "scout.dcm", enforce_file_format=True)
+    with pytest.raises(SeriesExcluded) as raised:
+        read_ct_series([tmp_path / "scout.dcm"])
+    assert raised.value.code == "localizer"
