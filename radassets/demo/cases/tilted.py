@@ -129,7 +129,9 @@ def write_uneven(folder: Path, kind: str = "1-7") -> Case:
     gaps = {"1-7": [1.0] * 30 + [7.0] * 4, "5-10": [5.0] * 8 + [10.0] * 4}[kind]
     size, pixel = 64, 0.9
     geom = _axial(size, pixel, axial_positions(gaps, size, pixel), min(gaps))
-    centre = LESION_CENTER if kind == "1-7" else LESION_CENTER + np.array([0.0, 0.0, -8.0])
+    # The lesion lies in the finer part, where the series resolves it (in the coarser part its centroid moves
+    # with the linear blend across the wide gaps: a matter of sampling, not of geometry).
+    centre = LESION_CENTER + np.array([0.0, 0.0, -14.0 if kind == "1-7" else -8.0])
     return _write(folder, f"uneven-{kind}", geom, centre, 6.0)
 
 
@@ -139,3 +141,10 @@ def write_missing_slice(folder: Path, spacing: float = 2.5, n_slices: int = 24, 
     size, pixel = 64, 0.9
     positions = np.delete(axial_positions(gaps, size, pixel), missing, axis=0)
     return _write(folder, "missing-slice", _axial(size, pixel, positions, spacing), LESION_CENTER, 6.0)
+
+
+def write_regular(folder: Path, spacing: float = 2.5, n_slices: int = 24) -> Case:
+    """The control: a regular axial series (no tilt, even gaps), converted exactly as before."""
+    size, pixel = 64, 0.9
+    positions = axial_positions([spacing] * (n_slices - 1), size, pixel)
+    return _write(folder, "regular", _axial(size, pixel, positions, spacing), LESION_CENTER, 6.0)
