@@ -3,9 +3,10 @@ against the phantom's known answers and against dcm2niix (its ``_Tilt_1`` and ``
 
 dcm2niix writes NIfTI with the rows reversed (its row index counts from the last DICOM row), so its
 voxels are compared with ours index by index with the rows flipped. For ``_Eq_1`` its affine also places
-them where ours are (checked); for ``_Tilt_1`` the affine of dcm2niix v1.0.20260724 does not (its origin is
-some 25 mm off along the table on the 17.5° case), so the tilt comparison is of voxels by index, and where
-the volume lies is checked against the phantom's lesion instead.
+them where ours are (checked); for ``_Tilt_1`` the affine of dcm2niix v1.0.20260724 does only for a negative
+tilt (the lesion 0.1 mm from its true centre at -12°; 23-29 mm off at +16.5° to +18.5°, along the table),
+so the tilt comparison is of voxels by index, and where the volume lies is checked against the phantom's
+lesion instead.
 
 Tolerances: 1 HU between the two tools (both blend the same two stored values with the same weights and
 round; they differ only in the float precision of the blend); half the largest voxel edge for a lesion's
