@@ -75,7 +75,8 @@ class Geometry:
         c = np.arange(self.cols)[None, None, :, None]
         X, Y = np.asarray(self.row_dir), np.asarray(self.col_dir)
         if self.positions is not None:
-            return np.asarray(self.positions, dtype=float)[:, None, None, :] + c * self.col_spacing * X + r * self.row_spacing * Y
+            origins = np.asarray(self.positions, dtype=float)[:, None, None, :]
+            return origins + c * self.col_spacing * X + r * self.row_spacing * Y
         return (np.asarray(self.origin) + k * self.slice_spacing * self.normal
                 + c * self.col_spacing * X + r * self.row_spacing * Y)
 

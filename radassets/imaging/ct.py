@@ -257,9 +257,9 @@ def _uneven(uid: str, gaps: np.ndarray, along: np.ndarray, tol: Tolerances) -> b
     if not piecewise or not tol.resample_uneven:
         raise SeriesError("non_uniform_spacing", uid, f"slice gaps from {gaps.min():.3f} to {gaps.max():.3f} mm")
     if gaps.max() > tol.max_interpolated_gap_mm:
-        raise SeriesError("non_uniform_spacing", uid, f"slice gaps from {gaps.min():.3f} to {gaps.max():.3f} mm: "
-                                                      f"a gap of {gaps.max():.2f} mm is wider than the "
-                                                      f"{tol.max_interpolated_gap_mm:g} mm that may be interpolated across")
+        raise SeriesError("non_uniform_spacing", uid,
+                          f"slice gaps from {gaps.min():.3f} to {gaps.max():.3f} mm: a gap of {gaps.max():.2f} mm is "
+                          f"wider than the {tol.max_interpolated_gap_mm:g} mm that may be interpolated across")
     return True
 
 
@@ -308,8 +308,9 @@ def _check_itk_geometry(image: sitk.Image, geometry: dict, uid: str) -> None:
             or np.abs(direction - np.array(geometry["direction"])).max() > 1e-4
             or np.abs(np.subtract(image.GetSpacing(), geometry["spacing"])[:compared]).max()
             > 1e-3 * max(geometry["spacing"])):
-        raise SeriesError("geometry_mismatch", uid, f"SimpleITK geometry {image.GetOrigin()}, {image.GetSpacing()} "
-                                                    f"differs from the headers {geometry['origin']}, {geometry['spacing']}")
+        raise SeriesError("geometry_mismatch", uid,
+                          f"SimpleITK geometry {image.GetOrigin()}, {image.GetSpacing()} "
+                          f"differs from the headers {geometry['origin']}, {geometry['spacing']}")
 
 
 def _describe_regrid(image: sitk.Image, geometry: dict, fill: float | None) -> None:

@@ -97,8 +97,8 @@ class ConversionSettings:
         return {"tolerances": asdict(self.tolerances), "selection": asdict(self.selection),
                 "ct_reader": f"pydicom {pydicom.__version__} + SimpleITK {sitk.Version.VersionString()}",
                 "volume_format": "NRRD int16 HU, LPS, gzip", "mask_resampling": "nearest neighbour onto the CT grid",
-                "regrid": "gantry tilt and uneven gaps: linear onto dcm2niix's grid, filled with the series' lowest HU; "
-                          "masks placed on the acquired slices, then nearest neighbour"}
+                "regrid": "gantry tilt and uneven gaps: linear onto dcm2niix's grid, filled with the series' "
+                          "lowest HU; masks placed on the acquired slices, then nearest neighbour"}
 
     @property
     def hash(self) -> str:

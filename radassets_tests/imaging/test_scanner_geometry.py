@@ -28,7 +28,7 @@ import SimpleITK as sitk
 
 from radassets.demo.cases import tilted
 from radassets.imaging.ct import SeriesError, Tolerances, read_ct_series
-from radassets.imaging.masks import MaskError, centroid_lps, read_seg_segments
+from radassets.imaging.masks import MaskError, centroid_lps, read_mask_segments, read_seg_segments
 from radassets.imaging.volumes import QC_COLUMNS, ConversionSettings, convert_dataset, write_image
 
 LUNG_HU = -850.0
@@ -51,8 +51,10 @@ def reference(case: tilted.Case, suffix: str, out: Path) -> sitk.Image:
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> dict[str, tilted.Case]:
     root = tmp_path_factory.mktemp("cases")
-    return {"tilted": tilted.write_tilted(root, TILT), "tilted-negative": tilted.write_tilted(root, -12.0, masks=()),
-            "uneven-1-7": tilted.write_uneven(root, "1-7"), "uneven-5-10": tilted.write_uneven(root, "5-10"),
+    return {"tilted": tilted.write_tilted(root, TILT),
+            "tilted-negative": tilted.write_tilted(root, -12.0, masks=()),
+            "uneven-1-7": tilted.write_uneven(root, "1-7"),
+            "uneven-5-10": tilted.write_uneven(root, "5-10", masks=("SEG", "RTSTRUCT")),
             "missing": tilted.write_missing_slice(root), "regular": tilted.write_regular(root)}
 
 
@@ -193,6 +195,18 @@ def test_uneven_series_are_equalised_as_dcm2niix_does(cases, name, spacing, tmp_
     assert np.abs(ours - theirs).max() <= 1
     error = np.linalg.norm(lesion_centroid(volume.image, cases[name]) - cases[name].lesion_center)
     assert error <= 0.5 * max(volume.image.GetSpacing()), error
+
+
+def test_masks_on_an_uneven_ct_land_on_the_lesion(cases):
+    """SEG frames and RTSTRUCT contours on unevenly spaced slices: placed on the acquired slices, then on the
+    equalised grid with the CT (nearest slice)."""
+    case = cases["uneven-5-10"]
+    volume = read_ct_series(list(case.ct_files))
+    native = json.loads(volume.qc["native_grid"])
+    for path in (case.seg_file, case.rtstruct_file):
+        [segment] = read_mask_segments(path, volume.image, None, native)
+        error = np.linalg.norm(centroid_lps(segment.image) - case.lesion_center)
+        assert error <= 0.5 * max(volume.image.GetSpacing()), (path.parent.name, error)
 
 
 def test_uneven_series_follow_their_settings(cases):

@@ -123,7 +123,7 @@ def write_tilted(folder: Path, tilt: float = 17.5, masks: tuple[str, ...] = ("SE
     return _write(folder, f"tilted-{tilt:g}", tilted_geometry(tilt), LESION_CENTER, 6.0, masks)
 
 
-def write_uneven(folder: Path, kind: str = "1-7") -> Case:
+def write_uneven(folder: Path, kind: str = "1-7", masks: tuple[str, ...] = ()) -> Case:
     """``1-7``: 1 mm gaps over 30 mm, then 7 mm gaps (a reconstruction that changes interval);
     ``5-10``: a sequential head-like series, 5 mm slices low and 10 mm above."""
     gaps = {"1-7": [1.0] * 30 + [7.0] * 4, "5-10": [5.0] * 8 + [10.0] * 4}[kind]
@@ -132,7 +132,7 @@ def write_uneven(folder: Path, kind: str = "1-7") -> Case:
     # The lesion lies in the finer part, where the series resolves it (in the coarser part its centroid moves
     # with the linear blend across the wide gaps: a matter of sampling, not of geometry).
     centre = LESION_CENTER + np.array([0.0, 0.0, -14.0 if kind == "1-7" else -8.0])
-    return _write(folder, f"uneven-{kind}", geom, centre, 6.0)
+    return _write(folder, f"uneven-{kind}", geom, centre, 6.0, masks)
 
 
 def write_missing_slice(folder: Path, spacing: float = 2.5, n_slices: int = 24, missing: int = 11) -> Case:
