@@ -96,14 +96,14 @@ def _axial(size: int, pixel: float, positions: np.ndarray, slice_spacing: float,
 
 
 def tilted_geometry(tilt: float = 17.5, size: int = 64, pixel: float = 0.9, step: float = 2.5,
-                    n_slices: int = 32) -> Geometry:
-    """Slices tilted by ``tilt`` degrees about L-R, origins stepping ``step`` mm along the table (+z), the
-    field of view centred on the body axis (x = y = 0) at the middle slice."""
+                    n_slices: int = 32, steps: list[float] | None = None) -> Geometry:
+    """Slices tilted by ``tilt`` degrees about L-R, origins stepping ``step`` mm along the table (+z; or by each
+    of ``steps`` in turn), the field of view centred on the body axis (x = y = 0) halfway along."""
     t = np.radians(tilt)
     y = np.array([0.0, np.cos(t), np.sin(t)])
     half = (size - 1) / 2 * pixel
-    first = np.array([-half, 0.0, -(n_slices - 1) / 2 * step]) - half * y
-    positions = first + np.outer(np.arange(n_slices) * step, [0.0, 0.0, 1.0])
+    z = np.concatenate([[0.0], np.cumsum(steps if steps is not None else [step] * (n_slices - 1))])
+    positions = np.column_stack([np.full_like(z, -half), np.zeros_like(z), z - z[-1] / 2]) - half * y
     return _axial(size, pixel, positions, step * np.cos(t), tuple(float(v) for v in y), tilt)
 
 
@@ -121,6 +121,12 @@ LESION_CENTER = np.array([11.3, -9.6, 1.7])  # in the right lung (LPS: +x is the
 def write_tilted(folder: Path, tilt: float = 17.5, masks: tuple[str, ...] = ("SEG", "RTSTRUCT")) -> Case:
     """A gantry-tilted series (``tilt`` degrees) with a 6 mm-radius lesion and its SEG and RTSTRUCT."""
     return _write(folder, f"tilted-{tilt:g}", tilted_geometry(tilt), LESION_CENTER, 6.0, masks)
+
+
+def write_tilted_uneven(folder: Path, tilt: float = 15.0, masks: tuple[str, ...] = ("SEG", "RTSTRUCT")) -> Case:
+    """Both at once: a tilted series whose table steps go from 2.5 mm to 5 mm."""
+    geom = tilted_geometry(tilt, steps=[2.5] * 12 + [5.0] * 6)
+    return _write(folder, f"tilted-uneven-{tilt:g}", geom, LESION_CENTER + np.array([0.0, 0.0, -8.0]), 6.0, masks)
 
 
 def write_uneven(folder: Path, kind: str = "1-7", masks: tuple[str, ...] = ()) -> Case:
