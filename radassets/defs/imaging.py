@@ -42,6 +42,11 @@ class ImagingResource(ConfigurableResource):
     )
     spacing_tolerance: float = Field(default=0.01, gt=0, description="max |slice gap - median| / median")
     tilt_tolerance_mm_per_mm: float = Field(default=1e-3, gt=0, description="max in-plane drift of slice origins")
+    max_tilt_degrees: float = Field(default=30.0, ge=0, le=90,
+                                    description="a gantry tilt up to this is resampled onto an orthogonal grid")
+    resample_uneven: bool = Field(default=True, description="resample series with uneven slice gaps")
+    max_interpolated_gap_mm: float = Field(default=10.0, gt=0,
+                                           description="widest slice gap of an uneven series interpolated across")
     seed_disagreement_mm: float = Field(default=DISAGREEMENT_MM, gt=0,
                                         description="flag a mask seed further than this from its published point")
     patch_size: int = Field(default=64, ge=8, description="patch edge in voxels (every model crops its own from it)")
@@ -49,7 +54,9 @@ class ImagingResource(ConfigurableResource):
     patch_interpolator: str = Field(default="linear", description="linear, bspline or nearest")
 
     def tolerances(self) -> Tolerances:
-        return Tolerances(spacing_relative=self.spacing_tolerance, tilt_mm_per_mm=self.tilt_tolerance_mm_per_mm)
+        return Tolerances(spacing_relative=self.spacing_tolerance, tilt_mm_per_mm=self.tilt_tolerance_mm_per_mm,
+                          max_tilt_degrees=self.max_tilt_degrees, resample_uneven=self.resample_uneven,
+                          max_interpolated_gap_mm=self.max_interpolated_gap_mm)
 
     def patch_spec(self) -> PatchSpec:
         return PatchSpec(self.patch_size, self.patch_spacing_mm, self.patch_interpolator)

@@ -49,6 +49,11 @@ class Geometry:
     col_dir: tuple[float, float, float]  # Y: direction of increasing row index
     origin: tuple[float, float, float]  # ImagePositionPatient of slice k = 0
     descending_instances: bool  # InstanceNumber 1 at the last slice instead of the first
+    # Real-scanner cases only (radassets.demo.cases; the demo leaves both unset): each slice's own
+    # ImagePositionPatient, for slices that do not step ``slice_spacing`` along the normal (gantry tilt: along
+    # the table; uneven gaps), and the GantryDetectorTilt value to write (degrees).
+    positions: tuple[tuple[float, float, float], ...] | None = None
+    gantry_tilt: float | None = None
 
     @property
     def normal(self) -> np.ndarray:
@@ -59,6 +64,8 @@ class Geometry:
         return abs(self.row_spacing - self.col_spacing) < 1e-9
 
     def slice_position(self, k: int) -> np.ndarray:
+        if self.positions is not None:
+            return np.asarray(self.positions[k], dtype=float)
         return np.asarray(self.origin) + k * self.slice_spacing * self.normal
 
     def points(self) -> np.ndarray:
@@ -67,6 +74,9 @@ class Geometry:
         r = np.arange(self.rows)[None, :, None, None]
         c = np.arange(self.cols)[None, None, :, None]
         X, Y = np.asarray(self.row_dir), np.asarray(self.col_dir)
+        if self.positions is not None:
+            origins = np.asarray(self.positions, dtype=float)[:, None, None, :]
+            return origins + c * self.col_spacing * X + r * self.row_spacing * Y
         return (np.asarray(self.origin) + k * self.slice_spacing * self.normal
                 + c * self.col_spacing * X + r * self.row_spacing * Y)
 
@@ -126,6 +136,8 @@ def _ct_dataset(geom: Geometry, ids: SeriesIds, k: int, pixels: np.ndarray, inte
     ds.PixelSpacing = [f"{geom.row_spacing:.6f}", f"{geom.col_spacing:.6f}"]
     ds.SliceThickness = f"{geom.slice_spacing:.6f}"
     ds.SpacingBetweenSlices = f"{geom.slice_spacing:.6f}"
+    if geom.gantry_tilt is not None:
+        ds.GantryDetectorTilt = f"{geom.gantry_tilt:g}"
     ds.KVP = "120"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"

@@ -10,10 +10,34 @@ The headers are validated with pydicom before any pixel is read, so each failure
 cause; the pixels are then read by SimpleITK (GDCM), and its geometry is cross-checked against
 the headers. A failure raises ``SeriesError`` with a short ``code`` (for QC tables) and a
 message naming the series and the cause.
+
+Gantry tilt and uneven slice spacing (``regrid`` in the QC row): a series whose slice origins advance
+along the table rather than along the slice normal (gantry tilt), or whose gaps vary, is resampled onto a
+regular orthogonal grid, with linear interpolation, as dcm2niix does (its ``_Tilt_1`` and ``_Eq_1`` files):
+
+- Tilt: the slices keep their own planes (the grid's axes are the row direction X, the column direction Y
+  and the slice normal N, spacing ``PixelSpacing`` and the gap along N); each slice is shifted within its
+  plane so that the voxels line up along N, i.e. interpolated along Y only. The grid is widened by the
+  shift across the series (dcm2niix's extra rows), so every acquired pixel is kept; the voxels outside the
+  acquired slab (the triangles at either end of the widened rows) get ``fill_hu``: the lowest HU of the
+  series, as dcm2niix fills them (the scanner's own padding or air, never a new value).
+- Uneven gaps: planes at the smallest gap, from the first slice up to the last one (never beyond),
+  each a linear blend of the two acquired slices around it. dcm2niix picks the same spacing, except that
+  it caps the slice count at twice the acquired one (then widening the spacing): the cap is left out, as
+  it would resample the thin-slice part of a series coarser than it was acquired.
+- Missing slices are not uneven spacing: a regular series in which every irregular gap is an isolated
+  integer multiple (≥ 2) of the usual spacing has lost slices (``missing_slices``, refused); a run of two
+  or more gaps of another spacing, or a gap that is no multiple, is uneven spacing (resampled when
+  ``Tolerances.resample_uneven``, if no gap exceeds ``Tolerances.max_interpolated_gap_mm``).
+
+The acquired geometry is kept as ``native_grid`` (JSON in the QC row and in the volume's NRRD header), so a
+mask drawn on the acquired slices can be placed on them first and resampled the same way.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import time
@@ -42,12 +66,29 @@ class SeriesError(QCError):
 
 @dataclass(frozen=True)
 class Tolerances:
-    """How far a series may depart from a regular grid and still be converted."""
+    """How far a series may depart from a regular grid and still be converted, and which departures are
+    resampled onto a regular grid (see the module docstring).
+
+    - ``spacing_relative``: a gap within this fraction of the median gap is regular.
+    - ``tilt_mm_per_mm``: in-plane drift of slice origins per mm along the normal below which a series is
+      untilted; above it the series is gantry-tilted.
+    - ``max_tilt_degrees``: a tilted series up to this angle (between the table direction the slices step
+      along and the slice normal) is resampled onto an orthogonal grid; beyond, ``gantry_tilt``. 30° covers
+      clinical head CT (typically 10-25°).
+    - ``tilt_tag_degrees``: how far a non-zero GantryDetectorTilt may differ (in magnitude: vendors differ in
+      sign) from the angle the positions give before the series is refused (``geometry_mismatch``).
+    - ``resample_uneven``: resample a series with uneven gaps (else ``non_uniform_spacing``).
+    - ``max_interpolated_gap_mm``: the widest gap of an uneven series that may be interpolated across.
+    """
 
     spacing_relative: float = 0.01  # max |gap - median gap| / median gap
     tilt_mm_per_mm: float = 1e-3  # in-plane drift of slice origins per mm along the normal
     orientation: float = 1e-4  # max difference between ImageOrientationPatient values
     min_slices: int = 3
+    max_tilt_degrees: float = 30.0
+    tilt_tag_degrees: float = 1.0
+    resample_uneven: bool = True
+    max_interpolated_gap_mm: float = 10.0
 
 
 @dataclass
@@ -125,19 +166,9 @@ def sort_and_validate(files: Sequence[Path], tol: Tolerances = Tolerances()) -> 
     if (gaps < 1e-3).any():
         k = int(np.argmax(gaps < 1e-3))
         raise SeriesError("duplicate_positions", uid, f"two slices at the same position ({along[k]:.3f} mm along the normal)")
-    # Gantry tilt: slice origins drift in-plane as they advance along the normal.
-    in_plane = positions - np.outer(along, normal)
-    drift = np.linalg.norm(in_plane[-1] - in_plane[0]) / (along[-1] - along[0])
-    if drift > tol.tilt_mm_per_mm:
-        raise SeriesError("gantry_tilt", uid, f"slice origins shear by {drift:.4f} mm per mm (gantry tilt); resample first")
+    tilt = _tilt(uid, positions, along, x, y, normal, headers[order[0]][1], tol)
     median = float(np.median(gaps))
-    worst = int(np.argmax(np.abs(gaps - median)))
-    if abs(gaps[worst] - median) > tol.spacing_relative * median:
-        ratio = gaps[worst] / median
-        if abs(ratio - round(ratio)) < 0.1 and round(ratio) >= 2:
-            raise SeriesError("missing_slices", uid, f"{round(ratio) - 1} slice(s) missing at {along[worst]:.2f} mm "
-                                                     f"(gap {gaps[worst]:.2f} mm, spacing {median:.2f} mm)")
-        raise SeriesError("non_uniform_spacing", uid, f"slice gaps from {gaps.min():.3f} to {gaps.max():.3f} mm")
+    uneven = _uneven(uid, gaps, along, tol)
     first = headers[order[0]][1]
     ts = getattr(first.file_meta, "TransferSyntaxUID", None)
     geometry = {
@@ -146,8 +177,96 @@ def sort_and_validate(files: Sequence[Path], tol: Tolerances = Tolerances()) -> 
         "spacing": [float(first.PixelSpacing[1]), float(first.PixelSpacing[0]), median],
         "size": [int(first.Columns), int(first.Rows), len(headers)],
         "transfer_syntax": str(ts) if ts else None,
+        "tilt_degrees": tilt,
+        "regrid": "+".join(name for name, on in (("gantry_tilt", tilt is not None), ("uneven_spacing", uneven))
+                           if on) or None,
     }
+    if geometry["regrid"]:
+        geometry["native_grid"] = native_grid(positions, x, y, geometry["spacing"][:2], geometry["size"][:2])
     return [headers[i][0] for i in order], geometry
+
+
+def _tilt(uid: str, positions: np.ndarray, along: np.ndarray, x: np.ndarray, y: np.ndarray, normal: np.ndarray,
+          first: pydicom.Dataset, tol: Tolerances) -> float | None:
+    """The gantry tilt in degrees (the angle between the line the slice origins step along and the slice
+    normal), or None for an untilted series; refuses a tilt beyond the tolerance, origins that do not lie on
+    one line, and a GantryDetectorTilt that contradicts the positions."""
+    # Gantry tilt: slice origins drift in-plane as they advance along the normal.
+    in_plane = positions - np.outer(along, normal)
+    extent = along[-1] - along[0]
+    drift = np.linalg.norm(in_plane[-1] - in_plane[0]) / extent
+    if drift <= tol.tilt_mm_per_mm:
+        return None
+    step = (positions[-1] - positions[0]) / np.linalg.norm(positions[-1] - positions[0])
+    off_line = positions - positions[0] - np.outer((positions - positions[0]) @ step, step)
+    if np.linalg.norm(off_line, axis=1).max() > tol.tilt_mm_per_mm * extent:
+        raise SeriesError("gantry_tilt", uid, f"slice origins shear by {drift:.4f} mm per mm but do not lie on one "
+                                              f"line (up to {np.linalg.norm(off_line, axis=1).max():.3f} mm off it)")
+    degrees = math.degrees(math.acos(min(1.0, abs(float(step @ normal)))))
+    if degrees > tol.max_tilt_degrees:
+        raise SeriesError("gantry_tilt", uid, f"gantry tilt of {degrees:.2f} degrees (slice origins shear by "
+                                              f"{drift:.4f} mm per mm) exceeds the {tol.max_tilt_degrees:g} degrees "
+                                              f"that are resampled")
+    tag = first.get("GantryDetectorTilt")
+    if tag is not None and float(tag) != 0 and abs(abs(float(tag)) - degrees) > tol.tilt_tag_degrees:
+        raise SeriesError("geometry_mismatch", uid, f"GantryDetectorTilt {float(tag):g} degrees contradicts the "
+                                                    f"{degrees:.2f} degrees of tilt that the slice positions give")
+    return degrees
+
+
+def _runs(gaps: np.ndarray, relative: float) -> list[int]:
+    """The lengths of the runs of equal gaps (each within ``relative`` of its run's first gap), in order."""
+    lengths, start = [], 0
+    for k in range(1, len(gaps) + 1):
+        if k == len(gaps) or abs(gaps[k] - gaps[start]) > relative * gaps[start]:
+            lengths.append(k - start)
+            start = k
+    return lengths
+
+
+def _uneven(uid: str, gaps: np.ndarray, along: np.ndarray, tol: Tolerances) -> bool:
+    """True for a series to be resampled for uneven gaps, False for a regular one. The rule:
+
+    - missing slices (refused): every irregular gap (off the median by more than ``spacing_relative``) is an
+      integer multiple (≥ 2) of the median, and no two of them are next to each other;
+    - uneven spacing (resampled): the series is piecewise regular, runs of two or more equal gaps, with at
+      most one odd gap between two such runs (where a scan changed its interval);
+    - anything else (slices displaced one by one, jitter) is ``non_uniform_spacing``, refused, as is uneven
+      spacing when it is not to be resampled or a gap is wider than ``max_interpolated_gap_mm``.
+    """
+    median = float(np.median(gaps))
+    irregular = np.abs(gaps - median) > tol.spacing_relative * median
+    if not irregular.any():
+        return False
+    ratio = gaps / median
+    multiple = (np.abs(ratio - np.round(ratio)) < 0.1) & (np.round(ratio) >= 2)
+    isolated = irregular & ~np.r_[False, irregular[:-1]] & ~np.r_[irregular[1:], False]
+    if (multiple[irregular] & isolated[irregular]).all():
+        where = ", ".join(f"{round(ratio[k]) - 1} at {along[k]:.2f} mm (gap {gaps[k]:.2f} mm)"
+                          for k in np.flatnonzero(irregular))
+        raise SeriesError("missing_slices", uid, f"slice(s) missing: {where}; spacing {median:.2f} mm")
+    runs = _runs(gaps, tol.spacing_relative)
+    piecewise = all(n >= 2 or (0 < i < len(runs) - 1 and runs[i - 1] >= 2 and runs[i + 1] >= 2)
+                    for i, n in enumerate(runs))
+    if not piecewise or not tol.resample_uneven:
+        raise SeriesError("non_uniform_spacing", uid, f"slice gaps from {gaps.min():.3f} to {gaps.max():.3f} mm")
+    if gaps.max() > tol.max_interpolated_gap_mm:
+        raise SeriesError("non_uniform_spacing", uid,
+                          f"slice gaps from {gaps.min():.3f} to {gaps.max():.3f} mm: a gap of {gaps.max():.2f} mm is "
+                          f"wider than the {tol.max_interpolated_gap_mm:g} mm that may be interpolated across")
+    return True
+
+
+def native_grid(positions: np.ndarray, x: np.ndarray, y: np.ndarray, pixel: list[float], size: list[int]) -> dict:
+    """The acquired slices as plain data: the first origin, the row and column directions, the unit vector the
+    origins step along, the pixel spacing (columns, rows), the slice size and each slice's distance from
+    the first along that vector (sorted slices)."""
+    offsets = (positions - positions[0]) @ np.asarray(positions[-1] - positions[0])
+    offsets = offsets / np.linalg.norm(positions[-1] - positions[0])
+    step = (positions[-1] - positions[0]) / (offsets[-1] - offsets[0])
+    return {"origin": [float(v) for v in positions[0]], "row_dir": [float(v) for v in x],
+            "col_dir": [float(v) for v in y], "step_dir": [float(v) for v in step], "pixel_spacing": list(pixel),
+            "size": list(size), "offsets": [round(float(v), 6) for v in offsets]}
 
 
 def _check_decodable(path: Path, uid: str) -> None:
@@ -174,6 +293,90 @@ def _failing_file(ordered: Sequence[Path]) -> str:
     return ""
 
 
+def _check_itk_geometry(image: sitk.Image, geometry: dict, uid: str) -> None:
+    """Cross-check ITK's geometry with the validated headers: a silent disagreement would move every seed. For a
+    series to be regridded ITK's slice spacing (its first gap) is not the series' and is not compared."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    compared = 2 if geometry["regrid"] else 3
+    if (np.abs(np.array(image.GetOrigin()) - geometry["origin"]).max() > 1e-3
+            or np.abs(direction - np.array(geometry["direction"])).max() > 1e-4
+            or np.abs(np.subtract(image.GetSpacing(), geometry["spacing"])[:compared]).max()
+            > 1e-3 * max(geometry["spacing"])):
+        raise SeriesError("geometry_mismatch", uid,
+                          f"SimpleITK geometry {image.GetOrigin()}, {image.GetSpacing()} "
+                          f"differs from the headers {geometry['origin']}, {geometry['spacing']}")
+
+
+def _describe_regrid(image: sitk.Image, geometry: dict, fill: float | None) -> None:
+    """Record the correction in the volume's header (NRRD key/value pairs), only on regridded volumes."""
+    image.SetMetaData("radassets_regrid", geometry["regrid"])
+    image.SetMetaData("radassets_interpolation", "linear")
+    image.SetMetaData("radassets_fill_hu", f"{fill:g}")
+    if geometry["tilt_degrees"] is not None:
+        image.SetMetaData("radassets_tilt_degrees", f"{geometry['tilt_degrees']:.4f}")
+    image.SetMetaData("radassets_native_grid", json.dumps(geometry["native_grid"]))
+
+
+def _equalise(stack: np.ndarray, offsets: np.ndarray, step: float, nearest: bool) -> np.ndarray:
+    """Slices at ``offsets`` (mm, ascending) → slices ``step`` apart from the first offset up to the last
+    (never beyond), each a linear blend of the two acquired slices around it (or the nearer one). Written
+    here because SimpleITK has no resampler for irregularly placed slices; it is dcm2niix's ``_Eq`` rule."""
+    n = int(math.floor((offsets[-1] - offsets[0]) / step + 1e-6)) + 1
+    planes = offsets[0] + np.arange(n) * step
+    if n == len(offsets) and np.abs(planes - offsets).max() <= 1e-6 * step:
+        return stack  # already regular: no blending, not even by rounding errors
+    hi = np.clip(np.searchsorted(offsets, planes, side="left"), 1, len(offsets) - 1)
+    lo = hi - 1
+    weight = np.clip((planes - offsets[lo]) / (offsets[hi] - offsets[lo]), 0.0, 1.0)
+    if nearest:
+        weight = np.round(weight)
+    weight = weight.astype(np.float32)[:, None, None]
+    return stack[lo] * (1 - weight) + stack[hi] * weight
+
+
+def corrected_grid(native: dict) -> tuple[sitk.Image, sitk.Image]:
+    """The grid a regridded series is resampled onto, and the acquired slices' (sheared) grid after equalising,
+    both as empty images. The corrected grid has the slices' own planes (axes X, Y, N = X × Y), the pixel
+    spacing and the equalised gap along N; it is widened in plane by the shift of the last slice against the
+    first (rounded up to whole pixels), as dcm2niix's ``_Tilt_1`` is, so every acquired pixel is inside it."""
+    x, y, s = (np.asarray(native[k]) for k in ("row_dir", "col_dir", "step_dir"))
+    normal = np.cross(x, y)
+    offsets = np.asarray(native["offsets"])
+    step = float(np.diff(offsets).min())
+    n = int(math.floor((offsets[-1] - offsets[0]) / step + 1e-6)) + 1
+    (sx, sy), (cols, rows) = native["pixel_spacing"], native["size"]
+    acquired = sitk.Image([cols, rows, n], sitk.sitkFloat32)
+    acquired.SetOrigin(native["origin"])
+    acquired.SetSpacing((sx, sy, step))
+    acquired.SetDirection(np.column_stack([x, y, s]).ravel().tolist())
+    shift = (n - 1) * step * s  # where the last slice's origin lies from the first's
+    a, b = float(shift @ x), float(shift @ y)
+    # The in-plane shift is rounded up to whole pixels (less a micrometre, so that an exact multiple stays one);
+    # the grid ends where the slab does, on the far side, and the rounding's slack (under a pixel) lies before
+    # the first row or column: where dcm2niix puts it (it counts rows from the other end, as NIfTI does).
+    extra = [math.ceil(abs(a) / sx - 1e-3 / sx), math.ceil(abs(b) / sy - 1e-3 / sy)]
+    grid = sitk.Image([cols + extra[0], rows + extra[1], n], sitk.sitkFloat32)
+    grid.SetOrigin((np.asarray(native["origin"]) + (max(a, 0.0) - extra[0] * sx) * x
+                    + (max(b, 0.0) - extra[1] * sy) * y).tolist())
+    grid.SetSpacing((sx, sy, step * float(s @ normal)))
+    grid.SetDirection(np.column_stack([x, y, normal]).ravel().tolist())
+    return grid, acquired
+
+
+def regrid(stack: np.ndarray, native: dict, interpolator: int, fill: float) -> sitk.Image:
+    """Values on the acquired slices (``stack``: slices, rows, columns, sorted) → an image on the corrected grid
+    (see ``corrected_grid``): equalised along the slices, then resampled by SimpleITK from the sheared grid
+    (direction columns X, Y and the unit step between slice origins) onto the orthogonal one. Voxels outside
+    the acquired slab get ``fill``. ``interpolator``: linear for HU, nearest neighbour for masks."""
+    grid, acquired = corrected_grid(native)
+    offsets = np.asarray(native["offsets"])
+    equal = _equalise(stack.astype(np.float32), offsets, acquired.GetSpacing()[2],
+                      interpolator == sitk.sitkNearestNeighbor)
+    image = sitk.GetImageFromArray(equal)
+    image.CopyInformation(acquired)
+    return sitk.Resample(image, grid, sitk.Transform(), interpolator, fill, sitk.sitkFloat32)
+
+
 def read_ct_series(files: Sequence[Path], tol: Tolerances = Tolerances()) -> CTVolume:
     """Validate and convert one CT series to an int16 HU image (SimpleITK, LPS)."""
     if len(files) == 1:
@@ -195,26 +398,29 @@ def read_ct_series(files: Sequence[Path], tol: Tolerances = Tolerances()) -> CTV
         reason = re.sub(r"\(0x[0-9a-fA-F]+\)", "", " ".join(str(e).split()))
         raise SeriesError("undecodable", uid, f"SimpleITK could not read the pixels{_failing_file(ordered)}: "
                                               f"{reason}") from None
+    _check_itk_geometry(image, geometry, uid)
+    fill = None
+    if geometry["regrid"]:
+        native = sitk.GetArrayFromImage(image).astype(np.float32)
+        fill = float(native.min())
+        image = regrid(native, geometry["native_grid"], sitk.sitkLinear, fill)
     # ITK applies the rescale and widens the type (int32, or float for fractional slopes); HU are
     # stored as int16, rounded to 1 HU, which is below CT precision.
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         image = sitk.Round(image)
     hu = sitk.Cast(sitk.Clamp(image, lowerBound=-32768, upperBound=32767), sitk.sitkInt16)
-    # Cross-check ITK's geometry with the validated headers: a silent disagreement would move every seed.
-    direction = np.array(hu.GetDirection()).reshape(3, 3)
-    if (np.abs(np.array(hu.GetOrigin()) - geometry["origin"]).max() > 1e-3
-            or np.abs(direction - np.array(geometry["direction"])).max() > 1e-4
-            or np.abs(np.array(hu.GetSpacing()) - geometry["spacing"]).max() > 1e-3 * max(geometry["spacing"])):
-        raise SeriesError("geometry_mismatch", uid, f"SimpleITK geometry {hu.GetOrigin()}, {hu.GetSpacing()} "
-                                                    f"differs from the headers {geometry['origin']}, {geometry['spacing']}")
+    if geometry["regrid"]:
+        _describe_regrid(hu, geometry, fill)
     array = sitk.GetArrayViewFromImage(hu)
     qc = {
         "SeriesInstanceUID": uid, "status": "ok", "code": None, "message": None,
-        "slices": geometry["size"][2], "rows": geometry["size"][1], "columns": geometry["size"][0],
-        "spacing_x": geometry["spacing"][0], "spacing_y": geometry["spacing"][1], "spacing_z": geometry["spacing"][2],
+        "slices": hu.GetSize()[2], "rows": hu.GetSize()[1], "columns": hu.GetSize()[0],
+        "spacing_x": hu.GetSpacing()[0], "spacing_y": hu.GetSpacing()[1], "spacing_z": hu.GetSpacing()[2],
         "direction": [round(v, 6) for v in hu.GetDirection()], "origin": list(hu.GetOrigin()),
         "transfer_syntax": geometry["transfer_syntax"], "hu_min": int(array.min()), "hu_max": int(array.max()),
-        "seconds": round(time.monotonic() - started, 3),
+        "tilt_degrees": None if geometry["tilt_degrees"] is None else round(geometry["tilt_degrees"], 4),
+        "regrid": geometry["regrid"], "seconds": round(time.monotonic() - started, 3),
+        "native_grid": json.dumps(geometry["native_grid"]) if geometry["regrid"] else None,
     }
     return CTVolume(hu, uid, qc)
 

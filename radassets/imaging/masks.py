@@ -16,6 +16,14 @@ plastimatch 1.10 gives the same masks (centroids equal to 0.01 mm on the demo) b
 program with files in between, where this works in the process on the CT image already read.
 (An offset seen with plastimatch earlier came from the demo's old rt-utils contours, not from it.)
 
+A CT resampled onto a regular grid (gantry tilt, uneven gaps: ``radassets.imaging.ct.regrid``) comes with
+its acquired slices' geometry (``native_grid``). Its masks were drawn on the acquired slices, which are
+not planes of the corrected grid, so they are placed there first and resampled nearest-neighbour onto the
+CT's grid the way the CT was: an RTSTRUCT's contours are rasterized on the acquired slices (each contour
+on the slice it lies in), a SEG's frames are put on the slice at their position (highdicom's
+``get_volume`` refuses frames that are sheared or unevenly spaced; a SEG whose frames do form a regular
+volume is read as before).
+
 A mask on another FrameOfReference than its CT is refused. Every failure is a ``MaskError``
 with a short ``code`` for the QC table and a message naming the mask series and the cause; any
 other exception while reading one mask file (a damaged file, a malformed dataset) becomes its
@@ -36,7 +44,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from radassets.imaging.ct import QCError, describe_exception
+from radassets.imaging.ct import QCError, describe_exception, regrid
 
 if TYPE_CHECKING:
     import highdicom as hd
@@ -124,31 +132,93 @@ def _check_frame(header: MaskHeader, ct_frame_of_reference: str | None) -> None:
                         f"FrameOfReferenceUID {header.frame_of_reference} is not the CT's {ct_frame_of_reference}")
 
 
-def read_seg_segments(seg_path: Path, ct: sitk.Image, ct_frame_of_reference: str | None = None) -> list[Segment]:
-    """Every segment of a DICOM SEG as a binary image on the grid of ``ct``."""
+def read_seg_segments(seg_path: Path, ct: sitk.Image, ct_frame_of_reference: str | None = None,
+                      native: dict | None = None) -> list[Segment]:
+    """Every segment of a DICOM SEG as a binary image on the grid of ``ct`` (``native``: the acquired slices of a
+    regridded CT, see the module docstring)."""
     header = read_mask_header(seg_path)
     _check_frame(header, ct_frame_of_reference)
     import highdicom as hd  # here: the code location imports this module, and only SEG reading needs highdicom
 
     with _failures_of(seg_path, header.series_uid):
-        return _seg_segments(hd.seg.segread(str(seg_path)), header, ct)
+        return _seg_segments(hd.seg.segread(str(seg_path)), header, ct, native)
 
 
-def _seg_segments(seg: hd.seg.Segmentation, header: MaskHeader, ct: sitk.Image) -> list[Segment]:
+def _seg_segments(seg: hd.seg.Segmentation, header: MaskHeader, ct: sitk.Image,
+                  native: dict | None) -> list[Segment]:
     segments = []
     for description in seg.SegmentSequence:
         number = int(description.SegmentNumber)
         try:
             volume = seg.get_volume(segment_numbers=[number], combine_segments=True, dtype=np.uint8)
         except (RuntimeError, ValueError) as e:
-            raise MaskError("no_regular_volume", header.series_uid,
-                            f"segment {number} ({description.SegmentLabel}) has no regular volume: {e}") from None
-        # With combine_segments the voxel values are the segment number: binarize before counting.
-        own = sitk.Cast(volume.to_simpleitk() > 0, sitk.sitkUInt8)
-        on_ct = sitk.Resample(own, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+            if native is None:
+                raise MaskError("no_regular_volume", header.series_uid,
+                                f"segment {number} ({description.SegmentLabel}) has no regular volume: {e}") from None
+            on_ct = _on_regridded_ct(_seg_on_native(seg, number, native, header), native, ct)
+        else:
+            # With combine_segments the voxel values are the segment number: binarize before counting.
+            own = sitk.Cast(volume.to_simpleitk() > 0, sitk.sitkUInt8)
+            on_ct = sitk.Resample(own, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         segments.append(Segment(str(description.SegmentLabel), number, on_ct,
                                 int(sitk.GetArrayViewFromImage(on_ct).sum())))
     return segments
+
+
+def _native_slice(native: dict, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For points (n, 3) on the acquired slices: the index of the slice each lies in and its distance along the
+    step between slice origins (mm). A point more than a quarter of the smallest gap off every slice is on
+    none of them (an index of -1)."""
+    basis = np.column_stack([native["row_dir"], native["col_dir"], native["step_dir"]])
+    along = np.linalg.solve(basis, (np.asarray(points, float) - native["origin"]).T)[2]
+    offsets = np.asarray(native["offsets"])
+    index = np.abs(along[:, None] - offsets[None, :]).argmin(axis=1)
+    off = np.abs(along - offsets[index]) > 0.25 * np.diff(offsets).min()
+    return np.where(off, -1, index), along
+
+
+def _seg_on_native(seg: hd.seg.Segmentation, number: int, native: dict, header: MaskHeader) -> np.ndarray:
+    """Segment ``number``'s frames on the acquired slices (slices, rows, columns; 0/1): each frame on the slice
+    at its ImagePositionPatient. The frames must have the slices' rows, columns, pixel spacing, orientation
+    and in-plane origin (a SEG drawn on the CT's own images has them)."""
+    cols, rows = native["size"]
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    orientation = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    spacing = np.asarray(shared.PixelMeasuresSequence[0].PixelSpacing, float)[::-1]  # (columns, rows)
+    if ((int(seg.Rows), int(seg.Columns)) != (rows, cols)
+            or np.abs(orientation - np.r_[native["row_dir"], native["col_dir"]]).max() > 1e-4
+            or np.abs(spacing - native["pixel_spacing"]).max() > 1e-3 * max(native["pixel_spacing"])):
+        raise MaskError("no_regular_volume", header.series_uid,
+                        f"segment {number}: its frames are neither a regular volume nor the CT's acquired slices "
+                        f"(rows, columns, pixel spacing or orientation differ)")
+    # A SEG of one segment may name it once, in the shared functional groups.
+    frames = [(i, item) for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence)
+              if int(item.get("SegmentIdentificationSequence", shared.get("SegmentIdentificationSequence"))[0]
+                     .ReferencedSegmentNumber) == number]
+    positions = np.array([[float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient] for _, item in frames])
+    stack = np.zeros((len(native["offsets"]), rows, cols), dtype=np.uint8)
+    if not frames:
+        return stack
+    index, along = _native_slice(native, positions)
+    in_plane = positions - np.asarray(native["origin"]) - np.outer(along, native["step_dir"])
+    if (index < 0).any() or np.linalg.norm(in_plane, axis=1).max() > 1e-2 * min(native["pixel_spacing"]) + 1e-3:
+        raise MaskError("no_regular_volume", header.series_uid,
+                        f"segment {number}: frames lie off the CT's acquired slices")
+    pixels = seg.pixel_array.reshape(-1, rows, cols)
+    # A fractional SEG stores 0..MaximumFractionalValue: a voxel is in the segment from half of it.
+    threshold = float(seg.get("MaximumFractionalValue", 1)) / 2 if seg.SegmentationType == "FRACTIONAL" else 0
+    for (i, _), k in zip(frames, index):
+        stack[k] |= (pixels[i] > threshold).astype(np.uint8)
+    return stack
+
+
+def _on_regridded_ct(stack: np.ndarray, native: dict, ct: sitk.Image) -> sitk.Image:
+    """A mask on the acquired slices → uint8 0/1 on the regridded CT's grid (nearest neighbour, as the CT)."""
+    image = sitk.Cast(regrid(stack, native, sitk.sitkNearestNeighbor, 0), sitk.sitkUInt8)
+    if image.GetSize() != ct.GetSize():
+        raise ValueError(f"the acquired slices regrid to {image.GetSize()}, not the CT's {ct.GetSize()}")
+    image.CopyInformation(ct)
+    return image
 
 
 def _roi_contours(ds: pydicom.Dataset, path: Path) -> dict[int, list[dict]]:
@@ -170,8 +240,35 @@ def _roi_contours(ds: pydicom.Dataset, path: Path) -> dict[int, list[dict]]:
     return out
 
 
-def read_rtstruct_segments(rtstruct_path: Path, ct: sitk.Image, ct_frame_of_reference: str | None = None) -> list[Segment]:
-    """Every ROI of an RTSTRUCT rasterized on the grid of ``ct`` (see the module docstring)."""
+def _native_index_grid(native: dict) -> sitk.Image:
+    """The acquired slices as an image whose slices are 1 mm apart along the step between slice origins
+    (sheared for a tilt): contours moved onto it (``_onto_index_grid``) are rasterized each on its own slice,
+    however unevenly the real slices lie."""
+    image = sitk.Image([*native["size"], len(native["offsets"])], sitk.sitkUInt8)
+    image.SetOrigin(native["origin"])
+    image.SetSpacing((*native["pixel_spacing"], 1.0))
+    image.SetDirection(np.column_stack([native["row_dir"], native["col_dir"], native["step_dir"]]).ravel().tolist())
+    return image
+
+
+def _onto_index_grid(contours: list[dict], native: dict, series: str, label: str) -> list[dict]:
+    """Contours on the acquired slices moved along the step between slice origins onto ``_native_index_grid``
+    (slice k at k mm): in plane nothing moves, so the rasterizer fills each polygon as it lies."""
+    moved = []
+    for contour in contours:
+        points = np.column_stack([contour["points"][a] for a in "xyz"])
+        index, along = _native_slice(native, points)
+        if (index < 0).any():
+            raise MaskError("contour_out_of_bounds", series, f"ROI {label} has a contour off the CT's slices")
+        points = points + np.outer(index - along, native["step_dir"])
+        moved.append(dict(contour, points={a: points[:, i].tolist() for i, a in enumerate("xyz")}))
+    return moved
+
+
+def read_rtstruct_segments(rtstruct_path: Path, ct: sitk.Image, ct_frame_of_reference: str | None = None,
+                           native: dict | None = None) -> list[Segment]:
+    """Every ROI of an RTSTRUCT rasterized on the grid of ``ct`` (see the module docstring; ``native``: the
+    acquired slices of a regridded CT)."""
     # The package prints a citation request on import; it is cited in the README instead of on stdout.
     with contextlib.redirect_stdout(io.StringIO()):
         from dcmrtstruct2nii.adapters.convert.rtstructcontour2mask import DcmPatientCoords2Mask
@@ -186,11 +283,18 @@ def read_rtstruct_segments(rtstruct_path: Path, ct: sitk.Image, ct_frame_of_refe
         segments = []
         for roi in ds.get("StructureSetROISequence", []):
             number, label = int(roi.ROINumber), str(roi.ROIName)
+            drawn = contours.get(number, [])
+            grid = ct
+            if native is not None:
+                drawn = _onto_index_grid(drawn, native, header.series_uid, f"{number} ({label})")
+                grid = _native_index_grid(native)
             try:
-                mask = rasterize.convert(contours.get(number, []), ct, 0, 1)
+                mask = rasterize.convert(drawn, grid, 0, 1)
             except (ContourOutOfBoundsException, IndexError):
                 raise MaskError("contour_out_of_bounds", header.series_uid,
                                 f"ROI {number} ({label}) has contours outside the CT volume") from None
+            if native is not None:
+                mask = _on_regridded_ct(sitk.GetArrayFromImage(mask), native, ct)
             # dcmrtstruct2nii returns the array as an image without the CT's geometry: restore it.
             mask = sitk.Cast(mask, sitk.sitkUInt8)
             mask.CopyInformation(ct)
@@ -198,11 +302,13 @@ def read_rtstruct_segments(rtstruct_path: Path, ct: sitk.Image, ct_frame_of_refe
         return segments
 
 
-def read_mask_segments(path: Path, ct: sitk.Image, ct_frame_of_reference: str | None = None) -> list[Segment]:
-    """The segments of a SEG or RTSTRUCT file on the grid of ``ct``."""
+def read_mask_segments(path: Path, ct: sitk.Image, ct_frame_of_reference: str | None = None,
+                       native: dict | None = None) -> list[Segment]:
+    """The segments of a SEG or RTSTRUCT file on the grid of ``ct`` (``native``: the acquired slices of a
+    regridded CT, its QC row's ``native_grid``)."""
     header = read_mask_header(path)
     reader = read_seg_segments if header.modality == "SEG" else read_rtstruct_segments
-    return reader(path, ct, ct_frame_of_reference)
+    return reader(path, ct, ct_frame_of_reference, native)
 
 
 def select_segments(segments: list[Segment], labels: list[str] | None, rule: str) -> list[Segment]:

@@ -69,6 +69,9 @@ QC_COLUMNS = {
     "FrameOfReferenceUID": pa.string(), "referenced_ct": pa.string(), "labels": pa.string(),
     "selected_labels": pa.string(), "path": pa.string(), "sha256": pa.string(),
     "sop_class": pa.string(),  # a multi-frame CT's SOP class name; null for a series of single-frame files
+    # Only for a CT resampled onto a regular grid (gantry tilt, uneven gaps; null otherwise): the tilt found,
+    # what was corrected and the acquired slices' geometry (JSON), on which its masks are placed first.
+    "tilt_degrees": pa.float64(), "regrid": pa.string(), "native_grid": pa.string(),
 }
 RUN_ONLY = ("reused", "seconds")
 SEGMENT_COLUMNS = {
@@ -95,7 +98,9 @@ class ConversionSettings:
     def as_dict(self) -> dict[str, Any]:
         return {"tolerances": asdict(self.tolerances), "selection": asdict(self.selection),
                 "ct_reader": f"pydicom {pydicom.__version__} + SimpleITK {sitk.Version.VersionString()}",
-                "volume_format": "NRRD int16 HU, LPS, gzip", "mask_resampling": "nearest neighbour onto the CT grid"}
+                "volume_format": "NRRD int16 HU, LPS, gzip", "mask_resampling": "nearest neighbour onto the CT grid",
+                "regrid": "gantry tilt and uneven gaps: linear onto dcm2niix's grid, filled with the series' "
+                          "lowest HU; masks placed on the acquired slices, then nearest neighbour"}
 
     @property
     def hash(self) -> str:
@@ -313,7 +318,8 @@ def _convert_mask(row: dict, files: Sequence[Path], cts: list[dict], out_dir: Pa
                             f"its CT {ct['SeriesInstanceUID']} could not be converted ({ct['code']})")
         with local_file(resolved(layout, ct["path"])) as ct_file:
             image = sitk.ReadImage(str(ct_file))
-        segments = read_mask_segments(files[0], image, ct.get("FrameOfReferenceUID"))
+        native = json.loads(ct["native_grid"]) if ct.get("native_grid") else None
+        segments = read_mask_segments(files[0], image, ct.get("FrameOfReferenceUID"), native)
     except MaskError as e:
         return dict(qc, code=e.code, message=str(e)), []
     except Exception as e:  # noqa: BLE001 - one mask's failure, recorded with its type and origin

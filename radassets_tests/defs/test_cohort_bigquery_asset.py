@@ -43,7 +43,7 @@ def dicom_all_v16():
         SELECT collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID,
                crdc_series_uuid || '.' || i AS SOPInstanceUID, crdc_series_uuid, Modality,
                series_size_MB * 1e6 / instanceCount AS instance_size, license_short_name,
-               upper(source_DOI) AS Source_DOI, series_aws_url || i || '.dcm' AS aws_url
+               upper(source_DOI) AS Source_DOI, series_aws_url || i || '.dcm' AS aws_url, SOPClassUID
         FROM read_parquet('{idc_index_data.IDC_INDEX_PARQUET_FILEPATH}') AS idx, range(idx.instanceCount) AS t(i)
         WHERE collection_id = 'nsclc_radiomics' AND series_revised_idc_version <= 16""")
 

@@ -88,10 +88,12 @@ def duplicate(ds, paths):
 
 
 def tilt(ds, paths):
+    """A gantry tilt of 35 degrees: beyond the 30 that are resampled (a smaller one is converted, see
+    test_scanner_geometry)."""
     y = np.array(ds[0].ImageOrientationPatient[3:], float)
     spacing = float(ds[0].SpacingBetweenSlices)
     for k, (d, p) in enumerate(zip(ds, paths)):
-        d.ImagePositionPatient = list(np.array(d.ImagePositionPatient, float) + k * spacing * np.tan(np.radians(10)) * y)
+        d.ImagePositionPatient = list(np.array(d.ImagePositionPatient, float) + k * spacing * np.tan(np.radians(35)) * y)
         _save(d, p)
 
 
