@@ -54,6 +54,7 @@ class MaskCase:
     truth: dict[str, np.ndarray] = field(default_factory=dict)  # label → true mask (k, row, col) on its CT's grid
     ct_of: dict[str, str] = field(default_factory=dict)  # label → SeriesInstanceUID of the CT it was drawn on
     frame_of_reference: str = ""
+    drawing: Geometry | None = None  # the reconstruction the contours were drawn on, where not the CT's
 
 
 def uid(case: str, name: str) -> str:
@@ -160,7 +161,7 @@ def rtstruct_between_slices(folder: Path) -> MaskCase:
     _roi(ds, "GTV-1")[1].ContourSequence = contours_on(drawn, drawn_masks["GTV-1"], nearest)
     path = _save(ds, folder / "rtstruct" / "rtstruct.dcm")
     return MaskCase(case, {ids.series_uid: folder / "ct"}, {ids.series_uid: geom}, {"rtstruct": path},
-                    {"GTV-1": gtv}, truth, {"GTV-1": ids.series_uid}, ids.frame_of_reference_uid)
+                    {"GTV-1": gtv}, truth, {"GTV-1": ids.series_uid}, ids.frame_of_reference_uid, drawn)
 
 
 def rtstruct_refused(folder: Path, kind: str) -> MaskCase:
@@ -291,8 +292,22 @@ def rtstruct_two_series(folder: Path, span: bool = False) -> MaskCase:
                     {"GTV-A": ids_a.series_uid, "GTV-B": ids_b.series_uid}, ids_a.frame_of_reference_uid)
 
 
+def shuffle_frames(seg: Dataset, seed: int) -> None:
+    """Put a binary SEG's frames (pixel data and per-frame groups together) in a shuffled order, as some writers
+    do; highdicom writes them in slice order. The frames no longer run through the volume, so the "3D"
+    DimensionOrganizationType, which says they do, is dropped."""
+    from pydicom.pixels import pack_bits
+
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    order = np.random.default_rng(seed).permutation(len(frames))
+    seg.PixelData = pack_bits(frames[order])
+    seg.PerFrameFunctionalGroupsSequence = [seg.PerFrameFunctionalGroupsSequence[i] for i in order]
+    if "DimensionOrganizationType" in seg:
+        del seg.DimensionOrganizationType
+
+
 def _segmentation(path: Path, case: str, name: str, ct: list[Dataset], pixels: np.ndarray, kind: str,
-                  labels: list[str], keep: set[str], **options) -> Path:
+                  labels: list[str], keep: set[str], frame_seed: int | None = None, **options) -> Path:
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=number, segment_label=label,
@@ -307,6 +322,8 @@ def _segmentation(path: Path, case: str, name: str, ct: list[Dataset], pixels: n
         manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME, software_versions="radassets clinic_masks",
         device_serial_number="0", content_description=f"{name} segmentation", content_creator_name="radassets^demo",
         series_description=f"{name} SEG", **options)
+    if frame_seed is not None:
+        shuffle_frames(seg, frame_seed)
     # pydicom 3.0 does not know the Label Map Segmentation Storage class yet: kept by name, not replaced.
     canonicalize(seg, keep | {series_uid, sop_uid, LABELMAP_SEG_STORAGE}, lambda i: uid(case, f"{name} generated {i}"))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -328,7 +345,7 @@ def occupancy(geom: Geometry, target: Lesion, n: int = 3) -> np.ndarray:
     return inside / n**3
 
 
-# A permutation of the CT's slices for the reordered SEG: its frames follow it, not the slice order.
+# The shuffle of the reordered SEG's frames.
 REORDER_SEED = 16
 
 
@@ -347,7 +364,6 @@ def seg_variants(folder: Path) -> MaskCase:
     both = np.stack([truth["GTV-1"], truth["GTV-2"]], axis=-1)
     one = truth["GTV-1"][..., None]
     fraction = occupancy(geom, gtv1)
-    order = np.random.default_rng(REORDER_SEED).permutation(geom.n_slices)
     paths = {
         "binary": _segmentation(seg_folder / "binary.dcm", case, "binary", ct, both, "BINARY", ["GTV-1", "GTV-2"],
                                 keep),
@@ -360,7 +376,7 @@ def seg_variants(folder: Path) -> MaskCase:
                                     fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
                                     max_fractional_value=255),
         "sparse-reordered": _segmentation(seg_folder / "sparse-reordered.dcm", case, "sparse-reordered",
-                                          [ct[k] for k in order], one[order], "BINARY", ["GTV-1"], keep,
+                                          ct, one, "BINARY", ["GTV-1"], keep, frame_seed=REORDER_SEED,
                                           omit_empty_frames=True),
     }
     truth = dict(truth, **{"GTV-1 occupancy": fraction})
