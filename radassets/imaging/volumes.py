@@ -7,8 +7,10 @@ fails. Any exception while reading or converting one series or mask file is that
 message and where it was raised), so a bug shows in the QC table rather than vanishing. The
 files of a series come from ``files_of``, which may refuse a series whose files changed since
 they were indexed (``changed_since_indexed``, raised as a ``QCError``). Each mask (SEG or
-RTSTRUCT) is placed on the grid of the CT it references; only the segments the dataset version
-selects are written.
+RTSTRUCT) is placed on the grid of the CT it references; a structure set drawn on several CT series
+places each ROI on the CT its contours name (its segment rows name that CT, its QC row's ``referenced_ct``
+lists them all). Only the segments the dataset version selects are written. Open and point contours of a
+structure set are counted in the QC row's ``contours_skipped`` (and named in its message).
 
 Where the files are: the series' DICOM files and ``out_dir`` are local, or on an object store (a ``UPath``:
 ``s3://``, ``gs://``). Each task stages its series' files to a local scratch folder (``radassets.staging``: the
