@@ -120,7 +120,7 @@ class MaskHeader:
 
 @contextlib.contextmanager
 def _failures_of(path: Path, series: str) -> Iterator[None]:
-    """Any exception while reading or rasterizing one mask file (pydicom, highdicom, dcmrtstruct2nii,
+    """Any exception while reading or rasterizing one mask file (pydicom, highdicom, scikit-image,
     SimpleITK, or an attribute missing from a malformed dataset) is that file's ``mask_unreadable``
     failure, recorded with its type and where it was raised."""
     try:
@@ -250,8 +250,8 @@ class Contour:
 
 
 @dataclass
-class RtstructReading:
-    """What a structure set gave on one CT: the segments, and per ROI the contours that were skipped."""
+class MaskReading:
+    """What a mask gave on one CT: the segments, and (a structure set) per ROI the contours that were skipped."""
 
     segments: list[Segment]
     skipped: dict[str, int] = field(default_factory=dict)  # ROI name → open/point contours not filled
@@ -355,7 +355,7 @@ def _by_plane(planes: list[tuple[float, int, np.ndarray]]) -> dict[int, list[lis
 
 
 def read_rtstruct(rtstruct_path: Path, ct: sitk.Image, ct_frame_of_reference: str | None = None,
-                  rois: Collection[int] | None = None) -> RtstructReading:
+                  rois: Collection[int] | None = None) -> MaskReading:
     """The ROIs of an RTSTRUCT (those numbered in ``rois``; all by default) rasterized on the grid of ``ct``,
     with the contours skipped (see the module docstring)."""
     header = read_mask_header(rtstruct_path)
@@ -363,7 +363,7 @@ def read_rtstruct(rtstruct_path: Path, ct: sitk.Image, ct_frame_of_reference: st
     with _failures_of(rtstruct_path, header.series_uid):
         ds = pydicom.dcmread(rtstruct_path)
         contours = _roi_contours(ds, Path(rtstruct_path))
-        reading = RtstructReading([])
+        reading = MaskReading([])
         for roi in ds.get("StructureSetROISequence", []):
             number, label = int(roi.ROINumber), str(roi.ROIName)
             if rois is not None and number not in rois:

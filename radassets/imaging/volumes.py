@@ -47,7 +47,7 @@ import SimpleITK as sitk
 
 from radassets.dataplane import IN_PROCESS, Compute, map_items
 from radassets.imaging.ct import QCError, SeriesError, Tolerances, describe_exception, failure_qc, read_ct_series
-from radassets.imaging.masks import (MaskError, MaskHeader, RtstructReading, read_mask_header, read_mask_segments,
+from radassets.imaging.masks import (MaskError, MaskHeader, MaskReading, read_mask_header, read_mask_segments,
                                      read_rtstruct, rois_by_series, select_segments)
 from radassets.layout import Layout, as_path
 from radassets.reports import ItemFailure
@@ -296,7 +296,7 @@ def _placements(header: MaskHeader, row: dict, cts: list[dict]) -> list[tuple[di
 
 
 def _segments_on(ct: dict, rois: list[int] | None, path: Path, header: MaskHeader,
-                 layout: Layout | None) -> tuple[sitk.Image, RtstructReading]:
+                 layout: Layout | None) -> tuple[sitk.Image, MaskReading]:
     """The CT image and the mask's segments (those of ``rois``) on its grid."""
     if ct["status"] != "ok":
         raise MaskError("no_reference", header.series_uid,
@@ -305,7 +305,7 @@ def _segments_on(ct: dict, rois: list[int] | None, path: Path, header: MaskHeade
         image = sitk.ReadImage(str(ct_file))
     if header.modality == "RTSTRUCT":
         return image, read_rtstruct(path, image, ct.get("FrameOfReferenceUID"), rois)
-    return image, RtstructReading(read_mask_segments(path, image, ct.get("FrameOfReferenceUID")))
+    return image, MaskReading(read_mask_segments(path, image, ct.get("FrameOfReferenceUID")))
 
 
 def _convert_mask(row: dict, files: Sequence[Path], cts: list[dict], out_dir: Path,
@@ -329,7 +329,7 @@ def _convert_mask(row: dict, files: Sequence[Path], cts: list[dict], out_dir: Pa
     segments = [s for _, _, reading in placed for s in reading.segments]
     chosen = select_segments(segments, list(selection.labels) if selection.labels else None, selection.rule)
     qc.update(labels=json.dumps([s.label for s in segments]), selected_labels=json.dumps([s.label for s in chosen]))
-    skipped = RtstructReading([], {k: v for _, _, r in placed for k, v in r.skipped.items()},
+    skipped = MaskReading([], {k: v for _, _, r in placed for k, v in r.skipped.items()},
                               [label for _, _, r in placed for label in r.without_area])
     if skipped.skipped:  # null for a mask without any (every SEG)
         qc.update(contours_skipped=skipped.contours_skipped, message=f"mask {row['SeriesInstanceUID']}: {skipped.note()}")
