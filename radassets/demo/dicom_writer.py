@@ -168,7 +168,7 @@ def write_ct_series(folder: Path, geom: Geometry, ids: SeriesIds, hu: np.ndarray
     return datasets
 
 
-def _canonicalize(ds: Dataset, keep: set[str], make_uid: Callable[[int], str]) -> None:
+def canonicalize(ds: Dataset, keep: set[str], make_uid: Callable[[int], str]) -> None:
     """Replace generated UIDs and timestamps by deterministic ones (in place, recursively)."""
     mapping: dict[str, str] = {}
 
@@ -240,7 +240,7 @@ def write_seg(path: Path, ct: list[Dataset], masks: dict[str, np.ndarray], serie
         content_creator_name="radassets^demo",
         series_description="Lesion SEG",
     )
-    _canonicalize(seg, keep | {series_uid, sop_uid}, make_uid)
+    canonicalize(seg, keep | {series_uid, sop_uid}, make_uid)
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path, enforce_file_format=True)
     return seg
@@ -261,16 +261,21 @@ def boundary_contours(mask: np.ndarray) -> list[np.ndarray]:
     return polygons
 
 
-def _contour_item(geom: Geometry, k: int, polygon: np.ndarray, ct_sop_uid: str) -> Dataset:
+def contour_item(geom: Geometry, k: int, polygon: np.ndarray, ct_sop_uid: str, geometric_type: str = "CLOSED_PLANAR",
+                  plane_offset: float = 0.0) -> Dataset:
+    """One ContourSequence item: ``polygon`` (row, col) on slice ``k``, moved ``plane_offset`` mm along the
+    slice normal (a contour drawn on another reconstruction's plane; 0 for the demo)."""
     X, Y = np.asarray(geom.row_dir), np.asarray(geom.col_dir)
     rows, cols = polygon[:, 0:1], polygon[:, 1:2]
     points = geom.slice_position(k) + cols * geom.col_spacing * X + rows * geom.row_spacing * Y
+    if plane_offset:
+        points = points + plane_offset * geom.normal
     image = Dataset()
     image.ReferencedSOPClassUID = CTImageStorage
     image.ReferencedSOPInstanceUID = ct_sop_uid
     item = Dataset()
     item.ContourImageSequence = [image]
-    item.ContourGeometricType = "CLOSED_PLANAR"
+    item.ContourGeometricType = geometric_type
     item.NumberOfContourPoints = len(points)
     item.ContourData = [f"{v:.4f}" for v in points.ravel()]
     return item
@@ -290,11 +295,11 @@ def write_rtstruct(path: Path, ct: list[Dataset], ct_folder: Path, geom: Geometr
     ds = rt.ds
     # Replace rt-utils' pixel-centre contours by boundary contours (see the module docstring).
     for roi, label in zip(ds.ROIContourSequence, sorted(masks)):
-        roi.ContourSequence = [_contour_item(geom, k, polygon, str(ct[k].SOPInstanceUID))
+        roi.ContourSequence = [contour_item(geom, k, polygon, str(ct[k].SOPInstanceUID))
                                for k in range(geom.n_slices) for polygon in boundary_contours(masks[label][k])]
     ds.SeriesDescription = "Lesion RTSTRUCT"
     ds.Manufacturer = MANUFACTURER
-    _canonicalize(ds, keep, make_uid)
+    canonicalize(ds, keep, make_uid)
     ds.SeriesInstanceUID = series_uid
     ds.SOPInstanceUID = sop_uid
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid

@@ -42,7 +42,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,43 +151,60 @@ def sort_and_validate(files: Sequence[Path], tol: Tolerances = Tolerances()) -> 
             raise SeriesError("missing_geometry", uid, f"{path.name} lacks {missing}")
         if "RescaleSlope" not in h or "RescaleIntercept" not in h:
             raise SeriesError("missing_rescale", uid, f"{path.name} lacks RescaleSlope/RescaleIntercept: HU unknown")
-    iops = np.array([[float(v) for v in h.ImageOrientationPatient] for _, h in headers])
-    if np.abs(iops - iops[0]).max() > tol.orientation:
-        raise SeriesError("mixed_orientation", uid, "slices have different ImageOrientationPatient")
-    x, y = iops[0, :3], iops[0, 3:]
+    first = headers[0][1]
+    order, geometry = stack_geometry(
+        uid, np.array([[float(v) for v in h.ImagePositionPatient] for _, h in headers]),
+        np.array([[float(v) for v in h.ImageOrientationPatient] for _, h in headers]),
+        [float(first.PixelSpacing[1]), float(first.PixelSpacing[0])], [int(first.Columns), int(first.Rows)],
+        tol, names=lambda i: headers[i][0].name, tilt_tag=headers[0][1].get("GantryDetectorTilt"))
+    ts = getattr(headers[order[0]][1].file_meta, "TransferSyntaxUID", None)
+    geometry["transfer_syntax"] = str(ts) if ts else None
+    return [headers[i][0] for i in order], geometry
+
+
+def stack_geometry(uid: str, positions: np.ndarray, orientations: np.ndarray, pixel_spacing: list[float],
+                   size: list[int], tol: Tolerances, names: Callable[[int], str],
+                   tilt_tag: object = None) -> tuple[np.ndarray, dict]:
+    """The order of a stack's images along the slice normal and the grid they give, from their positions and
+    orientations (one row per image; ``pixel_spacing`` and ``size`` as (columns, rows)); each departure from a
+    regular grid refused with its code, or, for a gantry tilt or uneven gaps within the tolerances, recorded
+    for ``to_volume`` to resample (``regrid``, ``native_grid``). ``names(i)`` names image ``i`` in messages.
+    Single-frame series (``sort_and_validate``) and multi-frame files (``multiframe``) both come here."""
+    if np.abs(orientations - orientations[0]).max() > tol.orientation:
+        worst = int(np.abs(orientations - orientations[0]).max(axis=1).argmax())
+        raise SeriesError("mixed_orientation", uid, f"{names(worst)}'s ImageOrientationPatient "
+                                                    f"{orientations[worst].tolist()} differs from {names(0)}'s")
+    x, y = orientations[0, :3], orientations[0, 3:]
     normal = np.cross(x, y)
     if abs(np.dot(x, y)) > 1e-3 or abs(np.linalg.norm(normal) - 1) > 1e-3:
-        raise SeriesError("missing_geometry", uid, f"ImageOrientationPatient {iops[0].tolist()} is not orthonormal")
-    positions = np.array([[float(v) for v in h.ImagePositionPatient] for _, h in headers])
+        raise SeriesError("missing_geometry", uid,
+                          f"ImageOrientationPatient {orientations[0].tolist()} is not orthonormal")
     along = positions @ normal
     order = np.argsort(along, kind="stable")
     positions, along = positions[order], along[order]
     gaps = np.diff(along)
     if (gaps < 1e-3).any():
         k = int(np.argmax(gaps < 1e-3))
-        raise SeriesError("duplicate_positions", uid, f"two slices at the same position ({along[k]:.3f} mm along the normal)")
-    tilt = _tilt(uid, positions, along, x, y, normal, headers[order[0]][1], tol)
-    median = float(np.median(gaps))
+        raise SeriesError("duplicate_positions", uid, f"{names(order[k])} and {names(order[k + 1])} lie at the same "
+                                                      f"position ({along[k]:.3f} mm along the normal)")
+    tilt = _tilt(uid, positions, along, normal, tilt_tag, tol)
     uneven = _uneven(uid, gaps, along, tol)
-    first = headers[order[0]][1]
-    ts = getattr(first.file_meta, "TransferSyntaxUID", None)
     geometry = {
         "origin": positions[0].tolist(),
         "direction": np.column_stack([x, y, normal]).tolist(),
-        "spacing": [float(first.PixelSpacing[1]), float(first.PixelSpacing[0]), median],
-        "size": [int(first.Columns), int(first.Rows), len(headers)],
-        "transfer_syntax": str(ts) if ts else None,
+        "spacing": [*pixel_spacing, float(np.median(gaps))],
+        "size": [*size, len(positions)],
         "tilt_degrees": tilt,
         "regrid": "+".join(name for name, on in (("gantry_tilt", tilt is not None), ("uneven_spacing", uneven))
                            if on) or None,
     }
     if geometry["regrid"]:
-        geometry["native_grid"] = native_grid(positions, x, y, geometry["spacing"][:2], geometry["size"][:2])
-    return [headers[i][0] for i in order], geometry
+        geometry["native_grid"] = native_grid(positions, x, y, pixel_spacing, size)
+    return order, geometry
 
 
-def _tilt(uid: str, positions: np.ndarray, along: np.ndarray, x: np.ndarray, y: np.ndarray, normal: np.ndarray,
-          first: pydicom.Dataset, tol: Tolerances) -> float | None:
+def _tilt(uid: str, positions: np.ndarray, along: np.ndarray, normal: np.ndarray, tag: object,
+          tol: Tolerances) -> float | None:
     """The gantry tilt in degrees (the angle between the line the slice origins step along and the slice
     normal), or None for an untilted series; refuses a tilt beyond the tolerance, origins that do not lie on
     one line, and a GantryDetectorTilt that contradicts the positions."""
@@ -207,7 +224,6 @@ def _tilt(uid: str, positions: np.ndarray, along: np.ndarray, x: np.ndarray, y: 
         raise SeriesError("gantry_tilt", uid, f"gantry tilt of {degrees:.2f} degrees (slice origins shear by "
                                               f"{drift:.4f} mm per mm) exceeds the {tol.max_tilt_degrees:g} degrees "
                                               f"that are resampled")
-    tag = first.get("GantryDetectorTilt")
     if tag is not None and float(tag) != 0 and abs(abs(float(tag)) - degrees) > tol.tilt_tag_degrees:
         raise SeriesError("geometry_mismatch", uid, f"GantryDetectorTilt {float(tag):g} degrees contradicts the "
                                                     f"{degrees:.2f} degrees of tilt that the slice positions give")
@@ -399,6 +415,12 @@ def read_ct_series(files: Sequence[Path], tol: Tolerances = Tolerances()) -> CTV
         raise SeriesError("undecodable", uid, f"SimpleITK could not read the pixels{_failing_file(ordered)}: "
                                               f"{reason}") from None
     _check_itk_geometry(image, geometry, uid)
+    return to_volume(image, geometry, uid, started)
+
+
+def to_volume(image: sitk.Image, geometry: dict, uid: str, started: float, **qc: object) -> CTVolume:
+    """The read slices (HU, on the grid ``stack_geometry`` gave; any pixel type) → the int16 HU volume and its QC
+    row, resampled first onto a regular grid where the geometry says so (``regrid``). ``qc``: more QC values."""
     fill = None
     if geometry["regrid"]:
         native = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -412,17 +434,17 @@ def read_ct_series(files: Sequence[Path], tol: Tolerances = Tolerances()) -> CTV
     if geometry["regrid"]:
         _describe_regrid(hu, geometry, fill)
     array = sitk.GetArrayViewFromImage(hu)
-    qc = {
+    row = {
         "SeriesInstanceUID": uid, "status": "ok", "code": None, "message": None,
         "slices": hu.GetSize()[2], "rows": hu.GetSize()[1], "columns": hu.GetSize()[0],
         "spacing_x": hu.GetSpacing()[0], "spacing_y": hu.GetSpacing()[1], "spacing_z": hu.GetSpacing()[2],
         "direction": [round(v, 6) for v in hu.GetDirection()], "origin": list(hu.GetOrigin()),
-        "transfer_syntax": geometry["transfer_syntax"], "hu_min": int(array.min()), "hu_max": int(array.max()),
+        "transfer_syntax": geometry.get("transfer_syntax"), "hu_min": int(array.min()), "hu_max": int(array.max()),
         "tilt_degrees": None if geometry["tilt_degrees"] is None else round(geometry["tilt_degrees"], 4),
         "regrid": geometry["regrid"], "seconds": round(time.monotonic() - started, 3),
-        "native_grid": json.dumps(geometry["native_grid"]) if geometry["regrid"] else None,
+        "native_grid": json.dumps(geometry["native_grid"]) if geometry["regrid"] else None, **qc,
     }
-    return CTVolume(hu, uid, qc)
+    return CTVolume(hu, uid, row)
 
 
 def failure_qc(files: Sequence[Path], error: SeriesError) -> dict:

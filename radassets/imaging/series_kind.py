@@ -137,7 +137,8 @@ def mixed_kinds(headers: Headers) -> str | None:
     """A description when some files of a series are not volume slices (a localizer among the slices) and others
     are: never dropped silently, the series is refused as holding several stacks."""
     kinds = [_file_kind(ds) for _, ds in headers]
-    odd = [k for k in kinds if k is not None]
+    # A file of another SOP class (an MR image in a CT series) is a defect of its own (``not_ct``), not a stack.
+    odd = [k for k in kinds if k is not None and k[0] != "not_ct_image"]
     if not odd or len(odd) == len(kinds):
         return None
     return f"{len(odd)} image(s) that are {odd[0][1]} among {len(kinds) - len(odd)} volume slice(s)"

@@ -7,8 +7,10 @@ fails. Any exception while reading or converting one series or mask file is that
 message and where it was raised), so a bug shows in the QC table rather than vanishing. The
 files of a series come from ``files_of``, which may refuse a series whose files changed since
 they were indexed (``changed_since_indexed``, raised as a ``QCError``). Each mask (SEG or
-RTSTRUCT) is placed on the grid of the CT it references; only the segments the dataset version
-selects are written.
+RTSTRUCT) is placed on the grid of the CT it references; a structure set drawn on several CT series
+places each ROI on the CT its contours name (its segment rows name that CT, its QC row's ``referenced_ct``
+lists them all). Only the segments the dataset version selects are written. Open and point contours of a
+structure set are counted in the QC row's ``contours_skipped`` (and named in its message).
 
 Where the files are: the series' DICOM files and ``out_dir`` are local, or on an object store (a ``UPath``:
 ``s3://``, ``gs://``). Each task stages its series' files to a local scratch folder (``radassets.staging``: the
@@ -34,7 +36,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -46,7 +48,8 @@ import SimpleITK as sitk
 from radassets.dataplane import IN_PROCESS, Compute, map_items
 from radassets.imaging.ct import (QCError, SeriesError, SeriesExcluded, Tolerances, describe_exception, failure_qc,
                                   read_ct_series)
-from radassets.imaging.masks import MaskError, read_mask_header, read_mask_segments, select_segments
+from radassets.imaging.masks import (MaskError, MaskHeader, MaskReading, read_mask_header, read_mask_segments,
+                                     read_rtstruct, rois_by_series, select_segments)
 from radassets.layout import Layout, as_path
 from radassets.reports import ItemFailure
 from radassets.staging import local_file, local_files
@@ -72,6 +75,7 @@ QC_COLUMNS = {
     # Only for a CT resampled onto a regular grid (gantry tilt, uneven gaps; null otherwise): the tilt found,
     # what was corrected and the acquired slices' geometry (JSON), on which its masks are placed first.
     "tilt_degrees": pa.float64(), "regrid": pa.string(), "native_grid": pa.string(),
+    "contours_skipped": pa.int64(),  # RTSTRUCT: open and point contours not filled; null for masks without any
 }
 RUN_ONLY = ("reused", "seconds")
 SEGMENT_COLUMNS = {
@@ -286,7 +290,7 @@ def _convert_ct(row: dict, files: Sequence[Path], out_dir: Path, tol: Tolerances
     return dict(qc, **_base(row), FrameOfReferenceUID=frame, path=recorded(layout, path), sha256=digest, reused=False)
 
 
-def _find_ct(header, row: dict, cts: list[dict]) -> dict:
+def _find_ct(header: MaskHeader, row: dict, cts: list[dict]) -> dict:
     """The CT a mask belongs to: the series it references, else the patient's only CT on its frame."""
     by_uid = {c["SeriesInstanceUID"]: c for c in cts}
     for uid in header.referenced_series:
@@ -302,47 +306,77 @@ def _find_ct(header, row: dict, cts: list[dict]) -> dict:
                     + (f" ({len(same_frame)} CT series share its frame of reference)" if same_frame else ""))
 
 
+def _placements(header: MaskHeader, row: dict, cts: list[dict]) -> list[tuple[dict, list[int] | None]]:
+    """Where a mask's segments go: (CT row, the ROI numbers placed on it, None for all). A SEG, and a structure
+    set whose ROIs were all drawn on one series (or name no image), go to one CT (``_find_ct``); a structure set
+    drawn on several series places each ROI on the CT its contours name (``rois_by_series``)."""
+    groups = rois_by_series(header) if header.modality == "RTSTRUCT" else {}
+    if len([uid for uid in groups if uid is not None]) <= 1:
+        return [(_find_ct(header, row, cts), None)]
+    placed: dict[str, tuple[dict, list[int]]] = {}
+    for uid, numbers in groups.items():
+        # An ROI naming no listed image goes where the whole structure set would go.
+        ct = _find_ct(header if uid is None else replace(header, referenced_series=(uid,)), row, cts)
+        placed.setdefault(ct["SeriesInstanceUID"], (ct, []))[1].extend(numbers)
+    return [(ct, sorted(numbers)) for _, (ct, numbers) in sorted(placed.items())]
+
+
+def _segments_on(ct: dict, rois: list[int] | None, path: Path, header: MaskHeader,
+                 layout: Layout | None) -> tuple[sitk.Image, MaskReading]:
+    """The CT image and the mask's segments (those of ``rois``) on its grid."""
+    if ct["status"] != "ok":
+        raise MaskError("no_reference", header.series_uid,
+                        f"its CT {ct['SeriesInstanceUID']} could not be converted ({ct['code']})")
+    with local_file(resolved(layout, ct["path"])) as ct_file:
+        image = sitk.ReadImage(str(ct_file))
+    # A regridded CT (gantry tilt, uneven gaps): its masks were drawn on the acquired slices, placed there first.
+    native = json.loads(ct["native_grid"]) if ct.get("native_grid") else None
+    if header.modality == "RTSTRUCT":
+        return image, read_rtstruct(path, image, ct.get("FrameOfReferenceUID"), rois, native)
+    return image, MaskReading(read_mask_segments(path, image, ct.get("FrameOfReferenceUID"), native))
+
+
 def _convert_mask(row: dict, files: Sequence[Path], cts: list[dict], out_dir: Path,
                   selection: SegmentSelection, layout: Layout | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``files``: local paths (staged); the CT volume is read from where its QC row names it."""
+    """``files``: local paths (staged); the CT volumes are read from where their QC rows name them."""
     qc = dict(_base(row), status="failed", reused=False)
     started = time.monotonic()
     try:
         if len(files) != 1:
             raise MaskError("mask_unreadable", row["SeriesInstanceUID"], f"{len(files)} files; one SEG/RTSTRUCT object expected")
         header = read_mask_header(files[0])
-        ct = _find_ct(header, row, cts)
-        qc["referenced_ct"] = ct["SeriesInstanceUID"]
-        if ct["status"] != "ok":
-            raise MaskError("no_reference", header.series_uid,
-                            f"its CT {ct['SeriesInstanceUID']} could not be converted ({ct['code']})")
-        with local_file(resolved(layout, ct["path"])) as ct_file:
-            image = sitk.ReadImage(str(ct_file))
-        native = json.loads(ct["native_grid"]) if ct.get("native_grid") else None
-        segments = read_mask_segments(files[0], image, ct.get("FrameOfReferenceUID"), native)
+        placements = _placements(header, row, cts)
+        qc["referenced_ct"] = ", ".join(ct["SeriesInstanceUID"] for ct, _ in placements)
+        placed = [(ct, *_segments_on(ct, rois, files[0], header, layout)) for ct, rois in placements]
     except MaskError as e:
         return dict(qc, code=e.code, message=str(e)), []
     except Exception as e:  # noqa: BLE001 - one mask's failure, recorded with its type and origin
         where = f" ({files[0]})" if len(files) == 1 else ""
         return dict(qc, code="mask_unreadable",
                     message=f"mask {row['SeriesInstanceUID']}{where}: {describe_exception(e)}"), []
+    segments = [s for _, _, reading in placed for s in reading.segments]
     chosen = select_segments(segments, list(selection.labels) if selection.labels else None, selection.rule)
     qc.update(labels=json.dumps([s.label for s in segments]), selected_labels=json.dumps([s.label for s in chosen]))
+    skipped = MaskReading([], {k: v for _, _, r in placed for k, v in r.skipped.items()},
+                              [label for _, _, r in placed for label in r.without_area])
+    if skipped.skipped:  # null for a mask without any (every SEG)
+        qc.update(contours_skipped=skipped.contours_skipped, message=f"mask {row['SeriesInstanceUID']}: {skipped.note()}")
     empty = [s.label for s in chosen if s.voxels == 0]
     if empty:
         return dict(qc, code="empty_mask", message=f"mask {row['SeriesInstanceUID']}: segment(s) {empty} have no voxel "
                                                       f"on the CT grid"), []
-    voxel_ml = float(image.GetSpacing()[0] * image.GetSpacing()[1] * image.GetSpacing()[2]) / 1000.0
     segment_rows = []
-    for s in chosen:
-        path = write_image(s.image, out_dir / "masks" / row["crdc_series_uuid"] / f"{s.number}.nrrd")
-        segment_rows.append({
-            "PatientID": row["PatientID"], "SeriesInstanceUID": ct["SeriesInstanceUID"],
-            "crdc_series_uuid": ct["crdc_series_uuid"], "mask_SeriesInstanceUID": row["SeriesInstanceUID"],
-            "mask_crdc_series_uuid": row["crdc_series_uuid"], "mask_Modality": row["Modality"],
-            "segment_number": s.number, "segment_label": s.label, "voxels": s.voxels,
-            "volume_ml": round(s.voxels * voxel_ml, 4), "ct_path": ct["path"], "mask_path": recorded(layout, path),
-        })
+    for ct, image, reading in placed:
+        voxel_ml = float(image.GetSpacing()[0] * image.GetSpacing()[1] * image.GetSpacing()[2]) / 1000.0
+        for s in (s for s in chosen if any(s is mine for mine in reading.segments)):
+            path = write_image(s.image, out_dir / "masks" / row["crdc_series_uuid"] / f"{s.number}.nrrd")
+            segment_rows.append({
+                "PatientID": row["PatientID"], "SeriesInstanceUID": ct["SeriesInstanceUID"],
+                "crdc_series_uuid": ct["crdc_series_uuid"], "mask_SeriesInstanceUID": row["SeriesInstanceUID"],
+                "mask_crdc_series_uuid": row["crdc_series_uuid"], "mask_Modality": row["Modality"],
+                "segment_number": s.number, "segment_label": s.label, "voxels": s.voxels,
+                "volume_ml": round(s.voxels * voxel_ml, 4), "ct_path": ct["path"], "mask_path": recorded(layout, path),
+            })
     return dict(qc, status="ok", seconds=round(time.monotonic() - started, 3)), segment_rows
 
 

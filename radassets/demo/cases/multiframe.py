@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (UID, EnhancedCTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid)
 
 from radassets.demo.dicom_writer import (DEMO_DATE, DEMO_TIME, Geometry, SeriesIds,
-                                         _canonicalize, write_ct_series)
+                                         canonicalize, write_ct_series)
 from radassets.demo.phantom import Body, Phantom, random_lesion
 
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's root, as the demo generator uses
@@ -207,7 +207,7 @@ def legacy_ct(slices: Sequence[Dataset], sop_uid: str, series_uid: str, frame_or
     keep = {str(slices[0].StudyInstanceUID), str(slices[0].FrameOfReferenceUID), series_uid, sop_uid,
             *(str(s.SOPInstanceUID) for s in slices)}
     counter = iter(range(1_000_000))
-    _canonicalize(image, keep, lambda i: _uid(series_uid, f"generated-{i}-{next(counter)}"))
+    canonicalize(image, keep, lambda i: _uid(series_uid, f"generated-{i}-{next(counter)}"))
     return image
 
 
