@@ -45,6 +45,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -164,7 +165,7 @@ def sort_and_validate(files: Sequence[Path], tol: Tolerances = Tolerances()) -> 
 
 def stack_geometry(uid: str, positions: np.ndarray, orientations: np.ndarray, pixel_spacing: list[float],
                    size: list[int], tol: Tolerances, names: Callable[[int], str],
-                   tilt_tag: object = None) -> tuple[np.ndarray, dict]:
+                   tilt_tag: Any = None) -> tuple[np.ndarray, dict]:
     """The order of a stack's images along the slice normal and the grid they give, from their positions and
     orientations (one row per image; ``pixel_spacing`` and ``size`` as (columns, rows)); each departure from a
     regular grid refused with its code, or, for a gantry tilt or uneven gaps within the tolerances, recorded
@@ -203,7 +204,7 @@ def stack_geometry(uid: str, positions: np.ndarray, orientations: np.ndarray, pi
     return order, geometry
 
 
-def _tilt(uid: str, positions: np.ndarray, along: np.ndarray, normal: np.ndarray, tag: object,
+def _tilt(uid: str, positions: np.ndarray, along: np.ndarray, normal: np.ndarray, tag: Any,
           tol: Tolerances) -> float | None:
     """The gantry tilt in degrees (the angle between the line the slice origins step along and the slice
     normal), or None for an untilted series; refuses a tilt beyond the tolerance, origins that do not lie on
@@ -447,7 +448,7 @@ def to_volume(image: sitk.Image, geometry: dict, uid: str, started: float, **qc:
     return CTVolume(hu, uid, row)
 
 
-def failure_qc(files: Sequence[Path], error: SeriesError) -> dict:
+def failure_qc(files: Sequence[Path], error: QCError) -> dict:
     """The QC row of a series that could not be converted."""
     return {"SeriesInstanceUID": error.series, "status": "failed", "code": error.code, "message": str(error),
             "slices": len(files)}

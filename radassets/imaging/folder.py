@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 from radassets.imaging.ct import QCError, SeriesError, describe_exception, read_ct_series
 from radassets.imaging.series_kind import CT_IMAGE_CLASSES
 from radassets.errors import RadassetsError
-from radassets.imaging.masks import (RTSTRUCT_STORAGE, SEG_STORAGE, MaskError, centroid_lps, read_mask_header,
+from radassets.imaging.masks import (RTSTRUCT_STORAGE, SEG_STORAGES, MaskError, centroid_lps, read_mask_header,
                                      read_mask_segments, select_segments)
 
 SEED_CSV_COLUMNS = ["SeriesInstanceUID", "segment_label", "coordX", "coordY", "coordZ", "voxels", "volume_ml"]
@@ -70,7 +70,7 @@ def scan_folder(root: Path) -> FolderScan:
                 continue
             scan.ct_series.setdefault(uid, []).append(path)
             scan.ct_frames[uid] = str(ds.get("FrameOfReferenceUID", ""))
-        elif sop_class in (SEG_STORAGE, RTSTRUCT_STORAGE):
+        elif sop_class in (*SEG_STORAGES, RTSTRUCT_STORAGE):
             scan.masks.append(path)
         else:
             scan.skipped += 1

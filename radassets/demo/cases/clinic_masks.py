@@ -36,7 +36,6 @@ from radassets.demo.dicom_writer import (
     write_rtstruct,
 )
 from radassets.demo.phantom import Body, Lesion, Phantom, random_lesion
-from radassets.imaging.masks import LABELMAP_SEG_STORAGE
 
 BODY = Body(torso=(45.0, 35.0), lung_center_x=20.0, lung_axes=(14.0, 20.0), spine_radius=8.0)
 IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
@@ -325,7 +324,7 @@ def _segmentation(path: Path, case: str, name: str, ct: list[Dataset], pixels: n
     if frame_seed is not None:
         shuffle_frames(seg, frame_seed)
     # pydicom 3.0 does not know the Label Map Segmentation Storage class yet: kept by name, not replaced.
-    canonicalize(seg, keep | {series_uid, sop_uid, LABELMAP_SEG_STORAGE}, lambda i: uid(case, f"{name} generated {i}"))
+    canonicalize(seg, keep | {series_uid, sop_uid, *hd.seg.SOP_CLASS_UIDS}, lambda i: uid(case, f"{name} generated {i}"))
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path, enforce_file_format=True)
     return path

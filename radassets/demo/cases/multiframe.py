@@ -29,7 +29,7 @@ from pydicom.uid import (UID, EnhancedCTImageStorage, ExplicitVRLittleEndian, PY
 
 from radassets.demo.dicom_writer import (DEMO_DATE, DEMO_TIME, Geometry, SeriesIds,
                                          canonicalize, write_ct_series)
-from radassets.demo.phantom import Body, Phantom, random_lesion
+from radassets.demo.phantom import Body, Phantom, random_lesion, xyz
 
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's root, as the demo generator uses
 VARIANTS = ("axial", "flipped", "oblique", "nonsquare")
@@ -58,8 +58,8 @@ def geometry(variant: str, size: int = 64, n_slices: int = 24) -> Geometry:
     origin = (center - (size - 1) / 2 * col_spacing * x - (size - 1) / 2 * row_spacing * y
               - (n_slices - 1) / 2 * slice_spacing * normal)
     return Geometry(rows=size, cols=size, row_spacing=row_spacing, col_spacing=col_spacing,
-                    slice_spacing=slice_spacing, n_slices=n_slices, row_dir=tuple(float(v) for v in x),
-                    col_dir=tuple(float(v) for v in y), origin=tuple(float(v) for v in origin),
+                    slice_spacing=slice_spacing, n_slices=n_slices, row_dir=xyz(x),
+                    col_dir=xyz(y), origin=xyz(origin),
                     descending_instances=descending)
 
 

@@ -103,11 +103,10 @@ def write_dose_screen(folder: Path, study: Study = Study()) -> list[Path]:
     image.Modality = "CT"
     image.ImageType = ["DERIVED", "SECONDARY", "SCREEN SAVE"]
     image.SeriesDescription = "Dose Report"
-    image.ContentDate, image.ContentTime = DEMO_DATE, DEMO_TIME
-    for keyword in ("InstanceCreationDate", "SeriesDate"):
+    for keyword in ("ContentDate", "InstanceCreationDate", "SeriesDate"):
         if keyword in image:
             setattr(image, keyword, DEMO_DATE)
-    for keyword in ("InstanceCreationTime", "SeriesTime"):
+    for keyword in ("ContentTime", "InstanceCreationTime", "SeriesTime"):
         if keyword in image:
             setattr(image, keyword, DEMO_TIME)
     folder.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from radassets.demo.dicom_writer import Geometry, SeriesIds, write_ct_series, write_rtstruct, write_seg
-from radassets.demo.phantom import Body, Lesion, Phantom
+from radassets.demo.phantom import Body, Lesion, Phantom, xyz
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498.16"  # pydicom's root, then digits derived from the case
 BODY = Body(torso=(27.0, 22.0), lung_center_x=11.0, lung_axes=(8.5, 12.0), spine_radius=4.0)
@@ -53,7 +53,7 @@ def _uid(*key: object) -> str:
 
 def lesion(center: np.ndarray, radius: float) -> Lesion:
     """A homogeneous sphere (no lobulation, no texture): its centroid is its centre on any grid."""
-    return Lesion(label="GTV-1", center=tuple(float(v) for v in center), semi_axes=(radius, radius, radius),
+    return Lesion(label="GTV-1", center=xyz(center), semi_axes=(radius, radius, radius),
                   rotation=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)), lobulation=(0.0, 0.0),
                   mean_hu=LESION_HU, heterogeneity=0.0, wave_vectors=((0.0, 0.0, 1.0),), wave_phases=(0.0,))
 
@@ -91,8 +91,8 @@ def _axial(size: int, pixel: float, positions: np.ndarray, slice_spacing: float,
            col_dir: tuple[float, float, float] = (0.0, 1.0, 0.0), tilt: float | None = None) -> Geometry:
     return Geometry(rows=size, cols=size, row_spacing=pixel, col_spacing=pixel, slice_spacing=slice_spacing,
                     n_slices=len(positions), row_dir=(1.0, 0.0, 0.0), col_dir=col_dir,
-                    origin=tuple(float(v) for v in positions[0]), descending_instances=False,
-                    positions=tuple(tuple(float(v) for v in p) for p in positions), gantry_tilt=tilt)
+                    origin=xyz(positions[0]), descending_instances=False,
+                    positions=tuple(xyz(p) for p in positions), gantry_tilt=tilt)
 
 
 def tilted_geometry(tilt: float = 17.5, size: int = 64, pixel: float = 0.9, step: float = 2.5,
@@ -104,7 +104,7 @@ def tilted_geometry(tilt: float = 17.5, size: int = 64, pixel: float = 0.9, step
     half = (size - 1) / 2 * pixel
     z = np.concatenate([[0.0], np.cumsum(steps if steps is not None else [step] * (n_slices - 1))])
     positions = np.column_stack([np.full_like(z, -half), np.zeros_like(z), z - z[-1] / 2]) - half * y
-    return _axial(size, pixel, positions, step * np.cos(t), tuple(float(v) for v in y), tilt)
+    return _axial(size, pixel, positions, step * np.cos(t), xyz(y), tilt)
 
 
 def axial_positions(gaps: list[float], size: int, pixel: float) -> np.ndarray:
