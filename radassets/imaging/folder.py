@@ -12,6 +12,8 @@ places the mask on it, so a seed from this command equals the pipeline's.
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +21,9 @@ from typing import Any
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
-from radassets.imaging.ct import QCError, SeriesError, describe_exception, read_ct_series
+from radassets.imaging.ct import CTVolume, QCError, SeriesError, describe_exception, read_ct_series
 from radassets.imaging.series_kind import CT_IMAGE_CLASSES
 from radassets.errors import RadassetsError
 from radassets.imaging.masks import (RTSTRUCT_STORAGE, SEG_STORAGES, MaskError, centroid_lps, read_mask_header,
@@ -99,7 +100,7 @@ def seeds_from_folder(root: Path, labels: Sequence[str] | None = None,
                       progress: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], list[str], FolderScan]:
     """One row per lesion (``SEED_CSV_COLUMNS``), the failures (one message each), and the scan."""
     scan = scan_folder(root)
-    volumes: dict[str, sitk.Image | QCError] = {}
+    volumes: dict[str, CTVolume | QCError] = {}
     rows: list[dict[str, Any]] = []
     failures = list(scan.unreadable)
     for path in scan.masks:
@@ -108,15 +109,18 @@ def seeds_from_folder(root: Path, labels: Sequence[str] | None = None,
             ct_uid = _ct_for(header, scan)
             if ct_uid not in volumes:
                 try:
-                    volumes[ct_uid] = read_ct_series(scan.ct_series[ct_uid]).image
+                    volumes[ct_uid] = read_ct_series(scan.ct_series[ct_uid])
                 except QCError as e:  # a failure, or a series that is not a volume (a localizer)
                     volumes[ct_uid] = e
                 except Exception as e:  # noqa: BLE001 - that CT's failure, with its type and origin
                     volumes[ct_uid] = SeriesError("conversion_error", ct_uid, describe_exception(e))
-            image = volumes[ct_uid]
-            if isinstance(image, QCError):
-                raise MaskError("no_reference", header.series_uid, f"its CT cannot be converted: {image}")
-            segments = read_mask_segments(path, image, scan.ct_frames.get(ct_uid) or None)
+            volume = volumes[ct_uid]
+            if isinstance(volume, QCError):
+                raise MaskError("no_reference", header.series_uid, f"its CT cannot be converted: {volume}")
+            image = volume.image
+            # A regridded CT (gantry tilt, uneven gaps): its masks were drawn on the acquired slices.
+            native = json.loads(volume.qc["native_grid"]) if volume.qc.get("native_grid") else None
+            segments = read_mask_segments(path, image, scan.ct_frames.get(ct_uid) or None, native)
         except MaskError as e:
             failures.append(f"{path}: {e}")
             continue

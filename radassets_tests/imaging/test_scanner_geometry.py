@@ -254,3 +254,17 @@ def test_a_regular_series_converts_as_before(cases, tmp_path):
     before = sitk.Cast(sitk.Clamp(reader.Execute(), lowerBound=-32768, upperBound=32767), sitk.sitkInt16)
     assert write_image(volume.image, tmp_path / "now.nrrd").read_bytes() == \
         write_image(before, tmp_path / "before.nrrd").read_bytes()
+
+
+def test_seeds_from_a_folder_with_a_tilted_ct_land_on_the_lesion(tmp_path):
+    """`radassets imaging seeds` on a user's folder: the masks of a tilted CT are placed as the pipeline places
+    them (on the acquired slices, then resampled), so each seed is the lesion's centre."""
+    from radassets.demo.cases.tilted import write_tilted
+    from radassets.imaging.folder import seeds_from_folder
+
+    case = write_tilted(tmp_path / "folder", 17.5)
+    rows, failures, _ = seeds_from_folder(tmp_path / "folder")
+    assert failures == [] and len(rows) == 2  # the SEG's and the RTSTRUCT's
+    for row in rows:
+        seed = np.array([row["coordX"], row["coordY"], row["coordZ"]])
+        assert np.linalg.norm(seed - case.lesion_center) <= max(case.geometry.row_spacing, 2.5 * np.cos(np.radians(17.5))) / 2
