@@ -50,6 +50,9 @@ def show(dataset_version: str, as_json: bool, rebuild: bool) -> None:
     print(f"{cohort.dataset_version}: IDC release {cohort.idc_version} ({cohort.idc_release_date}), {origin}")
     for key in ("patients", "studies", "series", "instances", "size_gb", "modalities", "index", "hash"):
         print(f"  {key:10s} {getattr(stats, key)}")
+    if stats.excluded:
+        print(f"  {'excluded':10s} {stats.excluded} series the index shows are not volumes (localizers, screens), "
+              f"listed in the lockfile")
     print("  cite:")
     for c in cohort.collections:
         print(f"    {c['collection_id']}: DOI {c['source_DOI']} ({c['license_short_name']}), {c['series']} series")

@@ -210,8 +210,9 @@ def _label_frames(masks: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
 
 
 def write_seg(path: Path, ct: list[Dataset], masks: dict[str, np.ndarray], series_uid: str, sop_uid: str,
-              keep: set[str], make_uid: Callable[[int], str]) -> Dataset:
-    """A binary DICOM SEG (highdicom) with one segment per lesion label, on the CT's frames."""
+              keep: set[str], make_uid: Callable[[int], str], segmentation_type: str = "BINARY") -> Dataset:
+    """A DICOM SEG (highdicom) with one segment per lesion label, on the CT's frames: binary, or a label map
+    (``segmentation_type="LABELMAP"``, Label Map Segmentation Storage)."""
     label_map, labels = _label_frames(masks)
     descriptions = [
         hd.seg.SegmentDescription(
@@ -226,7 +227,7 @@ def write_seg(path: Path, ct: list[Dataset], masks: dict[str, np.ndarray], serie
     seg = hd.seg.Segmentation(
         source_images=ct,
         pixel_array=label_map,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=hd.seg.SegmentationTypeValues(segmentation_type),
         segment_descriptions=descriptions,
         series_instance_uid=series_uid,
         series_number=100,
@@ -240,7 +241,8 @@ def write_seg(path: Path, ct: list[Dataset], masks: dict[str, np.ndarray], serie
         content_creator_name="radassets^demo",
         series_description="Lesion SEG",
     )
-    canonicalize(seg, keep | {series_uid, sop_uid}, make_uid)
+    # pydicom 3.0 does not name the Label Map Segmentation Storage class: highdicom's SEG classes are kept as they are.
+    canonicalize(seg, keep | {series_uid, sop_uid, *hd.seg.SOP_CLASS_UIDS}, make_uid)
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path, enforce_file_format=True)
     return seg

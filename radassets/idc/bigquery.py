@@ -31,7 +31,7 @@ SELECT
   REGEXP_EXTRACT(ANY_VALUE(aws_url), r's3://([^/]+)/') AS aws_bucket,
   CONCAT('s3://', REGEXP_EXTRACT(ANY_VALUE(aws_url), r's3://([^/]+)/'), '/', crdc_series_uuid, '/') AS series_aws_url,
   'bigquery' AS index_table,
-  ANY_VALUE(SOPClassUID) AS SOPClassUID
+  IF(COUNT(DISTINCT SOPClassUID) = 1, ANY_VALUE(SOPClassUID), NULL) AS SOPClassUID
 FROM `{project}.idc_v{version}.dicom_all`
 WHERE collection_id IN UNNEST(@collections)
   AND Modality IN UNNEST(@modalities){extra}

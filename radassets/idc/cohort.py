@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pydicom
+
 from radassets import __version__
 from radassets.datasets import DatasetVersion
 from radassets.idc.index import IndexSource, resolve_table
@@ -102,6 +104,7 @@ class CohortStats:
     hash: str  # the cohort's content hash
     index: str  # package and version the series list was read from
     backend: str
+    excluded: int = 0  # series the selection matched that the index shows are not volumes (left out)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,6 +148,7 @@ class Cohort:
             hash=self.content_hash,
             index=f"{self.index['package']} {self.index['version']}",
             backend=self.backend,
+            excluded=len(self.excluded),
         )
 
     def metadata(self) -> dict[str, Any]:
@@ -152,7 +156,8 @@ class Cohort:
         stats = self.stats()
         return {"idc_version": self.idc_version, "idc_release_date": self.idc_release_date or "",
                 "patients": stats.patients, "series": stats.series, "instances": stats.instances,
-                "size_gb": stats.size_gb, "content_hash": self.content_hash, "index": stats.index}
+                "size_gb": stats.size_gb, "content_hash": self.content_hash, "index": stats.index,
+                "excluded_not_volumes": stats.excluded}
 
     # -- persistence -----------------------------------------------------------------------
     def write(self, path: Path) -> Path:
@@ -255,7 +260,7 @@ def non_volume_reason(row: dict[str, Any]) -> str | None:
         return None
     sop_class = str(row["SOPClassUID"])
     if sop_class not in CT_IMAGE_CLASSES:
-        return f"{row.get('sop_class_name') or sop_class}, not a CT image (IDC index)"
+        return f"{pydicom.uid.UID(sop_class).name or sop_class}, not a CT image (IDC index)"
     if sop_class == CT_IMAGE_STORAGE and row.get("instanceCount") == 1:
         return "one single-frame CT image (IDC index): a localizer, a screen or a single slice, not a volume"
     return None

@@ -81,6 +81,7 @@ class _File:
     size: int
     mtime_ns: int
     sha256: str
+    sop_class: str | None = None
 
 
 @dataclass
@@ -137,7 +138,8 @@ def _scan(folder: Path, out_root: Path, final_root: Path) -> tuple[dict[str, _Se
             indexed = _link(indexed, out_root, final_root)
             linked.append(shown(path))
         entry = series.setdefault(str(series_uid), _Series(first=ds))
-        entry.files.append(_File(str(sop_uid), indexed, stat.st_size, stat.st_mtime_ns, sha256_file(path)))
+        entry.files.append(_File(str(sop_uid), indexed, stat.st_size, stat.st_mtime_ns, sha256_file(path),
+                                 _get(ds, "SOPClassUID")))
     return series, skipped, linked
 
 
@@ -176,7 +178,10 @@ def index_folder(folder: Path, collection_id: str, out_root: Path,
         crdc = series_version_id(series_uid, [(f.sop_uid, f.sha256) for f in s.files])
         ds = s.first
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        sop_class = _get(ds, "SOPClassUID")
+        # The series' SOP class only when all its files agree: the cohort excludes by it (a dose screen), and a
+        # series that mixes classes is left for the volumes step to judge file by file.
+        classes = {f.sop_class for f in s.files}
+        sop_class = classes.pop() if len(classes) == 1 else None
         index_rows.append({
             "collection_id": collection_id,
             "PatientID": _get(ds, "PatientID"),

@@ -51,7 +51,8 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from radassets.imaging.qc import QCError as QCError  # re-exported: masks and volumes name it from here
-from radassets.imaging.series_kind import SeriesExcluded as SeriesExcluded, excluded_reason, several_stacks
+from radassets.imaging.series_kind import (MULTIFRAME_CT_CLASSES, SeriesExcluded as SeriesExcluded, excluded_reason,
+                                          several_stacks)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -140,6 +141,10 @@ def sort_and_validate(files: Sequence[Path], tol: Tolerances = Tolerances()) -> 
     stacks = several_stacks(headers, tol.min_slices)
     if stacks:
         raise SeriesError("several_stacks", uid, f"holds {stacks}; split the series or select one stack")
+    multiframe = [path.name for path, h in headers if str(h.get("SOPClassUID", "")) in MULTIFRAME_CT_CLASSES]
+    if multiframe:  # one multi-frame file is a series of its own (read_ct_series); several are several stacks
+        raise SeriesError("several_stacks", uid, f"holds {len(multiframe)} multi-frame CT file(s) ({multiframe[0]}, "
+                                                 f"...) among {len(headers)} files: each is a stack of its own")
     if len(headers) < tol.min_slices:
         raise SeriesError("too_few_slices", uid, f"{len(headers)} slices; at least {tol.min_slices} are needed")
     for path, h in headers:

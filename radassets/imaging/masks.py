@@ -284,10 +284,12 @@ def _seg_on_native(seg: hd.seg.Segmentation, number: int, native: dict, header: 
         raise MaskError("no_regular_volume", header.series_uid,
                         f"segment {number}: its frames are neither a regular volume nor the CT's acquired slices "
                         f"(rows, columns, pixel spacing or orientation differ)")
-    # A SEG of one segment may name it once, in the shared functional groups.
+    labelmap = seg.SegmentationType == "LABELMAP"
+    # A label map's frames hold every segment (voxel value = segment number); a binary or fractional SEG's frames
+    # each name their segment, once in the shared functional groups when there is only one.
     frames = [(i, item) for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence)
-              if int(item.get("SegmentIdentificationSequence", shared.get("SegmentIdentificationSequence"))[0]
-                     .ReferencedSegmentNumber) == number]
+              if labelmap or int(item.get("SegmentIdentificationSequence", shared.get("SegmentIdentificationSequence"))[0]
+                                 .ReferencedSegmentNumber) == number]
     positions = np.array([[float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient] for _, item in frames])
     stack = np.zeros((len(native["offsets"]), rows, cols), dtype=np.uint8)
     if not frames:
@@ -302,7 +304,8 @@ def _seg_on_native(seg: hd.seg.Segmentation, number: int, native: dict, header: 
     fractional = seg.SegmentationType == "FRACTIONAL"
     threshold = FRACTIONAL_THRESHOLD * float(seg.get("MaximumFractionalValue", 1)) if fractional else 0.5
     for (i, _), k in zip(frames, index):
-        stack[k] |= (pixels[i] >= threshold).astype(np.uint8)
+        inside = pixels[i] == number if labelmap else pixels[i] >= threshold
+        stack[k] |= inside.astype(np.uint8)
     return stack
 
 
@@ -383,7 +386,11 @@ def _onto_index_grid(contours: list[Contour], native: dict, series: str, label: 
             continue
         index, along = _native_slice(native, contour.points)
         if (index < 0).any():
-            raise MaskError("contour_not_on_slice", series, f"ROI {label} has a contour off the CT's acquired slices")
+            offsets = native["offsets"]
+            beyond = along.min() < offsets[0] or along.max() > offsets[-1]
+            raise MaskError("contour_out_of_bounds" if beyond else "contour_not_on_slice", series,
+                            f"ROI {label} has a contour {'beyond' if beyond else 'between'} the CT's acquired slices "
+                            f"(more than a quarter of the smallest gap from any of them)")
         moved.append(Contour(contour.kind, contour.points + np.outer(index - along, native["step_dir"])))
     return moved
 

@@ -27,12 +27,10 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.uid import EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
 
 from radassets.imaging.ct import CTVolume, SeriesError, Tolerances, describe_exception, stack_geometry, to_volume
-from radassets.imaging.series_kind import excluded_reason
+from radassets.imaging.series_kind import MULTIFRAME_CT_CLASSES, excluded_reason, several_stacks
 
-MULTIFRAME_CT_CLASSES = (EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage)
 
 
 def is_multiframe_ct(path: Path) -> bool:
@@ -105,6 +103,23 @@ def frame_geometry(ds: pydicom.Dataset, uid: str) -> FrameGeometry:
                          np.array([r[1] for r in rescale]), int(ds.Rows), int(ds.Columns))
 
 
+def _frame_headers(ds: pydicom.Dataset, frames: FrameGeometry, path: Path) -> list[tuple[Path, pydicom.Dataset]]:
+    """Each frame as the header a single-frame file would have (position, orientation, and what FrameContentSequence
+    says of its stack and temporal position), so that ``several_stacks`` tells a file's stacks apart as a series'."""
+    per_frame, shared = _frame_groups(ds, "?")
+    headers = []
+    for n, frame in enumerate(per_frame):
+        header = pydicom.Dataset()
+        header.ImagePositionPatient = list(frames.positions[n])
+        header.ImageOrientationPatient = list(frames.orientations[n])
+        for keyword in ("StackID", "TemporalPositionIndex"):
+            value = _functional_value(frame, shared, "FrameContentSequence", keyword)
+            if value is not None:
+                setattr(header, keyword, value)
+        headers.append((path, header))
+    return headers
+
+
 def validate_frames(frames: FrameGeometry, uid: str, tol: Tolerances) -> tuple[np.ndarray, dict]:
     """The frames' order along the slice normal and their grid: ``stack_geometry``'s checks and codes, as for a
     series of single-frame files, with the frames named by their number (1-based, as DICOM counts them)."""
@@ -166,6 +181,9 @@ def read_multiframe_ct(path: Path, tol: Tolerances = Tolerances()) -> CTVolume:
     if excluded is not None:
         raise excluded
     frames = frame_geometry(ds, uid)
+    stacks = several_stacks(_frame_headers(ds, frames, Path(path)), tol.min_slices)
+    if stacks:
+        raise SeriesError("several_stacks", uid, f"holds {stacks}; split the series or select one stack")
     order, geometry = validate_frames(frames, uid, tol)
     if not geometry["regrid"]:
         _check_with_highdicom(ds, geometry, uid, tol)

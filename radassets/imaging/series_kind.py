@@ -35,7 +35,11 @@ from radassets.imaging.qc import QCError
 Headers = Sequence[tuple[Path, pydicom.Dataset]]
 
 LOCALIZER_WORDS = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW")
-SCREEN_WORDS = ("SCREEN SAVE", "SCREENSHOT", "DOSE", "PROT")
+# Whole ImageType values that name a screen or a report page (GE's SCREEN SAVE, dose pages, protocol pages); a
+# vendor's fourth value ending in " PROT" (Siemens' CT_SOM5 PROT) too. Whole values: a "LOW DOSE" series is a CT.
+SCREEN_VALUES = ("SCREEN SAVE", "SCREENSHOT", "DOSE INFO", "DOSE_INFO", "DOSE REPORT", "DOSE_REPORT", "PROTOCOL",
+                 "PATIENT PROTOCOL")
+MULTIFRAME_CT_CLASSES = CT_IMAGE_CLASSES[1:]
 
 
 class SeriesExcluded(QCError):
@@ -63,9 +67,12 @@ def _file_kind(ds: pydicom.Dataset) -> tuple[str, str] | None:
     if words:
         return "localizer", f"a localizer (ImageType {shown})"
     if image_type[:2] == ["DERIVED", "SECONDARY"]:
-        screen = [w for w in SCREEN_WORDS if any(w in v for v in image_type[2:])]
+        screen = any(v in SCREEN_VALUES or v.endswith(" PROT") for v in image_type[2:])
         colour = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() not in ("MONOCHROME1", "MONOCHROME2")
-        unplaced = "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds
+        # A multi-frame file places its frames in its functional groups, never at the top level.
+        placed = ("PerFrameFunctionalGroupsSequence" in ds if sop_class in MULTIFRAME_CT_CLASSES
+                  else "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds)
+        unplaced = not placed
         if screen or colour or unplaced:
             why = "colour pixels" if colour else ("no position in the patient" if unplaced else "ImageType")
             return "screen_capture", f"a screen capture ({why}; ImageType {shown})"
@@ -166,8 +173,8 @@ def several_stacks(headers: Headers, min_slices: int) -> str | None:
         return None
     # Slices share positions: stacks when one attribute splits them into groups of a volume's size, each free of
     # duplicates and each over positions another group also holds (a repeat, a phase; not a rotation's own range).
-    for keyword in ("TemporalPositionIdentifier", "TemporalPositionIndex", "AcquisitionNumber", "AcquisitionTime",
-                    "EchoNumbers"):
+    for keyword in ("StackID", "TemporalPositionIdentifier", "TemporalPositionIndex", "AcquisitionNumber",
+                    "AcquisitionTime", "EchoNumbers"):
         groups: dict[str, list[int]] = defaultdict(list)
         for n, (_, ds) in enumerate(headers):
             groups[str(ds.get(keyword, ""))].append(n)

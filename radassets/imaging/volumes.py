@@ -311,8 +311,10 @@ def _placements(header: MaskHeader, row: dict, cts: list[dict]) -> list[tuple[di
     set whose ROIs were all drawn on one series (or name no image), go to one CT (``_find_ct``); a structure set
     drawn on several series places each ROI on the CT its contours name (``rois_by_series``)."""
     groups = rois_by_series(header) if header.modality == "RTSTRUCT" else {}
-    if len([uid for uid in groups if uid is not None]) <= 1:
-        return [(_find_ct(header, row, cts), None)]
+    named = [uid for uid in groups if uid is not None]
+    if len(named) <= 1:
+        # Drawn on one series: that one, even where the structure set lists others (the series its contours name).
+        return [(_find_ct(replace(header, referenced_series=(named[0],)) if named else header, row, cts), None)]
     placed: dict[str, tuple[dict, list[int]]] = {}
     for uid, numbers in groups.items():
         # An ROI naming no listed image goes where the whole structure set would go.

@@ -56,8 +56,12 @@ def _cohort(layout: Layout, folder: Path, partition) -> list[dict]:
     lock = json.loads((folder / "cohort.lock.json").read_text())
     keep = ("SeriesInstanceUID", "PatientID", "StudyInstanceUID", "Modality", "collection_id",
             "series_revised_idc_version", "instanceCount")
-    return [{"item_id": f"series:{s['crdc_series_uuid']}", "kind": "series", "name": s["SeriesInstanceUID"],
-             "attributes": {k: s.get(k) for k in keep}} for s in lock["series"]]
+    items = [{"item_id": f"series:{s['crdc_series_uuid']}", "kind": "series", "name": s["SeriesInstanceUID"],
+              "attributes": {k: s.get(k) for k in keep}} for s in lock["series"]]
+    # Series the index showed are not volumes: never fetched, yet the volumes' QC table names them (excluded).
+    return items + [{"item_id": f"series:{s['crdc_series_uuid']}", "kind": "series", "name": s["SeriesInstanceUID"],
+                     "status": "excluded", "attributes": {k: s.get(k) for k in ("PatientID", "Modality", "reason")}}
+                    for s in lock.get("excluded", [])]
 
 
 def _dicom(layout: Layout, folder: Path, partition) -> list[dict]:
@@ -74,7 +78,8 @@ def volume_item(r: dict[str, Any]) -> dict[str, Any]:
     rerun's items are the first run's."""
     return {"item_id": f"volume:{r['crdc_series_uuid']}", "kind": "volume" if r["Modality"] == "CT" else "mask",
             "name": r["SeriesInstanceUID"], "status": r["status"], "sha256": r.get("sha256"), "path": r.get("path"),
-            "parents": [f"dicom:{r['crdc_series_uuid']}"],
+            # A series the cohort left out (``excluded_by_index``) was never fetched: its parent is the cohort's row.
+            "parents": [f"{'series' if r.get('code') == 'excluded_by_index' else 'dicom'}:{r['crdc_series_uuid']}"],
             "attributes": {"Modality": r["Modality"], "PatientID": r["PatientID"], "code": r.get("code"),
                            "message": r.get("message")}}
 

@@ -311,3 +311,22 @@ def test_cases_are_the_same_bytes_every_time(case, tmp_path):
     seg_b = cm.seg_variants(tmp_path / "seg-b")
     for name in seg_a.masks:
         assert seg_a.masks[name].read_bytes() == seg_b.masks[name].read_bytes()
+
+
+@pytest.mark.parametrize("kept", [0, 1])
+def test_a_structure_set_listing_two_series_but_drawn_on_one_goes_to_that_one(case, tmp_path, kept):
+    """Structure sets list every series of the study they were made in; the contours name the one they were drawn
+    on, and that is where the ROI goes, whichever of the listed series sorts first."""
+    two = case("two")
+    ds = pydicom.dcmread(two.masks["rtstruct"])
+    labels = sorted(two.ct_of)
+    label = labels[kept]
+    number = next(int(r.ROINumber) for r in ds.StructureSetROISequence if str(r.ROIName) == label)
+    ds.StructureSetROISequence = [r for r in ds.StructureSetROISequence if int(r.ROINumber) == number]
+    ds.ROIContourSequence = [r for r in ds.ROIContourSequence if int(r.ReferencedROINumber) == number]
+    ds.RTROIObservationsSequence = [r for r in ds.get("RTROIObservationsSequence", [])
+                                    if int(r.ReferencedROINumber) == number]
+    path = tmp_path / "one-roi.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    report = convert_dataset(_rows(two, {"one": path}), _files, tmp_path / "out")
+    assert [(s["segment_label"], s["SeriesInstanceUID"]) for s in report.segments] == [(label, two.ct_of[label])]

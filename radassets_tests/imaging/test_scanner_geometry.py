@@ -51,7 +51,7 @@ def reference(case: tilted.Case, suffix: str, out: Path) -> sitk.Image:
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> dict[str, tilted.Case]:
     root = tmp_path_factory.mktemp("cases")
-    return {"tilted": tilted.write_tilted(root, TILT),
+    return {"tilted": tilted.write_tilted(root, TILT, masks=("SEG", "RTSTRUCT", "LABELMAP")),
             "tilted-negative": tilted.write_tilted(root, -12.0, masks=()),
             "uneven-1-7": tilted.write_uneven(root, "1-7"),
             "uneven-5-10": tilted.write_uneven(root, "5-10", masks=("SEG", "RTSTRUCT")),
@@ -134,16 +134,18 @@ def test_masks_on_a_tilted_ct_land_on_the_lesion(cases, tmp_path):
             for modality, uid, crdc, files in [
                 ("CT", case.series_uid, "ct", list(case.ct_files)),
                 ("SEG", str(pydicom.dcmread(case.seg_file).SeriesInstanceUID), "seg", [case.seg_file]),
-                ("RTSTRUCT", str(pydicom.dcmread(case.rtstruct_file).SeriesInstanceUID), "rt", [case.rtstruct_file])]]
+                ("RTSTRUCT", str(pydicom.dcmread(case.rtstruct_file).SeriesInstanceUID), "rt", [case.rtstruct_file]),
+                # A label map's frames hold every segment: placed by position too, its own segment's voxels kept.
+                ("SEG", str(pydicom.dcmread(case.labelmap_file).SeriesInstanceUID), "lm", [case.labelmap_file])]]
     report = convert_dataset(rows, lambda row: row["files"], tmp_path / "volumes", ConversionSettings())
-    assert [r["status"] for r in report.qc] == ["ok"] * 3, report.qc
+    assert [r["status"] for r in report.qc] == ["ok"] * 4, report.qc
     ct_row = report.qc[0]
     assert ct_row["regrid"] == "gantry_tilt" and ct_row["tilt_degrees"] == pytest.approx(TILT, abs=0.01)
     assert {"tilt_degrees", "regrid", "native_grid"} <= set(QC_COLUMNS)
     ct = sitk.ReadImage(ct_row["path"])
     assert float(ct.GetMetaData("radassets_tilt_degrees")) == pytest.approx(TILT, abs=1e-4)
     sphere = 4 / 3 * np.pi * case.lesion_radius**3 / np.prod(ct.GetSpacing())
-    assert {s["mask_Modality"] for s in report.segments} == {"SEG", "RTSTRUCT"}
+    assert sorted(s["mask_crdc_series_uuid"] for s in report.segments) == ["lm", "rt", "seg"]
     for s in report.segments:
         mask = sitk.ReadImage(s["mask_path"])
         assert mask.GetSize() == ct.GetSize() and mask.GetOrigin() == ct.GetOrigin()

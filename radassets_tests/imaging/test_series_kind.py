@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import idc_index_data
+import pyarrow.parquet as pq
 import pytest
 
 from radassets.demo.cases import non_volume
@@ -145,3 +146,78 @@ def test_an_enhanced_ct_localizer_is_excluded_too(tmp_path):
     with pytest.raises(SeriesExcluded) as raised:
         read_ct_series([tmp_path / "scout.dcm"])
     assert raised.value.code == "localizer"
+
+
+def test_a_derived_secondary_multiframe_volume_is_converted_not_excluded(tmp_path):
+    """A Legacy Converted Enhanced CT of reformatted slices (DERIVED\\SECONDARY\\AXIAL) places its frames in its
+    functional groups: it is a volume, not a screen without a position."""
+    import pydicom
+
+    from radassets.demo.cases import multiframe
+
+    case = multiframe.write_case(tmp_path / "case", "axial")
+    ds = pydicom.dcmread(case.legacy)
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    ds.save_as(tmp_path / "reformat.dcm", enforce_file_format=True)
+    assert read_ct_series([tmp_path / "reformat.dcm"]).image.GetSize() == read_ct_series(case.single_frame).image.GetSize()
+
+
+def test_a_low_dose_series_is_a_volume_however_its_image_type_reads(tmp_path):
+    """Screens are told by whole ImageType values: DERIVED\\SECONDARY\\LOW DOSE slices with positions are a CT."""
+    import pydicom
+
+    files = non_volume.write_case("sequential", tmp_path / "scan")
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL", "LOW DOSE"]
+        ds.save_as(path, enforce_file_format=True)
+    assert read_ct_series(files).image.GetSize() == (32, 32, 16)
+
+
+def test_two_phases_in_one_enhanced_ct_file_are_several_stacks(tmp_path):
+    """The frames of one file may hold two temporal positions over the same planes: refused as several stacks."""
+    import copy
+
+    import pydicom
+
+    from radassets.demo.cases import multiframe
+
+    case = multiframe.write_case(tmp_path / "case", "axial")
+    ds = pydicom.dcmread(case.enhanced)
+    frames = len(ds.PerFrameFunctionalGroupsSequence)
+    second = [copy.deepcopy(item) for item in ds.PerFrameFunctionalGroupsSequence]
+    for phase, items in ((1, ds.PerFrameFunctionalGroupsSequence), (2, second)):
+        for item in items:
+            item.FrameContentSequence[0].TemporalPositionIndex = phase
+    ds.PerFrameFunctionalGroupsSequence = list(ds.PerFrameFunctionalGroupsSequence) + second
+    ds.NumberOfFrames = 2 * frames
+    ds.PixelData = ds.PixelData * 2
+    ds.save_as(tmp_path / "phases.dcm", enforce_file_format=True)
+    with pytest.raises(SeriesError) as raised:
+        read_ct_series([tmp_path / "phases.dcm"])
+    assert raised.value.code == "several_stacks"
+    assert f"told apart by TemporalPositionIndex (TemporalPositionIndex 1: {frames} slices" in str(raised.value)
+
+
+def test_a_series_of_several_multiframe_files_is_refused_as_several_stacks(tmp_path):
+    from radassets.demo.cases import multiframe
+
+    case = multiframe.write_case(tmp_path / "case", "axial")
+    with pytest.raises(SeriesError) as raised:
+        read_ct_series([case.enhanced, case.legacy])
+    assert raised.value.code == "several_stacks" and "2 multi-frame CT file(s)" in str(raised.value)
+
+
+def test_a_local_series_mixing_sop_classes_is_left_to_the_volumes_step(tmp_path):
+    """The cohort excludes by the index's SOP class only where every file of the series has it."""
+    import pydicom
+
+    from radassets.idc.local import index_folder
+
+    files = non_volume.write_case("sequential", tmp_path / "folder" / "scan")
+    ds = pydicom.dcmread(files[0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # one Secondary Capture
+    ds.save_as(files[0], enforce_file_format=True)
+    index_folder(tmp_path / "folder", "mixed", tmp_path / "out")
+    rows = pq.read_table(tmp_path / "out" / "index" / "idc_index.parquet").to_pylist()
+    assert [(r["SOPClassUID"], non_volume_reason(r)) for r in rows] == [(None, None)]

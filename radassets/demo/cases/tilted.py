@@ -44,6 +44,7 @@ class Case:
     lesion_radius: float  # mm
     seg_file: Path | None = None
     rtstruct_file: Path | None = None
+    labelmap_file: Path | None = None  # a Label Map SEG
 
 
 def _uid(*key: object) -> str:
@@ -78,13 +79,13 @@ def _write(folder: Path, name: str, geom: Geometry, center: np.ndarray, radius: 
         def make_uid(i: int, kind: str = kind) -> str:
             return _uid(name, kind, "generated", i)
 
-        if kind == "SEG":
-            write_seg(path, ct, truth, series, sop, keep, make_uid)
+        if kind in ("SEG", "LABELMAP"):
+            write_seg(path, ct, truth, series, sop, keep, make_uid, "BINARY" if kind == "SEG" else "LABELMAP")
         else:
             write_rtstruct(path, ct, ct_folder, geom, truth, series, sop, keep, make_uid)
         files[kind] = path
     return Case(name, geom, ct_folder, tuple(ct_folder / n for n in names), ids.series_uid, np.asarray(center, float),
-                radius, files.get("SEG"), files.get("RTSTRUCT"))
+                radius, files.get("SEG"), files.get("RTSTRUCT"), files.get("LABELMAP"))
 
 
 def _axial(size: int, pixel: float, positions: np.ndarray, slice_spacing: float,
