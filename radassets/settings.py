@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     ray_gpu_resource: str = Field(default="GPU", min_length=1, description="the Ray resource an embeddings actor "
                                   "asks one unit of where the cluster has it (GPU: num_gpus=1; or a custom "
                                   "resource a cluster advertises for its accelerators)")
+    figure_stamp: bool = Field(default=True, description="print 'radassets <lineage id prefix>' small in a corner "
+                               "of every figure, so a printed or cropped figure still traces (false: no stamp)")
     _file: Path | None = PrivateAttr(default=None)
 
     @classmethod

@@ -26,7 +26,8 @@ def lineage() -> None:
 
 @lineage.command("trace", help="trace a figure, report or artifact id back to the cohort: IDC release, series, "
                                "settings, model, runs")
-@click.argument("target", help="a figure or report file, or an item id, lineage id, version id or run id")
+@click.argument("target", help="a figure (PNG, PDF or SVG) or report file, or an item id, lineage id (or its stamp "
+                                "'radassets c390e2ed': a prefix of 8 or more hex digits), version id or run id")
 @click.option("--full", is_flag=True, help="list every series UID")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def trace(target: str, full: bool, as_json: bool) -> None:

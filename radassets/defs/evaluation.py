@@ -124,10 +124,12 @@ def evaluation(context: AssetExecutionContext, storage: StorageResource) -> Mate
     with user_failure():
         report = evaluate_model(definition, model, layout.asset_dir("embeddings", dataset_version, model),
                                 layout.seeds_table(dataset_version), out,
-                                source_root=source_root(definition, layout), layout=layout)
+                                source_root=source_root(definition, layout), layout=layout,
+                                stamp=settings.figure_stamp)
     metadata: dict = {"lineage_id": report.lineage_id, "patients": report.patients,
                       "definition_sha256": report.definition_sha256,
                       "report": MetadataValue.path(str(out / "report.html")),
+                      "report_pdf": MetadataValue.path(str(out / "report.pdf")),
                       "metrics_json": MetadataValue.path(str(out / "metrics.json"))}
     if report.nothing_evaluated:  # no clinical table: nothing to check either
         context.log.warning(f"{dataset_version} × {model}: {report.nothing_evaluated}")
@@ -196,9 +198,11 @@ def comparison(context: AssetExecutionContext, storage: StorageResource) -> Mate
     with user_failure():
         report = compare_models(definition, layout.asset_dir("evaluation", dataset_version),
                                 layout.asset_dir("embeddings", dataset_version), layout.seeds_table(dataset_version),
-                                out, source_root=source_root(definition, layout), layout=layout)
+                                out, source_root=source_root(definition, layout), layout=layout,
+                                stamp=settings.figure_stamp)
     metadata: dict = {"lineage_id": report.lineage_id, "models": len(report.models),
-                      "report": MetadataValue.path(str(out / "report.html"))}
+                      "report": MetadataValue.path(str(out / "report.html")),
+                      "report_pdf": MetadataValue.path(str(out / "report.pdf"))}
     if report.nothing_compared:
         metadata["nothing compared"] = report.nothing_compared
         context.log.warning(f"{dataset_version}: {report.nothing_compared}")
@@ -259,7 +263,8 @@ def seed_stability(context: AssetExecutionContext, config: SeedStabilityConfig,
             trials=config.trials, sd_voxels=config.sd_voxels, batch_size=models.batch_size, device=models.device,
             download=models.download_weights, progress=progress_logger(context),
             source_root=source_root(definition, layout), registry_dir=settings.resolved_models_dir(),
-            weights_dir=layout.weights_dir(), data_root=settings.resolved_data_dir(), layout=layout)
+            weights_dir=layout.weights_dir(), data_root=settings.resolved_data_dir(), layout=layout,
+            stamp=settings.figure_stamp)
     rows = [{"endpoint": e.endpoint, "patients": e.patients,
              "kappa": f"{e.kappa_mean:.3f} ± {e.kappa_sd:.3f} (min {e.kappa_min:.3f})",
              "changed": f"{e.changed_mean:.1%}",

@@ -2,8 +2,8 @@
 
 Reads ``evaluation/<dataset_version>/<model>/`` (metrics and per-patient predictions) and each
 model's embeddings (for the mutual kNN heatmap, on the patients all models embedded). Writes
-``metrics.json``, ``report.md``, ``report.html``, ``auc_<endpoint>.png`` (forest plot of AUCs with
-CIs) and ``mutual_knn.png``; every figure carries the lineage id.
+``metrics.json``, ``report.md``, ``report.html``, ``report.pdf``, ``auc_<endpoint>`` (forest plot of AUCs with
+CIs) and ``mutual_knn`` figures, each as .png, .pdf and .svg; every figure carries the lineage id (``figures``).
 
 Only current evaluations are compared: one made under another definition of the dataset version
 (its recorded ``definition_sha256`` is not the current definition's: a horizon, modality or
@@ -28,7 +28,8 @@ import pandas as pd
 
 from radassets.datasets import DatasetVersion
 from radassets.evaluation.comparison import MUTUAL_K, compare_endpoint, mutual_knn
-from radassets.evaluation.figures import pyplot, save_figure
+from radassets.evaluation.figures import FigureWriter, pyplot, stamp_text
+from radassets.evaluation.report_pdf import write_report_pdf
 from radassets.evaluation.step_reports import ComparisonReport
 from radassets.evaluation.report import (EvaluationInputError, definition_sha256, nothing_to_evaluate, recorded_path,
                                          write_html)
@@ -49,7 +50,7 @@ def evaluated_models(evaluation_root: Path) -> dict[str, dict]:
     return out
 
 
-def _forest(endpoint: str, table: dict[str, dict], path: Path, lineage_id: str, title: str) -> Path:
+def _forest(endpoint: str, table: dict[str, dict], path: Path, figures: FigureWriter, title: str) -> Path:
     plt = pyplot()
     models = sorted(table, key=lambda m: table[m]["rank"])
     fig, ax = plt.subplots(figsize=(6, 0.55 * len(models) + 1.4))
@@ -63,10 +64,10 @@ def _forest(endpoint: str, table: dict[str, dict], path: Path, lineage_id: str, 
     ax.invert_yaxis()
     ax.set(xlabel="AUC (95% CI)", title=title, xlim=(0.3, 1.0))
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
-    return save_figure(fig, path, lineage_id)
+    return figures.save(fig, path)
 
 
-def _heatmap(models: list[str], matrix: np.ndarray, n: int, path: Path, lineage_id: str, title: str) -> Path:
+def _heatmap(models: list[str], matrix: np.ndarray, n: int, path: Path, figures: FigureWriter, title: str) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.1 * len(models) + 2.2, 1.0 * len(models) + 1.6))
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
@@ -78,7 +79,7 @@ def _heatmap(models: list[str], matrix: np.ndarray, n: int, path: Path, lineage_
                     color="white" if matrix[i, j] < 0.6 else "black")
     fig.colorbar(image, ax=ax, label=f"mutual kNN (k={MUTUAL_K})")
     ax.set_title(f"{title}\n{n} series; chance ≈ {MUTUAL_K / max(n - 1, 1):.2f}", fontsize=9)
-    return save_figure(fig, path, lineage_id)
+    return figures.save(fig, path)
 
 
 def stale_causes(evaluation: dict[str, Any], definition_hash: str, current_files: dict[str, Path],
@@ -101,9 +102,10 @@ def stale_causes(evaluation: dict[str, Any], definition_hash: str, current_files
 
 
 def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings_root: Path, seeds_parquet: Path,
-                   out_dir: Path, *, source_root: Path | None = None, layout: Layout | None = None) -> ComparisonReport:
+                   out_dir: Path, *, source_root: Path | None = None, layout: Layout | None = None,
+                   stamp: bool = True) -> ComparisonReport:
     """Compare the evaluated models and write the outputs under ``out_dir`` (the module docstring); ``layout``: the
-    artifact root files are named relative to."""
+    artifact root files are named relative to; ``stamp``: the lineage id's stamp on the figures."""
     from radassets.idc.index import resolve_table
     from radassets.models.embed import read_embeddings
 
@@ -134,6 +136,7 @@ def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings
                               "inputs": inputs, "stale": sorted(stale)})[:16]
     endpoints: dict[str, Any] = {}
     figures: list[str] = []
+    writer = FigureWriter(lineage_id, stamp=stamp, keep=True)  # kept for report.pdf
     for endpoint in sorted({e for m in models for e in evaluations[m]["endpoints"]}):
         evaluated = [m for m in models if evaluations[m]["endpoints"].get(endpoint, {}).get("status") == "evaluated"]
         if not evaluated:
@@ -142,7 +145,7 @@ def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings
         predictions = {m: _read_parquet(evaluation_root / m / f"{endpoint}_predictions.parquet") for m in evaluated}
         result = compare_endpoint(predictions, {m: evaluations[m]["endpoints"][endpoint] for m in evaluated})
         endpoints[endpoint] = result
-        figures.append(_forest(endpoint, result["models"], out_dir / f"auc_{endpoint}.png", lineage_id,
+        figures.append(_forest(endpoint, result["models"], out_dir / f"auc_{endpoint}.png", writer,
                                f"{dataset_version}: {endpoint}").name)
     # Mutual kNN on the patients (first scan, largest lesion: the rows evaluated) that every model embedded.
     vectors = {}
@@ -160,21 +163,25 @@ def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings
             xb = vectors[b][1][vectors[b][0].loc[common].to_numpy()]
             similarity[i, j] = similarity[j, i] = mutual_knn(xa, xb)
     if len(models) > 1 and len(common) > MUTUAL_K:
-        figures.append(_heatmap(models, similarity, len(common), out_dir / "mutual_knn.png", lineage_id,
+        figures.append(_heatmap(models, similarity, len(common), out_dir / "mutual_knn.png", writer,
                                 f"{dataset_version}: embedding similarity").name)
     metrics = {"dataset_version": dataset_version, "lineage_id": lineage_id, "definition_sha256": definition_hash,
                "models": inputs, "stale": stale,
                "endpoints": endpoints, "mutual_knn": {"k": MUTUAL_K, "series": len(common), "models": models,
                                                       "matrix": similarity.round(4).tolist()},
                "figures": figures}
-    return ComparisonReport.of(write_comparison(metrics, out_dir), out_dir)
+    return ComparisonReport.of(write_comparison(metrics, out_dir, writer), out_dir)
 
 
-def write_comparison(metrics: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """metrics.json, report.md and report.html (figures embedded) of a comparison."""
+def write_comparison(metrics: dict[str, Any], out_dir: Path, figures: FigureWriter | None = None) -> dict[str, Any]:
+    """metrics.json, report.md, report.html (figures embedded) and report.pdf (figures as vector pages) of a
+    comparison."""
     atomic_write_json(out_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
-    atomic_write_text(out_dir / "report.md", report_markdown(metrics))
+    markdown = report_markdown(metrics)
+    atomic_write_text(out_dir / "report.md", markdown)
     write_html(out_dir / "report.html", report_markdown(metrics, out_dir), "radassets comparison", 640)
+    write_report_pdf(out_dir / "report.pdf", markdown, figures or FigureWriter(metrics["lineage_id"]),
+                     f"radassets comparison: {metrics['dataset_version']}")
     return metrics
 
 
@@ -214,5 +221,6 @@ def report_markdown(m: dict[str, Any], embed_from: Path | None = None) -> str:
         lines += ["## Embedding similarity", "", f"Mutual kNN (k = {m['mutual_knn']['k']}) on "
                   f"{m['mutual_knn']['series']} series embedded by every model.", "", image("mutual_knn.png"), "",
                   f"*mutual_knn.png · lineage id `{m['lineage_id']}`*", ""]
-    lines += ["---", f"radassets comparison · lineage id `{m['lineage_id']}` (also in every figure's PNG metadata)"]
+    lines += ["---", f"radassets comparison · lineage id `{m['lineage_id']}` (also in every figure's metadata, PNG, PDF "
+              f"and SVG, and its stamp `{stamp_text(m['lineage_id'])}`)"]
     return "\n".join(lines) + "\n"

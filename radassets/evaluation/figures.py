@@ -1,14 +1,29 @@
 """Figures of an evaluation: ROC curve and Kaplan–Meier curves with numbers at risk.
 
-Every PNG carries its lineage id in a PNG text chunk (``radassets:lineage_id``), so a figure copied
-into a manuscript can be traced back (``radassets lineage trace``); the report prints the same id
-under each figure. A figure is drawn to a local temporary file and put in place whole (``storage.atomic_path``),
-also on the artifact store. Drawn with matplotlib (Agg) and lifelines' own KM plotting and at-risk table.
+Every figure is written three times, as PNG (the report's inline picture), PDF and SVG (vector, what a journal
+takes), and each file carries the lineage id in its own metadata, so a figure copied into a manuscript can be traced
+back (``radassets lineage trace``):
+
+- PNG: a text chunk ``radassets:lineage_id``;
+- PDF: the document info's Subject (``radassets lineage id <id>``) and Keywords (``radassets:lineage_id=<id>``);
+- SVG: the Dublin Core ``<dc:identifier>`` (``radassets:lineage_id=<id>``) and ``<dc:description>`` in
+  ``<metadata>``.
+
+Metadata does not survive a screenshot, a crop or a print, so each figure also carries a small grey stamp,
+``radassets <first 8 hex digits of the id>``, in its top right corner (``figure_stamp = false`` turns it off), which
+``lineage trace`` takes as typed. The files are deterministic: no creation date, and SVG ids salted by the lineage
+id, so the same figure is the same bytes on every run. A figure is drawn to a local temporary file and put in place
+whole (``storage.atomic_path``), also on the artifact store. Drawn with matplotlib (Agg) and lifelines' own KM
+plotting and at-risk table.
 """
 
 from __future__ import annotations
 
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -16,6 +31,10 @@ from PIL import Image
 from radassets.storage import atomic_path
 
 LINEAGE_KEY = "radassets:lineage_id"
+FORMATS = ("png", "pdf", "svg")  # each figure is written in all three, the PNG first
+DPI = 130
+STAMP_DIGITS = 8  # as many as `lineage trace` needs of a prefix
+_TAGGED = re.compile(re.escape(LINEAGE_KEY) + r"[=:]\s*([0-9a-fA-F]{8,64})")
 
 
 def pyplot():
@@ -28,21 +47,110 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: Path, lineage_id: str) -> Path:
-    plt = pyplot()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight", metadata={LINEAGE_KEY: lineage_id})
-    plt.close(fig)
-    return path
+def stamp_text(lineage_id: str) -> str:
+    """The id as a person reads it off a figure or a table caption."""
+    return f"radassets {lineage_id[:STAMP_DIGITS]}"
+
+
+def file_metadata(fmt: str, lineage_id: str, title: str | None = None) -> dict[str, Any]:
+    """The metadata matplotlib writes into a file of ``fmt``: the lineage id, and no date (the same bytes each
+    time)."""
+    tagged = f"{LINEAGE_KEY}={lineage_id}"
+    if fmt == "png":
+        return {LINEAGE_KEY: lineage_id}
+    if fmt == "pdf":
+        return {"Subject": f"radassets lineage id {lineage_id}", "Keywords": tagged, "CreationDate": None,
+                **({"Title": title} if title else {})}
+    if fmt == "svg":
+        return {"Identifier": tagged, "Description": f"radassets lineage id {lineage_id}", "Date": None,
+                **({"Title": title} if title else {})}
+    raise ValueError(f"no lineage metadata for format {fmt!r}")
+
+
+@dataclass
+class FigureWriter:
+    """Writes the figures of one result, all carrying its lineage id; ``keep`` holds them open for the report's
+    PDF (``radassets.evaluation.report_pdf``), which closes them."""
+
+    lineage_id: str
+    stamp: bool = True
+    keep: bool = False
+    kept: list[tuple[str, Any]] = field(default_factory=list)  # (PNG file name, figure)
+
+    def save(self, fig, path: Path) -> Path:
+        """Write ``fig`` as ``path`` (a .png) and beside it as .pdf and .svg; returns ``path``."""
+        import matplotlib
+
+        if self.stamp:
+            fig.text(0.998, 0.998, stamp_text(self.lineage_id), ha="right", va="top", fontsize=5.5,
+                     color="#8c8c8c", family="DejaVu Sans Mono")
+        # SVG element ids are hashes salted at random unless a salt is set; the lineage id keeps them stable. Fonts
+        # go into the PDF as TrueType (Type 42), as journals ask, not as Type 3: the text stays text.
+        with matplotlib.rc_context({"svg.hashsalt": self.lineage_id, "pdf.fonttype": 42}):
+            for fmt in FORMATS:
+                with atomic_path(path.with_suffix(f".{fmt}")) as tmp:
+                    fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight",
+                                metadata=file_metadata(fmt, self.lineage_id))
+        if self.keep:
+            self.kept.append((path.name, fig))
+        else:
+            pyplot().close(fig)
+        return path
+
+
+def save_figure(fig, path: Path, figures: FigureWriter | str) -> Path:
+    """``figures.save(fig, path)``; a bare lineage id gives a stamped writer that keeps nothing."""
+    writer = figures if isinstance(figures, FigureWriter) else FigureWriter(figures)
+    return writer.save(fig, path)
 
 
 def lineage_id_of(path: Path) -> str | None:
-    """The lineage id embedded in a PNG written here (None if absent); ``path`` local or on the artifact store."""
-    with path.open("rb") as f, Image.open(f) as image:
-        return image.text.get(LINEAGE_KEY) if hasattr(image, "text") else None
+    """The lineage id in a figure's or report's metadata (PNG, PDF or SVG), or None if it has none; ``path`` local
+    or on the artifact store."""
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        with path.open("rb") as f, Image.open(f) as image:
+            return image.text.get(LINEAGE_KEY) if hasattr(image, "text") else None
+    if suffix == ".pdf":
+        return _pdf_lineage_id(path.read_bytes())
+    if suffix == ".svg":
+        return _svg_lineage_id(path.read_bytes())
+    return None
 
 
-def roc_figure(label: np.ndarray, score: np.ndarray, auc: dict, title: str, path: Path, lineage_id: str) -> Path:
+def _pdf_lineage_id(data: bytes) -> str | None:
+    # pdfium reads the document info wherever a writer put it (a cross-reference stream, an object stream, after an
+    # incremental update), which a pattern over the bytes would not.
+    import pypdfium2 as pdfium
+
+    try:
+        document = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError:
+        return None
+    try:
+        info = document.get_metadata_dict(skip_empty=True)
+    finally:
+        document.close()
+    for key in ("Keywords", "Subject"):
+        if match := _TAGGED.search(info.get(key, "")) or re.search(r"lineage id ([0-9a-fA-F]{8,64})",
+                                                                   info.get(key, "")):
+            return match.group(1).lower()
+    return None
+
+
+def _svg_lineage_id(data: bytes) -> str | None:
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError:
+        return None
+    for element in root.iter():  # Dublin Core's identifier, or its description where an editor dropped that
+        if element.tag.endswith(("}identifier", "}description")) and element.text and \
+                (match := _TAGGED.search(element.text)):
+            return match.group(1).lower()
+    return None
+
+
+def roc_figure(label: np.ndarray, score: np.ndarray, auc: dict, title: str, path: Path, figures: FigureWriter | str) -> Path:
     from sklearn.metrics import roc_curve
 
     plt = pyplot()
@@ -55,11 +163,11 @@ def roc_figure(label: np.ndarray, score: np.ndarray, auc: dict, title: str, path
     ax.legend(loc="lower right", fontsize=8)
     n_pos, n = int(np.sum(label)), len(label)
     ax.text(0.98, 0.30, f"n = {n}, events = {n_pos}", ha="right", fontsize=8, transform=ax.transAxes)
-    return save_figure(fig, path, lineage_id)
+    return save_figure(fig, path, figures)
 
 
 def km_figure(time_days: np.ndarray, event: np.ndarray, high: np.ndarray, groups: dict, title: str, path: Path,
-              lineage_id: str, time_unit: str = "days") -> Path:
+              figures: FigureWriter | str, time_unit: str = "days") -> Path:
     from lifelines import KaplanMeierFitter
     from lifelines.plotting import add_at_risk_counts
 
@@ -80,10 +188,10 @@ def km_figure(time_days: np.ndarray, event: np.ndarray, high: np.ndarray, groups
             ha="right", va="top", fontsize=8, transform=ax.transAxes)
     add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk"])
     fig.tight_layout()
-    return save_figure(fig, path, lineage_id)
+    return save_figure(fig, path, figures)
 
 
-def seed_stability_figure(metrics: dict, table, title: str, path: Path, lineage_id: str) -> Path:
+def seed_stability_figure(metrics: dict, table, title: str, path: Path, figures: FigureWriter | str) -> Path:
     """Seed-perturbation stability: Cohen's kappa and AUC per trial for each endpoint (unperturbed AUC
     marked), and the embedding's cosine similarity against how far the seed moved."""
     plt = pyplot()
@@ -109,4 +217,4 @@ def seed_stability_figure(metrics: dict, table, title: str, path: Path, lineage_
     fig.suptitle(f"{title}\n{metrics['patients_perturbed']} patients × {p['trials']} trials, "
                  f"seed moved by N(0, {p['sd_mm']:g}² mm²) per axis", fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, path, lineage_id)
+    return save_figure(fig, path, figures)

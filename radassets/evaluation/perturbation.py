@@ -48,9 +48,10 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from radassets.datasets import DatasetVersion
 from radassets.evaluation import SD_VOXELS, TRIALS
 from radassets.evaluation.evaluate import SEED, endpoint_labels, evaluable
-from radassets.evaluation.figures import seed_stability_figure
+from radassets.evaluation.figures import FigureWriter, seed_stability_figure, stamp_text
 from radassets.evaluation.probes import linear_probe_folds, probe_scores
 from radassets.evaluation.report import recorded_path, write_html
+from radassets.evaluation.report_pdf import write_report_pdf
 from radassets.evaluation.step_reports import StabilityReport
 from radassets.imaging.patches import PatchSpec, extract_mask_patch, extract_patch, load_patches
 from radassets.layout import Layout
@@ -254,16 +255,20 @@ def seed_perturbation(definition: DatasetVersion, extractor, patients: pd.DataFr
 
 
 def write_outputs(metrics: dict[str, Any], table: pd.DataFrame, out_dir: Path, title: str,
-                  identity: dict[str, Any]) -> dict[str, Any]:
-    """``perturbations.parquet``, ``seed_stability.png``, ``metrics.json``, ``report.md`` and ``report.html``."""
+                  identity: dict[str, Any], stamp: bool = True) -> dict[str, Any]:
+    """``perturbations.parquet``, ``seed_stability`` (.png, .pdf, .svg), ``metrics.json``, ``report.md``,
+    ``report.html`` and ``report.pdf``."""
     lineage_id = sha256_json({**identity, "protocol": metrics["protocol"]})[:16]
     metrics = {**identity, "lineage_id": lineage_id, **metrics}
     with atomic_path(out_dir / "perturbations.parquet") as tmp:
         table.to_parquet(tmp, index=False)
-    seed_stability_figure(metrics, table, title, out_dir / "seed_stability.png", lineage_id)
+    figures = FigureWriter(lineage_id, stamp=stamp, keep=True)
+    seed_stability_figure(metrics, table, title, out_dir / "seed_stability.png", figures)
     metrics["figures"] = ["seed_stability.png"]
-    atomic_write_text(out_dir / "report.md", report_markdown(metrics, title))
+    markdown = report_markdown(metrics, title)
+    atomic_write_text(out_dir / "report.md", markdown)
     write_html(out_dir / "report.html", report_markdown(metrics, title, out_dir), "radassets seed stability")
+    write_report_pdf(out_dir / "report.pdf", markdown, figures, f"radassets seed stability: {title}")
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
 
@@ -293,7 +298,8 @@ def report_markdown(metrics: dict[str, Any], title: str, embed_from: Path | None
         src = "data:image/png;base64," + base64.b64encode((embed_from / src).read_bytes()).decode()
     lines += ["", f"![seed_stability.png]({src})", "",
               f"*seed_stability.png · lineage id `{metrics['lineage_id']}`*", "", "---",
-              f"radassets seed stability · lineage id `{metrics['lineage_id']}` (also in the figure's PNG metadata)"]
+              f"radassets seed stability · lineage id `{metrics['lineage_id']}` (also in the figure's metadata, PNG, PDF "
+              f"and SVG, and its stamp `{stamp_text(metrics['lineage_id'])}`)"]
     return "\n".join(lines) + "\n"
 
 
@@ -302,7 +308,8 @@ def run_seed_stability(definition: DatasetVersion, model: str, embeddings_dir: P
                        seed: int = SEED, batch_size: int = 8, device: str = "auto", download: bool = True,
                        progress: Progress | None = None, source_root: Path | None = None,
                        registry_dir: Path | None = None, weights_dir: Path | None = None,
-                       data_root: Path | None = None, layout: Layout | None = None) -> StabilityReport:
+                       data_root: Path | None = None, layout: Layout | None = None,
+                       stamp: bool = True) -> StabilityReport:
     """Seed-perturbation stability of one (dataset version, model), written under ``out_dir``; the model
     from the registry ``registry_dir``, its weights from ``weights_dir``; ``layout``: the artifact root that the
     seeds' paths and the recorded inputs are relative to."""
@@ -332,4 +339,5 @@ def run_seed_stability(definition: DatasetVersion, model: str, embeddings_dir: P
                 "preprocessing_hash": inputs.manifest.get("preprocessing_hash"),
                 "inputs": {**inputs.files, "patches": {"path": recorded_path(patches_dir, layout),
                                                        "content_hash": patches_manifest["content_hash"]}}}
-    return StabilityReport.of(write_outputs(metrics, table, out_dir, f"{definition.name} × {model}", identity), out_dir)
+    return StabilityReport.of(write_outputs(metrics, table, out_dir, f"{definition.name} × {model}", identity, stamp),
+                              out_dir)

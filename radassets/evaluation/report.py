@@ -2,8 +2,9 @@
 and a report in Markdown and HTML whose figures and footer carry the lineage id.
 
 Reads: the model's embeddings, the seeds (lesion volumes), the dataset version's clinical table
-and test-retest table. Writes under ``out_dir``: ``metrics.json``, ``report.md``, ``report.html``
-and per endpoint ``<endpoint>_roc.png`` and ``<endpoint>_km.png``. ``metrics.json`` records the
+and test-retest table. Writes under ``out_dir``: ``metrics.json``, ``report.md``, ``report.html`` (figures inline),
+``report.pdf`` (for the record: text, tables and the figures as vector pages) and per endpoint ``<endpoint>_roc`` and
+``<endpoint>_km`` figures, each as .png, .pdf and .svg (``figures``). ``metrics.json`` records the
 sha256 of the dataset definition it evaluated (``definition_sha256``) and of every input file, so
 the comparison can tell an evaluation made under another definition or from other inputs.
 
@@ -31,7 +32,8 @@ import pandas as pd
 from radassets.datasets import DatasetVersion
 from radassets.evaluation.evaluate import (EndpointResult, SEED, cosine_stability, evaluate_endpoint,
                                            patient_embeddings, test_retest_pairs)
-from radassets.evaluation.figures import km_figure, roc_figure
+from radassets.evaluation.figures import FigureWriter, km_figure, roc_figure, stamp_text
+from radassets.evaluation.report_pdf import write_report_pdf
 from radassets.evaluation.step_reports import EvaluationReport
 from radassets.idc.index import resolve_table
 from radassets.layout import Layout
@@ -118,9 +120,9 @@ def read_evaluation_inputs(definition: DatasetVersion, model: str, embeddings_di
 
 def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path, seeds_parquet: Path,
                    out_dir: Path, seed: int = SEED, *, source_root: Path | None = None,
-                   layout: Layout | None = None) -> EvaluationReport:
+                   layout: Layout | None = None, stamp: bool = True) -> EvaluationReport:
     """Evaluate and write the outputs under ``out_dir`` (the module docstring); ``layout``: the artifact root the
-    inputs are named relative to in ``metrics.json``."""
+    inputs are named relative to in ``metrics.json``; ``stamp``: the lineage id's stamp on the figures."""
     if why := nothing_to_evaluate(definition):
         return EvaluationReport.of(write_not_evaluated(definition, model, why, out_dir, seed), out_dir)
     read = read_evaluation_inputs(definition, model, embeddings_dir, seeds_parquet, source_root, layout)
@@ -131,6 +133,7 @@ def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path,
                               "definition_sha256": definition_hash, "model": model})[:16]
     results: list[EndpointResult] = []
     figures: dict[str, list[str]] = {}
+    writer = FigureWriter(lineage_id, stamp=stamp, keep=True)  # kept for report.pdf
     for i, endpoint in enumerate(definition.endpoints):
         result = evaluate_endpoint(definition, i, clinical, patients, x, seed)
         results.append(result)
@@ -144,12 +147,12 @@ def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path,
         title = f"{definition.name} × {model}: {endpoint.name}"
         names = [roc_figure(labelled["label"].to_numpy(int), labelled["risk"].to_numpy(float),
                             result.metrics["linear_probe"], f"{title}\nlinear probe, out-of-fold",
-                            out_dir / f"{endpoint.name}_roc.png", lineage_id).name]
+                            out_dir / f"{endpoint.name}_roc.png", writer).name]
         if "survival" in result.metrics:
             s = result.metrics["survival"]
             names.append(km_figure(p["time_days"], p["event"], p["risk"].to_numpy() > s["threshold"], s,
                                    f"{title}\nprobe risk, split at the median", out_dir / f"{endpoint.name}_km.png",
-                                   lineage_id).name)
+                                   writer).name)
         figures[endpoint.name] = names
     metrics = {
         "dataset_version": definition.name, "model": model, "lineage_id": lineage_id, "seed": seed,
@@ -161,7 +164,7 @@ def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path,
         "figures": figures, "inputs": inputs,
     }
     atomic_write_json(out_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
-    write_report(metrics, out_dir)
+    write_report(metrics, out_dir, writer)
     return EvaluationReport.of(metrics, out_dir)
 
 
@@ -221,14 +224,19 @@ def report_markdown(metrics: dict[str, Any], embed_images: bool = False, folder:
                   f"cosine similarity mean {_fmt(st['cosine_mean'])}, median {_fmt(st['cosine_median'])}, "
                   f"min {_fmt(st['cosine_min'])}. (On unnormalised features such as radiomics, the cosine is "
                   f"dominated by the largest-valued features.)", ""]
-    lines += ["---", f"radassets evaluation · lineage id `{m['lineage_id']}` (also in every figure's PNG metadata)"]
+    lines += ["---", f"radassets evaluation · lineage id `{m['lineage_id']}` (also in every figure's metadata, PNG, "
+                     f"PDF and SVG, and its stamp `{stamp_text(m['lineage_id'])}`)"]
     return "\n".join(lines) + "\n"
 
 
-def write_report(metrics: dict[str, Any], out_dir: Path) -> None:
-    atomic_write_text(out_dir / "report.md", report_markdown(metrics))
+def write_report(metrics: dict[str, Any], out_dir: Path, figures: FigureWriter | None = None) -> None:
+    """report.md, report.html (figures inline) and report.pdf (the figures ``figures`` kept, as vector pages)."""
+    markdown = report_markdown(metrics)
+    atomic_write_text(out_dir / "report.md", markdown)
     write_html(out_dir / "report.html", report_markdown(metrics, embed_images=True, folder=out_dir),
                "radassets evaluation")
+    write_report_pdf(out_dir / "report.pdf", markdown, figures or FigureWriter(metrics["lineage_id"]),
+                     f"radassets evaluation: {metrics['dataset_version']} × {metrics['model']}")
 
 
 def write_html(path: Path, markdown: str, title: str, image_width_px: int = 560) -> None:

@@ -138,19 +138,25 @@ def _embeddings(layout: Layout, folder: Path, partition) -> list[dict]:
             for r in table.astype(object).where(table.notna(), None).to_dict("records")]
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")  # what evaluation.figures writes of each figure
+REPORT_FILES = ("*.md", "report.pdf", "*.bib")  # beside metrics.json: the report in its other forms, its references
+
+
 def _report(layout: Layout, folder: Path, parents: list[str]) -> list[dict]:
-    """The report (metrics.json, and report.html where written) and every PNG beside it."""
+    """The report (metrics.json, and report.html where written), its other forms, and every figure beside it in each
+    of its formats."""
     metrics = json.loads((folder / "metrics.json").read_text())
     lineage_id = metrics["lineage_id"]
     report = f"report:{lineage_id}"
     main = folder / "report.html" if (folder / "report.html").is_file() else folder / "metrics.json"
     items = [{"item_id": report, "kind": "report", "name": main.name, "sha256": sha256_file(main), "path": layout.relative(main),
               "parents": parents, "attributes": {"lineage_id": lineage_id}}]
-    for path in sorted(folder.glob("*.png")):
+    figures = (p for p in folder.glob("*.*") if p.suffix in FIGURE_SUFFIXES and p.name != "report.pdf")
+    for path in sorted(figures, key=lambda p: p.name):
         items.append({"item_id": f"figure:{lineage_id}/{path.name}", "kind": "figure", "name": path.name,
                       "sha256": sha256_file(path), "path": layout.relative(path), "parents": [report],
                       "attributes": {"lineage_id": lineage_id}})
-    for path in [*sorted(folder.glob("*.md")), folder / "metrics.json"]:
+    for path in [*sorted(p for pattern in REPORT_FILES for p in folder.glob(pattern)), folder / "metrics.json"]:
         if path.is_file() and path != main:
             items.append({"item_id": f"file:{lineage_id}/{path.name}", "kind": "report_file", "name": path.name,
                           "sha256": sha256_file(path), "path": layout.relative(path), "parents": [report],

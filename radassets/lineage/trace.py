@@ -1,12 +1,13 @@
 """Trace a figure, report or artifact back to the cohort it came from.
 
-A target is resolved to one version of one asset partition: a PNG by the lineage id embedded in it
-(``radassets:lineage_id``), any file by its sha256 (a copy elsewhere still matches; a local file or a URL of the
-artifact store, such as ``s3://bucket/root/evaluation/.../os_2y_km.png``), or an id: an
+A target is resolved to one version of one asset partition: a figure or report (PNG, PDF or SVG) by the lineage id
+in its metadata (``evaluation.figures``), any file by its sha256 (a copy elsewhere still matches; a local file or a
+URL of the artifact store, such as ``s3://bucket/root/evaluation/.../os_2y_km.png``), or an id: an
 item id (``figure:<lineage id>/km.png``), a lineage id or data version, a version id
-(``asset[partition]@version``) or a run id. From there the chain follows each version's producing
-run to the versions that run read, recursively (one recursive query), and the facets recorded at
-each step give what a reader of a paper needs: IDC release and cohort hash, series, conversion
+(``asset[partition]@version``) or a run id. A lineage id may be typed in part, as read off a figure's stamp
+(``radassets c390e2ed``): a prefix of at least 8 hex digits that one recorded version starts with.
+From there the chain follows each version's producing run to the versions that run read, recursively (one recursive
+query), and the facets recorded at each step give what a reader of a paper needs: IDC release and cohort hash, series, conversion
 settings and library versions, seed source, patch parameters, model and weights, evaluation
 parameters and label definitions, the files read from outside the pipeline (clinical tables,
 published scores) with their sha256, and every run with its times, code version and git commit.
@@ -57,7 +58,7 @@ def _file_target(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, str]:
     from radassets.evaluation.figures import lineage_id_of
     from radassets.storage import sha256_file
 
-    if path.suffix.lower() == ".png":
+    if path.suffix.lower() in (".png", ".pdf", ".svg"):
         lineage_id = lineage_id_of(path)
         if lineage_id:
             vid, n = _first(con, f"SELECT i.version_id FROM items i JOIN dataset_versions v USING (version_id) "
@@ -104,7 +105,32 @@ def resolve(con: duckdb.DuckDBPyConnection, target: str) -> tuple[str, str]:
         vid, n = _first(con, query, [target])
         if vid:
             return vid, _found(f"{how} {target}", n if how == "item" or how == "data version" else 1)
+    if prefix := _hex_prefix(target):
+        return _by_prefix(con, prefix, target)
     raise LineageError(f"{target!r} is neither a file nor a recorded item, version, lineage id or run id")
+
+
+MIN_PREFIX = 8  # hex digits: what a figure's stamp prints
+
+
+def _hex_prefix(target: str) -> str | None:
+    """The hex digits of a typed lineage id or of a stamp read off a figure ('radassets c390e2ed'), or None."""
+    text = target.strip().lower().removeprefix("radassets").strip()
+    return text if len(text) >= MIN_PREFIX and all(c in "0123456789abcdef" for c in text) else None
+
+
+def _by_prefix(con: duckdb.DuckDBPyConnection, prefix: str, target: str) -> tuple[str, str]:
+    """The newest version of the one lineage id or data version that starts with ``prefix``."""
+    rows = con.execute("SELECT version, version_id FROM dataset_versions WHERE starts_with(version, ?) AND "
+                       "produced_by IS NOT NULL ORDER BY created_at DESC", [prefix]).fetchall()
+    versions = list(dict.fromkeys(v for v, _ in rows))
+    if not versions:
+        raise LineageError(f"{target!r}: no recorded lineage id or data version starts with {prefix!r}")
+    if len(versions) > 1:
+        shown = ", ".join(versions[:5]) + (" …" if len(versions) > 5 else "")
+        raise LineageError(f"{target!r}: {len(versions)} recorded versions start with {prefix!r} ({shown}); "
+                           f"type more digits")
+    return rows[0][1], _found(f"lineage id {versions[0]} from the prefix {prefix}", len(rows))
 
 
 def _settings(row: dict) -> dict[str, Any]:

@@ -161,6 +161,23 @@ def check_lineage(home, evaluation_metrics, tmp_path):
     assert set(t["code_version"]) >= {"cohort", "dicom", "volumes", "seeds", "patches", "embeddings", "evaluation",
                                       "comparison"}
     assert {r["asset"] for r in t["runs"]} == set(t["code_version"]) and {r["status"] for r in t["runs"]} == {"COMPLETE"}
+    # A journal's vector figures trace as the PNG does, by the id in their own metadata (PDF document info, SVG
+    # <metadata>), copied and renamed; so does the report's PDF.
+    for source, copy in ((figure.with_suffix(".pdf"), "figure_3b.pdf"), (figure.with_suffix(".svg"), "figure_3b.svg"),
+                         (home / "comparison" / "demo_v1" / "report.pdf", "supplement.pdf")):
+        shutil.copy(source, tmp_path / "paper" / copy)
+        by_metadata = json.loads(cli_json("lineage", "trace", str(tmp_path / "paper" / copy), "--json"))
+        assert by_metadata["version_id"] == t["version_id"] and by_metadata["found_by"].startswith("lineage id"), copy
+    # A printed figure keeps only its stamp: 'radassets' and 8 hex digits, typed back as read, or as a bare prefix.
+    lineage_id = t["version_id"].rsplit("@", 1)[1]
+    for typed in (f"radassets {lineage_id[:8]}", lineage_id[:8].upper(), lineage_id[:11]):
+        by_prefix = json.loads(cli_json("lineage", "trace", typed, "--json"))
+        assert by_prefix["version_id"] == t["version_id"], typed
+        assert by_prefix["found_by"].startswith(f"lineage id {lineage_id} from the prefix"), typed
+    for too_short in (lineage_id[:7], "radassets 0000000000"):
+        with pytest.raises(SystemExit) as refused:
+            cli_main(["lineage", "trace", too_short])
+        assert refused.value.code != 0, too_short
     # A file without an embedded id (the HTML report) is found by its content hash.
     report = tmp_path / "report.html"
     shutil.copy(home / "evaluation" / "demo_v1" / "radiomics" / "report.html", report)
@@ -185,8 +202,12 @@ def check_lineage(home, evaluation_metrics, tmp_path):
     comparison = json.loads((home / "comparison" / "demo_v1" / "metrics.json").read_text())
     assert [(d.name, d.facets["version"].datasetVersion) for d in done.outputs] == [
         ("comparison[demo_v1]", comparison["lineage_id"])]
-    figures = len(list((home / "comparison" / "demo_v1").glob("*.png")))  # one model: no mutual-kNN heatmap
-    assert done.outputs[0].facets["radassets"].items == {"figure": figures, "report": 1, "report_file": 2}
+    folder = home / "comparison" / "demo_v1"
+    figures = len(list(folder.glob("*.png")))  # one model: no mutual-kNN heatmap
+    report_files = [p.name for p in folder.iterdir() if p.name in ("report.md", "report.pdf", "metrics.json")
+                    or p.suffix == ".bib"]
+    assert done.outputs[0].facets["radassets"].items == {"figure": 3 * figures, "report": 1,  # PNG, PDF, SVG
+                                                         "report_file": len(report_files)}
 
 
 def test_the_comparison_leaves_out_an_evaluation_of_another_definition(instance, small_demo_home, tmp_path,

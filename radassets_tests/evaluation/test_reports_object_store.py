@@ -186,6 +186,9 @@ def test_evaluation_figures_comparison_and_their_trace_on_s3_are_the_local_ones(
     with store.reader(remote.lineage_dir()) as con:
         traced = trace(con, str(km))
     assert traced["found_by"] == f"lineage id {lineage_id} in os_2y_km.png"
+    with store.reader(remote.lineage_dir()) as con:  # its vector forms on the store, by their own metadata
+        for suffix in (".pdf", ".svg"):
+            assert trace(con, str(km.with_suffix(suffix)))["found_by"] == f"lineage id {lineage_id} in os_2y_km{suffix}"
     assert traced["version_id"] == store.version_id("evaluation", f"{DEMO}|radiomics", lineage_id)
     assert {f["input"]: f["path"] for f in traced["files"]}["clinical"] == "demo/clinical.csv"
     assert as_path(str(km)) == km
@@ -244,6 +247,6 @@ def test_hosny2018_figure2_on_s3_is_the_local_report(tmp_path, s3_root):
                         "Survival.time", "deadstatus.event", 730, "alive", layout.asset_dir("hosny2018_figure2"),
                         threshold_from=data / HOSNY["threshold_from"], threshold_column="logit_0", n_boot=100)
     here = files_under(local.asset_dir("hosny2018_figure2"))
-    assert sorted(here) == ["km.png", "metrics.json", "roc.png"]
+    assert sorted(here) == ["km.pdf", "km.png", "km.svg", "metrics.json", "roc.pdf", "roc.png", "roc.svg"]
     assert files_under(remote.asset_dir("hosny2018_figure2")) == here
     assert output_record(remote, "hosny2018_figure2", None) == output_record(local, "hosny2018_figure2", None)

@@ -9,8 +9,9 @@ evaluates the automation conditions, as `make ui`'s does):
 2. Register a new TorchScript model with `radassets models add` (demo_v2 having been run from the command
    line meanwhile) and watch automation embed, evaluate and compare it for every dataset version, with no
    backfill: the runs list shows what it launched, and only embeddings and what depends on them ran.
-3. Open the comparison that journey 2 updated, and trace its figure with `radassets lineage trace`: the new
-   model is there with the sha256 of its weights.
+3. Open the comparison that journey 2 updated, and trace its figure as a journal gets it (the vector PDF, copied
+   and renamed) with `radassets lineage trace`: the new model is there with the sha256 of its weights; the stamp
+   printed on the figure traces to the same version.
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ def test_2_register_a_new_model_and_watch_automation_materialize_it(ui_server, p
     assert sorted(m["partition"] for m in added_embeddings) == [f"demo_v1|{NEW_MODEL}", f"demo_v2|{NEW_MODEL}"]
 
 
-def test_3_trace_the_comparison_figure_to_the_new_model(ui_server, page, new_model_files, artifacts):
+def test_3_trace_the_comparison_figure_to_the_new_model(ui_server, page, new_model_files, artifacts, tmp_path):
     page.goto(f"{ui_server.url}/assets/comparison?view=partitions&partition=demo_v1")
     ranking = metadata_row(page, "os_2y: ranking").inner_text()
     assert NEW_MODEL in ranking, f"journey 3 traces what journey 2 made: run the module whole\n{ranking}"
@@ -241,13 +242,20 @@ def test_3_trace_the_comparison_figure_to_the_new_model(ui_server, page, new_mod
     latest_run = page.locator('a[href^="/runs/"]').filter(has_text=re.compile(r"^[0-9a-f]{8}$")).first.inner_text()
     show_figure(page, "os_2y: auc_figure")
 
-    figure = ui_server.home / "comparison" / "demo_v1" / "auc_os_2y.png"
+    # The figure as submitted to a journal: its vector PDF, renamed, in the manuscript's folder.
+    figure = tmp_path / "manuscript" / "figure_3.pdf"
+    figure.parent.mkdir()
+    figure.write_bytes((ui_server.home / "comparison" / "demo_v1" / "auc_os_2y.pdf").read_bytes())
     traced = ui_server.cli("lineage", "trace", str(figure), "--json")
     assert traced.returncode == 0, traced.stdout + traced.stderr
     trace = json.loads(traced.stdout)
     # The figure carries the lineage id that the UI shows for the comparison it belongs to.
     assert (trace["asset"], trace["partition_key"]) == ("comparison", "demo_v1")
     assert trace["version_id"] == f"comparison[demo_v1]@{lineage_id}"
+    assert trace["found_by"] == f"lineage id {lineage_id} in figure_3.pdf"
+    # A printed copy keeps only the stamp in its corner: typed back, it names the same version.
+    stamped = ui_server.cli("lineage", "trace", f"radassets {lineage_id[:8]}", "--json")
+    assert stamped.returncode == 0 and json.loads(stamped.stdout)["version_id"] == trace["version_id"]
     weights_sha256 = sha256_file(new_model_files[0])
     models = {m["name"]: m for m in trace["models"]}
     assert set(models) == {"radiomics", "untrained_cnn", NEW_MODEL}
