@@ -36,6 +36,10 @@ NOTEBOOK_HOSNY: dict[str, Any] = {
     "printed": 0.6802650987584817,
     "printed_is": "exp_of_log10_p",
     "label": "surv2yr column (1 = alive at two years); scores 1 − logit0 (the probability of surviving)",
+    "threshold_printed": 0.9721243980000001,
+    "risk_groups": "group_baseline_cat / group_replicated_cat: logit0 > median_threshold for both models, the "
+                   "median logit_0 of Radboud.csv (the tuning cohort), printed in cell 7oHGPVSk8df8 (execution "
+                   "count 17)",
     "orientation": "The AUCs are those of the risk scores against death before two years (the same 206 labels); "
                    "the sign of its difference and z is the reverse of ours, as it tested baseline against "
                    "replication.",

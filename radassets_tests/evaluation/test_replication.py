@@ -95,7 +95,8 @@ def test_aucs_equal_scikit_learn(hosny, patients):
 def test_kappa_equals_the_hand_count_of_the_two_by_two_table(hosny, patients):
     a = hosny["replication"]["agreement"]
     threshold = pd.read_csv(DATA / TUNING)["logit_0"].median()  # the notebook's one threshold for both models
-    assert a["threshold_replicated"] == a["threshold_reference"] == pytest.approx(threshold)
+    assert a["threshold_replicated"] == a["threshold_reference"] == pytest.approx(threshold, rel=1e-12)
+    assert threshold == pytest.approx(NOTEBOOK_HOSNY["threshold_printed"], rel=1e-12)  # the notebook's groups
     cnn, base = patients["CNN_logit0"] > threshold, patients["baseline_logit0"] > threshold
     both_high, both_low = int((cnn & base).sum()), int((~cnn & ~base).sum())
     cnn_only, base_only = int((cnn & ~base).sum()), int((~cnn & base).sum())
