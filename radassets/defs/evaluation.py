@@ -56,16 +56,19 @@ def _png(path) -> MetadataValue:
 @asset(
     group_name="evaluation",
     kinds={"python", "png"},
-    code_version="hosny2018-figure2-1",
+    code_version="hosny2018-figure2-2",
     description=(
         "Hosny et al. 2018, Figure 2, reproduced: the published CNN scores (CNN_logit0, the cloud "
         "re-implementation) of the 206 LUNG1 patients against 2-year survival (censored before two years = alive, "
         "the authors' convention), high risk above the median logit of the tuning cohort. AUC with a bootstrap "
-        "CI, Kaplan-Meier high vs low risk with numbers at risk, log-rank p, Cox hazard ratio, C-index."
+        "CI, Kaplan-Meier high vs low risk with numbers at risk, log-rank p, Cox hazard ratio, C-index; and the "
+        "seed study's comparison with the original model (baseline_logit0) on the same patients: paired DeLong "
+        "test (AUC difference, z, two-sided p) and agreement of the two models' risk groups (Cohen's kappa)."
     ),
 )
 @recorded
 def hosny2018_figure2(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
+    from radassets.evaluation.replication import NOTEBOOK_HOSNY
     from radassets.evaluation.scores import evaluate_scores
 
     settings = storage.settings()
@@ -74,12 +77,18 @@ def hosny2018_figure2(context: AssetExecutionContext, storage: StorageResource) 
     report = evaluate_scores(
         root / HOSNY["scores"], "PatientID", "CNN_logit0", root / HOSNY["clinical"], "PatientID", "Survival.time",
         "deadstatus.event", 730, "alive", out, threshold_from=root / HOSNY["threshold_from"],
-        threshold_column="logit_0", title="Hosny et al. 2018, LUNG1 (n=206), CNN")
+        threshold_column="logit_0", title="Hosny et al. 2018, LUNG1 (n=206), CNN",
+        reference_column="baseline_logit0", reference_name="baseline_logit0 (original model)",
+        reference_published=NOTEBOOK_HOSNY)
+    replication = report.replication_headline()
     context.log.info(f"AUC {report.auc:.3f} ({report.auc_ci_low:.3f}-{report.auc_ci_high:.3f}), "
-                     f"HR {report.hazard_ratio:.2f}, log-rank p {report.logrank_p:.3g}")
+                     f"HR {report.hazard_ratio:.2f}, log-rank p {report.logrank_p:.3g}; against the original model: "
+                     f"AUC difference {replication['auc_difference']:+.4f}, DeLong p {replication['delong_p']:.3g}, "
+                     f"risk-group kappa {replication['risk_group_kappa']:.3f}")
     return MaterializeResult(
         metadata={
             **report.headline(),
+            **{k: v for k, v in replication.items() if v is not None},
             "lineage_id": report.lineage_id,
             "kaplan_meier": _png(out / "km.png"),
             "roc": _png(out / "roc.png"),

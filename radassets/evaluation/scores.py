@@ -85,6 +85,46 @@ def _numeric(table: Table, column: str, what: str) -> pd.Series:
     return values
 
 
+def _reference_scores(table: Table, column: str | None, threshold: float | None) -> pd.Series | None:
+    """The reference model's scores (NaN where empty), or None when no reference column is asked for."""
+    if column is None:
+        if threshold is not None:
+            raise ScoreInputError("--reference-threshold needs --reference-column")
+        return None
+    if column not in table.frame:
+        raise ScoreInputError(f"scores {table.path}: no column {column!r} (--reference-column); it has "
+                              f"{list(table.frame.columns)}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ScoreInputError(f"reference threshold {threshold} (--reference-threshold): must be a finite number")
+    values = _numeric(table, column, "scores")
+    if values.isna().all():
+        raise ScoreInputError(f"scores {table.path}: reference column {column!r} has no value in any of its "
+                              f"{len(values)} row(s)")
+    return values
+
+
+def _replication(matched: pd.DataFrame, score_column: str, reference_column: str, reference_name: str | None,
+                 threshold: float, threshold_source: str, reference_threshold: float | None,
+                 published: dict[str, Any] | None) -> dict[str, Any]:
+    """The replicated scores against the reference column on the matched patients (``compare_to_reference``)."""
+    from radassets.evaluation.replication import ReplicationInputError, compare_to_reference
+
+    if reference_threshold is not None:
+        ref_threshold, rule = float(reference_threshold), "reference threshold given"
+    elif threshold_source == "median of the scores evaluated":
+        ref_threshold = float(matched["reference"].dropna().median())
+        rule = "each model's median over the patients evaluated"
+    else:
+        ref_threshold, rule = threshold, f"the same threshold for both ({threshold_source})"
+    try:
+        return compare_to_reference(matched["label"], matched["score"], matched["reference"], threshold,
+                                    ref_threshold, replicated_name=score_column,
+                                    reference_name=reference_name or reference_column, threshold_rule=rule,
+                                    published=published)
+    except ReplicationInputError as e:
+        raise ScoreInputError(f"reference column {reference_column!r}: {e}") from None
+
+
 def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: Path, clinical_id_column: str,
                     time_column: str, event_column: str, horizon_days: int,
                     censored_before_horizon: Literal["alive", "drop"],
@@ -92,10 +132,17 @@ def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: P
                     censored_values: tuple[str, ...] | None = None, threshold: float | None = None,
                     threshold_from: Path | None = None, threshold_column: str | None = None,
                     time_unit: Literal["days", "months"] = "days", seed: int = DEFAULT_SEED, n_boot: int = N_BOOT,
-                    title: str | None = None) -> ScoresReport:
+                    title: str | None = None, reference_column: str | None = None,
+                    reference_name: str | None = None, reference_threshold: float | None = None,
+                    reference_published: dict[str, Any] | None = None) -> ScoresReport:
     """Evaluate, write ``metrics.json``, ``roc.png`` and ``km.png`` under ``out_dir``; return their report.
     ``censored_values``: the event column's values that mean censored (default: the known ones, see
-    ``labels.KNOWN_CENSORING_VALUES``); any other value that is not an event value is an error."""
+    ``labels.KNOWN_CENSORING_VALUES``); any other value that is not an event value is an error.
+    ``reference_column``: a second score column of the same table (the original model a replication reproduces);
+    metrics.json then has ``replication`` (``replication.compare_to_reference``) on the patients both scored. Its
+    threshold is ``reference_threshold`` or the same rule as the scores' (the given threshold, the median of the
+    threshold table, or the median of its own scores evaluated); ``reference_published``: what the original
+    analysis printed (``replication.NOTEBOOK_HOSNY``)."""
     if not (isinstance(horizon_days, (int, float)) and math.isfinite(horizon_days) and horizon_days > 0):
         raise ScoreInputError(f"horizon of {horizon_days} days (--horizon-days): the horizon must be a positive "
                               f"number of days")
@@ -104,6 +151,7 @@ def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: P
     score_table = Table.read(scores, id_column, [score_column], "scores")
     clinical_table = Table.read(clinical, clinical_id_column, [time_column, event_column], "clinical table")
     score = _numeric(score_table, score_column, "scores")
+    reference = _reference_scores(score_table, reference_column, reference_threshold)
     if score.isna().all():
         raise ScoreInputError(f"scores {scores}: column {score_column!r} has no value in any of its "
                               f"{len(score)} row(s)")
@@ -124,7 +172,8 @@ def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: P
     except LabelError as e:
         raise ScoreInputError(f"clinical table {clinical}: {e} (--event-value, --censored-value)") from None
     excluded = {f"clinical: {k}": v for k, v in labels.excluded.items()}
-    scored = pd.DataFrame({"PatientID": score_table.frame[id_column], "score": score})
+    scored = pd.DataFrame({"PatientID": score_table.frame[id_column], "score": score,
+                           **({"reference": reference} if reference is not None else {})})
     no_score = scored["score"].isna()
     if no_score.any():
         excluded["scores: missing score"] = int(no_score.sum())
@@ -198,8 +247,17 @@ def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: P
         "software": {"lifelines": lifelines.__version__, "scikit-learn": sklearn.__version__,
                      "python": platform.python_version()},
     }
-    lineage_id = sha256_json({"inputs": inputs, "horizon_days": horizon_days, "threshold": threshold,
-                              "convention": censored_before_horizon, "seed": seed})[:16]
+    identity = {"inputs": inputs, "horizon_days": horizon_days, "threshold": threshold,
+                "convention": censored_before_horizon, "seed": seed}
+    if reference_column is not None:
+        # Hashed only when given: a plain run keeps the lineage id it had before the comparison existed.
+        replication = _replication(matched, score_column, reference_column, reference_name, threshold,
+                                   threshold_source, reference_threshold, reference_published)
+        metrics["replication"] = replication
+        identity["reference"] = {"column": reference_column, "name": replication["reference"],
+                                 "threshold": replication["agreement"]["threshold_reference"],
+                                 "published": reference_published}
+    lineage_id = sha256_json(identity)[:16]
     metrics["lineage_id"] = lineage_id
     name = title or f"{Path(scores).stem}: {score_column}"
     roc_figure(binary["label"].to_numpy(int), binary["score"].to_numpy(float), auc,

@@ -180,6 +180,7 @@ class ScoresReport:
     c_index: float
     excluded: dict[str, int]  # patients left out, by cause
     metrics: dict[str, Any]
+    replication: dict[str, Any] | None = None  # against a reference model's scores (``replication.py``), if asked
 
     # The headline values, in the order ``radassets evaluate scores`` prints them.
     HEADLINE = ("n", "n_events_before_horizon", "auc", "auc_ci_low", "auc_ci_high", "threshold", "hazard_ratio",
@@ -188,11 +189,20 @@ class ScoresReport:
     @classmethod
     def of(cls, metrics: dict[str, Any], out_dir: Path) -> ScoresReport:
         return cls(out_dir=out_dir, lineage_id=metrics["lineage_id"], **{k: metrics[k] for k in cls.HEADLINE},
-                   excluded=metrics["excluded"], metrics=metrics)
+                   excluded=metrics["excluded"], metrics=metrics, replication=metrics.get("replication"))
 
     def headline(self) -> dict[str, Any]:
         """The headline values (plain values, in print order)."""
         return {k: getattr(self, k) for k in self.HEADLINE}
+
+    def replication_headline(self) -> dict[str, Any]:
+        """The comparison with the reference model in a few plain values (empty without one)."""
+        if self.replication is None:
+            return {}
+        d, a = self.replication["delong"], self.replication["agreement"]
+        return {"reference": self.replication["reference"], "reference_auc": d["auc_reference"],
+                "auc_difference": d["difference"], "delong_z": d["z"], "delong_p": d["p"],
+                "risk_group_agreement_pct": a["percent_agreement"], "risk_group_kappa": a["cohen_kappa"]}
 
     def to_json(self) -> dict[str, Any]:
         """``metrics.json``, as written."""

@@ -30,6 +30,12 @@ def test_hosny2018_figure2_asset(instance, storage):
     out = storage / "reports" / "hosny2018_figure2"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["label_definition"]["censored_before_horizon"] == "alive"
+    # The seed study's comparison with the original model, in the metadata as in metrics.json.
+    replication = metrics["replication"]
+    assert meta["delong_p"].value == replication["delong"]["p"] and meta["delong_p"].value == pytest.approx(0.4118, abs=1e-4)
+    assert meta["auc_difference"].value == replication["delong"]["difference"]
+    assert meta["risk_group_kappa"].value == replication["agreement"]["cohen_kappa"]
+    assert replication["published"]["agrees_with_p"]
     assert lineage_id_of(out / "km.png") == lineage_id_of(out / "roc.png") == meta["lineage_id"].value
     # Its lineage: no cohort, the three published tables it read, each with its sha256.
     from radassets.lineage.store import LineageError, reader
