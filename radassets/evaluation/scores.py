@@ -39,6 +39,7 @@ from radassets.storage import atomic_write_json, sha256_file, sha256_json
 from radassets.errors import RadassetsError
 
 DEFAULT_SEED = 20261124
+OWN_MEDIAN = "median of the scores evaluated"  # the threshold rule when none is given (each model its own median)
 
 
 class ScoreInputError(RadassetsError, ValueError):
@@ -111,7 +112,7 @@ def _replication(matched: pd.DataFrame, score_column: str, reference_column: str
 
     if reference_threshold is not None:
         ref_threshold, rule = float(reference_threshold), "reference threshold given"
-    elif threshold_source == "median of the scores evaluated":
+    elif threshold_source == OWN_MEDIAN:
         ref_threshold = float(matched["reference"].dropna().median())
         rule = "each model's median over the patients evaluated"
     else:
@@ -204,7 +205,7 @@ def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: P
         threshold_source = f"median of {threshold_column!r} in {Path(threshold_from).name} (n={len(values)})"
     else:
         threshold = float(matched["score"].median())
-        threshold_source = "median of the scores evaluated"
+        threshold_source = OWN_MEDIAN
 
     n = len(matched)
     if matched["score"].nunique() == 1:
