@@ -66,6 +66,7 @@ def _png(path) -> MetadataValue:
 )
 @recorded
 def hosny2018_figure2(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
+    from radassets.evaluation.citations import hosny2018_citations
     from radassets.evaluation.scores import evaluate_scores
 
     settings = storage.settings()
@@ -74,7 +75,7 @@ def hosny2018_figure2(context: AssetExecutionContext, storage: StorageResource) 
     report = evaluate_scores(
         root / HOSNY["scores"], "PatientID", "CNN_logit0", root / HOSNY["clinical"], "PatientID", "Survival.time",
         "deadstatus.event", 730, "alive", out, threshold_from=root / HOSNY["threshold_from"],
-        threshold_column="logit_0", title="Hosny et al. 2018, LUNG1 (n=206), CNN")
+        threshold_column="logit_0", title="Hosny et al. 2018, LUNG1 (n=206), CNN", citations=hosny2018_citations())
     context.log.info(f"AUC {report.auc:.3f} ({report.auc_ci_low:.3f}-{report.auc_ci_high:.3f}), "
                      f"HR {report.hazard_ratio:.2f}, log-rank p {report.logrank_p:.3g}")
     return MaterializeResult(
@@ -83,6 +84,7 @@ def hosny2018_figure2(context: AssetExecutionContext, storage: StorageResource) 
             "lineage_id": report.lineage_id,
             "kaplan_meier": _png(out / "km.png"),
             "roc": _png(out / "roc.png"),
+            "report": MetadataValue.path(str(out / "report.html")),
             "metrics_json": MetadataValue.path(str(out / "metrics.json")),
         },
         data_version=DataVersion(report.lineage_id),
@@ -124,7 +126,8 @@ def evaluation(context: AssetExecutionContext, storage: StorageResource) -> Mate
     with user_failure():
         report = evaluate_model(definition, model, layout.asset_dir("embeddings", dataset_version, model),
                                 layout.seeds_table(dataset_version), out,
-                                source_root=source_root(definition, layout), layout=layout)
+                                source_root=source_root(definition, layout), layout=layout,
+                                registry_dir=settings.resolved_models_dir())
     metadata: dict = {"lineage_id": report.lineage_id, "patients": report.patients,
                       "definition_sha256": report.definition_sha256,
                       "report": MetadataValue.path(str(out / "report.html")),
@@ -196,7 +199,8 @@ def comparison(context: AssetExecutionContext, storage: StorageResource) -> Mate
     with user_failure():
         report = compare_models(definition, layout.asset_dir("evaluation", dataset_version),
                                 layout.asset_dir("embeddings", dataset_version), layout.seeds_table(dataset_version),
-                                out, source_root=source_root(definition, layout), layout=layout)
+                                out, source_root=source_root(definition, layout), layout=layout,
+                                registry_dir=settings.resolved_models_dir())
     metadata: dict = {"lineage_id": report.lineage_id, "models": len(report.models),
                       "report": MetadataValue.path(str(out / "report.html"))}
     if report.nothing_compared:
