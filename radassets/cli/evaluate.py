@@ -69,4 +69,5 @@ def scores(scores: str, id_column: str, score_column: str, clinical: str, clinic
         print(f"{key:24s} {value:.4g}" if isinstance(value, float) else f"{key:24s} {value}")
     for cause, n in metrics.excluded.items():
         print(f"excluded: {cause}: {n}")
-    print(f"wrote {Path(out) / 'metrics.json'}, roc.png, km.png (lineage id {metrics.lineage_id})")
+    print(f"wrote {Path(out) / 'metrics.json'}, roc.png, km.png, report.md, report.html, references.bib "
+          f"(lineage id {metrics.lineage_id})")

@@ -69,6 +69,7 @@ def _png(path) -> MetadataValue:
 @recorded
 def hosny2018_figure2(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
     from radassets.evaluation.replication import NOTEBOOK_HOSNY
+    from radassets.evaluation.citations import hosny2018_citations
     from radassets.evaluation.scores import evaluate_scores
 
     settings = storage.settings()
@@ -79,7 +80,7 @@ def hosny2018_figure2(context: AssetExecutionContext, storage: StorageResource) 
         "deadstatus.event", 730, "alive", out, threshold_from=root / HOSNY["threshold_from"],
         threshold_column="logit_0", title="Hosny et al. 2018, LUNG1 (n=206), CNN",
         reference_column="baseline_logit0", reference_name="baseline_logit0 (original model)",
-        reference_published=NOTEBOOK_HOSNY)
+        reference_published=NOTEBOOK_HOSNY, citations=hosny2018_citations(), stamp=settings.figure_stamp)
     replication = report.replication_headline()
     context.log.info(f"AUC {report.auc:.3f} ({report.auc_ci_low:.3f}-{report.auc_ci_high:.3f}), "
                      f"HR {report.hazard_ratio:.2f}, log-rank p {report.logrank_p:.3g}; against the original model: "
@@ -92,6 +93,7 @@ def hosny2018_figure2(context: AssetExecutionContext, storage: StorageResource) 
             "lineage_id": report.lineage_id,
             "kaplan_meier": _png(out / "km.png"),
             "roc": _png(out / "roc.png"),
+            "report": MetadataValue.path(str(out / "report.html")),
             "metrics_json": MetadataValue.path(str(out / "metrics.json")),
         },
         data_version=DataVersion(report.lineage_id),
@@ -134,7 +136,7 @@ def evaluation(context: AssetExecutionContext, storage: StorageResource) -> Mate
         report = evaluate_model(definition, model, layout.asset_dir("embeddings", dataset_version, model),
                                 layout.seeds_table(dataset_version), out,
                                 source_root=source_root(definition, layout), layout=layout,
-                                stamp=settings.figure_stamp)
+                                stamp=settings.figure_stamp, registry_dir=settings.resolved_models_dir())
     metadata: dict = {"lineage_id": report.lineage_id, "patients": report.patients,
                       "definition_sha256": report.definition_sha256,
                       "report": MetadataValue.path(str(out / "report.html")),
@@ -208,7 +210,7 @@ def comparison(context: AssetExecutionContext, storage: StorageResource) -> Mate
         report = compare_models(definition, layout.asset_dir("evaluation", dataset_version),
                                 layout.asset_dir("embeddings", dataset_version), layout.seeds_table(dataset_version),
                                 out, source_root=source_root(definition, layout), layout=layout,
-                                stamp=settings.figure_stamp)
+                                stamp=settings.figure_stamp, registry_dir=settings.resolved_models_dir())
     metadata: dict = {"lineage_id": report.lineage_id, "models": len(report.models),
                       "report": MetadataValue.path(str(out / "report.html")),
                       "report_pdf": MetadataValue.path(str(out / "report.pdf"))}

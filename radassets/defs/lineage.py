@@ -19,15 +19,14 @@ waiting. No ``from __future__ import annotations``: Dagster inspects the wrapped
 
 import dataclasses
 import functools
-import subprocess
 import uuid
-from pathlib import Path
 from typing import Any
 
 from dagster import (AssetKey, AssetRecordsFilter, DagsterInstance, Failure, MaterializeResult,
                      MultiPartitionsDefinition, MetadataValue)
 
 import radassets
+from radassets import git_commit
 from radassets.defs.locks import exclusive_partition
 from radassets.dataplane import Compute
 from radassets.lineage import store
@@ -37,21 +36,6 @@ from radassets.settings import Settings
 
 RUN_NAMESPACE = uuid.UUID("8f6f2a52-3c1e-4d6b-9a57-1f2a1e5c9b10")  # radassets lineage run ids (uuid5)
 MAX_METADATA_CHARS = 2000  # inline images and long tables stay in Dagster; the facet keeps the numbers
-
-
-@functools.cache
-def git_commit() -> str | None:
-    """The commit of the code that runs (with ``-dirty`` when the working tree has changes), if in git."""
-    here = Path(radassets.__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _partition(context) -> tuple[str | None, dict[str, str] | None]:

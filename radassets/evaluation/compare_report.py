@@ -27,12 +27,13 @@ import numpy as np
 import pandas as pd
 
 from radassets.datasets import DatasetVersion
+from radassets.evaluation.citations import Citations
 from radassets.evaluation.comparison import MUTUAL_K, compare_endpoint, mutual_knn
 from radassets.evaluation.figures import FigureWriter, pyplot, stamp_text
 from radassets.evaluation.report_pdf import write_report_pdf
 from radassets.evaluation.step_reports import ComparisonReport
-from radassets.evaluation.report import (EvaluationInputError, definition_sha256, nothing_to_evaluate, recorded_path,
-                                         write_html)
+from radassets.evaluation.report import (EvaluationInputError, citations_lines, definition_sha256,
+                                         nothing_to_evaluate, recorded_path, write_citations, write_html)
 from radassets.layout import Layout
 from radassets.storage import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 
@@ -103,9 +104,11 @@ def stale_causes(evaluation: dict[str, Any], definition_hash: str, current_files
 
 def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings_root: Path, seeds_parquet: Path,
                    out_dir: Path, *, source_root: Path | None = None, layout: Layout | None = None,
-                   stamp: bool = True) -> ComparisonReport:
+                   stamp: bool = True, registry_dir: Path | None = None) -> ComparisonReport:
     """Compare the evaluated models and write the outputs under ``out_dir`` (the module docstring); ``layout``: the
-    artifact root files are named relative to; ``stamp``: the lineage id's stamp on the figures."""
+    artifact root files are named relative to, and where the cohort lockfile the report cites is; ``registry_dir``:
+    the model registry the compared models' citations and licences are read from (default: the shipped one);
+    ``stamp``: the lineage id's stamp on the figures."""
     from radassets.idc.index import resolve_table
     from radassets.models.embed import read_embeddings
 
@@ -113,7 +116,8 @@ def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings
     if why := nothing_to_evaluate(definition):
         nothing = {"dataset_version": dataset_version, "status": "nothing to compare", "reason": why,
                    "lineage_id": sha256_json({"dataset_version": dataset_version, "reason": why})[:16],
-                   "models": {}, "stale": {}, "endpoints": {}, "figures": []}
+                   "models": {}, "stale": {}, "endpoints": {}, "figures": [],
+                   "citations": Citations.of_dataset(definition, layout, {}, registry_dir).as_json()}
         return ComparisonReport.of(write_comparison(nothing, out_dir), out_dir)
     evaluations = evaluated_models(evaluation_root)
     if not evaluations:
@@ -169,14 +173,19 @@ def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings
                "models": inputs, "stale": stale,
                "endpoints": endpoints, "mutual_knn": {"k": MUTUAL_K, "series": len(common), "models": models,
                                                       "matrix": similarity.round(4).tolist()},
-               "figures": figures}
+               "figures": figures,
+               # After the lineage id: what the result cites is not one of its inputs. The models compared (not
+               # the stale ones), with the weights their evaluations recorded.
+               "citations": Citations.of_dataset(definition, layout, {m: inputs[m]["weights_sha256"] for m in models},
+                                                 registry_dir).as_json()}
     return ComparisonReport.of(write_comparison(metrics, out_dir, writer), out_dir)
 
 
 def write_comparison(metrics: dict[str, Any], out_dir: Path, figures: FigureWriter | None = None) -> dict[str, Any]:
-    """metrics.json, report.md, report.html (figures embedded) and report.pdf (figures as vector pages) of a
-    comparison."""
+    """metrics.json, report.md, report.html (figures embedded), report.pdf (figures as vector pages) and
+    references.bib of a comparison."""
     atomic_write_json(out_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
+    write_citations(metrics, out_dir)
     markdown = report_markdown(metrics)
     atomic_write_text(out_dir / "report.md", markdown)
     write_html(out_dir / "report.html", report_markdown(metrics, out_dir), "radassets comparison", 640)
@@ -221,6 +230,7 @@ def report_markdown(m: dict[str, Any], embed_from: Path | None = None) -> str:
         lines += ["## Embedding similarity", "", f"Mutual kNN (k = {m['mutual_knn']['k']}) on "
                   f"{m['mutual_knn']['series']} series embedded by every model.", "", image("mutual_knn.png"), "",
                   f"*mutual_knn.png · lineage id `{m['lineage_id']}`*", ""]
+    lines += citations_lines(m)
     lines += ["---", f"radassets comparison · lineage id `{m['lineage_id']}` (also in every figure's metadata, PNG, PDF "
               f"and SVG, and its stamp `{stamp_text(m['lineage_id'])}`)"]
     return "\n".join(lines) + "\n"

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from radassets.datasets import DatasetVersion
+from radassets.evaluation.citations import Citations, write_bibtex
 from radassets.evaluation.evaluate import (EndpointResult, SEED, cosine_stability, evaluate_endpoint,
                                            patient_embeddings, test_retest_pairs)
 from radassets.evaluation.figures import FigureWriter, km_figure, roc_figure, stamp_text
@@ -120,11 +121,15 @@ def read_evaluation_inputs(definition: DatasetVersion, model: str, embeddings_di
 
 def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path, seeds_parquet: Path,
                    out_dir: Path, seed: int = SEED, *, source_root: Path | None = None,
-                   layout: Layout | None = None, stamp: bool = True) -> EvaluationReport:
+                   layout: Layout | None = None, registry_dir: Path | None = None,
+                   stamp: bool = True) -> EvaluationReport:
     """Evaluate and write the outputs under ``out_dir`` (the module docstring); ``layout``: the artifact root the
-    inputs are named relative to in ``metrics.json``; ``stamp``: the lineage id's stamp on the figures."""
+    inputs are named relative to in ``metrics.json``, and where the cohort lockfile the report cites is;
+    ``registry_dir``: the model registry the model's citation and licence are read from (default: the shipped
+    one); ``stamp``: the lineage id's stamp on the figures."""
     if why := nothing_to_evaluate(definition):
-        return EvaluationReport.of(write_not_evaluated(definition, model, why, out_dir, seed), out_dir)
+        citations = Citations.of_dataset(definition, layout, {model: None}, registry_dir)
+        return EvaluationReport.of(write_not_evaluated(definition, model, why, out_dir, seed, citations), out_dir)
     read = read_evaluation_inputs(definition, model, embeddings_dir, seeds_parquet, source_root, layout)
     rows, matrix, patients, x, clinical, pairs = read.rows, read.matrix, read.patients, read.x, read.clinical, read.pairs
     manifest, inputs = read.manifest, read.files
@@ -162,13 +167,17 @@ def evaluate_model(definition: DatasetVersion, model: str, embeddings_dir: Path,
         "endpoints": {r.endpoint: r.metrics for r in results},
         "stability": {"test_retest": cosine_stability(rows, matrix, pairs)} if pairs else {},
         "figures": figures, "inputs": inputs,
+        # After the lineage id: what the result cites is not one of its inputs.
+        "citations": Citations.of_dataset(definition, layout, {model: manifest.get("weights_sha256")},
+                                          registry_dir).as_json(),
     }
     atomic_write_json(out_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
     write_report(metrics, out_dir, writer)
     return EvaluationReport.of(metrics, out_dir)
 
 
-def write_not_evaluated(definition: DatasetVersion, model: str, why: str, out_dir: Path, seed: int) -> dict[str, Any]:
+def write_not_evaluated(definition: DatasetVersion, model: str, why: str, out_dir: Path, seed: int,
+                        citations: Citations | None = None) -> dict[str, Any]:
     """metrics.json and the report of a dataset version with nothing to evaluate, saying why."""
     definition_hash = definition_sha256(definition)
     metrics = {"dataset_version": definition.name, "model": model, "seed": seed, "status": "nothing to evaluate",
@@ -176,7 +185,8 @@ def write_not_evaluated(definition: DatasetVersion, model: str, why: str, out_di
                "lineage_id": sha256_json({"dataset_version": definition.name, "model": model, "reason": why,
                                           "definition_sha256": definition_hash})[:16],
                "weights_sha256": None, "preprocessing_hash": None, "patients": 0, "endpoints": {}, "stability": {},
-               "figures": {}, "inputs": {}}
+               "figures": {}, "inputs": {},
+               "citations": (citations or Citations.of_dataset(definition, None, {model: None})).as_json()}
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_report(metrics, out_dir)
     return metrics
@@ -190,7 +200,7 @@ def report_markdown(metrics: dict[str, Any], embed_images: bool = False, folder:
     m = metrics
     lines = [f"# Evaluation: {m['dataset_version']} × {m['model']}", ""]
     if m.get("status") == "nothing to evaluate":
-        return "\n".join([*lines, f"Nothing evaluated: {m['reason']}.", "", "---",
+        return "\n".join([*lines, f"Nothing evaluated: {m['reason']}.", "", *citations_lines(m), "---",
                           f"radassets evaluation · lineage id `{m['lineage_id']}`"]) + "\n"
     lines += [f"Patients: {m['patients']} ({m['patient_rule']}). Weights sha256: `{m['weights_sha256'] or 'none'}`; "
               f"preprocessing `{m['preprocessing_hash'][:12]}`.", ""]
@@ -224,13 +234,28 @@ def report_markdown(metrics: dict[str, Any], embed_images: bool = False, folder:
                   f"cosine similarity mean {_fmt(st['cosine_mean'])}, median {_fmt(st['cosine_median'])}, "
                   f"min {_fmt(st['cosine_min'])}. (On unnormalised features such as radiomics, the cosine is "
                   f"dominated by the largest-valued features.)", ""]
+    lines += citations_lines(m)
     lines += ["---", f"radassets evaluation · lineage id `{m['lineage_id']}` (also in every figure's metadata, PNG, "
                      f"PDF and SVG, and its stamp `{stamp_text(m['lineage_id'])}`)"]
     return "\n".join(lines) + "\n"
 
 
+def citations_lines(metrics: dict[str, Any]) -> list[str]:
+    """The "How to cite" section of a report from its metrics' ``citations`` (none in a record written before
+    reports cited)."""
+    return Citations.from_json(metrics["citations"]).markdown_lines() if "citations" in metrics else []
+
+
+def write_citations(metrics: dict[str, Any], out_dir: Path) -> None:
+    """``references.bib`` beside a report, from its metrics' ``citations``."""
+    if "citations" in metrics:
+        write_bibtex(Citations.from_json(metrics["citations"]), out_dir)
+
+
 def write_report(metrics: dict[str, Any], out_dir: Path, figures: FigureWriter | None = None) -> None:
-    """report.md, report.html (figures inline) and report.pdf (the figures ``figures`` kept, as vector pages)."""
+    """references.bib, report.md, report.html (figures inline) and report.pdf (the figures ``figures`` kept, as
+    vector pages)."""
+    write_citations(metrics, out_dir)
     markdown = report_markdown(metrics)
     atomic_write_text(out_dir / "report.md", markdown)
     write_html(out_dir / "report.html", report_markdown(metrics, embed_images=True, folder=out_dir),
@@ -242,13 +267,16 @@ def write_report(metrics: dict[str, Any], out_dir: Path, figures: FigureWriter |
 def write_html(path: Path, markdown: str, title: str, image_width_px: int = 560) -> None:
     """A self-contained HTML page of a report's Markdown (images already embedded as data URIs)."""
     style = ("body{font-family:sans-serif;max-width:900px;margin:2em auto}table{border-collapse:collapse}"
-             f"td,th{{border:1px solid #ccc;padding:4px 8px}}img{{max-width:{image_width_px}px}}")
+             f"td,th{{border:1px solid #ccc;padding:4px 8px}}img{{max-width:{image_width_px}px}}"
+             "blockquote.warning{border-left:5px solid #c0392b;background:#fdecea;margin:0.5em 0;padding:4px 12px;"
+             "font-weight:bold}")
     atomic_write_text(path, f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
                             f"<style>{style}</style>\n{markdown_to_html(markdown)}")
 
 
 def markdown_to_html(text: str) -> str:
-    """The small Markdown subset the report uses (headings, tables, images, paragraphs, code spans)."""
+    """The small Markdown subset the report uses (headings, tables, images, paragraphs, code spans, and quoted
+    lines, shown as warnings: the licence restrictions)."""
     import re
 
     def inline(s: str) -> str:
@@ -276,6 +304,8 @@ def markdown_to_html(text: str) -> str:
             out.append(f"<p><img alt='{html.escape(alt)}' src='{src.rstrip(')')}'></p>")
         elif line == "---":
             out.append("<hr>")
+        elif line.startswith("> "):
+            out.append(f"<blockquote class='warning'>{inline(line[2:])}</blockquote>")
         elif line:
             out.append(f"<p>{inline(line)}</p>")
     return "\n".join(out)

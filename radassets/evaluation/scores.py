@@ -18,24 +18,26 @@ score, no clinical row, no follow-up) are counted by cause in ``metrics.json``.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import lifelines
 import pandas as pd
-import sklearn
 
 from radassets.datasets import Endpoint
-from radassets.evaluation.figures import km_figure, roc_figure
+from radassets.evaluation.citations import Citations
+from radassets.evaluation.figures import FigureWriter, km_figure, roc_figure, stamp_text
 from radassets.evaluation.evaluate import MIN_PER_CLASS
 from radassets.evaluation.labels import LabelError, survival_labels
+from radassets.evaluation.replication import replication_markdown
+from radassets.evaluation.report import citations_lines, write_citations, write_html
+from radassets.evaluation.report_pdf import write_report_pdf
 from radassets.evaluation.step_reports import ScoresReport
 from radassets.evaluation.survival import N_BOOT, SurvivalFitError, auc_with_bootstrap_ci, c_index, risk_groups
-from radassets.storage import atomic_write_json, sha256_file, sha256_json
+from radassets.storage import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from radassets.errors import RadassetsError
 
 DEFAULT_SEED = 20261124
@@ -135,15 +137,19 @@ def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: P
                     time_unit: Literal["days", "months"] = "days", seed: int = DEFAULT_SEED, n_boot: int = N_BOOT,
                     title: str | None = None, reference_column: str | None = None,
                     reference_name: str | None = None, reference_threshold: float | None = None,
-                    reference_published: dict[str, Any] | None = None) -> ScoresReport:
-    """Evaluate, write ``metrics.json``, ``roc.png`` and ``km.png`` under ``out_dir``; return their report.
+                    reference_published: dict[str, Any] | None = None, citations: Citations | None = None,
+                    stamp: bool = True) -> ScoresReport:
+    """Evaluate, write ``metrics.json``, the ``roc`` and ``km`` figures (.png, .pdf, .svg), ``report.md``,
+    ``report.html``, ``report.pdf`` and ``references.bib`` under ``out_dir``; return their report.
     ``censored_values``: the event column's values that mean censored (default: the known ones, see
     ``labels.KNOWN_CENSORING_VALUES``); any other value that is not an event value is an error.
     ``reference_column``: a second score column of the same table (the original model a replication reproduces);
     metrics.json then has ``replication`` (``replication.compare_to_reference``) on the patients both scored. Its
     threshold is ``reference_threshold`` or the same rule as the scores' (the given threshold, the median of the
     threshold table, or the median of its own scores evaluated); ``reference_published``: what the original
-    analysis printed (``replication.NOTEBOOK_HOSNY``)."""
+    analysis printed (``replication.NOTEBOOK_HOSNY``). ``citations``: what the result rests on (the data's
+    collection, the works the scores come from, e.g. ``citations.hosny2018_citations()``); by default the software
+    alone. ``stamp``: the lineage id's stamp on the figures."""
     if not (isinstance(horizon_days, (int, float)) and math.isfinite(horizon_days) and horizon_days > 0):
         raise ScoreInputError(f"horizon of {horizon_days} days (--horizon-days): the horizon must be a positive "
                               f"number of days")
@@ -245,8 +251,6 @@ def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: P
         **auc, **groups, "threshold_source": threshold_source,
         "c_index": c_index(matched["time_days"], matched["event"], matched["score"]),
         "label_definition": labels.definition, "excluded": excluded, "inputs": inputs,
-        "software": {"lifelines": lifelines.__version__, "scikit-learn": sklearn.__version__,
-                     "python": platform.python_version()},
     }
     identity = {"inputs": inputs, "horizon_days": horizon_days, "threshold": threshold,
                 "convention": censored_before_horizon, "seed": seed}
@@ -261,10 +265,80 @@ def evaluate_scores(scores: Path, id_column: str, score_column: str, clinical: P
     lineage_id = sha256_json(identity)[:16]
     metrics["lineage_id"] = lineage_id
     name = title or f"{Path(scores).stem}: {score_column}"
+    # After the lineage id: what the result cites is not one of its inputs.
+    cited = citations or Citations()
+    metrics.update({"title": name, "horizon_days": horizon_days, "figures": list(FIGURES),
+                    "software": cited.software.libraries, "citations": cited.as_json()})
+    figures = FigureWriter(lineage_id, stamp=stamp, keep=True)  # kept for report.pdf
     roc_figure(binary["label"].to_numpy(int), binary["score"].to_numpy(float), auc,
                f"{name}\n{horizon_days}-day label, censored early = {censored_before_horizon}",
-               out_dir / "roc.png", lineage_id)
+               out_dir / "roc.png", figures)
     km_figure(matched["time_days"], matched["event"], matched["score"].to_numpy() > threshold, groups,
-              f"{name}\nhigh vs low risk (threshold {threshold:.4g})", out_dir / "km.png", lineage_id)
-    atomic_write_json(out_dir / "metrics.json", json.loads(json.dumps(metrics, default=float)))
+              f"{name}\nhigh vs low risk (threshold {threshold:.4g})", out_dir / "km.png", figures)
+    metrics = json.loads(json.dumps(metrics, default=float))
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    write_scores_report(metrics, out_dir, figures)
     return ScoresReport.of(metrics, out_dir)
+
+
+FIGURES = ("roc.png", "km.png")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def scores_report_sections(m: dict[str, Any], embed_from: Path | None = None) -> list[list[str]]:
+    """The report of a score evaluation as a list of sections (lists of Markdown lines), in order: a section is
+    added by inserting its lines (e.g. a replication section between the figures and the citations)."""
+    sections = [_heading(m), _results(m), _figures(m, embed_from)]
+    if "replication" in m:  # the replicated model against the original one, on the same patients
+        sections.append(replication_markdown(m["replication"]))
+    sections.append(citations_lines(m))
+    sections.append(["---", f"radassets score evaluation · lineage id `{m['lineage_id']}` (also in every figure's "
+                            f"metadata, PNG, PDF and SVG, and its stamp `{stamp_text(m['lineage_id'])}`)"])
+    return sections
+
+
+def scores_report_markdown(m: dict[str, Any], embed_from: Path | None = None) -> str:
+    return "\n".join(line for section in scores_report_sections(m, embed_from) for line in section) + "\n"
+
+
+def write_scores_report(metrics: dict[str, Any], out_dir: Path, figures: FigureWriter | None = None) -> None:
+    """report.md, report.html (figures embedded), report.pdf (the figures ``figures`` kept, as vector pages) and
+    references.bib of a score evaluation."""
+    write_citations(metrics, out_dir)
+    markdown = scores_report_markdown(metrics)
+    atomic_write_text(out_dir / "report.md", markdown)
+    write_html(out_dir / "report.html", scores_report_markdown(metrics, out_dir), "radassets score evaluation")
+    write_report_pdf(out_dir / "report.pdf", markdown, figures or FigureWriter(metrics["lineage_id"]),
+                     f"radassets score evaluation: {metrics['title']}")
+
+
+def _heading(m: dict[str, Any]) -> list[str]:
+    d = m["label_definition"]
+    excluded = ", ".join(f"{k}: {v}" for k, v in m["excluded"].items()) or "none"
+    return [f"# Score evaluation: {m['title']}", "",
+            "Label: " + ", ".join(f"{k} {v}" for k, v in d.items()) + f". {m['n']} patients matched "
+            f"({m['n_binary']} with a label at the horizon, {m['n_events_before_horizon']} with the event before "
+            f"it; {m['n_events']} events over the whole follow-up); excluded: {excluded}.", ""]
+
+
+def _results(m: dict[str, Any]) -> list[str]:
+    return ["## Results", "", "| measure | value | 95 % CI |", "|---|---|---|",
+            f"| AUC at the horizon (n={m['n_binary']}; bootstrap CI, {m['bootstrap_resamples']} resamples) | "
+            f"{_fmt(m['auc'])} | {_fmt(m['auc_ci_low'])}–{_fmt(m['auc_ci_high'])} |",
+            f"| hazard ratio, high vs low risk (n={m['n_high']} vs {m['n_low']}) | {_fmt(m['hazard_ratio'])} | "
+            f"{_fmt(m['hr_ci_low'])}–{_fmt(m['hr_ci_high'])} |",
+            f"| Cox p | {_fmt(m['cox_p'])} | |", f"| log-rank p | {_fmt(m['logrank_p'])} | |",
+            f"| C-index of the score | {_fmt(m['c_index'])} | |", "",
+            f"High risk: score above {m['threshold']:.4g} ({m['threshold_source']}).", ""]
+
+
+def _figures(m: dict[str, Any], embed_from: Path | None) -> list[str]:
+    lines = []
+    for name in m["figures"]:
+        src = f"data:image/png;base64,{base64.b64encode((embed_from / name).read_bytes()).decode()}" \
+            if embed_from else name
+        lines += [f"![{name}]({src})", "", f"*{name} · lineage id `{m['lineage_id']}`*", ""]
+    return lines

@@ -37,6 +37,12 @@ def test_hosny2018_figure2_asset(instance, storage):
     assert meta["risk_group_kappa"].value == replication["agreement"]["cohen_kappa"]
     assert replication["published"]["agrees_with_p"]
     assert lineage_id_of(out / "km.png") == lineage_id_of(out / "roc.png") == meta["lineage_id"].value
+    # Its report cites Hosny et al., Bontempi et al. and LUNG1 (non-commercial: flagged), with a references.bib.
+    assert [w["key"] for w in metrics["citations"]["works"]] == ["hosny2018deep", "bontempi2024endtoend"]
+    report = (out / "report.md").read_text()
+    assert "> ⚠ Licence restriction: nsclc_radiomics (doi:10.7937/K9/TCIA.2015.PF0M9REI): CC BY-NC 3.0" in report
+    assert "@article{hosny2018deep," in (out / "references.bib").read_text()
+    assert meta["report"].value == str(out / "report.html")
     # Its lineage: no cohort, the three published tables it read, each with its sha256.
     from radassets.lineage.store import LineageError, reader
     from radassets.lineage.trace import trace
@@ -76,6 +82,11 @@ def test_radiomics_recovers_the_demo_hazard_model(instance, default_demo_home, t
         assert lineage_id_of(out / figure) == metrics["lineage_id"]
     report = (out / "report.html").read_text()
     assert metrics["lineage_id"] in report and "data:image/png;base64," in report
+    # The report cites the demo collection as the cohort lockfile records it, and the model as the registry does.
+    [collection] = json.loads((default_demo_home / "cohort" / "demo_v1" / "cohort.lock.json").read_text())["collections"]
+    assert f"doi:{collection['source_DOI']}, {collection['license_short_name']}" in report
+    assert metrics["citations"]["models"][0]["licence"] == "BSD-3-Clause (pyradiomics)"
+    assert (out / "references.bib").is_file()
     # The comparison ran after the model partitions, over the one model evaluated.
     comparison = json.loads((default_demo_home / "comparison" / "demo_v1" / "metrics.json").read_text())
     assert list(comparison["models"]) == ["radiomics"]

@@ -86,7 +86,8 @@ def demo_patches(small_demo, tmp_path_factory) -> Layout:
 
 def test_embeddings_evaluation_and_lineage_items_of_the_demo_on_s3_are_the_local_ones(demo_patches, s3_root):
     local, remote = demo_patches, Layout(s3_root)
-    copy_to_store(local.root, s3_root, f"patches/{DEMO}", f"seeds/{DEMO}", "demo/truth")
+    # The cohort lockfile too: the reports cite its collections.
+    copy_to_store(local.root, s3_root, f"patches/{DEMO}", f"seeds/{DEMO}", "demo/truth", f"cohort/{DEMO}")
     (remote.demo_root() / "clinical.csv").write_bytes((local.demo_root() / "clinical.csv").read_bytes())
 
     report = run_model(DEMO, "radiomics", remote, device="cpu")
@@ -247,6 +248,7 @@ def test_hosny2018_figure2_on_s3_is_the_local_report(tmp_path, s3_root):
                         "Survival.time", "deadstatus.event", 730, "alive", layout.asset_dir("hosny2018_figure2"),
                         threshold_from=data / HOSNY["threshold_from"], threshold_column="logit_0", n_boot=100)
     here = files_under(local.asset_dir("hosny2018_figure2"))
-    assert sorted(here) == ["km.pdf", "km.png", "km.svg", "metrics.json", "roc.pdf", "roc.png", "roc.svg"]
+    assert sorted(here) == ["km.pdf", "km.png", "km.svg", "metrics.json", "references.bib", "report.html", "report.md",
+                            "report.pdf", "roc.pdf", "roc.png", "roc.svg"]
     assert files_under(remote.asset_dir("hosny2018_figure2")) == here
     assert output_record(remote, "hosny2018_figure2", None) == output_record(local, "hosny2018_figure2", None)
