@@ -110,7 +110,7 @@ with warnings.catch_warnings():  # the mapping is marked beta; it is the documen
     deps=[embeddings, AssetDep(seeds, partition_mapping=OF_DATASET_VERSION)],
     group_name="evaluation",
     kinds={"scikitlearn", "png", "html"},
-    code_version="evaluation-2",
+    code_version="evaluation-3",
     automation_condition=FOLLOWS_PATCHES,
     check_specs=[AssetCheckSpec("endpoints_evaluated", asset="evaluation",
                                 description="every endpoint had enough patients of each class to evaluate")],
@@ -184,7 +184,7 @@ def evaluation(context: AssetExecutionContext, storage: StorageResource) -> Mate
     deps=[AssetDep(evaluation, partition_mapping=OF_DATASET_VERSION)],
     group_name="evaluation",
     kinds={"scipy", "png", "html"},
-    code_version="comparison-2",
+    code_version="comparison-3",
     automation_condition=COMPARES_WHAT_EXISTS,
     check_specs=[AssetCheckSpec("evaluations_current", asset="comparison",
                                 description="every evaluation compared was made under the current dataset definition "
@@ -248,7 +248,7 @@ class SeedStabilityConfig(Config):
     kinds={"pytorch", "scikitlearn", "png"},
     tags=OPT_IN,
     pool="gpu",
-    code_version="seed-stability-2",
+    code_version="seed-stability-3",
     description=(
         "Seed-perturbation stability (the FMCIB protocol, opt-in: trials × patients forward passes): each "
         "evaluated patient's seed moved 50 times by N(0, 16 voxel²) per axis, the patch extracted again and "

@@ -297,16 +297,18 @@ class Citations:
         parts.append(_software_sentence(self.software, n[_software_reference(self.software)]))
         return " ".join(parts)
 
+    def warning_lines(self) -> list[str]:
+        """The licence restrictions as warnings for the top of a report (none when no licence restricts use)."""
+        return [line for r in self.restricted() for line in (f"> ⚠ Licence restriction: {r}", "")]
+
     def markdown_lines(self) -> list[str]:
         """The report's "How to cite" section: the methods paragraph, the references, the licence warnings."""
         lines = ["## How to cite", "", self.methods(), "", "### References", ""]
         for i, (key, text) in enumerate(self.references(), 1):
             lines += [f"[{i}] {text} (`{key}` in references.bib)", ""]
         restricted, check = self.restricted(), self.to_check()
-        if restricted:
-            lines += ["### Licence restrictions", ""]
-            for r in restricted:  # one quote each (consecutive quoted lines would join into one paragraph)
-                lines += [f"> ⚠ Licence restriction: {r}", ""]
+        if restricted:  # one quote each (consecutive quoted lines would join into one paragraph)
+            lines += ["### Licence restrictions", "", *self.warning_lines()]
         if check:
             lines += ["Licence terms to read before any use beyond research: " + "; ".join(check) + ".", ""]
         return lines

@@ -29,11 +29,12 @@ import pandas as pd
 from radassets.datasets import DatasetVersion
 from radassets.evaluation.citations import Citations
 from radassets.evaluation.comparison import MUTUAL_K, compare_endpoint, mutual_knn
-from radassets.evaluation.figures import FigureWriter, pyplot, stamp_text
+from radassets.evaluation.figures import FigureWriter, pyplot, stamp_text, table_caption
 from radassets.evaluation.report_pdf import write_report_pdf
 from radassets.evaluation.step_reports import ComparisonReport
 from radassets.evaluation.report import (EvaluationInputError, citations_lines, definition_sha256,
-                                         nothing_to_evaluate, recorded_path, write_citations, write_html)
+                                         licence_warning_lines, nothing_to_evaluate, recorded_path, write_citations,
+                                         write_html)
 from radassets.layout import Layout
 from radassets.storage import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 
@@ -188,7 +189,8 @@ def write_comparison(metrics: dict[str, Any], out_dir: Path, figures: FigureWrit
     write_citations(metrics, out_dir)
     markdown = report_markdown(metrics)
     atomic_write_text(out_dir / "report.md", markdown)
-    write_html(out_dir / "report.html", report_markdown(metrics, out_dir), "radassets comparison", 640)
+    write_html(out_dir / "report.html", report_markdown(metrics, out_dir), "radassets comparison",
+               metrics["lineage_id"], 640)
     write_report_pdf(out_dir / "report.pdf", markdown, figures or FigureWriter(metrics["lineage_id"]),
                      f"radassets comparison: {metrics['dataset_version']}")
     return metrics
@@ -202,7 +204,7 @@ def report_markdown(m: dict[str, Any], embed_from: Path | None = None) -> str:
             if embed_from else name
         return f"![{name}]({src})"
 
-    lines = [f"# Model comparison: {m['dataset_version']}", ""]
+    lines = [f"# Model comparison: {m['dataset_version']}", "", *licence_warning_lines(m)]
     if m.get("status") == "nothing to compare":
         lines += [f"Nothing compared: {m['reason']}.", ""]
     for model, s in m.get("stale", {}).items():
@@ -220,11 +222,14 @@ def report_markdown(m: dict[str, Any], embed_from: Path | None = None) -> str:
             lines.append(f"| {r['rank']} | {model} | {r['probe_auc']:.3f} ({r['probe_auc_ci'][0]:.3f}–"
                          f"{r['probe_auc_ci'][1]:.3f}) | {r['knn_auc']:.3f} ({r['knn_auc_ci'][0]:.3f}–"
                          f"{r['knn_auc_ci'][1]:.3f}) | {r['patients']} |")
+        lines += ["", table_caption(f"models ranked by linear-probe AUC, {endpoint}, {m['dataset_version']}",
+                                    m["lineage_id"])]
         if e["delong"]:
             lines += ["", "DeLong tests of the linear-probe AUCs on the same patients:", "",
                       "| model a | model b | patients | AUC a − AUC b | z | p |", "|---|---|---|---|---|---|"]
             lines += [f"| {t['model_a']} | {t['model_b']} | {t['patients']} | {t['difference']:+.3f} | {t['z']:.2f} | "
                       f"{t['p']:.3g} |" for t in e["delong"]]
+            lines += ["", table_caption(f"DeLong tests, {endpoint}, {m['dataset_version']}", m["lineage_id"])]
         lines += ["", image(f"auc_{endpoint}.png"), "", f"*auc_{endpoint}.png · lineage id `{m['lineage_id']}`*", ""]
     if "mutual_knn.png" in m["figures"]:
         lines += ["## Embedding similarity", "", f"Mutual kNN (k = {m['mutual_knn']['k']}) on "

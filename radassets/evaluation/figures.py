@@ -52,6 +52,11 @@ def stamp_text(lineage_id: str) -> str:
     return f"radassets {lineage_id[:STAMP_DIGITS]}"
 
 
+def table_caption(what: str, lineage_id: str) -> str:
+    """A report table's caption (Markdown), ending in the stamp, so a table copied out of the report still traces."""
+    return f"*Table: {what} · {stamp_text(lineage_id)}*"
+
+
 def file_metadata(fmt: str, lineage_id: str, title: str | None = None) -> dict[str, Any]:
     """The metadata matplotlib writes into a file of ``fmt``: the lineage id, and no date (the same bytes each
     time)."""
@@ -105,8 +110,8 @@ def save_figure(fig, path: Path, figures: FigureWriter | str) -> Path:
 
 
 def lineage_id_of(path: Path) -> str | None:
-    """The lineage id in a figure's or report's metadata (PNG, PDF or SVG), or None if it has none; ``path`` local
-    or on the artifact store."""
+    """The lineage id in a figure's or report's metadata (PNG, PDF, SVG, or a report's HTML), or None if it has
+    none; ``path`` local or on the artifact store."""
     suffix = path.suffix.lower()
     if suffix == ".png":
         with path.open("rb") as f, Image.open(f) as image:
@@ -115,6 +120,10 @@ def lineage_id_of(path: Path) -> str | None:
         return _pdf_lineage_id(path.read_bytes())
     if suffix == ".svg":
         return _svg_lineage_id(path.read_bytes())
+    if suffix in (".html", ".htm"):  # a report: the <meta> tag report.write_html puts in its head
+        match = re.search(r"<meta name='" + re.escape(LINEAGE_KEY) + r"' content='([0-9a-fA-F]{8,64})'>",
+                          path.read_text(errors="replace")[:4096])
+        return match.group(1).lower() if match else None
     return None
 
 

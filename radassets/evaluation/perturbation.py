@@ -48,7 +48,7 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from radassets.datasets import DatasetVersion
 from radassets.evaluation import SD_VOXELS, TRIALS
 from radassets.evaluation.evaluate import SEED, endpoint_labels, evaluable
-from radassets.evaluation.figures import FigureWriter, seed_stability_figure, stamp_text
+from radassets.evaluation.figures import FigureWriter, seed_stability_figure, stamp_text, table_caption
 from radassets.evaluation.probes import linear_probe_folds, probe_scores
 from radassets.evaluation.report import recorded_path, write_html
 from radassets.evaluation.report_pdf import write_report_pdf
@@ -267,7 +267,8 @@ def write_outputs(metrics: dict[str, Any], table: pd.DataFrame, out_dir: Path, t
     metrics["figures"] = ["seed_stability.png"]
     markdown = report_markdown(metrics, title)
     atomic_write_text(out_dir / "report.md", markdown)
-    write_html(out_dir / "report.html", report_markdown(metrics, title, out_dir), "radassets seed stability")
+    write_html(out_dir / "report.html", report_markdown(metrics, title, out_dir), "radassets seed stability",
+               metrics["lineage_id"])
     write_report_pdf(out_dir / "report.pdf", markdown, figures, f"radassets seed stability: {title}")
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
@@ -287,6 +288,7 @@ def report_markdown(metrics: dict[str, Any], title: str, embed_from: Path | None
     for name, e in metrics["endpoints"].items():
         lines.append(f"| {name} | {e['patients']} | {e['kappa_mean']:.3f} ± {e['kappa_sd']:.3f} ({e['kappa_min']:.3f}) "
                      f"| {e['changed_mean']:.1%} | {e['unperturbed_auc']:.3f} | {e['auc_mean']:.3f} ± {e['auc_sd']:.3f} |")
+    lines += ["", table_caption(f"seed-perturbation stability, {title}", metrics["lineage_id"])]
     if metrics["cosine"]:
         c = metrics["cosine"]
         lines += ["", f"Cosine similarity of perturbed to stored embeddings: mean {c['mean']:.6f}, median "

@@ -33,7 +33,8 @@ from radassets.datasets import DatasetVersion
 from radassets.evaluation.citations import Citations, write_bibtex
 from radassets.evaluation.evaluate import (EndpointResult, SEED, cosine_stability, evaluate_endpoint,
                                            patient_embeddings, test_retest_pairs)
-from radassets.evaluation.figures import FigureWriter, km_figure, roc_figure, stamp_text
+from radassets.evaluation.figures import (LINEAGE_KEY, FigureWriter, km_figure, roc_figure, stamp_text,
+                                          table_caption)
 from radassets.evaluation.report_pdf import write_report_pdf
 from radassets.evaluation.step_reports import EvaluationReport
 from radassets.idc.index import resolve_table
@@ -202,6 +203,7 @@ def report_markdown(metrics: dict[str, Any], embed_images: bool = False, folder:
     if m.get("status") == "nothing to evaluate":
         return "\n".join([*lines, f"Nothing evaluated: {m['reason']}.", "", *citations_lines(m), "---",
                           f"radassets evaluation · lineage id `{m['lineage_id']}`"]) + "\n"
+    lines += licence_warning_lines(m)
     lines += [f"Patients: {m['patients']} ({m['patient_rule']}). Weights sha256: `{m['weights_sha256'] or 'none'}`; "
               f"preprocessing `{m['preprocessing_hash'][:12]}`.", ""]
     for name, e in m["endpoints"].items():
@@ -223,7 +225,7 @@ def report_markdown(metrics: dict[str, Any], embed_images: bool = False, folder:
                       f"{_fmt(s['hr_ci_low'])}–{_fmt(s['hr_ci_high'])} |",
                       f"| log-rank p | {_fmt(s['logrank_p'])} | |", f"| Cox p | {_fmt(s['cox_p'])} | |",
                       f"| C-index of the probe's risk | {_fmt(s['c_index'])} | |"]
-        lines.append("")
+        lines += ["", table_caption(f"endpoint {name}, {m['dataset_version']} × {m['model']}", m["lineage_id"]), ""]
         for fig in m["figures"].get(name, []):
             src = f"data:image/png;base64,{base64.b64encode((folder / fig).read_bytes()).decode()}" \
                 if embed_images and folder else fig
@@ -238,6 +240,11 @@ def report_markdown(metrics: dict[str, Any], embed_images: bool = False, folder:
     lines += ["---", f"radassets evaluation · lineage id `{m['lineage_id']}` (also in every figure's metadata, PNG, "
                      f"PDF and SVG, and its stamp `{stamp_text(m['lineage_id'])}`)"]
     return "\n".join(lines) + "\n"
+
+
+def licence_warning_lines(metrics: dict[str, Any]) -> list[str]:
+    """The licence restrictions of what a report used, for its top (the citations section repeats them)."""
+    return Citations.from_json(metrics["citations"]).warning_lines() if "citations" in metrics else []
 
 
 def citations_lines(metrics: dict[str, Any]) -> list[str]:
@@ -259,18 +266,20 @@ def write_report(metrics: dict[str, Any], out_dir: Path, figures: FigureWriter |
     markdown = report_markdown(metrics)
     atomic_write_text(out_dir / "report.md", markdown)
     write_html(out_dir / "report.html", report_markdown(metrics, embed_images=True, folder=out_dir),
-               "radassets evaluation")
+               "radassets evaluation", metrics["lineage_id"])
     write_report_pdf(out_dir / "report.pdf", markdown, figures or FigureWriter(metrics["lineage_id"]),
                      f"radassets evaluation: {metrics['dataset_version']} × {metrics['model']}")
 
 
-def write_html(path: Path, markdown: str, title: str, image_width_px: int = 560) -> None:
-    """A self-contained HTML page of a report's Markdown (images already embedded as data URIs)."""
+def write_html(path: Path, markdown: str, title: str, lineage_id: str, image_width_px: int = 560) -> None:
+    """A self-contained HTML page of a report's Markdown (images already embedded as data URIs), with the lineage
+    id in a ``<meta>`` tag (``figures.lineage_id_of``)."""
     style = ("body{font-family:sans-serif;max-width:900px;margin:2em auto}table{border-collapse:collapse}"
              f"td,th{{border:1px solid #ccc;padding:4px 8px}}img{{max-width:{image_width_px}px}}"
              "blockquote.warning{border-left:5px solid #c0392b;background:#fdecea;margin:0.5em 0;padding:4px 12px;"
              "font-weight:bold}")
-    atomic_write_text(path, f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    atomic_write_text(path, f"<!doctype html><meta charset='utf-8'><meta name='{LINEAGE_KEY}' "
+                            f"content='{html.escape(lineage_id)}'><title>{html.escape(title)}</title>"
                             f"<style>{style}</style>\n{markdown_to_html(markdown)}")
 
 

@@ -29,11 +29,11 @@ import pandas as pd
 
 from radassets.datasets import Endpoint
 from radassets.evaluation.citations import Citations
-from radassets.evaluation.figures import FigureWriter, km_figure, roc_figure, stamp_text
+from radassets.evaluation.figures import FigureWriter, km_figure, roc_figure, stamp_text, table_caption
 from radassets.evaluation.evaluate import MIN_PER_CLASS
 from radassets.evaluation.labels import LabelError, survival_labels
 from radassets.evaluation.replication import replication_markdown
-from radassets.evaluation.report import citations_lines, write_citations, write_html
+from radassets.evaluation.report import citations_lines, licence_warning_lines, write_citations, write_html
 from radassets.evaluation.report_pdf import write_report_pdf
 from radassets.evaluation.step_reports import ScoresReport
 from radassets.evaluation.survival import N_BOOT, SurvivalFitError, auc_with_bootstrap_ci, c_index, risk_groups
@@ -293,7 +293,9 @@ def scores_report_sections(m: dict[str, Any], embed_from: Path | None = None) ->
     added by inserting its lines (e.g. a replication section between the figures and the citations)."""
     sections = [_heading(m), _results(m), _figures(m, embed_from)]
     if "replication" in m:  # the replicated model against the original one, on the same patients
-        sections.append(replication_markdown(m["replication"]))
+        sections.append([*replication_markdown(m["replication"]), "",
+                         table_caption(f"{m['replication']['replicated']} against {m['replication']['reference']} on "
+                                       f"the same patients", m["lineage_id"]), ""])
     sections.append(citations_lines(m))
     sections.append(["---", f"radassets score evaluation · lineage id `{m['lineage_id']}` (also in every figure's "
                             f"metadata, PNG, PDF and SVG, and its stamp `{stamp_text(m['lineage_id'])}`)"])
@@ -310,7 +312,8 @@ def write_scores_report(metrics: dict[str, Any], out_dir: Path, figures: FigureW
     write_citations(metrics, out_dir)
     markdown = scores_report_markdown(metrics)
     atomic_write_text(out_dir / "report.md", markdown)
-    write_html(out_dir / "report.html", scores_report_markdown(metrics, out_dir), "radassets score evaluation")
+    write_html(out_dir / "report.html", scores_report_markdown(metrics, out_dir), "radassets score evaluation",
+               metrics["lineage_id"])
     write_report_pdf(out_dir / "report.pdf", markdown, figures or FigureWriter(metrics["lineage_id"]),
                      f"radassets score evaluation: {metrics['title']}")
 
@@ -321,7 +324,8 @@ def _heading(m: dict[str, Any]) -> list[str]:
     return [f"# Score evaluation: {m['title']}", "",
             "Label: " + ", ".join(f"{k} {v}" for k, v in d.items()) + f". {m['n']} patients matched "
             f"({m['n_binary']} with a label at the horizon, {m['n_events_before_horizon']} with the event before "
-            f"it; {m['n_events']} events over the whole follow-up); excluded: {excluded}.", ""]
+            f"it; {m['n_events']} events over the whole follow-up); excluded: {excluded}.", "",
+            *licence_warning_lines(m)]
 
 
 def _results(m: dict[str, Any]) -> list[str]:
@@ -332,6 +336,7 @@ def _results(m: dict[str, Any]) -> list[str]:
             f"{_fmt(m['hr_ci_low'])}–{_fmt(m['hr_ci_high'])} |",
             f"| Cox p | {_fmt(m['cox_p'])} | |", f"| log-rank p | {_fmt(m['logrank_p'])} | |",
             f"| C-index of the score | {_fmt(m['c_index'])} | |", "",
+            table_caption(f"discrimination and survival, {m['title']}", m["lineage_id"]), "",
             f"High risk: score above {m['threshold']:.4g} ({m['threshold_source']}).", ""]
 
 

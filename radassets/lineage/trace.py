@@ -58,7 +58,7 @@ def _file_target(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, str]:
     from radassets.evaluation.figures import lineage_id_of
     from radassets.storage import sha256_file
 
-    if path.suffix.lower() in (".png", ".pdf", ".svg"):
+    if path.suffix.lower() in (".png", ".pdf", ".svg", ".html"):
         lineage_id = lineage_id_of(path)
         if lineage_id:
             vid, n = _first(con, f"SELECT i.version_id FROM items i JOIN dataset_versions v USING (version_id) "

@@ -195,11 +195,16 @@ def check_lineage(home, evaluation_metrics, tmp_path):
         with pytest.raises(SystemExit) as refused:
             cli_main(["lineage", "trace", too_short])
         assert refused.value.code != 0, too_short
-    # A file without an embedded id (the HTML report) is found by its content hash.
-    report = tmp_path / "report.html"
-    shutil.copy(home / "evaluation" / "demo_v1" / "radiomics" / "report.html", report)
-    by_hash = json.loads(cli_json("lineage", "trace", str(report), "--json"))
-    assert by_hash["found_by"].startswith("content hash") and by_hash["asset"] == "evaluation"
+    # The HTML report carries the id in a <meta> tag; a file without an embedded id (the Markdown report, the
+    # references) is found by its content hash.
+    evaluated = home / "evaluation" / "demo_v1" / "radiomics"
+    shutil.copy(evaluated / "report.html", tmp_path / "report.html")
+    by_meta = json.loads(cli_json("lineage", "trace", str(tmp_path / "report.html"), "--json"))
+    assert by_meta["found_by"] == f"lineage id {evaluation_metrics['lineage_id']} in report.html"
+    for name in ("report.md", "references.bib"):
+        shutil.copy(evaluated / name, tmp_path / name)
+        by_hash = json.loads(cli_json("lineage", "trace", str(tmp_path / name), "--json"))
+        assert by_hash["found_by"].startswith("content hash") and by_hash["asset"] == "evaluation", name
     assert "cohort hash" in cli_json("lineage", "trace", str(figure))  # the text form
     assert "144" in cli_json("lineage", "sql", "SELECT count(*) AS n FROM items WHERE kind = 'series'")
     for statement in ("DELETE FROM runs", f"COPY runs TO '{tmp_path / 'runs.csv'}'"):  # read-only, no files
