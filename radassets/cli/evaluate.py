@@ -49,6 +49,7 @@ def scores(scores: str, id_column: str, score_column: str, clinical: str, clinic
            reference_column: str | None, reference_name: str | None, reference_threshold: float | None, seed: int,
            out: str) -> None:
     # Inside: lifelines, scikit-learn and matplotlib take about 3 s to import, which `radassets --help` would pay.
+    from radassets.cli.settings import current_settings
     from radassets.evaluation.scores import ScoreInputError, evaluate_scores
 
     if threshold is not None and threshold_from is not None:
@@ -62,12 +63,13 @@ def scores(scores: str, id_column: str, score_column: str, clinical: str, clinic
         censored_values=tuple(censored_value) if censored_value else None, threshold=threshold,
         threshold_from=Path(threshold_from) if threshold_from else None,
         threshold_column=threshold_column, time_unit=time_unit, seed=seed, reference_column=reference_column,
-        reference_name=reference_name, reference_threshold=reference_threshold)
+        reference_name=reference_name, reference_threshold=reference_threshold,
+        stamp=current_settings().figure_stamp)
     for key, value in metrics.headline().items():
         print(f"{key:24s} {value:.4g}" if isinstance(value, float) else f"{key:24s} {value}")
     for key, value in metrics.replication_headline().items():
         print(f"{key:24s} {value:.4g}" if isinstance(value, float) else f"{key:24s} {value}")
     for cause, n in metrics.excluded.items():
         print(f"excluded: {cause}: {n}")
-    print(f"wrote {Path(out) / 'metrics.json'}, roc.png, km.png, report.md, report.html, references.bib "
-          f"(lineage id {metrics.lineage_id})")
+    print(f"wrote {Path(out) / 'metrics.json'}, roc and km (.png, .pdf, .svg), report.md, report.html, report.pdf, "
+          f"references.bib (lineage id {metrics.lineage_id})")

@@ -82,10 +82,11 @@ def hosny2018_figure2(context: AssetExecutionContext, storage: StorageResource) 
         reference_column="baseline_logit0", reference_name="baseline_logit0 (original model)",
         reference_published=NOTEBOOK_HOSNY, citations=hosny2018_citations(), stamp=settings.figure_stamp)
     replication = report.replication_headline()
+    kappa = replication["risk_group_kappa"]  # None when both models put every patient in one group
     context.log.info(f"AUC {report.auc:.3f} ({report.auc_ci_low:.3f}-{report.auc_ci_high:.3f}), "
                      f"HR {report.hazard_ratio:.2f}, log-rank p {report.logrank_p:.3g}; against the original model: "
                      f"AUC difference {replication['auc_difference']:+.4f}, DeLong p {replication['delong_p']:.3g}, "
-                     f"risk-group kappa {replication['risk_group_kappa']:.3f}")
+                     f"risk-group kappa {'undefined' if kappa is None else f'{kappa:.3f}'}")
     return MaterializeResult(
         metadata={
             **report.headline(),

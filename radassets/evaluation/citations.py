@@ -147,6 +147,7 @@ class Restriction:
         return f"{self.item}: {self.licence} — {self.binds}"
 
 
+_OPEN_LICENCE = re.compile(r"^(CC[ -]BY([ -]SA)? \d\.\d|CC0 1\.0)$", re.IGNORECASE)  # nothing to check beyond citing
 _NON_COMMERCIAL = re.compile(r"\bNC\b|non-?\s?commercial", re.IGNORECASE)
 _NO_DERIVATIVES = re.compile(r"\bND\b|no\s?-?deriv", re.IGNORECASE)
 
@@ -203,7 +204,8 @@ def source_of_cohort(cohort: Any, kind: SourceKind = "idc") -> ImageSource:
 
 def model_citation(name: str, weights_sha256: str | None, registry_dir: Path | None = None) -> ModelCitation:
     """A model as the registry records it (title, citation, licence), with the weights' sha256 the embeddings were
-    computed with (the registry's pin when none is given). A model no longer registered is named as such."""
+    computed with, as the embeddings recorded it (never the registry's current pin: the report cites what ran). A
+    model no longer registered is named as such."""
     from radassets.models.registry import RegistryError, get
 
     try:
@@ -211,9 +213,8 @@ def model_citation(name: str, weights_sha256: str | None, registry_dir: Path | N
     except RegistryError:
         return ModelCitation(name, name, None, weights_sha256, "not recorded: the model is not in the registry",
                              in_registry=False)
-    pinned = entry.weights.sha256 if entry.weights is not None else None
     return ModelCitation(name, entry.title, " ".join(entry.citation.split()) if entry.citation else None,
-                         weights_sha256 or pinned, entry.licence)
+                         weights_sha256, entry.licence)
 
 
 @dataclass(frozen=True)
@@ -253,8 +254,12 @@ class Citations:
         return out
 
     def to_check(self) -> list[str]:
-        """Licences that ask the user to read their terms (not called restricted: their text is shown)."""
-        return [f"model {m.name}: {m.licence}" for m in self.models if "check" in m.licence.lower()]
+        """Licences that ask the user to read their terms (not called restricted: their text is shown): a model's
+        that says so, and a collection's that is neither an open Creative Commons licence nor a restricted one
+        (e.g. IDC's "National Library of Medicine Terms and Conditions")."""
+        collections = [f"{c.collection_id}: {c.licence}" for s in self.sources for c in s.collections
+                       if c.licence and not _OPEN_LICENCE.match(c.licence.strip()) and not licence_restrictions(c.licence)]
+        return collections + [f"model {m.name}: {m.licence}" for m in self.models if "check" in m.licence.lower()]
 
     # -- the reference list ----------------------------------------------------------------
     def entries(self) -> list[Entry]:

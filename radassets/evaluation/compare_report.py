@@ -134,7 +134,9 @@ def compare_models(definition: DatasetVersion, evaluation_root: Path, embeddings
             stale[m] = {"causes": causes, "lineage_id": evaluation.get("lineage_id"),
                         "rematerialize": f"evaluation, partition {dataset_version}|{m}"}
     models = sorted(m for m in evaluations if m not in stale)
-    inputs = {m: {"metrics_sha256": sha256_file(evaluation_root / m / "metrics.json"),
+    # An evaluation's results, not what its report cites: the citations name the code's git commit and the
+    # libraries' versions, which must not make the same results a new comparison (a new lineage id and stamp).
+    inputs = {m: {"results_sha256": sha256_json({k: v for k, v in evaluations[m].items() if k != "citations"}),
                   "lineage_id": evaluations[m]["lineage_id"], "weights_sha256": evaluations[m]["weights_sha256"]}
               for m in models}
     lineage_id = sha256_json({"dataset_version": dataset_version, "definition_sha256": definition_hash,

@@ -32,6 +32,8 @@ from radassets.storage import atomic_path
 
 LINEAGE_KEY = "radassets:lineage_id"
 FORMATS = ("png", "pdf", "svg")  # each figure is written in all three, the PNG first
+HTML_SUFFIXES = (".html", ".htm")
+TRACEABLE_SUFFIXES = tuple(f".{f}" for f in FORMATS) + HTML_SUFFIXES  # what lineage_id_of reads
 DPI = 130
 STAMP_DIGITS = 8  # as many as `lineage trace` needs of a prefix
 _TAGGED = re.compile(re.escape(LINEAGE_KEY) + r"[=:]\s*([0-9a-fA-F]{8,64})")
@@ -74,8 +76,10 @@ def file_metadata(fmt: str, lineage_id: str, title: str | None = None) -> dict[s
 
 @dataclass
 class FigureWriter:
-    """Writes the figures of one result, all carrying its lineage id; ``keep`` holds them open for the report's
-    PDF (``radassets.evaluation.report_pdf``), which closes them."""
+    """Writes the figures of one result, all carrying its lineage id; ``keep`` holds on to them for the report's
+    PDF (``radassets.evaluation.report_pdf``). Each is closed in pyplot once saved, so a step that fails before its
+    report leaks no figure into a long-lived process (``dagster dev``, an in-process run): a kept figure is only
+    an object, which can still be drawn to another file."""
 
     lineage_id: str
     stamp: bool = True
@@ -96,10 +100,9 @@ class FigureWriter:
                 with atomic_path(path.with_suffix(f".{fmt}")) as tmp:
                     fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight",
                                 metadata=file_metadata(fmt, self.lineage_id))
+        pyplot().close(fig)
         if self.keep:
             self.kept.append((path.name, fig))
-        else:
-            pyplot().close(fig)
         return path
 
 
@@ -114,14 +117,18 @@ def lineage_id_of(path: Path) -> str | None:
     none; ``path`` local or on the artifact store."""
     suffix = path.suffix.lower()
     if suffix == ".png":
-        with path.open("rb") as f, Image.open(f) as image:
-            return image.text.get(LINEAGE_KEY) if hasattr(image, "text") else None
+        try:
+            with path.open("rb") as f, Image.open(f) as image:
+                return image.text.get(LINEAGE_KEY) if hasattr(image, "text") else None
+        except (OSError, Image.UnidentifiedImageError):  # not a PNG after all: found by its sha256, if at all
+            return None
     if suffix == ".pdf":
         return _pdf_lineage_id(path.read_bytes())
     if suffix == ".svg":
         return _svg_lineage_id(path.read_bytes())
-    if suffix in (".html", ".htm"):  # a report: the <meta> tag report.write_html puts in its head
-        match = re.search(r"<meta name='" + re.escape(LINEAGE_KEY) + r"' content='([0-9a-fA-F]{8,64})'>",
+    if suffix in HTML_SUFFIXES:  # a report: the <meta> tag report.write_html puts in its head (any quotes, as a
+        # browser's "save as" rewrites them)
+        match = re.search(r"<meta\s+name=[\"']" + re.escape(LINEAGE_KEY) + r"[\"']\s+content=[\"']([0-9a-fA-F]{8,64})[\"']",
                           path.read_text(errors="replace")[:4096])
         return match.group(1).lower() if match else None
     return None

@@ -50,7 +50,9 @@ from radassets.evaluation import SD_VOXELS, TRIALS
 from radassets.evaluation.evaluate import SEED, endpoint_labels, evaluable
 from radassets.evaluation.figures import FigureWriter, seed_stability_figure, stamp_text, table_caption
 from radassets.evaluation.probes import linear_probe_folds, probe_scores
-from radassets.evaluation.report import recorded_path, write_html
+from radassets.evaluation.citations import Citations
+from radassets.evaluation.report import (citations_lines, licence_warning_lines, recorded_path, write_citations,
+                                         write_html)
 from radassets.evaluation.report_pdf import write_report_pdf
 from radassets.evaluation.step_reports import StabilityReport
 from radassets.imaging.patches import PatchSpec, extract_mask_patch, extract_patch, load_patches
@@ -255,11 +257,14 @@ def seed_perturbation(definition: DatasetVersion, extractor, patients: pd.DataFr
 
 
 def write_outputs(metrics: dict[str, Any], table: pd.DataFrame, out_dir: Path, title: str,
-                  identity: dict[str, Any], stamp: bool = True) -> dict[str, Any]:
+                  identity: dict[str, Any], stamp: bool = True, citations: Citations | None = None) -> dict[str, Any]:
     """``perturbations.parquet``, ``seed_stability`` (.png, .pdf, .svg), ``metrics.json``, ``report.md``,
-    ``report.html`` and ``report.pdf``."""
+    ``report.html``, ``report.pdf`` and ``references.bib`` (what ``citations`` names)."""
     lineage_id = sha256_json({**identity, "protocol": metrics["protocol"]})[:16]
     metrics = {**identity, "lineage_id": lineage_id, **metrics}
+    if citations is not None:  # after the lineage id: what the result cites is not one of its inputs
+        metrics["citations"] = citations.as_json()
+        write_citations(metrics, out_dir)
     with atomic_path(out_dir / "perturbations.parquet") as tmp:
         table.to_parquet(tmp, index=False)
     figures = FigureWriter(lineage_id, stamp=stamp, keep=True)
@@ -276,7 +281,7 @@ def write_outputs(metrics: dict[str, Any], table: pd.DataFrame, out_dir: Path, t
 
 def report_markdown(metrics: dict[str, Any], title: str, embed_from: Path | None = None) -> str:
     p = metrics["protocol"]
-    lines = [f"# Seed-perturbation stability: {title}", "",
+    lines = [f"# Seed-perturbation stability: {title}", "", *licence_warning_lines(metrics),
              f"{metrics['patients_perturbed']} patients, {p['trials']} trials each: seeds moved by N(0, "
              f"{p['sd_mm']:g}² mm²) per axis ({p['sd_voxels']:g} voxels of the {p['patch']['spacing_mm']:g} mm patch "
              f"grid; observed SD {metrics['offset_sd_observed_mm']:.2f} mm), seed {p['seed']}. {p['probe']}; "
@@ -299,7 +304,7 @@ def report_markdown(metrics: dict[str, Any], title: str, embed_from: Path | None
     if embed_from is not None:
         src = "data:image/png;base64," + base64.b64encode((embed_from / src).read_bytes()).decode()
     lines += ["", f"![seed_stability.png]({src})", "",
-              f"*seed_stability.png · lineage id `{metrics['lineage_id']}`*", "", "---",
+              f"*seed_stability.png · lineage id `{metrics['lineage_id']}`*", "", *citations_lines(metrics), "---",
               f"radassets seed stability · lineage id `{metrics['lineage_id']}` (also in the figure's metadata, PNG, PDF "
               f"and SVG, and its stamp `{stamp_text(metrics['lineage_id'])}`)"]
     return "\n".join(lines) + "\n"
@@ -341,5 +346,6 @@ def run_seed_stability(definition: DatasetVersion, model: str, embeddings_dir: P
                 "preprocessing_hash": inputs.manifest.get("preprocessing_hash"),
                 "inputs": {**inputs.files, "patches": {"path": recorded_path(patches_dir, layout),
                                                        "content_hash": patches_manifest["content_hash"]}}}
-    return StabilityReport.of(write_outputs(metrics, table, out_dir, f"{definition.name} × {model}", identity, stamp),
-                              out_dir)
+    citations = Citations.of_dataset(definition, layout, {model: inputs.manifest.get("weights_sha256")}, registry_dir)
+    return StabilityReport.of(write_outputs(metrics, table, out_dir, f"{definition.name} × {model}", identity, stamp,
+                                            citations), out_dir)

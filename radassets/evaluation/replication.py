@@ -132,8 +132,9 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
-def replication_markdown(replication: dict[str, Any]) -> list[str]:
-    """A report section: the DeLong and agreement table and a paragraph relating our p to the published one."""
+def replication_markdown(replication: dict[str, Any], caption: str | None = None) -> list[str]:
+    """A report section: the DeLong and agreement table (``caption`` under it) and a paragraph relating our p to
+    the published one."""
     d, a = replication["delong"], replication["agreement"]
     rep, ref = replication["replicated"], replication["reference"]
     lines = [
@@ -148,6 +149,7 @@ def replication_markdown(replication: dict[str, Any]) -> list[str]:
         f"| high by {rep} only / by {ref} only | {a['replicated_high_only']} / {a['reference_high_only']} |",
         f"| agreement of the risk groups | {a['percent_agreement']:.1f} % of {a['n']} |",
         f"| Cohen's kappa | {_fmt(a['cohen_kappa'])} |", "",
+        *([caption, ""] if caption else []),
         f"Risk groups: {a['binary_prediction']}; thresholds {a['threshold_replicated']:.6g} ({rep}) and "
         f"{a['threshold_reference']:.6g} ({ref}){'; ' + a['threshold_rule'] if a['threshold_rule'] else ''}.",
     ]

@@ -87,14 +87,18 @@ def _pages(lines: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
 
 
 def write_report_pdf(path: Path, markdown: str, figures: FigureWriter, title: str) -> Path:
-    """Write ``path``: the report's pages, then every figure ``figures`` kept (closed afterwards)."""
+    """Write ``path``: the report's pages, then every figure ``figures`` kept (dropped afterwards)."""
+    import matplotlib
     from matplotlib.backends.backend_pdf import PdfPages
 
     plt = pyplot()
     pages = _pages(layout_lines(markdown))
     footer = f"{title} · lineage id {figures.lineage_id} · {stamp_text(figures.lineage_id)}"
+    total = len(pages) + len(figures.kept)
     try:
-        with atomic_path(path) as tmp, PdfPages(tmp, metadata=file_metadata("pdf", figures.lineage_id, title)) as pdf:
+        # TrueType (Type 42) fonts, as in each figure's own PDF (figures.FigureWriter): the text stays text.
+        with matplotlib.rc_context({"pdf.fonttype": 42}), atomic_path(path) as tmp, \
+                PdfPages(tmp, metadata=file_metadata("pdf", figures.lineage_id, title)) as pdf:
             for number, page in enumerate(pages, start=1):
                 fig = plt.figure(figsize=PAGE_INCHES)
                 y = 1 - MARGIN
@@ -106,14 +110,12 @@ def write_report_pdf(path: Path, markdown: str, figures: FigureWriter, title: st
                         fig.text(MARGIN, y, text, fontsize=size, fontweight=weight, va="top",
                                  family="DejaVu Sans Mono" if style == "table" else "DejaVu Sans")
                     y -= _height(style)
-                fig.text(MARGIN, MARGIN / 2, f"{footer} · page {number} of {len(pages)}", fontsize=6,
+                fig.text(MARGIN, MARGIN / 2, f"{footer} · page {number} of {total}", fontsize=6,
                          color="#8c8c8c")
                 pdf.savefig(fig)
                 plt.close(fig)
             for _, figure in figures.kept:
                 pdf.savefig(figure, bbox_inches="tight")
     finally:
-        for _, figure in figures.kept:
-            plt.close(figure)
-        figures.kept.clear()
+        figures.kept.clear()  # pyplot let go of them when they were saved; now nothing holds them
     return path

@@ -293,9 +293,9 @@ def scores_report_sections(m: dict[str, Any], embed_from: Path | None = None) ->
     added by inserting its lines (e.g. a replication section between the figures and the citations)."""
     sections = [_heading(m), _results(m), _figures(m, embed_from)]
     if "replication" in m:  # the replicated model against the original one, on the same patients
-        sections.append([*replication_markdown(m["replication"]), "",
-                         table_caption(f"{m['replication']['replicated']} against {m['replication']['reference']} on "
-                                       f"the same patients", m["lineage_id"]), ""])
+        r = m["replication"]
+        sections.append([*replication_markdown(r, table_caption(f"{r['replicated']} against {r['reference']} on the "
+                                                                f"same patients", m["lineage_id"])), ""])
     sections.append(citations_lines(m))
     sections.append(["---", f"radassets score evaluation · lineage id `{m['lineage_id']}` (also in every figure's "
                             f"metadata, PNG, PDF and SVG, and its stamp `{stamp_text(m['lineage_id'])}`)"])

@@ -55,10 +55,10 @@ def _found(how: str, matches: int) -> str:
 
 
 def _file_target(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[str, str]:
-    from radassets.evaluation.figures import lineage_id_of
+    from radassets.evaluation.figures import TRACEABLE_SUFFIXES, lineage_id_of
     from radassets.storage import sha256_file
 
-    if path.suffix.lower() in (".png", ".pdf", ".svg", ".html"):
+    if path.suffix.lower() in TRACEABLE_SUFFIXES:
         lineage_id = lineage_id_of(path)
         if lineage_id:
             vid, n = _first(con, f"SELECT i.version_id FROM items i JOIN dataset_versions v USING (version_id) "

@@ -129,6 +129,11 @@ def check_seed_stability(instance, home, evaluation_metrics):
     assert meta["os_2y: kappa mean"].value == pytest.approx(e["kappa_mean"])
     assert meta["figure"].value.startswith("![seed_stability.png](data:image/png;base64,")
     assert lineage_id_of(out / "seed_stability.png") == metrics["lineage_id"] == meta["lineage_id"].value
+    for form in ("seed_stability.pdf", "seed_stability.svg", "report.pdf", "report.html"):
+        assert lineage_id_of(out / form) == metrics["lineage_id"], form
+    # It cites what it ran, as the evaluation does: the model with its weights, the collection from the lockfile.
+    assert [m["name"] for m in metrics["citations"]["models"]] == ["radiomics"]
+    assert "## How to cite" in (out / "report.md").read_text() and (out / "references.bib").is_file()
     # No movement, no change: every prediction and AUC as unperturbed.
     layout = Layout(home)
     still = run_seed_stability(datasets.get("demo_v1"), "radiomics",
@@ -201,10 +206,9 @@ def check_lineage(home, evaluation_metrics, tmp_path):
     shutil.copy(evaluated / "report.html", tmp_path / "report.html")
     by_meta = json.loads(cli_json("lineage", "trace", str(tmp_path / "report.html"), "--json"))
     assert by_meta["found_by"] == f"lineage id {evaluation_metrics['lineage_id']} in report.html"
-    for name in ("report.md", "references.bib"):
-        shutil.copy(evaluated / name, tmp_path / name)
-        by_hash = json.loads(cli_json("lineage", "trace", str(tmp_path / name), "--json"))
-        assert by_hash["found_by"].startswith("content hash") and by_hash["asset"] == "evaluation", name
+    shutil.copy(evaluated / "report.md", tmp_path / "report.md")
+    by_hash = json.loads(cli_json("lineage", "trace", str(tmp_path / "report.md"), "--json"))
+    assert by_hash["found_by"].startswith("content hash") and by_hash["asset"] == "evaluation"
     assert "cohort hash" in cli_json("lineage", "trace", str(figure))  # the text form
     assert "144" in cli_json("lineage", "sql", "SELECT count(*) AS n FROM items WHERE kind = 'series'")
     for statement in ("DELETE FROM runs", f"COPY runs TO '{tmp_path / 'runs.csv'}'"):  # read-only, no files

@@ -241,6 +241,28 @@ def test_a_local_dataset_says_not_from_idc_and_invents_no_doi(tmp_path):
     assert [k for k, _ in citations.references()] == ["model-radiomics", "radassets"]
 
 
+def test_the_comparison_lineage_id_follows_the_results_not_the_commit_or_the_registry(evaluated, tmp_path,
+                                                                                        monkeypatch):
+    """The evaluations' metrics cite the code's commit and the registry's licence texts; re-evaluating the same
+    inputs under another commit and registry gives the same results, so the comparison keeps its lineage id (its
+    Dagster data version and its stamp) while what it cites changes."""
+    definition = datasets.get(DEMO)
+    before = json.loads((evaluated.asset_dir("comparison", DEMO) / "metrics.json").read_text())
+    layout = Layout(tmp_path / "home")
+    shutil.copytree(evaluated.root, layout.root, symlinks=True)
+    monkeypatch.setattr(radassets, "git_commit", lambda: "0123456789abcdef0123456789abcdef01234567-dirty")
+    for model in MODELS:  # the shipped registry: radiomics' licence is no longer non-commercial
+        evaluate_model(definition, model, layout.asset_dir("embeddings", DEMO, model), layout.seeds_table(DEMO),
+                       layout.asset_dir("evaluation", DEMO, model), source_root=source_root(definition, layout),
+                       layout=layout)
+    again = compare_models(definition, layout.asset_dir("evaluation", DEMO), layout.asset_dir("embeddings", DEMO),
+                           layout.seeds_table(DEMO), layout.asset_dir("comparison", DEMO),
+                           source_root=source_root(definition, layout), layout=layout)
+    cited = json.loads((layout.asset_dir("comparison", DEMO) / "metrics.json").read_text())["citations"]
+    assert cited["software"]["git_commit"].startswith("0123456789abcdef") and cited != before["citations"]
+    assert again.lineage_id == before["lineage_id"]
+
+
 def test_licence_texts_that_restrict_use():
     assert licence_restrictions("CC BY-NC 3.0") == ["non-commercial use only"]
     assert licence_restrictions("CC BY-NC-ND 4.0") == ["non-commercial use only",
@@ -249,6 +271,21 @@ def test_licence_texts_that_restrict_use():
     for free in ("CC BY 4.0", "CC0 1.0", "MIT", "Apache-2.0", "BSD-3-Clause (pyradiomics)", None,
                  "code MIT; weights as published on Zenodo record 10528450 (check the record's terms)"):
         assert licence_restrictions(free) == [], free
+
+
+def test_a_collection_under_other_terms_is_listed_to_check_and_an_open_one_is_not():
+    from radassets.evaluation.citations import Collection, ImageSource
+
+    def cited(licence: str) -> Citations:
+        return Citations((ImageSource("idc", "v1", (Collection("c", "10.1/x", None, licence),)),))
+
+    nlm = "National Library of Medicine Terms and Conditions; May 21, 2019"
+    assert cited(nlm).to_check() == [f"c: {nlm}"] and cited(nlm).restricted() == []
+    assert "Licence terms to read" in cited(nlm).markdown()
+    for open_licence in ("CC BY 4.0", "CC BY-SA 4.0", "CC0 1.0"):
+        assert cited(open_licence).to_check() == [], open_licence
+    assert cited("CC BY-NC 3.0").to_check() == []  # flagged as restricted instead
+    assert [r.licence for r in cited("CC BY-NC 3.0").restricted()] == ["CC BY-NC 3.0"]
 
 
 def test_the_citations_record_reads_back_and_a_malformed_one_is_a_clear_error():
