@@ -185,8 +185,8 @@ def image_source(definition: DatasetVersion, layout: Layout | None) -> ImageSour
     if kind == "local":  # a user's folder: no collection DOI to cite, and none is invented
         return ImageSource("local", definition.name, (), note="local images, not from IDC")
     lockfile = layout.cohort_lockfile(definition.name) if layout is not None else None
-    if lockfile is None or not lockfile.is_file():
-        where = f"no cohort lockfile at {layout.relative(lockfile)}" if lockfile is not None else "no cohort lockfile"
+    if layout is None or lockfile is None or not lockfile.is_file():
+        where = f"no cohort lockfile at {layout.relative(lockfile)}" if layout and lockfile else "no cohort lockfile"
         return ImageSource(kind, definition.name,
                            tuple(Collection(c, None, None, None) for c in definition.selection.collections),
                            idc_version=definition.source.idc_version,
@@ -245,7 +245,7 @@ class Citations:
         out = []
         for source in self.sources:
             for c in source.collections:
-                if binds := licence_restrictions(c.licence):
+                if c.licence and (binds := licence_restrictions(c.licence)):
                     what = f"{c.collection_id} (doi:{c.source_doi})" if c.source_doi else c.collection_id
                     out.append(Restriction(what, c.licence, "; ".join(binds)))
         for m in self.models:
