@@ -196,6 +196,13 @@ def check_lineage(home, evaluation_metrics, tmp_path):
         by_prefix = json.loads(cli_json("lineage", "trace", typed, "--json"))
         assert by_prefix["version_id"] == t["version_id"], typed
         assert by_prefix["found_by"].startswith(f"lineage id {lineage_id} from the prefix"), typed
+    # A screenshot of the printed figure, cropped: no metadata, not a file the pipeline wrote; its stamp traces.
+    from radassets_tests.evaluation.test_figures import screenshot_with_stamp
+
+    read = screenshot_with_stamp(figure.with_suffix(".pdf"), tmp_path / "paper" / "screenshot.png")
+    with pytest.raises(SystemExit):
+        cli_main(["lineage", "trace", str(tmp_path / "paper" / "screenshot.png")])
+    assert json.loads(cli_json("lineage", "trace", read, "--json"))["version_id"] == t["version_id"]
     for too_short in (lineage_id[:7], "radassets 0000000000"):
         with pytest.raises(SystemExit) as refused:
             cli_main(["lineage", "trace", too_short])

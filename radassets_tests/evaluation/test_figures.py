@@ -35,12 +35,32 @@ def stamp_box(pdf_path) -> tuple[tuple[float, float, float, float], tuple[float,
     document = pdfium.PdfDocument(str(pdf_path))
     page = document[0]
     text = page.get_textpage()
-    searcher = text.search("radassets")
+    searcher = text.search("radassets ")
     first, _ = searcher.get_next()
-    boxes = [text.get_charbox(first + k) for k in range(len(stamp_text(LINEAGE_ID)))]
+    boxes = [text.get_charbox(first + k) for k in range(len(stamp_text("0" * 16)))]
     box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
     read = text.get_text_bounded(box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1)
     return box, page.get_size(), read
+
+
+def screenshot_with_stamp(pdf_path, out_png) -> str:
+    """A reader's screenshot of the printed figure: the PDF rasterised at 216 dpi, cropped to its upper right part,
+    saved without metadata as ``out_png``. Checks that the stamp is inside the crop and inked; returns the stamp's
+    text (read from the PDF's own text layer inside the crop, where the stamp is: no OCR)."""
+    (left, bottom, right, top), (width, height), read = stamp_box(pdf_path)
+    scale = 3
+    image = pdfium.PdfDocument(str(pdf_path))[0].render(scale=scale).to_pil()
+    crop_box = (int(width * scale * 0.45), 0, int(width * scale), int(height * scale * 0.5))
+    cropped = image.crop(crop_box)
+    cropped.save(out_png)
+    assert lineage_id_of(out_png) is None
+    # The stamp's box, in the cropped image's pixels: inside it, and inked (grey glyphs on white).
+    x0, x1 = left * scale - crop_box[0], right * scale - crop_box[0]
+    y0, y1 = (height - top) * scale, (height - bottom) * scale
+    assert 0 <= x0 < x1 <= cropped.width and 0 <= y0 < y1 <= cropped.height
+    glyphs = np.asarray(cropped.convert("L"))[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))]
+    assert glyphs.min() < 200 and (glyphs < 200).mean() > 0.05
+    return read
 
 
 def test_every_figure_is_written_as_png_pdf_and_svg_each_with_the_lineage_id_in_its_own_metadata(tmp_path):
@@ -87,21 +107,8 @@ def test_the_stamp_survives_rasterising_and_cropping_where_the_metadata_does_not
     without metadata. The file carries no id, but the stamp is inside the crop and reads as the id's first 8
     digits (read here from the PDF's own text layer, where the stamp is; no OCR)."""
     draw(tmp_path)
-    pdf = tmp_path / "os_km.pdf"
-    (left, bottom, right, top), (width, height), read = stamp_box(pdf)
+    read = screenshot_with_stamp(tmp_path / "os_km.pdf", tmp_path / "screenshot.png")
     assert read == stamp_text(LINEAGE_ID) == f"radassets {LINEAGE_ID[:8]}"
-    scale = 3  # 216 dpi, as a print or a screenshot of it
-    image = pdfium.PdfDocument(str(pdf))[0].render(scale=scale).to_pil()
-    crop_box = (int(width * scale * 0.45), 0, int(width * scale), int(height * scale * 0.5))
-    cropped = image.crop(crop_box)
-    cropped.save(tmp_path / "screenshot.png")
-    assert lineage_id_of(tmp_path / "screenshot.png") is None
-    # The stamp's box, in the cropped image's pixels: inside it, and inked (grey glyphs on white).
-    x0, x1 = left * scale - crop_box[0], right * scale - crop_box[0]
-    y0, y1 = (height - top) * scale, (height - bottom) * scale
-    assert 0 <= x0 < x1 <= cropped.width and 0 <= y0 < y1 <= cropped.height
-    glyphs = np.asarray(cropped.convert("L"))[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))]
-    assert glyphs.min() < 200 and (glyphs < 200).mean() > 0.05
 
 
 def test_the_stamp_can_be_turned_off(tmp_path):
