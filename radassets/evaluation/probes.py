@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from scipy.special import expit
+from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
@@ -55,11 +56,39 @@ class KnnResult:
                 "ci": "mean ± 1.96 SD/sqrt(n_splits), SD with ddof=1", "splits": self.splits}
 
 
+def knn_votes(search: NearestNeighbors, train_y: np.ndarray, query_x: np.ndarray, k_max: int) -> np.ndarray:
+    """(n_query, k_max) integers: column k-1 is the number of positives among the k nearest (cosine) training
+    patients of ``search`` (fitted on them)."""
+    _, idx = search.kneighbors(query_x, n_neighbors=k_max)
+    return np.cumsum(train_y[idx], axis=1)
+
+
 def knn_probabilities(train_x: np.ndarray, train_y: np.ndarray, query_x: np.ndarray, k_max: int) -> np.ndarray:
     """(k_max, n_query) probabilities: row k-1 is the positive fraction among the k nearest (cosine)."""
     search = NearestNeighbors(n_neighbors=k_max, metric="cosine", algorithm="brute").fit(train_x)
-    _, idx = search.kneighbors(query_x)
-    return np.cumsum(train_y[idx], axis=1).T / np.arange(1, k_max + 1)[:, None]
+    return knn_votes(search, train_y, query_x, k_max).T / np.arange(1, k_max + 1)[:, None]
+
+
+def twice_mann_whitney_u(y: np.ndarray, votes: np.ndarray) -> np.ndarray:
+    """2U of every column of ``votes`` (patients × k) against the binary labels ``y``: exact integers (mid-ranks
+    are half-integers, their sums exact in float64). AUC_k = 2U_k / (2 n1 n0); a column's order is that of its
+    probabilities (votes / k), so this is the AUC roc_auc_score computes, without its rounding."""
+    ranks = rankdata(votes, axis=0)  # mid-ranks per column, ties shared as roc_auc_score counts them (½)
+    n1 = int(y.sum())
+    return 2 * ranks[y == 1].sum(axis=0) - n1 * (n1 + 1)
+
+
+def best_k(y: np.ndarray, votes: np.ndarray) -> tuple[int, float]:
+    """(k, validation AUC): the k of the highest roc_auc_score of the probabilities votes / k, the smallest among
+    ties, exactly as ``nanargmax`` over every k's ``roc_auc_score`` picks it, with one roc_auc_score per tied
+    candidate instead of one per k. Two AUCs that differ differ by at least 1 / (2 n1 n0), far above the last-bit
+    rounding of roc_auc_score, so the float maximum is among the k of the largest exact 2U; among those, the
+    first float maximum is taken, as nanargmax does."""
+    u2 = twice_mann_whitney_u(y, votes)
+    candidates = np.flatnonzero(u2 == u2.max())
+    aucs = [_auc(y, votes[:, k] / (k + 1)) for k in candidates]
+    first = int(np.argmax(aucs))  # the first of equal floats
+    return int(candidates[first]) + 1, aucs[first]
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -75,10 +104,14 @@ def knn_protocol(x: np.ndarray, y: np.ndarray, n_splits: int = N_SPLITS, k_max: 
         train_val, test = train_test_split(np.arange(len(y)), test_size=n_test, stratify=y, random_state=seed)
         train, val = train_test_split(train_val, test_size=n_val, stratify=y[train_val], random_state=seed)
         kk = min(k_max, len(train))
-        val_auc = [_auc(y[val], p) for p in knn_probabilities(x[train], y[train], x[val], kk)]
-        best_k = int(np.nanargmax(val_auc)) + 1  # nanargmax: the first (smallest) k among ties
-        test_p = knn_probabilities(x[train], y[train], x[test], best_k)[best_k - 1]
-        splits.append({"seed": seed, "k": best_k, "val_auc": val_auc[best_k - 1], "test_auc": _auc(y[test], test_p),
+        # One ranking of the training patients serves every k, for the validation and the test patients.
+        search = NearestNeighbors(metric="cosine", algorithm="brute").fit(x[train])
+        votes = knn_votes(search, y[train], x[val], kk)
+        if len(np.unique(y[val])) < 2:
+            raise ValueError(f"split {seed}: the validation part has one class only; no k can be chosen")
+        k, val_auc = best_k(y[val], votes)
+        test_p = knn_votes(search, y[train], x[test], k)[:, k - 1] / k
+        splits.append({"seed": seed, "k": k, "val_auc": val_auc, "test_auc": _auc(y[test], test_p),
                        "n_train": len(train), "n_val": len(val), "n_test": len(test)})
     aucs = np.array([s["test_auc"] for s in splits])
     mean, half = float(np.mean(aucs)), float(1.96 * np.std(aucs, ddof=1) / np.sqrt(len(aucs)))

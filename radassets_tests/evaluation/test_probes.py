@@ -111,3 +111,23 @@ def test_a_patients_score_is_the_same_bits_alone_or_in_any_batch():
     assert np.array_equal(probe_scores(model, x[5]), batch[5:6])  # one row given as a vector
     assert batch.dtype == np.float64
     assert np.allclose(batch, model.predict_proba(x)[:, 1], rtol=0, atol=1e-12)  # scikit-learn's probability
+
+
+def test_the_exact_auc_of_every_k_is_roc_auc_score_and_the_chosen_k_is_nanargmax_of_the_loop():
+    """2U / (2 n1 n0) of the votes equals roc_auc_score of the probabilities for every k, and best_k picks what
+    nanargmax over the whole loop of roc_auc_score picks (the same k, the same float), on data with many ties
+    (few patients, many k, ties between k)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from radassets.evaluation.probes import best_k, knn_votes, twice_mann_whitney_u
+
+    for seed, (n, signal) in enumerate([(160, 1.5), (60, 0.0), (40, 3.0), (90, 0.4)]):
+        x, y = data(n=n, signal=signal, seed=seed)
+        train, val = np.arange(n // 2), np.arange(n // 2, n)
+        kk = min(50, len(train))
+        votes = knn_votes(NearestNeighbors(metric="cosine", algorithm="brute").fit(x[train]), y[train], x[val], kk)
+        loop = [roc_auc_score(y[val], votes[:, k - 1] / k) for k in range(1, kk + 1)]
+        n1, n0 = int(y[val].sum()), int((1 - y[val]).sum())
+        assert np.allclose(twice_mann_whitney_u(y[val], votes) / (2 * n1 * n0), loop, rtol=0, atol=1e-14)
+        k, auc = best_k(y[val], votes)
+        assert (k, auc) == (int(np.nanargmax(loop)) + 1, loop[int(np.nanargmax(loop))])
