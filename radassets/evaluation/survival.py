@@ -30,6 +30,7 @@ from sklearn.metrics import roc_auc_score
 from radassets.errors import RadassetsError
 
 N_BOOT = 2000
+BOOTSTRAP_BLOCK_VALUES = 1 << 20  # resampled scores ranked at once (8 MiB of float64)
 
 
 class SurvivalFitError(RadassetsError, ValueError):
@@ -45,6 +46,29 @@ def _auc_mann_whitney(label: np.ndarray, score: np.ndarray) -> float:
     return (float(rankdata(score)[positive].sum()) - n1 * (n1 + 1) / 2) / (n1 * n0)
 
 
+def _bootstrap_aucs(label: np.ndarray, score: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """The Mann-Whitney AUC of each of ``n_boot`` resamples with replacement that holds both classes, in draw
+    order; a block of resamples at a time, ranked together (``rankdata`` along rows).
+
+    The draws are one ``rng.integers`` call per resample, as a loop would make them: one call for all of
+    them would consume the generator's stream differently. The AUC of each row is the same float as
+    ``_auc_mann_whitney``'s: rank sums are sums of half-integers far below 2**53, exact in any order, and the
+    last subtraction and division are the same IEEE operations."""
+    n = len(label)
+    draws = np.stack([rng.integers(0, n, n) for _ in range(n_boot)]) if n_boot else np.empty((0, n), int)
+    aucs = []
+    block = max(1, BOOTSTRAP_BLOCK_VALUES // max(n, 1))  # bounded memory for large cohorts
+    for start in range(0, n_boot, block):
+        rows = draws[start:start + block]
+        positive = label[rows] == 1
+        n1 = positive.sum(axis=1)
+        both = (n1 > 0) & (n1 < n)  # a resample of one class has no AUC: skipped
+        rows, positive, n1 = rows[both], positive[both], n1[both]
+        rank_sums = np.where(positive, rankdata(score[rows], axis=1), 0.0).sum(axis=1)
+        aucs.append((rank_sums - n1 * (n1 + 1) / 2) / (n1 * (n - n1)))
+    return np.concatenate(aucs) if aucs else np.empty(0)
+
+
 def auc_with_bootstrap_ci(label: np.ndarray, score: np.ndarray, seed: int, n_boot: int = N_BOOT,
                           level: float = 0.95) -> dict[str, Any]:
     label, score = np.asarray(label, int), np.asarray(score, float)
@@ -53,14 +77,8 @@ def auc_with_bootstrap_ci(label: np.ndarray, score: np.ndarray, seed: int, n_boo
     auc = float(roc_auc_score(label, score))
     if not np.isclose(_auc_mann_whitney(label, score), auc, rtol=0, atol=1e-12):
         raise AssertionError("Mann-Whitney and scikit-learn AUCs disagree")  # they are the same statistic
-    rng = np.random.default_rng(seed)
-    draws, skipped = [], 0
-    for _ in range(n_boot):
-        i = rng.integers(0, len(label), len(label))
-        if label[i].min() == label[i].max():
-            skipped += 1
-            continue
-        draws.append(_auc_mann_whitney(label[i], score[i]))
+    draws = _bootstrap_aucs(label, score, np.random.default_rng(seed), n_boot)
+    skipped = n_boot - len(draws)
     alpha = (1 - level) / 2
     low, high = np.quantile(draws, [alpha, 1 - alpha])
     return {"auc": auc, "auc_ci_low": float(low), "auc_ci_high": float(high), "bootstrap_seed": seed,
