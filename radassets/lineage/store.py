@@ -4,14 +4,16 @@ Writing: a materialization never opens the database. It writes each of its event
 complete or fail) as one JSON file, atomically (temporary file, then rename), under
 ``events/pending/``. Any number of runs can do this at once.
 
-Merging: ``merge()`` takes a file lock, opens the database and ingests every pending file, each in
-its own transaction, then moves the file to ``events/merged/``. The ``events`` table remembers every
-event id ingested, so a merge killed between its commit and the move ingests nothing twice. A file
-that cannot be ingested (unreadable, or missing a field) is rolled back and moved to
-``events/rejected/`` with the reason beside it; the others proceed. Writers try to merge after their
-last event without waiting for the lock: if another process holds it, their file waits for the next
-merge. Readers merge first (waiting for the lock), then query read-only under the same lock, so no
-query ever meets DuckDB's single-writer lock either.
+Merging: ``merge()`` takes a file lock, opens the database and ingests every pending file in one
+transaction, then moves the files to ``events/merged/``. The ``events`` table remembers every event
+id ingested, so a merge killed between its commit and the moves ingests nothing twice. A file that
+cannot be ingested (unreadable, or missing a field) makes the batch roll back and the merge go on
+file by file, each in its own transaction, so that only that file is moved to ``events/rejected/``
+(with the reason beside it) and the others are ingested. A materialization does not merge (its step
+would pay for DuckDB's statements and commit): the command that ran it merges once its run ended
+(``radassets.defs.run``), a step merges only a backlog (``radassets.defs.lineage``), and readers
+merge first (waiting for the lock), then query read-only under the same lock, so no query ever
+meets DuckDB's single-writer lock either, nor misses an event written before it.
 
 Items from many workers: a step whose items are processed by data-plane workers (``radassets.dataplane``) has
 each worker write its finished items as one ``ITEMS`` chunk file (``<time>-<event id>.items.json``: the lineage
@@ -176,6 +178,18 @@ def is_damage(e: BaseException) -> bool:
     return isinstance(e, duckdb.Error) and any(marker in str(e) for marker in DAMAGE_MARKERS)
 
 
+TABLES = tuple(line.split()[5] for line in SCHEMA.splitlines() if line.startswith("CREATE TABLE IF NOT EXISTS"))
+
+
+def _has_schema(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether every table of ``SCHEMA`` exists and ``schema_info`` holds this version: one query, where running
+    the DDL costs a statement per table at every merge. (The DDL runs one statement at a time, so a store created by
+    a process killed half-way has only some tables: they are counted, not just ``schema_info``.)"""
+    found = con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND "
+                        "schema_name = 'main' AND table_name IN ?", [list(TABLES)]).fetchone()[0]
+    return found == len(TABLES) and con.execute("SELECT max(version) FROM schema_info").fetchone()[0] == SCHEMA_VERSION
+
+
 def _open(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """A connection to the database at ``path`` (created with the schema unless read-only)."""
     try:
@@ -184,7 +198,7 @@ def _open(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         raise _unreadable(path, e) from None
     try:
         con.execute("SET TimeZone = 'UTC'")
-        if not read_only:
+        if not read_only and not _has_schema(con):
             con.execute(SCHEMA)
             if not con.execute("SELECT count(*) FROM schema_info").fetchone()[0]:
                 con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
@@ -217,7 +231,7 @@ def merge(root: Path, wait: bool = True, events: Path | None = None) -> int:
             try:
                 chunks = [p for p in pending if p.name.endswith(CHUNK_SUFFIX)]
                 ingested = _ingest_chunks(con, folder, chunks)
-                return ingested + sum(_ingest_file(con, folder, path) for path in pending if path not in chunks)
+                return ingested + _ingest_batch(con, folder, [path for path in pending if path not in chunks])
             except duckdb.Error as e:
                 if is_damage(e):  # the file opened, but its blocks cannot be read
                     raise _unreadable(database_path(root), e) from None
@@ -240,6 +254,43 @@ def _reject(folder: Path, path: Path, e: BaseException) -> None:
     rejected = _events_dir(folder, "rejected")
     _move(path, rejected)
     (rejected / f"{path.name}.reason.txt").write_text(f"{type(e).__name__}: {e}\n")
+
+
+def _ingest_batch(con: duckdb.DuckDBPyConnection, folder: Path, paths: list[Path]) -> int:
+    """Ingest pending event files (in name order) in one transaction, then move them to ``events/merged``; returns
+    how many were ingested now. A file that cannot be parsed is rejected before the batch; one whose rows cannot be
+    written rolls the batch back, and the files are then ingested one by one (``_ingest_file``), so that only the bad
+    one is rejected. Anything else (disk full, I/O) rolls back and raises: every file stays pending."""
+    events: list[tuple[Path, dict[str, Any]]] = []
+    for path in paths:
+        try:
+            event = json.loads(path.read_text())
+            event["event_id"]  # a file without one is bad by itself
+            events.append((path, event))
+        except (ValueError, KeyError, TypeError) as e:  # not JSON, not an object, or no id: the file alone is bad
+            _reject(folder, path, e)
+    if not events:
+        return 0
+    try:
+        ids = [event["event_id"] for _, event in events]
+        known = {row[0] for row in con.execute("SELECT event_id FROM events WHERE event_id IN (SELECT unnest(?))",
+                                               [ids]).fetchall()}
+        new = [(path, event) for path, event in events if event["event_id"] not in known]
+        con.begin()
+        for _, event in new:
+            ingest(con, event)
+        con.commit()
+    except BaseException as e:
+        with contextlib.suppress(duckdb.Error):
+            con.rollback()
+        if not isinstance(e, BAD_FILE_ERRORS):
+            raise
+        return sum(_ingest_file(con, folder, path) for path, _ in events)
+    merged = _events_dir(folder, "merged")
+    for path, _ in events:  # known ones too (ingested before a kill among a merge's moves); a kill
+        # among these moves leaves files whose ids ``events`` holds: the next merge moves them, ingesting nothing
+        _move(path, merged)
+    return len(new)
 
 
 def _ingest_file(con: duckdb.DuckDBPyConnection, folder: Path, path: Path, state: str = "pending") -> int:
