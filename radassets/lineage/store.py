@@ -277,8 +277,9 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, folder: Path, paths: list[Path
                                                [ids]).fetchall()}
         new = [(path, event) for path, event in events if event["event_id"] not in known]
         con.begin()
+        done: set[tuple] = set()
         for _, event in new:
-            ingest(con, event)
+            ingest(con, event, done)
         con.commit()
     except BaseException as e:
         with contextlib.suppress(duckdb.Error):
@@ -395,14 +396,29 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str, sort_keys=True)
 
 
-def ingest(con: duckdb.DuckDBPyConnection, event: dict[str, Any]) -> None:
-    """Write one event's rows (inside the caller's transaction)."""
+def _once(done: set[tuple] | None, key: tuple) -> bool:
+    """Whether a statement that changes nothing when repeated (an insert ``ON CONFLICT DO NOTHING``, an upsert with
+    the values it set last) must run: not if it already ran in this batch's transaction (``done``). It saves a
+    DuckDB statement each time: a run's end repeats its start's job and inputs."""
+    if done is None:
+        return True
+    if key in done:
+        return False
+    done.add(key)
+    return True
+
+
+def ingest(con: duckdb.DuckDBPyConnection, event: dict[str, Any], done: set[tuple] | None = None) -> None:
+    """Write one event's rows (inside the caller's transaction; ``done``: the statements already run in it)."""
     run, job = event["run"], event["job"]
     kind, when = event["event_type"], event["event_time"]
     con.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", [event["event_id"], kind, when, run["run_id"], now()])
-    con.execute("INSERT INTO jobs VALUES (?, ?, ?, ?) ON CONFLICT (job_name) DO UPDATE SET "
-                "description = excluded.description, facets = excluded.facets",
-                [job["name"], job.get("namespace", "radassets"), job.get("description"), _json(job.get("facets"))])
+    values = [job["name"], job.get("namespace", "radassets"), job.get("description"), _json(job.get("facets"))]
+    if done is not None:  # only the values set last make the upsert a no-op
+        done -= {key for key in done if key[:2] == ("jobs", job["name"]) and key[2:] != tuple(values[1:])}
+    if _once(done, ("jobs", *values)):
+        con.execute("INSERT INTO jobs VALUES (?, ?, ?, ?) ON CONFLICT (job_name) DO UPDATE SET "
+                    "description = excluded.description, facets = excluded.facets", values)
     if kind == "START":  # (its end may have been ingested first: then only the start time is missing)
         con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, 'START', ?, NULL, ?, ?, ?, NULL, ?) ON CONFLICT (run_id) "
                     "DO UPDATE SET started_at = coalesce(runs.started_at, excluded.started_at)",
@@ -419,20 +435,26 @@ def ingest(con: duckdb.DuckDBPyConnection, event: dict[str, Any]) -> None:
                      run.get("radassets_version"), run.get("error"), _json(run.get("facets"))])
     for role, table in (("inputs", "run_inputs"), ("outputs", "run_outputs")):
         for ds in event.get(role, []):
-            vid = _dataset_version(con, ds, run["run_id"] if role == "outputs" else None, when)
-            con.execute(f"INSERT INTO {table} VALUES (?, ?) ON CONFLICT DO NOTHING", [run["run_id"], vid])
+            vid = _dataset_version(con, ds, run["run_id"] if role == "outputs" else None, when, done)
+            if _once(done, (table, run["run_id"], vid)):
+                con.execute(f"INSERT INTO {table} VALUES (?, ?) ON CONFLICT DO NOTHING", [run["run_id"], vid])
             if role == "outputs":
                 _items(con, vid, ds.get("items", []))
     if kind == "COMPLETE":
         _attach_chunks(con, run["run_id"])
 
 
-def _dataset_version(con: duckdb.DuckDBPyConnection, ds: dict[str, Any], produced_by: str | None, when: str) -> str:
+def _dataset_version(con: duckdb.DuckDBPyConnection, ds: dict[str, Any], produced_by: str | None, when: str,
+                     done: set[tuple] | None = None) -> str:
     name = dataset_name(ds["asset"], ds.get("partition_key"))
     vid = version_id(ds["asset"], ds.get("partition_key"), ds["version"])
-    con.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [name, ds.get("namespace", "radassets"), ds["asset"], ds.get("partition_key"), ds.get("kind", "asset")])
+    if _once(done, ("datasets", name)):
+        con.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [name, ds.get("namespace", "radassets"), ds["asset"], ds.get("partition_key"),
+                     ds.get("kind", "asset")])
     if produced_by:
+        if done is not None:
+            done.add(("dataset_versions", vid))  # it exists now: an input of it inserts nothing
         # An output. The same version made again (a rerun to the same bytes, or the same inputs under new code)
         # is described by its latest run: the one whose files are on disk now. A version first seen as an
         # input gets its producer here.
@@ -441,7 +463,8 @@ def _dataset_version(con: duckdb.DuckDBPyConnection, ds: dict[str, Any], produce
                     [vid, name, ds["version"], produced_by, when, _json(ds.get("facets"))])
         con.execute("DELETE FROM item_parents WHERE version_id = ?", [vid])
         con.execute("DELETE FROM items WHERE version_id = ?", [vid])
-    else:  # an input: known from its own output event, or (recorded before this store existed) by its id only
+    elif _once(done, ("dataset_versions", vid)):  # an input: known from its own output event, or (recorded before
+        # this store existed) by its id only
         con.execute("INSERT INTO dataset_versions VALUES (?, ?, ?, NULL, NULL, ?) ON CONFLICT (version_id) DO NOTHING",
                     [vid, name, ds["version"], _json(ds.get("facets"))])
     return vid
