@@ -344,8 +344,9 @@ def _read_chunks(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> list[tupl
 
 
 def _ingest_chunks(con: duckdb.DuckDBPyConnection, folder: Path, paths: list[Path], state: str = "pending") -> int:
-    """Ingest ITEMS chunk files, read together by DuckDB; each in its own transaction. A batch that cannot be
-    read is read file by file, so that only the bad files are set aside."""
+    """Ingest ITEMS chunk files, read together by DuckDB, pending ones in one transaction. A batch that cannot be
+    read is read file by file, and one whose rows cannot be written is written file by file (each in its own
+    transaction), so that only the bad files are set aside."""
     if not paths:
         return 0
     try:
@@ -357,18 +358,26 @@ def _ingest_chunks(con: duckdb.DuckDBPyConnection, folder: Path, paths: list[Pat
                 rows += _read_chunks(con, [path])
             except BAD_CHUNK_ERRORS as e:
                 _reject(folder, path, ValueError(f"not an ITEMS chunk DuckDB can read: {str(e).splitlines()[0]}"))
-    ingested = 0
-    for path, event_id, when, run_id, job_name, items in rows:
+    if state == "pending" and len(rows) > 1:  # one transaction (one commit) for them all, unless one is bad
         try:
-            if None in (event_id, run_id, job_name, items):
-                raise ValueError("an ITEMS chunk needs event_id, run_id, job_name and items")
-            if not con.execute("SELECT 1 FROM events WHERE event_id = ?", [event_id]).fetchone():
-                con.begin()
-                con.execute("INSERT INTO events VALUES (?, 'ITEMS', ?, ?, ?)", [event_id, when, run_id, now()])
-                con.execute("INSERT INTO item_chunks VALUES (?, ?, ?, ?, NULL)", [event_id, run_id, job_name, items])
-                _attach_chunks(con, run_id)
-                con.commit()
-                ingested += 1
+            con.begin()
+            ingested = sum(_ingest_chunk(con, *row[1:]) for row in rows)
+            con.commit()
+        except BaseException as e:
+            with contextlib.suppress(duckdb.Error):
+                con.rollback()
+            if not isinstance(e, BAD_FILE_ERRORS):
+                raise
+        else:
+            for path, *_ in rows:  # as for events: a kill among the moves ingests nothing twice
+                _move(path, _events_dir(folder, "merged"))
+            return ingested
+    ingested = 0
+    for path, *row in rows:
+        try:
+            con.begin()
+            ingested += _ingest_chunk(con, *row)
+            con.commit()
         except BaseException as e:
             with contextlib.suppress(duckdb.Error):
                 con.rollback()
@@ -379,6 +388,19 @@ def _ingest_chunks(con: duckdb.DuckDBPyConnection, folder: Path, paths: list[Pat
         if state == "pending":
             _move(path, _events_dir(folder, "merged"))
     return ingested
+
+
+def _ingest_chunk(con: duckdb.DuckDBPyConnection, event_id: str | None, when: str | None, run_id: str | None,
+                  job_name: str | None, items: str | None) -> int:
+    """One chunk's rows (inside the caller's transaction); 1 if it was not ingested before."""
+    if None in (event_id, run_id, job_name, items):
+        raise ValueError("an ITEMS chunk needs event_id, run_id, job_name and items")
+    if con.execute("SELECT 1 FROM events WHERE event_id = ?", [event_id]).fetchone():
+        return 0
+    con.execute("INSERT INTO events VALUES (?, 'ITEMS', ?, ?, ?)", [event_id, when, run_id, now()])
+    con.execute("INSERT INTO item_chunks VALUES (?, ?, ?, ?, NULL)", [event_id, run_id, job_name, items])
+    _attach_chunks(con, str(run_id))
+    return 1
 
 
 def _attach_chunks(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
