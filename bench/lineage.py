@@ -201,7 +201,7 @@ def recording_worker() -> None:
         for keys, partition_key in runs:
             if not keys:
                 continue
-            result = materialize(list(defs.assets), instance=instance, selection=keys, resources=defs.resources,
+            result = materialize(list(defs.assets or []), instance=instance,  # type: ignore[arg-type] selection=keys, resources=defs.resources,
                                  partition_key=partition_key, raise_on_error=True)
             dagster_runs.append(result.run_id)
             started = time.perf_counter()  # what the command does once a run has ended (radassets.defs.run)
