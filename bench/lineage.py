@@ -34,6 +34,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -195,13 +196,14 @@ def recording_worker() -> None:
     runs = [(unpartitioned, None), (single, "demo_v1"),
             (multi, MultiPartitionKey({"dataset_version": "demo_v1", "model": "radiomics"})), (after, "demo_v1")]
     after_run_merges = 0.0
+    assets: list[Any] = list(defs.assets or [])
     with DagsterInstance.get() as instance:
         sync_model_partitions(instance)
         dagster_runs = []
         for keys, partition_key in runs:
             if not keys:
                 continue
-            result = materialize(list(defs.assets or []), instance=instance,  # type: ignore[arg-type] selection=keys, resources=defs.resources,
+            result = materialize(assets, instance=instance, selection=keys, resources=defs.resources,
                                  partition_key=partition_key, raise_on_error=True)
             dagster_runs.append(result.run_id)
             started = time.perf_counter()  # what the command does once a run has ended (radassets.defs.run)
