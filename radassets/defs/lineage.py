@@ -13,12 +13,17 @@ pipeline run``, a test's ``materialize``) records the same way and no asset writ
 - all of it under the partition's lock (``radassets.defs.locks``): a second run of the same partition
   waits, saying which run holds it.
 
-Events are files (``radassets.lineage.store``); the wrapper then tries to merge them without
-waiting. No ``from __future__ import annotations``: Dagster inspects the wrapped signature.
+Events are files (``radassets.lineage.store``). The wrapper does not merge them into DuckDB: that (statements,
+commit, checkpoint) cost a quick step most of its time. The command that ran the step merges once its run ended
+(``radassets.defs.run``), and every reader merges first; a step merges, without waiting, only a backlog (more than
+``MERGE_BACKLOG`` pending files, or one older than ``MERGE_AFTER_S``: runs launched from the UI, which no command
+follows). No ``from __future__ import annotations``: Dagster inspects the wrapped signature.
 """
 
 import dataclasses
 import functools
+import os
+import time
 import uuid
 from typing import Any
 
@@ -33,9 +38,12 @@ from radassets.lineage import store
 from radassets.lineage.chunks import ItemRecorder
 from radassets.lineage.items import ITEMS_OF_RESULTS, output_record
 from radassets.settings import Settings
+from radassets.storage import is_local
 
 RUN_NAMESPACE = uuid.UUID("8f6f2a52-3c1e-4d6b-9a57-1f2a1e5c9b10")  # radassets lineage run ids (uuid5)
 MAX_METADATA_CHARS = 2000  # inline images and long tables stay in Dagster; the facet keeps the numbers
+MERGE_BACKLOG = 64  # pending event files a step merges beyond (no command merges runs launched from the UI)
+MERGE_AFTER_S = 60.0  # or when the oldest pending file is older than this
 
 
 def _partition(context) -> tuple[str | None, dict[str, str] | None]:
@@ -98,11 +106,30 @@ def _metadata(result) -> dict:
     return out
 
 
-def _merge(context, root, events) -> None:
-    """Merge without waiting. The events are written already: a store that cannot take them now (locked,
-    or broken) costs the run nothing, and the next merge picks them up."""
+def _backlog(events) -> bool:
+    """Whether the pending event files are many (over ``MERGE_BACKLOG``) or one of them old (over ``MERGE_AFTER_S``):
+    one listing of the folder. (On an object store, by their number only: a listing there gives no ages cheaply.)"""
+    pending = events / "pending"
+    if not is_local(pending):
+        return len(list(pending.glob("*.json"))) > MERGE_BACKLOG
+    oldest, count = time.time(), 0
     try:
-        store.merge(root, wait=False, events=events)
+        with os.scandir(pending) as entries:
+            for entry in entries:
+                if entry.name.endswith(".json"):
+                    count += 1
+                    oldest = min(oldest, entry.stat().st_mtime)
+    except FileNotFoundError:
+        return False
+    return count > MERGE_BACKLOG or time.time() - oldest > MERGE_AFTER_S
+
+
+def _merge(context, root, events) -> None:
+    """Merge a backlog, without waiting. The events are written already: nothing pending is lost, so a store that
+    cannot take them now (locked, or broken) costs the run nothing, and the next merge picks them up."""
+    try:
+        if _backlog(events):
+            store.merge(root, wait=False, events=events)
     except Exception as e:  # noqa: BLE001
         context.log.warning(f"lineage events written, not merged yet: {type(e).__name__}: {e}")
 
@@ -184,8 +211,7 @@ def recorded(fn):
             # after the start: in the asset, while its items are read, or before its end was written.
             if not ended:
                 store.write_event({"event_type": "ABORT", "run": {**run, "error": _error(e)}, "job": job,
-                                   "inputs": inputs}, root, events)
-                _merge(context, root, events)
+                                   "inputs": inputs}, root, events)  # merged later: an interrupt does not wait
             raise
 
     wrapper.radassets_recorded = True

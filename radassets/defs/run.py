@@ -129,6 +129,26 @@ def _parser_complaint(selection: str) -> str:
     return "not a selection Dagster understands"
 
 
+class _MergingLauncher(Launcher):
+    """A launcher that merges the lineage events of each run once it ended, here in the command's process: the steps
+    do not merge (``radassets.defs.lineage``), and readers merge what is still pending. Without waiting: a store
+    another process holds or cannot open costs the command nothing, its events wait for the next merge."""
+
+    def __init__(self, instance: DagsterInstance, progress: Callable[[str], None], settings: Settings):
+        super().__init__(instance, progress)
+        self.layout = settings.layout()
+
+    def run(self, keys: Sequence[AssetKey], partition_key: str | None, label: str) -> tuple[bool, str]:
+        result = super().run(keys, partition_key, label)
+        from radassets.lineage import store
+
+        try:
+            store.merge(self.layout.lineage_dir(), wait=False, events=self.layout.lineage_events_dir())
+        except Exception as e:  # noqa: BLE001 - the events are written: merged by the next merge or reader
+            self.progress(f"lineage events written, not merged yet: {type(e).__name__}: {e}")
+        return result
+
+
 def materialize_dataset_versions(names: Sequence[str], *, settings: Settings, selection: str | None = None,
                                  models: Sequence[str] | None = None, progress: Callable[[str], None] = print) -> bool:
     """Materialize ``selection`` for each dataset version, and for each model where partitioned by model.
@@ -152,7 +172,7 @@ def materialize_dataset_versions(names: Sequence[str], *, settings: Settings, se
         registry.get(model, settings.resolved_models_dir())  # unknown models too
     instance = open_instance(progress)
     added = sync_model_partitions(instance)
-    launcher = Launcher(instance, progress)
+    launcher = _MergingLauncher(instance, progress, settings)
     if added:
         progress(f"model partitions added: {', '.join(added)}")
     ok = True
@@ -193,7 +213,7 @@ def backfill_model(model: str, dataset_versions: Sequence[str] | None = None, *,
         progress(f"{n}: skipped, its patches are not materialized")
     instance = open_instance(progress)
     sync_model_partitions(instance)
-    launcher = Launcher(instance, progress)
+    launcher = _MergingLauncher(instance, progress, settings)
     _, _, multi, after = _split(f"key:embeddings+ and {DEFAULT_SELECTION}")
     ok = True
     for name in ready:

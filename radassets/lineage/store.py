@@ -4,14 +4,16 @@ Writing: a materialization never opens the database. It writes each of its event
 complete or fail) as one JSON file, atomically (temporary file, then rename), under
 ``events/pending/``. Any number of runs can do this at once.
 
-Merging: ``merge()`` takes a file lock, opens the database and ingests every pending file, each in
-its own transaction, then moves the file to ``events/merged/``. The ``events`` table remembers every
-event id ingested, so a merge killed between its commit and the move ingests nothing twice. A file
-that cannot be ingested (unreadable, or missing a field) is rolled back and moved to
-``events/rejected/`` with the reason beside it; the others proceed. Writers try to merge after their
-last event without waiting for the lock: if another process holds it, their file waits for the next
-merge. Readers merge first (waiting for the lock), then query read-only under the same lock, so no
-query ever meets DuckDB's single-writer lock either.
+Merging: ``merge()`` takes a file lock, opens the database and ingests every pending file in one
+transaction, then moves the files to ``events/merged/``. The ``events`` table remembers every event
+id ingested, so a merge killed between its commit and the moves ingests nothing twice. A file that
+cannot be ingested (unreadable, or missing a field) makes the batch roll back and the merge go on
+file by file, each in its own transaction, so that only that file is moved to ``events/rejected/``
+(with the reason beside it) and the others are ingested. A materialization does not merge (its step
+would pay for DuckDB's statements and commit): the command that ran it merges once its run ended
+(``radassets.defs.run``), a step merges only a backlog (``radassets.defs.lineage``), and readers
+merge first (waiting for the lock), then query read-only under the same lock, so no query ever
+meets DuckDB's single-writer lock either, nor misses an event written before it.
 
 Items from many workers: a step whose items are processed by data-plane workers (``radassets.dataplane``) has
 each worker write its finished items as one ``ITEMS`` chunk file (``<time>-<event id>.items.json``: the lineage
@@ -176,6 +178,18 @@ def is_damage(e: BaseException) -> bool:
     return isinstance(e, duckdb.Error) and any(marker in str(e) for marker in DAMAGE_MARKERS)
 
 
+TABLES = tuple(line.split()[5] for line in SCHEMA.splitlines() if line.startswith("CREATE TABLE IF NOT EXISTS"))
+
+
+def _has_schema(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether every table of ``SCHEMA`` exists and ``schema_info`` holds this version: one query, where running
+    the DDL costs a statement per table at every merge. (The DDL runs one statement at a time, so a store created by
+    a process killed half-way has only some tables: they are counted, not just ``schema_info``.)"""
+    found = con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND "
+                        "schema_name = 'main' AND table_name IN ?", [list(TABLES)]).fetchone()[0]
+    return found == len(TABLES) and con.execute("SELECT max(version) FROM schema_info").fetchone()[0] == SCHEMA_VERSION
+
+
 def _open(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """A connection to the database at ``path`` (created with the schema unless read-only)."""
     try:
@@ -184,7 +198,7 @@ def _open(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         raise _unreadable(path, e) from None
     try:
         con.execute("SET TimeZone = 'UTC'")
-        if not read_only:
+        if not read_only and not _has_schema(con):
             con.execute(SCHEMA)
             if not con.execute("SELECT count(*) FROM schema_info").fetchone()[0]:
                 con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
@@ -217,7 +231,7 @@ def merge(root: Path, wait: bool = True, events: Path | None = None) -> int:
             try:
                 chunks = [p for p in pending if p.name.endswith(CHUNK_SUFFIX)]
                 ingested = _ingest_chunks(con, folder, chunks)
-                return ingested + sum(_ingest_file(con, folder, path) for path in pending if path not in chunks)
+                return ingested + _ingest_batch(con, folder, [path for path in pending if path not in chunks])
             except duckdb.Error as e:
                 if is_damage(e):  # the file opened, but its blocks cannot be read
                     raise _unreadable(database_path(root), e) from None
@@ -240,6 +254,44 @@ def _reject(folder: Path, path: Path, e: BaseException) -> None:
     rejected = _events_dir(folder, "rejected")
     _move(path, rejected)
     (rejected / f"{path.name}.reason.txt").write_text(f"{type(e).__name__}: {e}\n")
+
+
+def _ingest_batch(con: duckdb.DuckDBPyConnection, folder: Path, paths: list[Path]) -> int:
+    """Ingest pending event files (in name order) in one transaction, then move them to ``events/merged``; returns
+    how many were ingested now. A file that cannot be parsed is rejected before the batch; one whose rows cannot be
+    written rolls the batch back, and the files are then ingested one by one (``_ingest_file``), so that only the bad
+    one is rejected. Anything else (disk full, I/O) rolls back and raises: every file stays pending."""
+    events: list[tuple[Path, dict[str, Any]]] = []
+    for path in paths:
+        try:
+            event = json.loads(path.read_text())
+            event["event_id"]  # a file without one is bad by itself
+            events.append((path, event))
+        except (ValueError, KeyError, TypeError) as e:  # not JSON, not an object, or no id: the file alone is bad
+            _reject(folder, path, e)
+    if not events:
+        return 0
+    try:
+        ids = [event["event_id"] for _, event in events]
+        known = {row[0] for row in con.execute("SELECT event_id FROM events WHERE event_id IN (SELECT unnest(?))",
+                                               [ids]).fetchall()}
+        new = [(path, event) for path, event in events if event["event_id"] not in known]
+        con.begin()
+        done: set[tuple] = set()
+        for _, event in new:
+            ingest(con, event, done)
+        con.commit()
+    except BaseException as e:
+        with contextlib.suppress(duckdb.Error):
+            con.rollback()
+        if not isinstance(e, BAD_FILE_ERRORS):
+            raise
+        return sum(_ingest_file(con, folder, path) for path, _ in events)
+    merged = _events_dir(folder, "merged")
+    for path, _ in events:  # known ones too (ingested before a kill among a merge's moves); a kill
+        # among these moves leaves files whose ids ``events`` holds: the next merge moves them, ingesting nothing
+        _move(path, merged)
+    return len(new)
 
 
 def _ingest_file(con: duckdb.DuckDBPyConnection, folder: Path, path: Path, state: str = "pending") -> int:
@@ -292,8 +344,9 @@ def _read_chunks(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> list[tupl
 
 
 def _ingest_chunks(con: duckdb.DuckDBPyConnection, folder: Path, paths: list[Path], state: str = "pending") -> int:
-    """Ingest ITEMS chunk files, read together by DuckDB; each in its own transaction. A batch that cannot be
-    read is read file by file, so that only the bad files are set aside."""
+    """Ingest ITEMS chunk files, read together by DuckDB, pending ones in one transaction. A batch that cannot be
+    read is read file by file, and one whose rows cannot be written is written file by file (each in its own
+    transaction), so that only the bad files are set aside."""
     if not paths:
         return 0
     try:
@@ -305,18 +358,26 @@ def _ingest_chunks(con: duckdb.DuckDBPyConnection, folder: Path, paths: list[Pat
                 rows += _read_chunks(con, [path])
             except BAD_CHUNK_ERRORS as e:
                 _reject(folder, path, ValueError(f"not an ITEMS chunk DuckDB can read: {str(e).splitlines()[0]}"))
-    ingested = 0
-    for path, event_id, when, run_id, job_name, items in rows:
+    if state == "pending" and len(rows) > 1:  # one transaction (one commit) for them all, unless one is bad
         try:
-            if None in (event_id, run_id, job_name, items):
-                raise ValueError("an ITEMS chunk needs event_id, run_id, job_name and items")
-            if not con.execute("SELECT 1 FROM events WHERE event_id = ?", [event_id]).fetchone():
-                con.begin()
-                con.execute("INSERT INTO events VALUES (?, 'ITEMS', ?, ?, ?)", [event_id, when, run_id, now()])
-                con.execute("INSERT INTO item_chunks VALUES (?, ?, ?, ?, NULL)", [event_id, run_id, job_name, items])
-                _attach_chunks(con, run_id)
-                con.commit()
-                ingested += 1
+            con.begin()
+            ingested = sum(_ingest_chunk(con, *row[1:]) for row in rows)
+            con.commit()
+        except BaseException as e:
+            with contextlib.suppress(duckdb.Error):
+                con.rollback()
+            if not isinstance(e, BAD_FILE_ERRORS):
+                raise
+        else:
+            for path, *_ in rows:  # as for events: a kill among the moves ingests nothing twice
+                _move(path, _events_dir(folder, "merged"))
+            return ingested
+    ingested = 0
+    for path, *row in rows:
+        try:
+            con.begin()
+            ingested += _ingest_chunk(con, *row)
+            con.commit()
         except BaseException as e:
             with contextlib.suppress(duckdb.Error):
                 con.rollback()
@@ -327,6 +388,19 @@ def _ingest_chunks(con: duckdb.DuckDBPyConnection, folder: Path, paths: list[Pat
         if state == "pending":
             _move(path, _events_dir(folder, "merged"))
     return ingested
+
+
+def _ingest_chunk(con: duckdb.DuckDBPyConnection, event_id: str | None, when: str | None, run_id: str | None,
+                  job_name: str | None, items: str | None) -> int:
+    """One chunk's rows (inside the caller's transaction); 1 if it was not ingested before."""
+    if None in (event_id, run_id, job_name, items):
+        raise ValueError("an ITEMS chunk needs event_id, run_id, job_name and items")
+    if con.execute("SELECT 1 FROM events WHERE event_id = ?", [event_id]).fetchone():
+        return 0
+    con.execute("INSERT INTO events VALUES (?, 'ITEMS', ?, ?, ?)", [event_id, when, run_id, now()])
+    con.execute("INSERT INTO item_chunks VALUES (?, ?, ?, ?, NULL)", [event_id, run_id, job_name, items])
+    _attach_chunks(con, str(run_id))
+    return 1
 
 
 def _attach_chunks(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
@@ -344,14 +418,29 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str, sort_keys=True)
 
 
-def ingest(con: duckdb.DuckDBPyConnection, event: dict[str, Any]) -> None:
-    """Write one event's rows (inside the caller's transaction)."""
+def _once(done: set[tuple] | None, key: tuple) -> bool:
+    """Whether a statement that changes nothing when repeated (an insert ``ON CONFLICT DO NOTHING``, an upsert with
+    the values it set last) must run: not if it already ran in this batch's transaction (``done``). It saves a
+    DuckDB statement each time: a run's end repeats its start's job and inputs."""
+    if done is None:
+        return True
+    if key in done:
+        return False
+    done.add(key)
+    return True
+
+
+def ingest(con: duckdb.DuckDBPyConnection, event: dict[str, Any], done: set[tuple] | None = None) -> None:
+    """Write one event's rows (inside the caller's transaction; ``done``: the statements already run in it)."""
     run, job = event["run"], event["job"]
     kind, when = event["event_type"], event["event_time"]
     con.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", [event["event_id"], kind, when, run["run_id"], now()])
-    con.execute("INSERT INTO jobs VALUES (?, ?, ?, ?) ON CONFLICT (job_name) DO UPDATE SET "
-                "description = excluded.description, facets = excluded.facets",
-                [job["name"], job.get("namespace", "radassets"), job.get("description"), _json(job.get("facets"))])
+    values = [job["name"], job.get("namespace", "radassets"), job.get("description"), _json(job.get("facets"))]
+    if done is not None:  # only the values set last make the upsert a no-op
+        done -= {key for key in done if key[:2] == ("jobs", job["name"]) and key[2:] != tuple(values[1:])}
+    if _once(done, ("jobs", *values)):
+        con.execute("INSERT INTO jobs VALUES (?, ?, ?, ?) ON CONFLICT (job_name) DO UPDATE SET "
+                    "description = excluded.description, facets = excluded.facets", values)
     if kind == "START":  # (its end may have been ingested first: then only the start time is missing)
         con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, 'START', ?, NULL, ?, ?, ?, NULL, ?) ON CONFLICT (run_id) "
                     "DO UPDATE SET started_at = coalesce(runs.started_at, excluded.started_at)",
@@ -368,20 +457,26 @@ def ingest(con: duckdb.DuckDBPyConnection, event: dict[str, Any]) -> None:
                      run.get("radassets_version"), run.get("error"), _json(run.get("facets"))])
     for role, table in (("inputs", "run_inputs"), ("outputs", "run_outputs")):
         for ds in event.get(role, []):
-            vid = _dataset_version(con, ds, run["run_id"] if role == "outputs" else None, when)
-            con.execute(f"INSERT INTO {table} VALUES (?, ?) ON CONFLICT DO NOTHING", [run["run_id"], vid])
+            vid = _dataset_version(con, ds, run["run_id"] if role == "outputs" else None, when, done)
+            if _once(done, (table, run["run_id"], vid)):
+                con.execute(f"INSERT INTO {table} VALUES (?, ?) ON CONFLICT DO NOTHING", [run["run_id"], vid])
             if role == "outputs":
                 _items(con, vid, ds.get("items", []))
     if kind == "COMPLETE":
         _attach_chunks(con, run["run_id"])
 
 
-def _dataset_version(con: duckdb.DuckDBPyConnection, ds: dict[str, Any], produced_by: str | None, when: str) -> str:
+def _dataset_version(con: duckdb.DuckDBPyConnection, ds: dict[str, Any], produced_by: str | None, when: str,
+                     done: set[tuple] | None = None) -> str:
     name = dataset_name(ds["asset"], ds.get("partition_key"))
     vid = version_id(ds["asset"], ds.get("partition_key"), ds["version"])
-    con.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [name, ds.get("namespace", "radassets"), ds["asset"], ds.get("partition_key"), ds.get("kind", "asset")])
+    if _once(done, ("datasets", name)):
+        con.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [name, ds.get("namespace", "radassets"), ds["asset"], ds.get("partition_key"),
+                     ds.get("kind", "asset")])
     if produced_by:
+        if done is not None:
+            done.add(("dataset_versions", vid))  # it exists now: an input of it inserts nothing
         # An output. The same version made again (a rerun to the same bytes, or the same inputs under new code)
         # is described by its latest run: the one whose files are on disk now. A version first seen as an
         # input gets its producer here.
@@ -390,7 +485,8 @@ def _dataset_version(con: duckdb.DuckDBPyConnection, ds: dict[str, Any], produce
                     [vid, name, ds["version"], produced_by, when, _json(ds.get("facets"))])
         con.execute("DELETE FROM item_parents WHERE version_id = ?", [vid])
         con.execute("DELETE FROM items WHERE version_id = ?", [vid])
-    else:  # an input: known from its own output event, or (recorded before this store existed) by its id only
+    elif _once(done, ("dataset_versions", vid)):  # an input: known from its own output event, or (recorded before
+        # this store existed) by its id only
         con.execute("INSERT INTO dataset_versions VALUES (?, ?, ?, NULL, NULL, ?) ON CONFLICT (version_id) DO NOTHING",
                     [vid, name, ds["version"], _json(ds.get("facets"))])
     return vid

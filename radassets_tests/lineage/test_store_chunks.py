@@ -85,6 +85,22 @@ def test_a_bad_chunk_is_set_aside_and_the_others_are_ingested(tmp_path):
     assert rejected == [f"0-half{store.CHUNK_SUFFIX}", f"0-half{store.CHUNK_SUFFIX}.reason.txt"]
 
 
+def test_a_chunk_whose_rows_cannot_be_written_is_set_aside_alone_from_its_batch(tmp_path):
+    events = tmp_path / "events"
+    start, complete = run_events("volumes", "v1", "c1")
+    for event in (start, complete):
+        store.write_event(event, tmp_path)
+    run_id = start["run"]["run_id"]
+    store.write_items(run_id, "volumes", items("a", 2), events)
+    bad = store.write_items(run_id, "volumes", items("b", 2), events)  # readable, but no run: fails when written
+    bad.write_text(bad.read_text().replace(f'"run_id": "{run_id}"', '"run_id": null'))
+    store.write_items(run_id, "volumes", items("c", 2), events)
+    store.merge(tmp_path)
+    assert [r[1] for r in rows(tmp_path)] == [f"volume:{w}-{k}" for w in "ac" for k in range(2)]
+    assert sorted(p.name for p in (events / "rejected").glob("*.json")) == [bad.name]
+    assert not list((events / "pending").iterdir())
+
+
 def _worker(events: str, run_id: str, worker: int, chunks: int) -> None:
     folder = as_path(events)
     for c in range(chunks):
