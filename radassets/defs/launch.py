@@ -77,7 +77,7 @@ from filelock import FileLock
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from radassets import interrupts
+from radassets import interrupts, profile
 from radassets.defs.dead_runs import (LAUNCHED_BY_COMMAND, LAUNCHED_BY_TAG, NOT_LAUNCHED, describe_owner, fail_dead_runs,
                                       owner_tags)
 
@@ -166,16 +166,20 @@ class Launcher:
         self.worker = None
         run_id = None
         try:
-            fail_dead_runs(self.instance, self.progress)  # their slots and places in the queue first
-            run = self.create_run(keys, partition_key)
+            with profile.phase("command: fail dead runs", label=label):
+                fail_dead_runs(self.instance, self.progress)  # their slots and places in the queue first
+            with profile.phase("command: create run", label=label):
+                run = self.create_run(keys, partition_key)
             run_id = run.run_id
-            if isinstance(self.instance.run_coordinator, QueuedRunCoordinator):
-                # The queued coordinator only records the run as QUEUED: it needs no workspace. (Another
-                # coordinator would launch the run at once, with a workspace this command does not have: the
-                # command launches it itself.)
-                self.instance.submit_run(run_id, workspace=cast("BaseWorkspaceRequestContext", None))
-            self._start_unless_a_daemon_does(run_id)
-            status = self._follow(run_id, label)
+            with profile.phase("command: submit and start", label=label, run_id=run_id):
+                if isinstance(self.instance.run_coordinator, QueuedRunCoordinator):
+                    # The queued coordinator only records the run as QUEUED: it needs no workspace. (Another
+                    # coordinator would launch the run at once, with a workspace this command does not have:
+                    # the command launches it itself.)
+                    self.instance.submit_run(run_id, workspace=cast("BaseWorkspaceRequestContext", None))
+                self._start_unless_a_daemon_does(run_id)
+            with profile.phase("command: follow", label=label, run_id=run_id):
+                status = self._follow(run_id, label)
         except interrupts.Interrupted as e:
             e.run_id = run_id
             if run_id is not None:
@@ -304,7 +308,9 @@ class Launcher:
                 run = self._get(run_id)
                 worker = self.worker
                 if run.is_finished:
-                    self._end_worker(STOP_GRACE_S)  # its last writes; it never outlives the run it ran
+                    profile.mark("command: noticed the run's end", run_id=run_id)
+                    with profile.phase("command: worker exit", run_id=run_id):
+                        self._end_worker(STOP_GRACE_S)  # its last writes; it never outlives the run it ran
                     return run.status
                 if worker is None and run.status in NOT_LAUNCHED and not daemon_dequeues(self.instance):
                     self._start_unless_a_daemon_does(run_id)  # the daemon stopped before it took the run
@@ -325,7 +331,22 @@ class Launcher:
                     for step, pool in waiting:
                         say(f"{step} waits for a slot: {self._holders(pool)} (Ctrl-C stops)")
                     pool_reported_at = time.monotonic()
-                time.sleep(POLL_S)
+                self._pause(POLL_S, run_id)
+
+    def _pause(self, seconds: float, run_id: str) -> None:
+        """Until the next look at the run: ``seconds``, or less when this command's worker exits first. The run
+        ends as its worker exits, so the command notices at once instead of up to ``seconds`` later."""
+        worker = self.worker
+        if worker is None:  # a daemon launched it: nothing of it to wait on here
+            time.sleep(seconds)
+            return
+        # Popen.wait sleeps in steps of at most 50 ms between non-blocking waitpid calls (CPython 3.11), and a
+        # signal's handler runs in those sleeps, as in time.sleep: interrupts reach the command as before.
+        try:
+            worker.wait(seconds)
+        except subprocess.TimeoutExpired:
+            return
+        profile.mark("command: worker exited", run_id=run_id)
 
     def _worker_log(self, run_id: str) -> Path:
         return Path(self.instance.root_directory) / "radassets" / "runs" / f"{run_id}.log"
