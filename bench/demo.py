@@ -42,6 +42,8 @@ sys.path.insert(0, str(REPO))  # the checkout's radassets, also when run as a sc
 COMMAND_NOTICED = "command: noticed the run's end"
 COMMAND_WORKER_EXITED = "command: worker exited"
 COMMAND_FOLLOW = "command: follow"
+COMMAND_EXIT_WAIT = "command: worker exit"
+BLOCKED_S = 0.01  # a wait for the worker's exit longer than this: the command was blocked on the process, not idle
 
 
 def run_demo(work: Path) -> tuple[Path, Path, dict[str, float]]:
@@ -82,6 +84,7 @@ class Run:
     noticed: float | None = None  # the command saw the run's end (profile)
     worker_exited: float | None = None  # the command saw its worker exit (profile)
     command_resumed: float | None = None  # the command's follow of this run returned (profile)
+    exit_wait: float | None = None  # the command waited this long for the worker to exit after it saw the end
 
     @property
     def end(self) -> float:
@@ -134,6 +137,8 @@ def read_runs(dagster_home: Path, profile_lines: list[dict[str, Any]]) -> list[R
             run.worker_exited = line["start"]
         elif line["phase"] == COMMAND_FOLLOW:
             run.command_resumed = end
+        elif line["phase"] == COMMAND_EXIT_WAIT:
+            run.exit_wait = line["seconds"]
     return runs
 
 
@@ -146,10 +151,13 @@ def _cell(seconds: float | None) -> str:
 
 
 def idle_gap(run: Run) -> float | None:
-    """The command's lag in noticing the end of a run it could already move on from: after the run ended and
-    (when the profile saw it) its worker exited. None without profile lines."""
+    """The command's lag in going on after a run it could already leave: the run ended and its worker exited.
+    A command that then still waited for the worker's exit (a blocking wait, which returns as the process
+    exits) was not idle: that time is the worker's teardown. None without profile lines."""
     if run.noticed is None:
         return None
+    if run.exit_wait is not None and run.exit_wait > BLOCKED_S:
+        return 0.0
     ready = max(run.end, run.worker_exited or run.end)
     return max(0.0, run.noticed - ready)
 
@@ -159,8 +167,8 @@ def report(runs: list[Run], profile_lines: list[dict[str, Any]], walls: dict[str
         sys.exit("no runs in the instance")
     print("per run (seconds): queue = created → command starts the worker; worker = → the worker's first event "
           "(python, dagster imported); load = → RUN_START (definitions); first = → first STEP_START; "
-          "steps = → last step end; end = → RUN_SUCCESS; tail = run end → the command resumed (noticed; worker "
-          "exit); next = run end → the next run created; idle = polling lag")
+          "steps = → last step end; end = → RUN_SUCCESS; tail = run end → the command resumed (the worker's exit, "
+          "and any polling lag); next = run end → the next run created; idle = the polling lag in tail")
     header = ["queue", "worker", "load", "first", "steps", "end", "tail", "next", "idle", "compute"]
     print(f"{'run':58s} " + " ".join(f"{h:>7s}" for h in header))
     totals: dict[str, float] = defaultdict(float)
