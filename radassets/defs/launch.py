@@ -95,6 +95,8 @@ from radassets.defs.dead_runs import (LAUNCHED_BY_COMMAND, LAUNCHED_BY_TAG, NOT_
                                       owner_tags)
 
 if TYPE_CHECKING:
+    from dagster._core.remote_representation.external import RemoteJob
+    from dagster._core.snap.execution_plan_snapshot import ExecutionPlanSnapshot
     from dagster._core.workspace.context import BaseWorkspaceRequestContext
 
 LOCATION_NAME = "radassets"  # workspace.yaml's location name: the daemon finds a queued run's code by it
@@ -155,15 +157,12 @@ class Launcher:
         self.console = Console(stderr=True)
         self.worker: subprocess.Popen | None = None  # the current run's worker, when this command started it
         self.standby: subprocess.Popen | None = None  # the next run's worker, imported and waiting (prepare_next)
+        self._plans: dict[tuple[AssetKey, ...], tuple[RemoteJob, ExecutionPlanSnapshot]] = {}  # _job_and_plan's
 
     def create_run(self, keys: Sequence[AssetKey], partition_key: str | None) -> DagsterRun:
         """A run of ``keys`` for ``partition_key`` (a ``MultiPartitionKey`` for the dataset version × model)."""
         keys = sorted(keys, key=lambda k: k.to_user_string())
-        selector = JobSubsetSelector(location_name=LOCATION_NAME, repository_name=self.repository.name,
-                                     job_name=IMPLICIT_ASSET_JOB_NAME, op_selection=None, asset_selection=keys)
-        job = self.location.get_job(selector)
-        plan = self.location.get_execution_plan(job, IN_PROCESS, step_keys_to_execute=None, known_state=None,
-                                                instance=self.instance).execution_plan_snapshot
+        job, plan = self._job_and_plan(tuple(keys))
         tags = dict(job.tags)
         if partition_key is not None:
             tags[PARTITION_NAME_TAG] = str(partition_key)
@@ -176,6 +175,19 @@ class Launcher:
             parent_job_snapshot=job.parent_job_snapshot, remote_job_origin=job.get_remote_origin(),
             job_code_origin=job.get_python_origin(), asset_selection=frozenset(keys), asset_check_selection=None,
             asset_graph=self.repository.asset_graph)
+
+    def _job_and_plan(self, keys: tuple[AssetKey, ...]) -> tuple[RemoteJob, ExecutionPlanSnapshot]:
+        """The asset job's subset for ``keys`` and its execution plan, computed once per selection (a second or
+        more per run on 2 cores): they do not depend on the partition, so the runs of every dataset version and
+        model with the same selection share them."""
+        if keys not in self._plans:
+            selector = JobSubsetSelector(location_name=LOCATION_NAME, repository_name=self.repository.name,
+                                         job_name=IMPLICIT_ASSET_JOB_NAME, op_selection=None, asset_selection=keys)
+            job = self.location.get_job(selector)
+            plan = self.location.get_execution_plan(job, IN_PROCESS, step_keys_to_execute=None, known_state=None,
+                                                    instance=self.instance).execution_plan_snapshot
+            self._plans[keys] = (job, plan)
+        return self._plans[keys]
 
     def run(self, keys: Sequence[AssetKey], partition_key: str | None, label: str,
             more: bool = False) -> tuple[bool, str]:

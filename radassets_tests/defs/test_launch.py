@@ -49,6 +49,9 @@ def test_runs_after_the_first_go_to_a_standby_worker_with_the_same_results(small
     runs = sorted(instance.get_runs(), key=lambda r: r.tags["dagster/partition"])
     assert [r.tags["dagster/partition"] for r in runs] == ["demo_v1", "demo_v2"]
     assert all(r.status == DagsterRunStatus.SUCCESS for r in runs)
+    # One selection: the second run reuses the first's job subset and plan, which are the same snapshots.
+    assert runs[0].execution_plan_snapshot_id == runs[1].execution_plan_snapshot_id
+    assert runs[0].job_snapshot_id == runs[1].job_snapshot_id
     # The first run's worker was started fresh with its arguments, the second's as a standby during the first.
     assert [argv == [launch.STANDBY] for argv, _ in started] == [False, True]
     assert [int(r.tags[PID_TAG]) for r in runs] == [p.pid for _, p in started]
