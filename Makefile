@@ -102,6 +102,7 @@ bench: install
 	$(BIN)/python bench/lineage.py
 	$(BIN)/python bench/patch_store.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/demo.py
 
 # The manual (docs/, mkdocs.yml) as a site in site/. --strict: a broken link or anchor, or a page missing
 # from the nav, fails the build. The CLI page imports radassets.cli, hence the project's install first.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions
 
+from radassets import profile
 from radassets.defs import evaluation, imaging, ingest, models
 from radassets.defs.automation import automation_sensor
 from radassets.defs.dead_runs import dead_run_sensor
@@ -15,6 +16,7 @@ from radassets.settings import Settings
 # the daemon read DAGSTER_HOME before they load this module, from their own environment.
 settings = Settings.load()
 settings.export_dagster_home()
+profile.enable(settings.profile)  # a run worker's phases go where its command's go (RADASSETS_PROFILE is inherited)
 
 defs = Definitions(
     assets=[ingest.cohort, ingest.dicom, imaging.volumes, imaging.seeds, imaging.patches, models.embeddings,

@@ -5,7 +5,8 @@ Library code never reads the environment: it takes paths, the ``Layout`` or thes
 
 1. environment variables: ``RADASSETS_HOME``, ``RADASSETS_DATA_DIR``, ``RADASSETS_MODELS_DIR``,
    ``RADASSETS_WEIGHTS_DIR``, ``RADASSETS_IDC_MIRROR``, ``RADASSETS_DEMO_SPEC``, ``RADASSETS_GCP_PROJECT``,
-   ``RADASSETS_STATE_DIR``, ``RADASSETS_WORKERS``, ``RADASSETS_RAY_ADDRESS``, ``RADASSETS_RAY_GPU_RESOURCE`` and
+   ``RADASSETS_STATE_DIR``, ``RADASSETS_WORKERS``, ``RADASSETS_RAY_ADDRESS``, ``RADASSETS_RAY_GPU_RESOURCE``,
+   ``RADASSETS_PROFILE`` and
    ``DAGSTER_HOME`` (an
    empty variable counts as unset; a relative path is relative to the working directory);
 2. a project settings file, ``radassets.toml``, with the same fields in lower case without the prefix
@@ -52,9 +53,9 @@ ENV_NAMES = {"home": "RADASSETS_HOME", "data_dir": "RADASSETS_DATA_DIR", "models
              "idc_mirror": "RADASSETS_IDC_MIRROR",
              "demo_spec": "RADASSETS_DEMO_SPEC", "gcp_project": "RADASSETS_GCP_PROJECT", "dagster_home": "DAGSTER_HOME",
              "workers": "RADASSETS_WORKERS", "ray_address": "RADASSETS_RAY_ADDRESS",
-             "ray_gpu_resource": "RADASSETS_RAY_GPU_RESOURCE"}
+             "ray_gpu_resource": "RADASSETS_RAY_GPU_RESOURCE", "profile": "RADASSETS_PROFILE"}
 INTEGER_FIELDS = ("workers",)
-LOCAL_PATH_FIELDS = ("data_dir", "models_dir", "weights_dir", "state_dir", "dagster_home")
+LOCAL_PATH_FIELDS = ("data_dir", "models_dir", "weights_dir", "state_dir", "dagster_home", "profile")
 FOLDER_OR_URL_FIELDS = ("home", "idc_mirror")
 
 
@@ -105,6 +106,9 @@ class Settings(BaseSettings):
                                   "resource a cluster advertises for its accelerators)")
     figure_stamp: bool = Field(default=True, description="print 'radassets <lineage id prefix>' small in a corner "
                                "of every figure, so a printed or cropped figure still traces (false: no stamp)")
+    profile: Path | None = Field(default=None, description="a file that the command and its run workers append one "
+                                 "JSON line per timed phase to (radassets.profile; bench/demo.py reads it); "
+                                 "nothing of it goes into an output")
     _file: Path | None = PrivateAttr(default=None)
 
     @classmethod

@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from radassets import profile
 from radassets.cli import cohort, datasets, demo, dicom, evaluate, imaging, lineage, models, pipeline
 from radassets.cli.settings import current_settings
 from radassets.errors import RadassetsError
@@ -47,6 +48,7 @@ class RadassetsCommandLine(click.Group):
             with stop_on_interrupts(), self.make_context(prog_name or self.name, argv, **extra) as ctx:
                 # The settings are read once per command line, here; Dagster reads DAGSTER_HOME from the environment.
                 current_settings().export_dagster_home()
+                profile.enable(current_settings().profile)
                 self.invoke(ctx)
         except click.exceptions.Exit as e:  # --help, after printing the help
             if e.exit_code:

@@ -21,6 +21,15 @@ Design (issue 14, point 3):
   here: it needs a code location *server*, a second process that imports the definitions, torch among them,
   before every command; see ``DefaultRunLauncher.launch_run``.) The run executes in that process with the
   in-process executor (one import of the definitions per run, not one per step).
+- **No idle waiting** (issue 18). Between looks at its run the command waits on the run's worker (with
+  ``POLL_S`` as timeout), not a fixed sleep: the run ends as its worker exits, and the command goes on at once.
+  The worker (``run_worker``: ``dagster api execute_run`` and no more) exits without the interpreter's teardown
+  of Dagster's modules (seconds on 2 busy cores). When another run follows, its worker is started as soon as
+  the current run is STARTED and waits, its imports done, for the run on standard input (a *standby*); the
+  runs themselves still follow one another, in the same order, with the same failure semantics (a failed
+  dataset-version run still skips its model runs), and a standby not needed is stopped. Runs are not
+  overlapped: on 2 cores the steps are CPU-bound, and the command's output and interrupt semantics are those
+  of one run at a time (``docs/benchmarks.md``, "make demo").
 - **Pools are the instance's.** The run worker's executor claims the ``gpu`` slot (granularity ``op``), as for
   a UI run; the private ``InstanceConcurrencyContext`` claim of the old in-process path is gone. While the run
   waits for a slot the command says who holds the pool, and frees the slots of dead runs.
@@ -50,12 +59,16 @@ Design (issue 14, point 3):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
+import importlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -77,11 +90,13 @@ from filelock import FileLock
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from radassets import interrupts
+from radassets import interrupts, profile
 from radassets.defs.dead_runs import (LAUNCHED_BY_COMMAND, LAUNCHED_BY_TAG, NOT_LAUNCHED, describe_owner, fail_dead_runs,
                                       owner_tags)
 
 if TYPE_CHECKING:
+    from dagster._core.remote_representation.external import RemoteJob
+    from dagster._core.snap.execution_plan_snapshot import ExecutionPlanSnapshot
     from dagster._core.workspace.context import BaseWorkspaceRequestContext
 
 LOCATION_NAME = "radassets"  # workspace.yaml's location name: the daemon finds a queued run's code by it
@@ -91,6 +106,8 @@ POOL_WAIT_REPORT_S = 60.0  # a run waiting for a pool slot is reported again thi
 STOP_GRACE_S = 30.0  # after an interrupt, how long the run worker has to end its run before it is killed
 QUEUED_DAEMON = "QUEUED_RUN_COORDINATOR"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STANDBY = "--standby"  # run_worker's argument: wait for the run on standard input
+WORKER_CODE = "from radassets.defs.launch import run_worker; run_worker()"
 IN_PROCESS: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}  # one process per run, not per step
 RESULT_WORDS = {DagsterRunStatus.SUCCESS: "succeeded", DagsterRunStatus.FAILURE: "failed",
                 DagsterRunStatus.CANCELED: "was canceled"}
@@ -139,15 +156,13 @@ class Launcher:
         [self.repository] = self.location.get_repositories().values()
         self.console = Console(stderr=True)
         self.worker: subprocess.Popen | None = None  # the current run's worker, when this command started it
+        self.standby: subprocess.Popen | None = None  # the next run's worker, imported and waiting (prepare_next)
+        self._plans: dict[tuple[AssetKey, ...], tuple[RemoteJob, ExecutionPlanSnapshot]] = {}  # _job_and_plan's
 
     def create_run(self, keys: Sequence[AssetKey], partition_key: str | None) -> DagsterRun:
         """A run of ``keys`` for ``partition_key`` (a ``MultiPartitionKey`` for the dataset version × model)."""
         keys = sorted(keys, key=lambda k: k.to_user_string())
-        selector = JobSubsetSelector(location_name=LOCATION_NAME, repository_name=self.repository.name,
-                                     job_name=IMPLICIT_ASSET_JOB_NAME, op_selection=None, asset_selection=keys)
-        job = self.location.get_job(selector)
-        plan = self.location.get_execution_plan(job, IN_PROCESS, step_keys_to_execute=None, known_state=None,
-                                                instance=self.instance).execution_plan_snapshot
+        job, plan = self._job_and_plan(tuple(keys))
         tags = dict(job.tags)
         if partition_key is not None:
             tags[PARTITION_NAME_TAG] = str(partition_key)
@@ -161,21 +176,40 @@ class Launcher:
             job_code_origin=job.get_python_origin(), asset_selection=frozenset(keys), asset_check_selection=None,
             asset_graph=self.repository.asset_graph)
 
-    def run(self, keys: Sequence[AssetKey], partition_key: str | None, label: str) -> tuple[bool, str]:
-        """Create, submit and follow one run; returns whether it succeeded and its id."""
+    def _job_and_plan(self, keys: tuple[AssetKey, ...]) -> tuple[RemoteJob, ExecutionPlanSnapshot]:
+        """The asset job's subset for ``keys`` and its execution plan, computed once per selection (a second or
+        more per run on 2 cores): they do not depend on the partition, so the runs of every dataset version and
+        model with the same selection share them."""
+        if keys not in self._plans:
+            selector = JobSubsetSelector(location_name=LOCATION_NAME, repository_name=self.repository.name,
+                                         job_name=IMPLICIT_ASSET_JOB_NAME, op_selection=None, asset_selection=keys)
+            job = self.location.get_job(selector)
+            plan = self.location.get_execution_plan(job, IN_PROCESS, step_keys_to_execute=None, known_state=None,
+                                                    instance=self.instance).execution_plan_snapshot
+            self._plans[keys] = (job, plan)
+        return self._plans[keys]
+
+    def run(self, keys: Sequence[AssetKey], partition_key: str | None, label: str,
+            more: bool = False) -> tuple[bool, str]:
+        """Create, submit and follow one run; returns whether it succeeded and its id. ``more``: another run
+        may follow, whose worker is started while this one runs (``prepare_next``)."""
         self.worker = None
         run_id = None
         try:
-            fail_dead_runs(self.instance, self.progress)  # their slots and places in the queue first
-            run = self.create_run(keys, partition_key)
+            with profile.phase("command: fail dead runs", label=label):
+                fail_dead_runs(self.instance, self.progress)  # their slots and places in the queue first
+            with profile.phase("command: create run", label=label):
+                run = self.create_run(keys, partition_key)
             run_id = run.run_id
-            if isinstance(self.instance.run_coordinator, QueuedRunCoordinator):
-                # The queued coordinator only records the run as QUEUED: it needs no workspace. (Another
-                # coordinator would launch the run at once, with a workspace this command does not have: the
-                # command launches it itself.)
-                self.instance.submit_run(run_id, workspace=cast("BaseWorkspaceRequestContext", None))
-            self._start_unless_a_daemon_does(run_id)
-            status = self._follow(run_id, label)
+            with profile.phase("command: submit and start", label=label, run_id=run_id):
+                if isinstance(self.instance.run_coordinator, QueuedRunCoordinator):
+                    # The queued coordinator only records the run as QUEUED: it needs no workspace. (Another
+                    # coordinator would launch the run at once, with a workspace this command does not have:
+                    # the command launches it itself.)
+                    self.instance.submit_run(run_id, workspace=cast("BaseWorkspaceRequestContext", None))
+                self._start_unless_a_daemon_does(run_id)
+            with profile.phase("command: follow", label=label, run_id=run_id):
+                status = self._follow(run_id, label, prepare_next=more)
         except interrupts.Interrupted as e:
             e.run_id = run_id
             if run_id is not None:
@@ -228,18 +262,64 @@ class Launcher:
                                   instance_ref=self.instance.get_ref(), set_exit_code_on_failure=True)
             log = self._worker_log(run_id)
             log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("w") as out:
-                self.worker = subprocess.Popen(
-                    [sys.executable, "-m", "dagster", "api", "execute_run", serialize_value(args)],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},  # the log is live (tail -f)
-                    start_new_session=True,  # interrupts reach it through this command only
-                    preexec_fn=_die_with_parent())
+            self.worker = self._hand_to_standby(log, serialize_value(args))
+            if self.worker is None:
+                with log.open("w") as out:
+                    self.worker = self._start_worker([serialize_value(args)], stdout=out, stdin=subprocess.DEVNULL)
             self.instance.add_run_tags(run_id, owner_tags(self.worker.pid))
         except BaseException as e:
             self._end_worker()
             self.instance.report_run_failed(self._get(run_id), f"radassets: the run worker did not start ({e!r})")
             raise
+
+    @staticmethod
+    def _start_worker(argv: list[str], stdout: Any, stdin: Any) -> subprocess.Popen:
+        """A run worker: ``dagster api execute_run`` (``run_worker``), with ``argv`` its arguments."""
+        return subprocess.Popen(
+            [sys.executable, "-c", WORKER_CODE, *argv],
+            stdout=stdout, stderr=subprocess.STDOUT, stdin=stdin,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # the log is live (tail -f)
+            start_new_session=True,  # interrupts reach it through this command only
+            preexec_fn=_die_with_parent())
+
+    def prepare_next(self) -> None:
+        """Another run follows the current one: start its worker now (a standby), so that its imports of Python,
+        Dagster and the definitions (seconds per run) overlap this run instead of following it. It waits for
+        its run on standard input; a command that ends without using it closes that, and it exits."""
+        if self.standby is not None or self.worker is None:
+            return  # one is ready; or a daemon launches this command's runs: nothing to prepare
+        with contextlib.suppress(OSError):
+            self.standby = self._start_worker([STANDBY], stdout=subprocess.DEVNULL, stdin=subprocess.PIPE)
+
+    def _hand_to_standby(self, log: Path, args: str) -> subprocess.Popen | None:
+        """The standby worker, given this run (its log and its ``ExecuteRunArgs``), if one is alive."""
+        standby, self.standby = self.standby, None
+        if standby is None:
+            return None
+        try:
+            if standby.poll() is not None:
+                raise OSError(f"the standby worker exited with status {standby.returncode}")
+            stdin = check.not_none(standby.stdin)
+            stdin.write(json.dumps([str(log), args]).encode() + b"\n")
+            stdin.close()
+            return standby
+        except OSError:  # it died (its output went nowhere): a fresh worker runs the run and logs why it fails
+            self._discard(standby)
+            return None
+
+    def close(self) -> None:
+        """The command's runs are over: an unused standby worker is stopped (it holds no run, slot or file)."""
+        standby, self.standby = self.standby, None
+        if standby is not None:
+            self._discard(standby)
+
+    @staticmethod
+    def _discard(standby: subprocess.Popen) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(standby.pid, signal.SIGKILL)  # at once: it may still be importing, minutes on a busy machine
+        standby.wait()
+        with contextlib.suppress(OSError):
+            check.not_none(standby.stdin).close()
 
     def _end_worker(self, grace_s: float = 0.0) -> None:
         """Let this command's run worker exit within ``grace_s``, then kill it and what it started."""
@@ -279,7 +359,7 @@ class Launcher:
 
     # -- following a run -------------------------------------------------------------------------------------
 
-    def _follow(self, run_id: str, label: str) -> DagsterRunStatus:
+    def _follow(self, run_id: str, label: str, prepare_next: bool = False) -> DagsterRunStatus:
         run = self._get(run_id)
         total = len(run.step_keys_to_execute or [])
         cursor = None
@@ -303,8 +383,13 @@ class Launcher:
                 bar.update(task, completed=done)
                 run = self._get(run_id)
                 worker = self.worker
+                if prepare_next and run.status != DagsterRunStatus.STARTING and run.status not in NOT_LAUNCHED:
+                    self.prepare_next()  # once its worker has done its own imports: they do not compete
+                    prepare_next = False
                 if run.is_finished:
-                    self._end_worker(STOP_GRACE_S)  # its last writes; it never outlives the run it ran
+                    profile.mark("command: noticed the run's end", run_id=run_id)
+                    with profile.phase("command: worker exit", run_id=run_id):
+                        self._end_worker(STOP_GRACE_S)  # its last writes; it never outlives the run it ran
                     return run.status
                 if worker is None and run.status in NOT_LAUNCHED and not daemon_dequeues(self.instance):
                     self._start_unless_a_daemon_does(run_id)  # the daemon stopped before it took the run
@@ -325,7 +410,22 @@ class Launcher:
                     for step, pool in waiting:
                         say(f"{step} waits for a slot: {self._holders(pool)} (Ctrl-C stops)")
                     pool_reported_at = time.monotonic()
-                time.sleep(POLL_S)
+                self._pause(POLL_S, run_id)
+
+    def _pause(self, seconds: float, run_id: str) -> None:
+        """Until the next look at the run: ``seconds``, or less when this command's worker exits first. The run
+        ends as its worker exits, so the command notices at once instead of up to ``seconds`` later."""
+        worker = self.worker
+        if worker is None:  # a daemon launched it: nothing of it to wait on here
+            time.sleep(seconds)
+            return
+        # Popen.wait sleeps in steps of at most 50 ms between non-blocking waitpid calls (CPython 3.11), and a
+        # signal's handler runs in those sleeps, as in time.sleep: interrupts reach the command as before.
+        try:
+            worker.wait(seconds)
+        except subprocess.TimeoutExpired:
+            return
+        profile.mark("command: worker exited", run_id=run_id)
 
     def _worker_log(self, run_id: str) -> Path:
         return Path(self.instance.root_directory) / "radassets" / "runs" / f"{run_id}.log"
@@ -380,3 +480,51 @@ def _failure_message(data: StepFailureData) -> str:
 def describe(keys: Sequence[AssetKey]) -> str:
     return ", ".join(k.to_user_string() for k in keys)
 
+
+
+def run_worker() -> None:
+    """The run worker's program: what ``python -m dagster api execute_run ARGS`` does, and two things more.
+
+    - ``--standby`` instead of ARGS: import Dagster's run execution and the definitions first, then wait for one
+      line on standard input, ``[log path, ARGS]``: the command hands over its next run as soon as it has
+      created it, the imports already done (``Launcher.prepare_next``). The output then goes to the run's log.
+      An empty input (the command needs no more runs) ends it.
+    - After the run, the process exits without the interpreter's teardown of its modules (1-3 s for
+      Dagster's thousands of objects on 2 busy cores, which the command would wait for), once every non-daemon
+      thread has ended, ``atexit`` handlers have run (logging's flush, multiprocessing's children) and the
+      output is flushed: what a normal exit does, minus freeing memory the OS takes back anyway.
+    """
+    from dagster._cli import main as dagster_main
+
+    argv = sys.argv[1:]
+    if argv == [STANDBY]:
+        # What the run imports first (Python keeps the module). One that fails to import is left to the run:
+        # it imports it again, fails as in a fresh worker and says why in the run's log and event log.
+        with contextlib.suppress(Exception):
+            importlib.import_module(DEFINITIONS_MODULE)
+        line = sys.stdin.readline()
+        if not line.strip():
+            return
+        log, args = json.loads(line)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, sys.stdout.fileno())
+        os.dup2(fd, sys.stderr.fileno())
+        os.close(fd)
+        argv = [args]
+    sys.argv = ["dagster", "api", "execute_run", *argv]
+    try:
+        dagster_main()
+        status = 0
+    except SystemExit as e:  # how click's main ends, success included
+        if e.code is None or isinstance(e.code, int):
+            status = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            status = 1
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # the handlers a normal exit runs; os._exit skips them
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -176,19 +176,26 @@ def materialize_dataset_versions(names: Sequence[str], *, settings: Settings, se
     if added:
         progress(f"model partitions added: {', '.join(added)}")
     ok = True
-    if unpartitioned:  # e.g. reproductions of published analyses: once, not per dataset version
-        success, _ = launcher.run(unpartitioned, None, describe(unpartitioned))
-        ok &= success
-    for name in names:
-        runs = ([(single, name, "")] if single else []) + \
-               [(multi, MultiPartitionKey({"dataset_version": name, "model": m}), f" × {m}") for m in models if multi] + \
-               ([(after, name, " (every model)")] if after else [])
-        for keys, partition_key, label in runs:
-            progress(f"materializing {describe(keys)} for {name}{label} ...")
-            success, _ = launcher.run(keys, partition_key, f"{name}{label}")
+    runs_of = {name: ([(single, name, "")] if single else []) +
+               [(multi, MultiPartitionKey({"dataset_version": name, "model": m}), f" × {m}") for m in models if multi] +
+               ([(after, name, " (every model)")] if after else []) for name in names}
+    left = bool(unpartitioned) + sum(len(runs) for runs in runs_of.values())  # runs that may still follow
+    try:
+        if unpartitioned:  # e.g. reproductions of published analyses: once, not per dataset version
+            left -= 1
+            success, _ = launcher.run(unpartitioned, None, describe(unpartitioned), more=left > 0)
             ok &= success
-            if not success and keys is single:
-                break  # the model steps need this dataset version's patches
+        for name in names:
+            for keys, partition_key, label in runs_of[name]:
+                left -= 1
+                progress(f"materializing {describe(keys)} for {name}{label} ...")
+                success, _ = launcher.run(keys, partition_key, f"{name}{label}", more=left > 0)
+                ok &= success
+                if not success and keys is single:
+                    left -= len(runs_of[name]) - 1
+                    break  # the model steps need this dataset version's patches
+    finally:
+        launcher.close()  # a worker started for a run that did not come (a failure, an interrupt) exits
     return ok
 
 
@@ -216,11 +223,15 @@ def backfill_model(model: str, dataset_versions: Sequence[str] | None = None, *,
     launcher = _MergingLauncher(instance, progress, settings)
     _, _, multi, after = _split(f"key:embeddings+ and {DEFAULT_SELECTION}")
     ok = True
-    for name in ready:
-        success, _ = launcher.run(multi, MultiPartitionKey({"dataset_version": name, "model": model}),
-                                  f"{name} × {model}")
-        ok &= success
-        if success and after:  # what compares every model of the dataset version, now with this one
-            success, _ = launcher.run(after, name, f"{name} (every model)")
+    try:
+        for i, name in enumerate(ready):
+            last = i == len(ready) - 1
+            success, _ = launcher.run(multi, MultiPartitionKey({"dataset_version": name, "model": model}),
+                                      f"{name} × {model}", more=bool(after) or not last)
             ok &= success
+            if success and after:  # what compares every model of the dataset version, now with this one
+                success, _ = launcher.run(after, name, f"{name} (every model)", more=not last)
+                ok &= success
+    finally:
+        launcher.close()
     return ok
