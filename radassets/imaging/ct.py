@@ -43,7 +43,7 @@ import re
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,8 @@ class CTVolume:
     image: sitk.Image  # int16 HU, LPS geometry
     series_uid: str
     qc: dict
+    # The first file's FrameOfReferenceUID (its masks are matched on it), where the reader had its header anyway.
+    frame_of_reference: str | None = None
 
 
 def _series_uid(headers: Sequence[pydicom.Dataset]) -> str:
@@ -133,6 +135,12 @@ def _read_headers(files: Sequence[Path]) -> list[tuple[Path, pydicom.Dataset]]:
 
 def sort_and_validate(files: Sequence[Path], tol: Tolerances = Tolerances()) -> tuple[list[Path], dict]:
     """Validate a CT series' headers; return its files sorted along the slice normal and the geometry."""
+    ordered, geometry, _ = _validated(files, tol)
+    return ordered, geometry
+
+
+def _validated(files: Sequence[Path], tol: Tolerances) -> tuple[list[Path], dict, list[pydicom.Dataset]]:
+    """``sort_and_validate``, and the headers it read (sorted as the files), so that nothing is read twice."""
     headers = _read_headers(files)
     uid = _series_uid([h for _, h in headers])
     excluded = excluded_reason(headers)  # localizers, screens, single images: not volumes, not failures
@@ -165,7 +173,7 @@ def sort_and_validate(files: Sequence[Path], tol: Tolerances = Tolerances()) -> 
         tol, names=lambda i: headers[i][0].name, tilt_tag=headers[0][1].get("GantryDetectorTilt"))
     ts = getattr(headers[order[0]][1].file_meta, "TransferSyntaxUID", None)
     geometry["transfer_syntax"] = str(ts) if ts else None
-    return [headers[i][0] for i in order], geometry
+    return [headers[i][0] for i in order], geometry, [headers[i][1] for i in order]
 
 
 def stack_geometry(uid: str, positions: np.ndarray, orientations: np.ndarray, pixel_spacing: list[float],
@@ -408,20 +416,24 @@ def read_ct_series(files: Sequence[Path], tol: Tolerances = Tolerances()) -> CTV
         if is_multiframe_ct(Path(files[0])):
             return read_multiframe_ct(Path(files[0]), tol)
     started = time.monotonic()
-    ordered, geometry = sort_and_validate(files, tol)
-    uid = str(pydicom.dcmread(ordered[0], stop_before_pixels=True).get("SeriesInstanceUID", "?"))
-    _check_decodable(ordered[0], uid)
+    ordered, geometry, headers = _validated(files, tol)
+    uid = str(headers[0].get("SeriesInstanceUID", "?"))  # the first sorted slice's, from the headers read once
+    # The frame of reference of the first file as given (its masks are matched on it), here rather than re-read.
+    frame = str(headers[ordered.index(Path(files[0]))].get("FrameOfReferenceUID", "")) or None
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in ordered])
     try:
         image = reader.Execute()
     except RuntimeError as e:
+        # Only now is a slice decoded by pydicom: its error names the transfer syntax and the file, which ITK's
+        # does not. A series ITK reads is not decoded twice.
+        _check_decodable(ordered[0], uid)
         # The object address ITK puts in its messages changes from run to run: left out, so QC rows repeat.
         reason = re.sub(r"\(0x[0-9a-fA-F]+\)", "", " ".join(str(e).split()))
         raise SeriesError("undecodable", uid, f"SimpleITK could not read the pixels{_failing_file(ordered)}: "
                                               f"{reason}") from None
     _check_itk_geometry(image, geometry, uid)
-    return to_volume(image, geometry, uid, started)
+    return replace(to_volume(image, geometry, uid, started), frame_of_reference=frame)
 
 
 def to_volume(image: sitk.Image, geometry: dict, uid: str, started: float, **qc: object) -> CTVolume:
