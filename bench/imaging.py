@@ -120,7 +120,7 @@ def converters() -> tuple[dict[str, tuple[str, Callable[[Path, Path, str], None]
     def radassets(folder: Path, out: Path, name: str) -> None:
         write_image(read_ct_series(sorted(folder.glob("*.dcm"))).image, out / f"{name}.nrrd")
 
-    tools: dict = {"radassets": ("NRRD int16, gzip", radassets)}
+    tools: dict = {"radassets": ("NRRD int16, gzip (ISA-L level 1)", radassets)}
     missing = []
     dcm2niix = find_tool("dcm2niix")
     if dcm2niix:
@@ -219,7 +219,8 @@ def bench_conversion_phases(series: list[dict], work: Path, repeats: int = 3) ->
     """Where radassets' conversion time goes: each phase of ``read_ct_series`` + ``write_image`` timed on its own,
     per series (the fastest of ``repeats`` passes), in ms per series; and, on the lines marked "removed", what the
     steps that the conversion no longer takes cost (re-reading the first header, decoding the first slice when ITK
-    reads it anyway, ITK's gzip level 2 and reading the file back for its sha256), for a before/after in one run.
+    reads it anyway, ITK's gzip level 2 and reading the file back for its sha256; the ITK series read, for plain
+    series), for a before/after in one run.
     Returns the phases and the converted images (for the codec table)."""
     phases: dict[str, float] = {}
     images = []
@@ -244,15 +245,23 @@ def _series_phases(files: list[Path], stem: Path, repeats: int) -> tuple[dict[st
     from radassets.imaging.volumes import write_image
 
     ms = {"header reads (pydicom, every file)": _min_ms(lambda: ct._read_headers(files), repeats),
-          "validation (kinds, geometry) incl. header reads":
-              _min_ms(lambda: ct._validated(files, ct.Tolerances()), repeats)}
-    ordered, geometry, headers = ct._validated(files, ct.Tolerances())
+          "header + pixel data reads (pydicom, one pass)": _min_ms(lambda: ct._read_headers(files, {}), repeats),
+          "validation (kinds, geometry) incl. header + pixel reads":
+              _min_ms(lambda: ct._validated(files, ct.Tolerances(), {}), repeats)}
+    pixels: dict[Path, bytes] = {}
+    ordered, geometry, headers = ct._validated(files, ct.Tolerances(), pixels)
+    ms["stored values -> int16 HU (plain series, ct._native_hu)"] = _min_ms(
+        lambda: ct._native_hu(ordered, headers, pixels), repeats)
+    hu = ct._native_hu(ordered, headers, pixels)
+    if hu is not None:
+        ms["grid as ITK's series reader gives it (two GDCM headers)"] = _min_ms(
+            lambda: ct._as_itk_series_reads(hu, ordered), repeats)
 
     def itk_read() -> sitk.Image:
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames([str(p) for p in ordered])
         return reader.Execute()
-    ms["ITK series read (GDCM)"] = _min_ms(itk_read, repeats)
+    ms["ITK series read (GDCM; only for series outside the plain case)"] = _min_ms(itk_read, repeats)
     image = itk_read()
     uid = str(headers[0].get("SeriesInstanceUID", "?"))
     ms["ITK geometry cross-check"] = _min_ms(lambda: ct._check_itk_geometry(image, geometry, uid), repeats)

@@ -6,9 +6,11 @@ Index (i, j, k) = (column, row, slice); the direction matrix's columns are the r
 slice normal X × Y; slices are sorted by their position along that normal, whatever their
 InstanceNumber or file order.
 
-The headers are validated with pydicom before any pixel is read, so each failure has a precise
+The headers are validated with pydicom before any pixel is used, so each failure has a precise
 cause; the pixels are then read by SimpleITK (GDCM), and its geometry is cross-checked against
-the headers. A failure raises ``SeriesError`` with a short ``code`` (for QC tables) and a
+the headers. A plain series (uncompressed 16-bit slices, one integer rescale, not regridded) is not parsed
+a second time: its HU are computed from the pixel data read with the headers, on the grid ITK's series
+reader gives, with the same voxels and geometry as ITK's path (``_native_hu``). A failure raises ``SeriesError`` with a short ``code`` (for QC tables) and a
 message naming the series and the cause.
 
 Gantry tilt and uneven slice spacing (``regrid`` in the QC row): a series whose slice origins advance
