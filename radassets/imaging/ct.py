@@ -10,7 +10,9 @@ The headers are validated with pydicom before any pixel is used, so each failure
 cause; the pixels are then read by SimpleITK (GDCM), and its geometry is cross-checked against
 the headers. A plain series (uncompressed 16-bit slices, one integer rescale, not regridded) is not parsed
 a second time: its HU are computed from the pixel data read with the headers, on the grid ITK's series
-reader gives, with the same voxels and geometry as ITK's path (``_native_hu``). A failure raises ``SeriesError`` with a short ``code`` (for QC tables) and a
+reader gives, with the same voxels and geometry as ITK's path (``_native_hu``).
+
+A failure raises ``SeriesError`` with a short ``code`` (for QC tables) and a
 message naming the series and the cause.
 
 Gantry tilt and uneven slice spacing (``regrid`` in the QC row): a series whose slice origins advance
@@ -495,10 +497,22 @@ def _native_hu(ordered: Sequence[Path], headers: Sequence[pydicom.Dataset],
     signed, bits = int(first.PixelRepresentation) == 1, int(first.BitsStored)
     stored = np.frombuffer(b"".join(pixels[p] for p in ordered), "<i2" if signed else "<u2")
     low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    if stored.size == 0 or stored.min() < low or stored.max() > high:
+    if stored.size == 0:
         return None
-    hu = stored.astype(np.int64) * int(slope) + int(intercept)
-    return np.clip(hu, -32768, 32767).astype(np.int16).reshape(len(ordered), rows, columns)
+    smallest, largest = int(stored.min()), int(stored.max())
+    if smallest < low or largest > high:
+        return None
+    # Exact integers: |stored| < 2^16, so int32 holds stored × slope + intercept for any slope and intercept that
+    # keep the ends of the range within it (checked in Python integers); else int64.
+    ends = (smallest * int(slope) + int(intercept), largest * int(slope) + int(intercept))
+    wide = np.int32 if all(-(1 << 31) <= v < (1 << 31) for v in (*ends, int(intercept))) else np.int64
+    hu = stored.astype(wide)
+    if slope != 1:
+        hu *= int(slope)
+    hu += int(intercept)
+    if min(ends) < -32768 or max(ends) > 32767:  # clamped to int16 as ITK's path clamps (to_volume)
+        np.clip(hu, -32768, 32767, out=hu)
+    return hu.astype(np.int16).reshape(len(ordered), rows, columns)
 
 
 def _as_itk_series_reads(hu: np.ndarray, ordered: Sequence[Path]) -> sitk.Image:

@@ -94,6 +94,25 @@ def _other_intercept(k, ds):
         ds.RescaleIntercept = str(float(ds.RescaleIntercept) + 1)
 
 
+def _slope_two(k, ds):
+    ds.RescaleSlope = "2"
+
+
+def _beyond_int16(k, ds):
+    ds.RescaleIntercept = "32000"  # HU above 32767: clamped, as ITK's path clamps
+
+
+@pytest.mark.parametrize("edit", [_slope_two, _beyond_int16])
+def test_integer_rescales_read_natively_equal_itk(tmp_path, monkeypatch, edit):
+    series = write_phantom(tmp_path / "in", geometry("oblique"), "SEG", np.array([10.0, -20.0, -150.0]))
+    files = _rewrite(series.ct_files, tmp_path / "edited", edit)
+    ours, itk, native = _both(files, monkeypatch)
+    assert native
+    assert_same_volume(ours, itk)
+    if edit is _beyond_int16:
+        assert sitk.GetArrayViewFromImage(ours.image).max() == 32767
+
+
 @pytest.mark.parametrize("edit", [_fractional, _outside_bits_stored, _one_compressed, _other_intercept])
 def test_other_series_go_through_itk(tmp_path, monkeypatch, edit):
     series = write_phantom(tmp_path / "in", geometry("axial"), "SEG", np.array([10.0, -20.0, -150.0]))
