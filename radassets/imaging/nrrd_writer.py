@@ -86,9 +86,9 @@ def _voxel_chunks(image: sitk.Image) -> Iterator[memoryview]:
     """The voxels in NRRD order (x fastest, little-endian), in chunks of at most ``_CHUNK`` bytes."""
     array = sitk.GetArrayViewFromImage(image)
     array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    flat = memoryview(array).cast("B")
+    flat = array.reshape(-1).view(np.uint8)
     for start in range(0, len(flat), _CHUNK):
-        yield flat[start:start + _CHUNK]
+        yield flat[start:start + _CHUNK].data
 
 
 def gzip_compressor(level: int = GZIP_LEVEL) -> Callable[[Iterator[memoryview]], Iterator[bytes]]:
