@@ -54,6 +54,7 @@ PATCH_SIZE = 64
 CENTRAL = 16  # side of the central cube (the lesion) where both patch methods are compared
 AIR_HU = -1024
 MB = 1e6
+ROUNDS = 3  # conversion: every tool converts every series this many times, taking turns; the fastest round counts
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,22 +163,12 @@ def bench_conversion(series: list[dict], work: Path) -> tuple[list[dict], list[s
             shutil.copy2(f, s["folder"] / f.name)
     in_bytes = sum(s["bytes"] for s in series)
     tools, missing = converters()
+    seconds_of = _conversion_rounds(series, tools, work, missing)
     results = []
-    for tool, (output, convert) in tools.items():
-        warm, out = work / "warmup" / tool, work / "out" / tool
-        warm.mkdir(parents=True)
-        out.mkdir(parents=True)
-        try:
-            convert(series[0]["folder"], warm, series[0]["name"])  # not counted: imports, caches, first exec
-            started = time.perf_counter()
-            for s in series:
-                convert(s["folder"], out, s["name"])
-            seconds = time.perf_counter() - started
-        except (RuntimeError, OSError) as e:
-            if tool == "radassets":
-                raise
-            missing.append(f"{tool} failed, skipped: {e}")  # a broken peer install must not stop the benchmark
+    for tool, (output, _) in tools.items():
+        if tool not in seconds_of:
             continue
+        seconds, out = seconds_of[tool], work / "out" / tool / "round0"
         written = [p for p in out.iterdir() if p.is_file()]
         if tool == "plastimatch":  # say what it actually wrote rather than assume
             output += f", {nrrd_encoding(next(p for p in written if p.suffix == '.nrrd'))}"
@@ -185,6 +176,36 @@ def bench_conversion(series: list[dict], work: Path) -> tuple[list[dict], list[s
                         "series_per_s": len(series) / seconds, "mb_per_s": in_bytes / MB / seconds,
                         "out_mb": sum(p.stat().st_size for p in written) / MB, "out_dir": str(out)})
     return results, missing
+
+
+def _conversion_rounds(series: list[dict], tools: dict, work: Path, missing: list[str], rounds: int = ROUNDS
+                       ) -> dict[str, float]:
+    """tool → seconds for all the series, the fastest of ``rounds`` rounds; within a round the tools take turns, so
+    that a change in the machine's load (other work on a shared machine) falls on every tool alike."""
+    best: dict[str, float] = {}
+    failed: set[str] = set()
+    for tool in tools:
+        (work / "warmup" / tool).mkdir(parents=True)
+    for k in range(rounds):
+        for tool, (_, convert) in tools.items():
+            if tool in failed:
+                continue
+            try:
+                if tool not in best:  # not counted: imports, caches, first exec
+                    convert(series[0]["folder"], work / "warmup" / tool, series[0]["name"])
+                out = work / "out" / tool / f"round{k}"  # a fresh folder: dcm2niix renames rather than overwrites
+                out.mkdir(parents=True)
+                started = time.perf_counter()
+                for s in series:
+                    convert(s["folder"], out, s["name"])
+                best[tool] = min(best.get(tool, float("inf")), time.perf_counter() - started)
+            except (RuntimeError, OSError) as e:
+                if tool == "radassets":
+                    raise
+                failed.add(tool)  # a broken peer install must not stop the benchmark
+                best.pop(tool, None)
+                missing.append(f"{tool} failed, skipped: {e}")
+    return best
 
 
 def bench_series_checks(series: list[dict]) -> dict:
@@ -609,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - wall
 
     print(f"\nCONVERSION  {len(series)} CT series, {slices} slices, {in_mb:.1f} MB of DICOM "
-          f"({THREADS} threads; 1 warm-up series per tool, not counted)")
+          f"({THREADS} threads; 1 warm-up series per tool, not counted; fastest of {ROUNDS} rounds, tools in turn)")
     print(f"{'tool':<13} {'output':<34} {'seconds':>8} {'series/s':>9} {'MB/s':>7} {'out MB':>7}")
     for r in conversion:
         print(f"{r['tool']:<13} {r['output']:<34} {r['seconds']:>8.2f} {r['series_per_s']:>9.2f} "
