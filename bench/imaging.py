@@ -348,7 +348,7 @@ def bench_codecs(images: list, work: Path, repeats: int = 3) -> list[dict]:
     for k, image in enumerate(images):
         sitk.WriteImage(image, str(work / "codecs" / f"reference-{k}.nrrd"), True, imageIO="NrrdImageIO")
         references.append(sitk.ReadImage(str(work / "codecs" / f"reference-{k}.nrrd")))
-    rows = []
+    rows: list[dict] = []
     for name, write in codec_writers().items():
         folder = work / "codecs" / name.replace(" ", "_")
         folder.mkdir(parents=True)
