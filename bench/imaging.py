@@ -54,6 +54,7 @@ PATCH_SIZE = 64
 CENTRAL = 16  # side of the central cube (the lesion) where both patch methods are compared
 AIR_HU = -1024
 MB = 1e6
+ROUNDS = 3  # conversion: every tool converts every series this many times, taking turns; the fastest round counts
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def converters() -> tuple[dict[str, tuple[str, Callable[[Path, Path, str], None]
     def radassets(folder: Path, out: Path, name: str) -> None:
         write_image(read_ct_series(sorted(folder.glob("*.dcm"))).image, out / f"{name}.nrrd")
 
-    tools: dict = {"radassets": ("NRRD int16, gzip", radassets)}
+    tools: dict = {"radassets": ("NRRD int16, gzip (ISA-L level 1)", radassets)}
     missing = []
     dcm2niix = find_tool("dcm2niix")
     if dcm2niix:
@@ -162,22 +163,12 @@ def bench_conversion(series: list[dict], work: Path) -> tuple[list[dict], list[s
             shutil.copy2(f, s["folder"] / f.name)
     in_bytes = sum(s["bytes"] for s in series)
     tools, missing = converters()
+    seconds_of = _conversion_rounds(series, tools, work, missing)
     results = []
-    for tool, (output, convert) in tools.items():
-        warm, out = work / "warmup" / tool, work / "out" / tool
-        warm.mkdir(parents=True)
-        out.mkdir(parents=True)
-        try:
-            convert(series[0]["folder"], warm, series[0]["name"])  # not counted: imports, caches, first exec
-            started = time.perf_counter()
-            for s in series:
-                convert(s["folder"], out, s["name"])
-            seconds = time.perf_counter() - started
-        except (RuntimeError, OSError) as e:
-            if tool == "radassets":
-                raise
-            missing.append(f"{tool} failed, skipped: {e}")  # a broken peer install must not stop the benchmark
+    for tool, (output, _) in tools.items():
+        if tool not in seconds_of:
             continue
+        seconds, out = seconds_of[tool], work / "out" / tool / "round0"
         written = [p for p in out.iterdir() if p.is_file()]
         if tool == "plastimatch":  # say what it actually wrote rather than assume
             output += f", {nrrd_encoding(next(p for p in written if p.suffix == '.nrrd'))}"
@@ -185,6 +176,36 @@ def bench_conversion(series: list[dict], work: Path) -> tuple[list[dict], list[s
                         "series_per_s": len(series) / seconds, "mb_per_s": in_bytes / MB / seconds,
                         "out_mb": sum(p.stat().st_size for p in written) / MB, "out_dir": str(out)})
     return results, missing
+
+
+def _conversion_rounds(series: list[dict], tools: dict, work: Path, missing: list[str], rounds: int = ROUNDS
+                       ) -> dict[str, float]:
+    """tool → seconds for all the series, the fastest of ``rounds`` rounds; within a round the tools take turns, so
+    that a change in the machine's load (other work on a shared machine) falls on every tool alike."""
+    best: dict[str, float] = {}
+    failed: set[str] = set()
+    for tool in tools:
+        (work / "warmup" / tool).mkdir(parents=True)
+    for k in range(rounds):
+        for tool, (_, convert) in tools.items():
+            if tool in failed:
+                continue
+            try:
+                if tool not in best:  # not counted: imports, caches, first exec
+                    convert(series[0]["folder"], work / "warmup" / tool, series[0]["name"])
+                out = work / "out" / tool / f"round{k}"  # a fresh folder: dcm2niix renames rather than overwrites
+                out.mkdir(parents=True)
+                started = time.perf_counter()
+                for s in series:
+                    convert(s["folder"], out, s["name"])
+                best[tool] = min(best.get(tool, float("inf")), time.perf_counter() - started)
+            except (RuntimeError, OSError) as e:
+                if tool == "radassets":
+                    raise
+                failed.add(tool)  # a broken peer install must not stop the benchmark
+                best.pop(tool, None)
+                missing.append(f"{tool} failed, skipped: {e}")
+    return best
 
 
 def bench_series_checks(series: list[dict]) -> dict:
@@ -203,6 +224,183 @@ def bench_series_checks(series: list[dict]) -> dict:
         passes.append(time.perf_counter() - started)
     seconds = sorted(passes)[2]
     return {"series": len(series), "seconds": seconds, "ms_per_series": 1000 * seconds / len(series)}
+
+
+def _min_ms(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` calls, in ms (the least disturbed by other work on a shared machine)."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return 1000 * best
+
+
+def bench_conversion_phases(series: list[dict], work: Path, repeats: int = 3) -> dict:
+    """Where radassets' conversion time goes: each phase of ``read_ct_series`` + ``write_image`` timed on its own,
+    per series (the fastest of ``repeats`` passes), in ms per series; and, on the lines marked "removed", what the
+    steps that the conversion no longer takes cost (re-reading the first header, decoding the first slice when ITK
+    reads it anyway, ITK's gzip level 2 and reading the file back for its sha256; the ITK series read, for plain
+    series), for a before/after in one run.
+    Returns the phases and the converted images (for the codec table)."""
+    phases: dict[str, float] = {}
+    images = []
+    out = work / "phases"
+    out.mkdir(parents=True, exist_ok=True)
+    for s in series:
+        ms, image = _series_phases(sorted(s["folder"].glob("*.dcm")), out / s["name"], repeats)
+        images.append(image)
+        for name, value in ms.items():
+            phases[name] = phases.get(name, 0.0) + value / len(series)
+    return {"ms_per_series": phases, "images": images}
+
+
+def _series_phases(files: list[Path], stem: Path, repeats: int) -> tuple[dict[str, float], object]:
+    """One series' phases (see ``bench_conversion_phases``), in ms, and its volume."""
+    import hashlib
+
+    import pydicom
+    import SimpleITK as sitk
+    from radassets.imaging import ct
+    from radassets.imaging.nrrd_writer import write_nrrd
+    from radassets.imaging.volumes import write_image
+
+    ms = {"header reads (pydicom, every file)": _min_ms(lambda: ct._read_headers(files), repeats),
+          "header + pixel data reads (pydicom, one pass)": _min_ms(lambda: ct._read_headers(files, {}), repeats),
+          "validation (kinds, geometry) incl. header + pixel reads":
+              _min_ms(lambda: ct._validated(files, ct.Tolerances(), {}), repeats)}
+    pixels: dict[Path, bytes] = {}
+    ordered, geometry, headers = ct._validated(files, ct.Tolerances(), pixels)
+    ms["stored values -> int16 HU (plain series, ct._native_hu)"] = _min_ms(
+        lambda: ct._native_hu(ordered, headers, pixels), repeats)
+    hu = ct._native_hu(ordered, headers, pixels)
+    if hu is not None:
+        ms["grid as ITK's series reader gives it (two GDCM headers)"] = _min_ms(
+            lambda: ct._as_itk_series_reads(hu, ordered), repeats)
+
+    def itk_read() -> sitk.Image:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames([str(p) for p in ordered])
+        return reader.Execute()
+    ms["ITK series read (GDCM; only for series outside the plain case)"] = _min_ms(itk_read, repeats)
+    image = itk_read()
+    uid = str(headers[0].get("SeriesInstanceUID", "?"))
+    ms["ITK geometry cross-check"] = _min_ms(lambda: ct._check_itk_geometry(image, geometry, uid), repeats)
+    ms["HU cast, min/max (to_volume)"] = _min_ms(lambda: ct.to_volume(image, geometry, uid, 0.0), repeats)
+    volume = ct.to_volume(image, geometry, uid, 0.0).image
+    path, itk_path = stem.with_suffix(".nrrd"), stem.with_name(stem.name + "-itk.nrrd")
+    ms["NRRD write: ITK header + ISA-L gzip + sha256 while writing"] = _min_ms(lambda: write_nrrd(volume, path),
+                                                                                repeats)
+    data = path.read_bytes()
+    ms["  of which sha256 (in memory)"] = _min_ms(lambda: hashlib.sha256(data).hexdigest(), repeats)
+    ms["read_ct_series + write_image, as run"] = _min_ms(
+        lambda: write_image(ct.read_ct_series(files).image, stem.with_name(stem.name + "-run.nrrd")), repeats)
+    ms["removed: first header re-read"] = _min_ms(lambda: pydicom.dcmread(ordered[0], stop_before_pixels=True),
+                                                  repeats)
+    ms["removed: decode check of the first slice (pydicom)"] = _min_ms(
+        lambda: ct._check_decodable(ordered[0], uid), repeats)
+    ms["removed: ITK NRRD write, gzip level 2"] = _min_ms(
+        lambda: sitk.WriteImage(volume, str(itk_path), True, imageIO="NrrdImageIO"), repeats)
+    ms["removed: sha256 read back from the file"] = _min_ms(lambda: hashlib.sha256(itk_path.read_bytes()), repeats)
+    return ms, volume
+
+
+def codec_writers() -> dict[str, Callable]:
+    """name → write(image, path) for the codec table; ITK's own levels and radassets' writer with each codec."""
+    import SimpleITK as sitk
+    from radassets.imaging.nrrd_writer import gzip_compressor, write_nrrd
+
+    writers: dict[str, Callable] = {"ours raw": lambda image, path: write_nrrd(image, path, "raw")}
+    for level in (1, 2, 6):
+        writers[f"ITK gzip level {level}"] = (
+            lambda image, path, level=level: sitk.WriteImage(image, str(path), True, level, imageIO="NrrdImageIO"))
+    for level in (0, 1, 2):
+        writers[f"ours ISA-L gzip level {level}"] = (
+            lambda image, path, level=level: write_nrrd(image, path, "gzip", compressor=gzip_compressor(level)))
+    try:
+        from zlib_ng import zlib_ng
+
+        def zlib_ng_1(chunks):
+            compressor = zlib_ng.compressobj(1, zlib_ng.DEFLATED, 31)
+            for chunk in chunks:
+                yield compressor.compress(chunk)
+            yield compressor.flush()
+        writers["ours zlib-ng gzip level 1"] = lambda image, path: write_nrrd(image, path, "gzip", compressor=zlib_ng_1)
+    except ImportError:
+        pass
+    return writers
+
+
+def bench_codecs(images: list, work: Path, repeats: int = 3) -> list[dict]:
+    """The codec table: each way of writing the volumes, with write ms (ITK's rows include reading the file back
+    for its sha256, as the pipeline needs it; ours hash while writing), ``sitk.ReadImage`` ms, size ÷ raw, and
+    whether SimpleITK (and pynrrd, if installed) read back exactly the voxels and geometry written."""
+    import importlib.util
+
+
+    import SimpleITK as sitk
+
+    pynrrd = importlib.util.find_spec("nrrd") is not None
+    # What SimpleITK reads back from ITK's own file: NRRD stores spacing × direction, so an oblique volume's
+    # geometry may come back a few ulps off the image in memory, for every writer alike.
+    (work / "codecs").mkdir(parents=True)
+    references = []
+    for k, image in enumerate(images):
+        sitk.WriteImage(image, str(work / "codecs" / f"reference-{k}.nrrd"), True, imageIO="NrrdImageIO")
+        references.append(sitk.ReadImage(str(work / "codecs" / f"reference-{k}.nrrd")))
+    rows: list[dict] = []
+    for name, write in codec_writers().items():
+        folder = work / "codecs" / name.replace(" ", "_")
+        folder.mkdir(parents=True)
+        per_image = [_codec_on(write, image, reference, folder / f"{k}.nrrd", pynrrd, repeats)
+                     for k, (image, reference) in enumerate(zip(images, references))]
+        raw_bytes = rows[0]["bytes"] if rows else sum(r["bytes"] for r in per_image)  # the first row is raw
+        rows.append({"codec": name, "write_ms": sum(r["write_ms"] for r in per_image) / len(images),
+                     "read_ms": sum(r["read_ms"] for r in per_image) / len(images),
+                     "bytes": sum(r["bytes"] for r in per_image),
+                     "size_ratio": sum(r["bytes"] for r in per_image) / raw_bytes,
+                     "opens_sitk": all(r["opens_sitk"] for r in per_image),
+                     "opens_pynrrd": all(r["opens_pynrrd"] for r in per_image) if pynrrd else None})
+    return rows
+
+
+def _codec_on(write: Callable, image, reference, path: Path, pynrrd: bool, repeats: int) -> dict:
+    """One volume written one way: write ms (with its sha256), read ms, bytes, and whether it reads back exactly
+    as ``reference`` (ITK's own file of the same image, read back) does."""
+    import hashlib
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    def write_and_hash() -> None:
+        if write(image, path) is None:  # ITK's writer: the file read back for its sha256
+            hashlib.sha256(path.read_bytes()).hexdigest()
+    write_ms = _min_ms(write_and_hash, repeats)
+    read_ms = _min_ms(lambda: sitk.ReadImage(str(path)), repeats)
+    back = sitk.ReadImage(str(path))
+    voxels = sitk.GetArrayViewFromImage(image)
+    row = {"write_ms": write_ms, "read_ms": read_ms, "bytes": path.stat().st_size,
+           "opens_sitk": bool(np.array_equal(sitk.GetArrayViewFromImage(back), voxels)
+                              and back.GetOrigin() == reference.GetOrigin()
+                              and back.GetSpacing() == reference.GetSpacing()
+                              and back.GetDirection() == reference.GetDirection()), "opens_pynrrd": None}
+    if pynrrd:
+        import nrrd  # type: ignore[import-not-found]
+
+        row["opens_pynrrd"] = bool(np.array_equal(nrrd.read(str(path))[0].T, voxels))
+    return row
+
+
+def print_conversion_details(phases: dict, codecs: list[dict]) -> None:
+    print("\nCONVERSION PHASES  radassets, ms per series (fastest of 3 passes each; 'removed': steps no longer taken)")
+    for name, ms in phases["ms_per_series"].items():
+        print(f"  {name:<62} {ms:7.2f}")
+    print("\nNRRD CODECS  on the same volumes, ms per volume (fastest of 3); write includes the sha256")
+    print(f"  {'codec':<28} {'write ms':>9} {'read ms':>8} {'size/raw':>9} {'SimpleITK':>10} {'pynrrd':>7}")
+    for r in codecs:
+        pynrrd = "n/a" if r["opens_pynrrd"] is None else ("yes" if r["opens_pynrrd"] else "NO")
+        print(f"  {r['codec']:<28} {r['write_ms']:>9.2f} {r['read_ms']:>8.2f} {r['size_ratio']:>9.3f} "
+              f"{'yes' if r['opens_sitk'] else 'NO':>10} {pynrrd:>7}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,13 +622,15 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         conversion, missing = bench_conversion(series, work)
         checks = bench_series_checks(series)
+        phases = bench_conversion_phases(series, work)
+        codecs = bench_codecs(phases.pop("images"), work)
         ours = next(r for r in conversion if r["tool"] == "radassets")
         volumes = {s["name"]: Path(ours["out_dir"]) / f"{s['name']}.nrrd" for s in series}
         patches = bench_patches(series, volumes)
     total = time.perf_counter() - wall
 
     print(f"\nCONVERSION  {len(series)} CT series, {slices} slices, {in_mb:.1f} MB of DICOM "
-          f"({THREADS} threads; 1 warm-up series per tool, not counted)")
+          f"({THREADS} threads; 1 warm-up series per tool, not counted; fastest of {ROUNDS} rounds, tools in turn)")
     print(f"{'tool':<13} {'output':<34} {'seconds':>8} {'series/s':>9} {'MB/s':>7} {'out MB':>7}")
     for r in conversion:
         print(f"{r['tool']:<13} {r['output']:<34} {r['seconds']:>8.2f} {r['series_per_s']:>9.2f} "
@@ -443,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     share = checks["seconds"] / ours["seconds"]
     print(f"series kind checks (localizer, screen, several stacks) on the read headers: "
           f"{checks['ms_per_series']:.2f} ms per series, {share:.1%} of radassets' conversion time")
+    print_conversion_details(phases, codecs)
 
     if patches["patches"]:
         print(f"\nPATCHES  {patches['patches']} GTV-1 seeds in {patches['volumes']} volumes, "
@@ -477,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
             r.pop("out_dir", None)  # a temporary folder, gone now
         args.json.write_text(json.dumps({
             "demo": str(demo), "series": len(series), "slices": slices, "input_mb": in_mb, "threads": THREADS,
-            "conversion": conversion, "series_checks": checks, "missing_tools": missing, "patches": patches,
+            "conversion": conversion, "series_checks": checks, "conversion_phases": phases, "codecs": codecs,
+            "missing_tools": missing, "patches": patches,
             "ratios": ratios,
             "total_s": total}, indent=2) + "\n")
     return 0

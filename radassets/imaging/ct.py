@@ -6,9 +6,13 @@ Index (i, j, k) = (column, row, slice); the direction matrix's columns are the r
 slice normal X × Y; slices are sorted by their position along that normal, whatever their
 InstanceNumber or file order.
 
-The headers are validated with pydicom before any pixel is read, so each failure has a precise
+The headers are validated with pydicom before any pixel is used, so each failure has a precise
 cause; the pixels are then read by SimpleITK (GDCM), and its geometry is cross-checked against
-the headers. A failure raises ``SeriesError`` with a short ``code`` (for QC tables) and a
+the headers. A plain series (uncompressed 16-bit slices, one integer rescale, not regridded) is not parsed
+a second time: its HU are computed from the pixel data read with the headers, on the grid ITK's series
+reader gives, with the same voxels and geometry as ITK's path (``_native_hu``).
+
+A failure raises ``SeriesError`` with a short ``code`` (for QC tables) and a
 message naming the series and the cause.
 
 Gantry tilt and uneven slice spacing (``regrid`` in the QC row): a series whose slice origins advance
@@ -43,13 +47,14 @@ import re
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.filereader import read_dataset
 from radassets.imaging.qc import QCError as QCError  # re-exported: masks and volumes name it from here
 from radassets.imaging.series_kind import (MULTIFRAME_CT_CLASSES, SeriesExcluded as SeriesExcluded, excluded_reason,
                                           several_stacks)
@@ -98,6 +103,8 @@ class CTVolume:
     image: sitk.Image  # int16 HU, LPS geometry
     series_uid: str
     qc: dict
+    # The first file's FrameOfReferenceUID (its masks are matched on it), where the reader had its header anyway.
+    frame_of_reference: str | None = None
 
 
 def _series_uid(headers: Sequence[pydicom.Dataset]) -> str:
@@ -111,9 +118,10 @@ def describe_exception(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}{where}"
 
 
-def _read_headers(files: Sequence[Path]) -> list[tuple[Path, pydicom.Dataset]]:
+def _read_headers(files: Sequence[Path], pixels: dict[Path, bytes] | None = None) -> list[tuple[Path, pydicom.Dataset]]:
     """Every file's header. Any exception reading one file (pydicom raises many kinds for broken files)
-    is that file's failure; a file that ends before its pixel data (truncated) is one too."""
+    is that file's failure; a file that ends before its pixel data (truncated) is one too. ``pixels``: where
+    given, each file's uncompressed pixel data is read into it in the same pass (``_native_pixels``)."""
     out: list[tuple[Path, pydicom.Dataset]] = []
     for f in files:
         try:
@@ -121,6 +129,8 @@ def _read_headers(files: Sequence[Path]) -> list[tuple[Path, pydicom.Dataset]]:
                 header = pydicom.dcmread(fp, stop_before_pixels=True)
                 # pydicom stops at the pixel data tag, or silently at the end of a truncated file.
                 at_end = fp.tell() >= os.fstat(fp.fileno()).st_size
+                if pixels is not None and not at_end:
+                    _native_pixels(fp, header, Path(f), pixels)
         except Exception as e:  # noqa: BLE001 - recorded with its type and where it was raised
             raise SeriesError("unreadable_file", _series_uid([h for _, h in out]),
                               f"cannot read {f}: {describe_exception(e)}") from None
@@ -131,9 +141,34 @@ def _read_headers(files: Sequence[Path]) -> list[tuple[Path, pydicom.Dataset]]:
     return out
 
 
+_NATIVE_LITTLE_ENDIAN = (pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian)
+
+
+def _native_pixels(fp: Any, header: pydicom.Dataset, path: Path, pixels: dict[Path, bytes]) -> None:
+    """The rest of an open file (its pixel data) into ``pixels[path]``, if it is uncompressed little-endian and
+    reads whole; otherwise nothing, and ITK reads the file (or says why it cannot)."""
+    if getattr(header.file_meta, "TransferSyntaxUID", None) not in _NATIVE_LITTLE_ENDIAN:
+        return
+    try:
+        rest = read_dataset(fp, header.file_meta.TransferSyntaxUID.is_implicit_VR, True)
+        data = rest.get(0x7FE00010)
+    except Exception:  # noqa: BLE001 - a damaged pixel data element: left to ITK, whose error the QC row gives
+        return
+    if data is not None and isinstance(data.value, bytes):
+        pixels[path] = data.value
+
+
 def sort_and_validate(files: Sequence[Path], tol: Tolerances = Tolerances()) -> tuple[list[Path], dict]:
     """Validate a CT series' headers; return its files sorted along the slice normal and the geometry."""
-    headers = _read_headers(files)
+    ordered, geometry, _ = _validated(files, tol)
+    return ordered, geometry
+
+
+def _validated(files: Sequence[Path], tol: Tolerances, pixels: dict[Path, bytes] | None = None
+               ) -> tuple[list[Path], dict, list[pydicom.Dataset]]:
+    """``sort_and_validate``, and the headers it read (sorted as the files), so that nothing is read twice;
+    ``pixels``: see ``_read_headers``."""
+    headers = _read_headers(files, pixels)
     uid = _series_uid([h for _, h in headers])
     excluded = excluded_reason(headers)  # localizers, screens, single images: not volumes, not failures
     if excluded is not None:
@@ -165,7 +200,7 @@ def sort_and_validate(files: Sequence[Path], tol: Tolerances = Tolerances()) -> 
         tol, names=lambda i: headers[i][0].name, tilt_tag=headers[0][1].get("GantryDetectorTilt"))
     ts = getattr(headers[order[0]][1].file_meta, "TransferSyntaxUID", None)
     geometry["transfer_syntax"] = str(ts) if ts else None
-    return [headers[i][0] for i in order], geometry
+    return [headers[i][0] for i in order], geometry, [headers[i][1] for i in order]
 
 
 def stack_geometry(uid: str, positions: np.ndarray, orientations: np.ndarray, pixel_spacing: list[float],
@@ -408,20 +443,96 @@ def read_ct_series(files: Sequence[Path], tol: Tolerances = Tolerances()) -> CTV
         if is_multiframe_ct(Path(files[0])):
             return read_multiframe_ct(Path(files[0]), tol)
     started = time.monotonic()
-    ordered, geometry = sort_and_validate(files, tol)
-    uid = str(pydicom.dcmread(ordered[0], stop_before_pixels=True).get("SeriesInstanceUID", "?"))
-    _check_decodable(ordered[0], uid)
+    pixels: dict[Path, bytes] = {}
+    ordered, geometry, headers = _validated(files, tol, pixels)
+    uid = str(headers[0].get("SeriesInstanceUID", "?"))  # the first sorted slice's, from the headers read once
+    # The frame of reference of the first file as given (its masks are matched on it), here rather than re-read.
+    frame = str(headers[ordered.index(Path(files[0]))].get("FrameOfReferenceUID", "")) or None
+    hu = None if geometry["regrid"] else _native_hu(ordered, headers, pixels)
+    if hu is not None:
+        image = _as_itk_series_reads(hu, ordered)
+        _check_itk_geometry(image, geometry, uid)
+        return replace(to_volume(image, geometry, uid, started), frame_of_reference=frame)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in ordered])
     try:
         image = reader.Execute()
     except RuntimeError as e:
+        # Only now is a slice decoded by pydicom: its error names the transfer syntax and the file, which ITK's
+        # does not. A series ITK reads is not decoded twice.
+        _check_decodable(ordered[0], uid)
         # The object address ITK puts in its messages changes from run to run: left out, so QC rows repeat.
         reason = re.sub(r"\(0x[0-9a-fA-F]+\)", "", " ".join(str(e).split()))
         raise SeriesError("undecodable", uid, f"SimpleITK could not read the pixels{_failing_file(ordered)}: "
                                               f"{reason}") from None
     _check_itk_geometry(image, geometry, uid)
-    return to_volume(image, geometry, uid, started)
+    return replace(to_volume(image, geometry, uid, started), frame_of_reference=frame)
+
+
+def _native_hu(ordered: Sequence[Path], headers: Sequence[pydicom.Dataset],
+               pixels: dict[Path, bytes]) -> np.ndarray | None:
+    """The series' HU as int16 (slices, rows, columns), computed from the pixel data read with the headers, where
+    that is exactly what ITK would give; None for anything else (ITK reads those). Why: the series is then parsed
+    once, not a second time by GDCM (its read was a third of a series' conversion time). The cases kept here are
+    plain: uncompressed 16-bit MONOCHROME2 single-frame slices of one size, one integer rescale for the whole
+    series (HU = stored × slope + intercept, exact in integers, as ITK computes it in double), and stored values
+    inside BitsStored (so that masking or sign-extending the unused high bits, whoever does it, changes nothing).
+    ``radassets_tests/imaging/test_ct_native_read.py`` pins the result against ITK's."""
+    first = headers[0]
+    fields = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "RescaleSlope",
+              "RescaleIntercept", "PhotometricInterpretation", "SamplesPerPixel")
+    same = [first.get(k) for k in fields]
+    if (same[2] != 16 or same[7] != "MONOCHROME2" or same[8] != 1 or same[4] not in (0, 1)
+            or not 1 <= int(same[3] or 0) <= 16):
+        return None
+    for path, h in zip(ordered, headers):
+        if path not in pixels or [h.get(k) for k in fields] != same or int(h.get("NumberOfFrames", 1) or 1) != 1:
+            return None
+    rows, columns = int(first.Rows), int(first.Columns)
+    if any(len(pixels[p]) != rows * columns * 2 for p in ordered):
+        return None
+    slope, intercept = float(first.RescaleSlope), float(first.RescaleIntercept)
+    if not (slope.is_integer() and intercept.is_integer()):
+        return None
+    signed, bits = int(first.PixelRepresentation) == 1, int(first.BitsStored)
+    stored = np.frombuffer(b"".join(pixels[p] for p in ordered), "<i2" if signed else "<u2")
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if stored.size == 0:
+        return None
+    smallest, largest = int(stored.min()), int(stored.max())
+    if smallest < low or largest > high:
+        return None
+    # Exact integers: |stored| < 2^16, so int32 holds stored × slope + intercept for any slope and intercept that
+    # keep the ends of the range within it (checked in Python integers); else int64.
+    ends = (smallest * int(slope) + int(intercept), largest * int(slope) + int(intercept))
+    wide = np.int32 if all(-(1 << 31) <= v < (1 << 31) for v in (*ends, int(intercept))) else np.int64
+    hu = stored.astype(wide)
+    if slope != 1:
+        hu *= int(slope)
+    hu += int(intercept)
+    if min(ends) < -32768 or max(ends) > 32767:  # clamped to int16 as ITK's path clamps (to_volume)
+        np.clip(hu, -32768, 32767, out=hu)
+    return hu.astype(np.int16).reshape(len(ordered), rows, columns)
+
+
+def _as_itk_series_reads(hu: np.ndarray, ordered: Sequence[Path]) -> sitk.Image:
+    """``hu`` on the grid ``sitk.ImageSeriesReader`` gives ``ordered`` (ITK's ``GenerateOutputInformation``): the
+    first file's origin, pixel spacing and direction as GDCM reads them (its header only), and the slice spacing
+    |last origin - first origin| / (n - 1), computed in double as ITK's ``Vector::GetNorm`` does."""
+    readers = []
+    for path in (ordered[0], ordered[-1]):
+        reader = sitk.ImageFileReader()
+        reader.SetImageIO("GDCMImageIO")
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        readers.append(reader)
+    d = [b - a for a, b in zip(readers[0].GetOrigin(), readers[1].GetOrigin())]
+    norm = math.sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2])
+    image = sitk.GetImageFromArray(hu)
+    image.SetOrigin(readers[0].GetOrigin())
+    image.SetSpacing((*readers[0].GetSpacing()[:2], norm / (len(ordered) - 1) if norm else 1.0))
+    image.SetDirection(readers[0].GetDirection())
+    return image
 
 
 def to_volume(image: sitk.Image, geometry: dict, uid: str, started: float, **qc: object) -> CTVolume:

@@ -50,6 +50,7 @@ from radassets.imaging.ct import (QCError, SeriesError, SeriesExcluded, Toleranc
                                   read_ct_series)
 from radassets.imaging.masks import (MaskError, MaskHeader, MaskReading, read_mask_header, read_mask_segments,
                                      read_rtstruct, rois_by_series, select_segments)
+from radassets.imaging.nrrd_writer import write_nrrd
 from radassets.layout import Layout, as_path
 from radassets.reports import ItemFailure
 from radassets.staging import local_file, local_files
@@ -208,11 +209,11 @@ def write_image(image: sitk.Image, path: Path) -> Path:
 
 
 def _write_nrrd(image: sitk.Image, path: Path) -> str:
-    """Write ``image`` as gzip NRRD at ``path`` (local or on a store); its sha256, hashed from the local file
-    before it is renamed or put (not read back from the store)."""
+    """Write ``image`` as gzip NRRD at ``path`` (local or on a store); its sha256, hashed as the local file is
+    written, before it is renamed or put (not read back). The header is ITK's; the gzip stream is ISA-L's
+    (``radassets.imaging.nrrd_writer``)."""
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True, imageIO="NrrdImageIO")
-        digest = sha256_file(tmp)
+        digest = write_nrrd(image, tmp)
     return digest
 
 
@@ -285,7 +286,8 @@ def _convert_ct(row: dict, files: Sequence[Path], out_dir: Path, tol: Tolerances
         return dict(failure_qc(files, error), **_base(row))
     path = out_dir / "ct" / f"{row['crdc_series_uuid']}.nrrd"
     digest = _write_nrrd(volume.image, path)
-    frame = str(pydicom.dcmread(files[0], stop_before_pixels=True).get("FrameOfReferenceUID", "")) or None
+    frame = volume.frame_of_reference or \
+        str(pydicom.dcmread(files[0], stop_before_pixels=True).get("FrameOfReferenceUID", "")) or None
     qc = {k: v for k, v in volume.qc.items() if k in QC_COLUMNS}
     return dict(qc, **_base(row), FrameOfReferenceUID=frame, path=recorded(layout, path), sha256=digest, reused=False)
 
