@@ -5,7 +5,7 @@ all of them, then ``image[slices]`` copies the box out. Here the header is read 
 only what it needs:
 
 - ``encoding: raw``: a memory map of the data, sliced;
-- ``encoding: gzip`` (any standard gzip or zlib stream, several members too): inflated from the start only up to
+- ``encoding: gzip`` (any standard gzip stream, several members too): inflated from the start only up to
   the box's last slice (a deflate stream cannot be entered in the middle), then sliced.
 
 Bit-identical to ``sitk.ReadImage(path)[i0:i1, j0:j1, k0:k1]`` by construction: the voxels are the file's bytes;
@@ -35,7 +35,10 @@ except ImportError:  # pragma: no cover - isal is optional
 
 HEADER_LIMIT = 1 << 16  # an ITK or teem header is a few hundred bytes; a longer one is not ours to guess at
 READ_CHUNK = 1 << 18  # compressed bytes fed to the inflater at a time
-AUTO_WBITS = 32 + 15  # zlib: detect a gzip or zlib header
+# gzip only: teem (ITK's NRRD reader) inflates through zlib's gzread, which reads data without a gzip header as
+# they are ("transparent" mode), so a zlib stream would be read as raw bytes there; such a file fails here and is
+# then read by SimpleITK, whatever it makes of it.
+GZIP_WBITS = 16 + 15
 
 # NRRD type names (the teem spec's synonyms) → numpy type. 64-bit integers and block types are left to ITK.
 NRRD_TYPES: dict[str, str] = {
@@ -181,7 +184,7 @@ class NrrdRegionReader:
 
 
 def _inflate(path: Path, offset: int, start: int, stop: int) -> bytearray:
-    """Bytes ``start:stop`` of the inflated gzip (or zlib) data that begins at byte ``offset`` of ``path``,
+    """Bytes ``start:stop`` of the inflated gzip data that begins at byte ``offset`` of ``path``,
     inflating no further than ``stop``. Members are followed (a concatenated gzip stream is one stream).
     A damaged stream raises ``ValueError``."""
     try:
@@ -195,7 +198,7 @@ def _inflate_range(path: Path, offset: int, start: int, stop: int) -> bytearray:
     skipped = 0  # inflated bytes before ``start`` that were dropped, not kept
     with open(path, "rb") as f:
         f.seek(offset)
-        inflater: Any = _inflate_lib.decompressobj(AUTO_WBITS)
+        inflater: Any = _inflate_lib.decompressobj(GZIP_WBITS)
         pending = b""
         while skipped + len(out) < stop:
             chunk = pending or f.read(READ_CHUNK)
@@ -206,7 +209,7 @@ def _inflate_range(path: Path, offset: int, start: int, stop: int) -> bytearray:
             pending = inflater.unconsumed_tail
             if inflater.eof:  # the end of a member: another may follow
                 pending = inflater.unused_data + pending
-                inflater = _inflate_lib.decompressobj(AUTO_WBITS)
+                inflater = _inflate_lib.decompressobj(GZIP_WBITS)
             if skipped + len(out) <= start:
                 skipped += len(out)
                 out.clear()
