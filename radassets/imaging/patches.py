@@ -54,6 +54,7 @@ from radassets.storage import atomic_write_json, is_local, sha256_file, sha256_j
 Point = Sequence[float] | np.ndarray  # x, y, z in LPS mm
 AIR_HU = -1024
 MARGIN_VOXELS = 3  # B-spline (order 3) support; linear needs 1
+PLANE_MARGIN_ULPS = 16  # see _padded_fraction_plane: how near a limit a point leaves the count to the grid path
 INTERPOLATORS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline, "nearest": sitk.sitkNearestNeighbor}
 PATCH_COLUMNS = {
     "index": pa.int64(), "seed_id": pa.string(), "PatientID": pa.string(), "SeriesInstanceUID": pa.string(),
@@ -107,6 +108,9 @@ def padded_fraction(image: Image, center: Point, spec: PatchSpec) -> float:
     origin = spec.origin(center)
     if _is_permutation(inverse):
         return _padded_fraction_axes(image, inverse, axis, origin)
+    fraction = _padded_fraction_plane(image, inverse, axis, origin)
+    if fraction is not None:
+        return fraction
     grid = np.stack(np.meshgrid(axis + origin[0], axis + origin[1], axis + origin[2], indexing="ij"), axis=-1)
     index = (grid.reshape(-1, 3) - np.array(image.GetOrigin())) @ inverse.T
     inside = ((index >= -0.5) & (index <= np.array(image.GetSize()) - 0.5)).all(axis=1)
@@ -134,6 +138,44 @@ def _padded_fraction_axes(image: Image, inverse: np.ndarray, axis: np.ndarray, o
         b = int(np.flatnonzero(inverse[a])[0])
         index = ((axis + origin[b]) - volume_origin[b]) * inverse[a, b]
         count *= int(((index >= -0.5) & (index <= size[a] - 0.5)).sum())
+    return float(1.0 - np.float64(count) / np.float64(axis.size ** 3))
+
+
+def _padded_fraction_plane(image: Image, inverse: np.ndarray, axis: np.ndarray, origin: np.ndarray) -> float | None:
+    """``padded_fraction`` of a volume turned in one plane only (e.g. a gantry's table rotation about S: index k
+    from S alone, i and j from L and P): counted on the 64² plane grid and the 64 points of the third axis, not on
+    64³ points. None where that does not apply or cannot be sure to give the grid path's float.
+
+    Why it is the same float: the lone axis is exact as in ``_padded_fraction_axes``. In the plane, an index is a
+    sum of two products, which the grid path's matrix product may round differently (order, fused multiply-add),
+    by at most a few units in the last place of |t1| + |t2|; so every point farther than 16 such units from the
+    -0.5 and size - 0.5 limits is inside or outside for both, and where any point is nearer, None (the caller
+    takes the grid path). The counts are then the same exact integers."""
+    lone = [a for a in range(3) if np.count_nonzero(inverse[a]) == 1]
+    if len(lone) != 1:
+        return None
+    a0 = lone[0]
+    b0 = int(np.flatnonzero(inverse[a0])[0])
+    if np.count_nonzero(inverse[:, b0]) != 1:
+        return None
+    plane_a = [a for a in range(3) if a != a0]
+    plane_b = [b for b in range(3) if b != b0]
+    volume_origin = np.array(image.GetOrigin())
+    size = np.array(image.GetSize())
+    index = ((axis + origin[b0]) - volume_origin[b0]) * inverse[a0, b0]
+    count = int(((index >= -0.5) & (index <= size[a0] - 0.5)).sum())
+    u = ((axis + origin[plane_b[0]]) - volume_origin[plane_b[0]])[:, None]  # as the grid path subtracts, per axis
+    v = ((axis + origin[plane_b[1]]) - volume_origin[plane_b[1]])[None, :]
+    inside = np.ones((axis.size, axis.size), dtype=bool)
+    for a in plane_a:
+        t1, t2 = u * inverse[a, plane_b[0]], v * inverse[a, plane_b[1]]
+        plane_index = t1 + t2
+        margin = PLANE_MARGIN_ULPS * np.finfo(float).eps * float((np.abs(t1) + np.abs(t2)).max())
+        low, high = -0.5, size[a] - 0.5
+        if (np.abs(plane_index - low) <= margin).any() or (np.abs(plane_index - high) <= margin).any():
+            return None
+        inside &= (plane_index >= low) & (plane_index <= high)
+    count *= int(inside.sum())
     return float(1.0 - np.float64(count) / np.float64(axis.size ** 3))
 
 

@@ -220,16 +220,43 @@ def test_padded_fraction_fast_path_is_bit_identical(phantom_images):
         image.SetOrigin(tuple(rng.uniform(-200, 200, 3)))
         image.SetDirection(direction.ravel().tolist())
         images[f"permutation{n}"] = image
-    per_axis = 0
+    for n, (axis, degrees) in enumerate(itertools.product(range(3), (5.0, -4.98, 33.0))):
+        # turned in one plane, as a scanner's table rotation turns a volume about S (about L and P too, here)
+        turn = np.eye(3)
+        c, s_ = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+        p, q = [b for b in range(3) if b != axis]
+        turn[[p, p, q, q], [p, q, p, q]] = c, -s_, s_, c
+        for flip in (np.eye(3), np.diag([-1.0, 1.0, -1.0])):
+            image = sitk.Image([40, 31, 17], sitk.sitkInt16)
+            image.SetSpacing(spacings[n % len(spacings)])
+            image.SetOrigin(tuple(rng.uniform(-200, 200, 3)))
+            image.SetDirection((turn @ flip).ravel().tolist())
+            images[f"turned{n}-{flip[0, 0]:+.0f}"] = image
+    per_axis = plane = 0
     for name, image in images.items():
-        per_axis += patches._is_permutation(patches._inverse_matrix(image))
+        inverse = patches._inverse_matrix(image)
+        per_axis += patches._is_permutation(inverse)
+        plane += patches._padded_fraction_plane(image, inverse, np.arange(4.0), np.zeros(3)) is not None
         # 64³ (the default) on the phantoms; smaller patches elsewhere keep the grid reference quick
         specs = [(PatchSpec(size=17), 1), (PatchSpec(size=20, spacing_mm=0.7), 1)]
         for spec, every in specs + ([(PatchSpec(size=64), 5)] if name in phantom_images else []):
             for center in _centres(image, rng, 6)[::every]:
                 got, expected = padded_fraction(image, center, spec), padded_fraction_grid(image, center, spec)
                 assert got == expected, (name, spec, center, got, expected)
-    assert per_axis == len(images) - 1  # all but the oblique phantom took the per-axis path
+    assert per_axis == 4 + 48 - 1  # the phantoms and the permutations but the oblique phantom
+    assert plane == 18  # the turned volumes; the oblique phantom (turned about a slanted axis) takes the grid path
+
+
+def test_padded_fraction_in_a_plane_takes_the_grid_path_where_a_point_is_near_a_limit(monkeypatch):
+    image = sitk.Image([40, 31, 17], sitk.sitkInt16)
+    image.SetDirection([0.996, -0.0892, 0.0, 0.0892, 0.996, 0.0, 0.0, 0.0, 1.0])
+    center = image.TransformContinuousIndexToPhysicalPoint([39.0, 15.0, 8.0])
+    spec = PatchSpec(size=16)
+    inverse = patches._inverse_matrix(image)
+    assert patches._padded_fraction_plane(image, inverse, np.arange(16.0), spec.origin(center)) is not None
+    monkeypatch.setattr(patches, "PLANE_MARGIN_ULPS", 1e18)  # every point "near" a limit
+    assert patches._padded_fraction_plane(image, inverse, np.arange(16.0), spec.origin(center)) is None
+    assert padded_fraction(image, center, spec) == padded_fraction_grid(image, center, spec) > 0
 
 
 # -- whole patches: read box by box equals read whole, for CT and mask
