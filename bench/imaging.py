@@ -465,8 +465,14 @@ def patch_phases(jobs: list[tuple[str, Path, tuple]], masks: dict[str, Path], sp
                 mask_box = open_volume(masks[name]).region(lo, hi)
             with timed("mask_resample"):
                 patches.resample(mask_box, seed, spec, sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
+        # The path before, in a pass of its own: its padded_fraction's matrix product leaves BLAS threads spinning
+        # for a while, which would slow whatever comes next on a 2-core machine.
+        for _, path, seed in jobs:
             with timed("old_read"):
                 image = sitk.ReadImage(str(path))
+            bounds = patches.crop_bounds(image, seed, spec)
+            assert bounds is not None
+            lo, hi = bounds
             with timed("old_crop"):
                 image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
             with timed("old_padded"):

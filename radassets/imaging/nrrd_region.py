@@ -22,16 +22,19 @@ from __future__ import annotations
 import os
 import zlib
 from dataclasses import dataclass
+from types import ModuleType
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import SimpleITK as sitk
 
+_inflate_lib: ModuleType
 try:  # ISA-L's inflate gives the same bytes as zlib's (inflation is deterministic), about 2x faster
     from isal import isal_zlib as _inflate_lib
 except ImportError:  # pragma: no cover - isal is optional
-    _inflate_lib = zlib  # type: ignore[assignment]
+    _inflate_lib = zlib
+INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _inflate_lib.error)
 
 # ISA-L's inflate kernels return with the upper halves of the AVX registers dirty (no vzeroupper). Until some code
 # clears them, the SSE code that follows is slowed by false dependencies: measured on the bench machine (AMD EPYC,
@@ -187,11 +190,11 @@ class NrrdRegionReader:
         dtype = self.layout.dtype
         if self.layout.encoding == "raw":
             try:
-                data = np.memmap(self.path, dtype=dtype, mode="r", offset=self.layout.data_offset,
-                                 shape=(nk, nj, ni))
+                mapped = np.memmap(self.path, dtype=dtype, mode="r", offset=self.layout.data_offset,
+                                   shape=(nk, nj, ni))
             except (OSError, ValueError) as e:  # e.g. the file shrank since its header was read
                 raise ValueError(f"{self.path}: {e}") from e
-            return np.array(data[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]])  # a copy: the map is closed with it
+            return np.array(mapped[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]])  # a copy: the map is closed with it
         slice_bytes = ni * nj * dtype.itemsize
         start, stop = lo[2] * slice_bytes, hi[2] * slice_bytes
         data = np.frombuffer(_inflate(self.path, self.layout.data_offset, start, stop), dtype=dtype)
@@ -204,7 +207,7 @@ def _inflate(path: Path, offset: int, start: int, stop: int) -> bytearray:
     A damaged stream raises ``ValueError``."""
     try:
         return _inflate_range(path, offset, start, stop)
-    except (zlib.error, _inflate_lib.error) as e:
+    except INFLATE_ERRORS as e:
         raise ValueError(f"{path}: {e}") from e
     finally:
         if _inflate_lib is not zlib:

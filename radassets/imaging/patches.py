@@ -295,7 +295,7 @@ def read_volume(path: str | os.PathLike) -> Image:
     """A volume or mask to take patches from: a local NRRD file is read box by box, only where patches need it
     (``radassets.imaging.nrrd_region``); anything else (an object store, another format) whole by SimpleITK."""
     location = as_path(path)
-    if is_local(location):
+    if isinstance(location, Path) and is_local(location):
         return open_volume(location)
     return WholeImage(_read_image(path))
 
