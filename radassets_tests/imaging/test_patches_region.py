@@ -83,8 +83,9 @@ def _files(folder: Path, image: sitk.Image) -> dict[str, Path]:
 
 def _boxes(rng: np.random.Generator, n: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     size = np.array(SIZE)
-    boxes = [((0, 0, 0), SIZE), ((0, 0, 0), (1, 1, 1)), (tuple(size - 1), SIZE),  # whole, first and last voxel
-             ((0, 0, SIZE[2] - 2), (SIZE[0], 3, SIZE[2])), ((SIZE[0] - 1, 0, 0), (SIZE[0], SIZE[1], 1))]
+    boxes: list[tuple[tuple[int, ...], tuple[int, ...]]] = [
+        ((0, 0, 0), SIZE), ((0, 0, 0), (1, 1, 1)), (tuple(size - 1), SIZE),  # whole, first and last voxel
+        ((0, 0, SIZE[2] - 2), (SIZE[0], 3, SIZE[2])), ((SIZE[0] - 1, 0, 0), (SIZE[0], SIZE[1], 1))]
     for _ in range(n):
         lo = rng.integers(0, size)
         hi = np.array([rng.integers(a + 1, s + 1) for a, s in zip(lo, size)])
