@@ -12,7 +12,10 @@ What is compared, on the same N current CT series of a demo collection (default 
    input DICOM, and radassets' throughput ÷ the peer's (> 1: radassets is faster).
 2. Seed → 64³ patch at 1 mm (the GTV-1 centres of ``truth/lesions.csv``), from the NRRD volumes of
    step 1:
-   - radassets: each volume read once, then ``extract_patch`` (crop, then resample) per seed;
+   - radassets: what ``extract_volume_patches`` does for a CT volume: ``read_volume`` (the header
+     once per volume), then per seed ``extract_patch`` (only the box the patch samples is read:
+     crop, then resample) and ``padded_fraction``; a per-patch phase table follows (and the mask
+     patch's cost, on a body mask written like the pipeline's masks, outside the ratio);
    - the FMCIB reference loader: per seed, re-read the volume and resample the WHOLE volume to
      1 mm with MONAI (the transforms of FMCIB's ``get_transforms``), then crop around the seed.
    Reported: patches/s, the ratio, and a sanity check that both sample the same place: the
@@ -39,7 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -528,22 +532,25 @@ def fmcib_reference():
 def bench_patches(series: list[dict], volumes: dict[str, Path]) -> dict:
     import numpy as np
     import SimpleITK as sitk
-    from radassets.imaging.patches import PatchSpec, extract_patch
+    from radassets.imaging.patches import PatchSpec, extract_patch, padded_fraction, read_volume
 
     spec = PatchSpec(size=PATCH_SIZE)
     jobs = [(s["name"], volumes[s["name"]], seed) for s in series for seed in s["seeds"]]
     if not jobs:
         return {"patches": 0}
     load_and_resample, crop, reader_name = fmcib_reference()
+    masks = write_body_masks({name: path for name, path, _ in jobs})
     # Warm-up (not counted): first MONAI/torch calls and the first read of each method.
-    extract_patch(sitk.ReadImage(str(jobs[0][1])), jobs[0][2], spec)
+    extract_patch(read_volume(jobs[0][1]), jobs[0][2], spec)
     crop(load_and_resample(jobs[0][1]), jobs[0][2])
 
     ours, started = [], time.perf_counter()
-    for s in series:  # each volume read once, however many seeds it has
+    for s in series:  # as extract_volume_patches: the volume opened once, however many seeds it has
         if s["seeds"]:
-            image = sitk.ReadImage(str(volumes[s["name"]]))
-            ours += [extract_patch(image, seed, spec) for seed in s["seeds"]]
+            volume = read_volume(volumes[s["name"]])
+            for seed in s["seeds"]:
+                ours.append(extract_patch(volume, seed, spec))
+                padded_fraction(volume, seed, spec)
     ours_s = time.perf_counter() - started
 
     ref, centres, started = [], [], time.perf_counter()
@@ -552,6 +559,7 @@ def bench_patches(series: list[dict], volumes: dict[str, Path]) -> dict:
         ref.append(patch)
         centres.append(centre)
     ref_s = time.perf_counter() - started
+    phases = patch_phases(jobs, masks, spec)
 
     # Sanity: both patches must show the same place (not timed).
     # - radassets' voxel (32, 32, 32) lies at seed + 0.5 mm on each axis (for an even size the seed
@@ -578,7 +586,98 @@ def bench_patches(series: list[dict], volumes: dict[str, Path]) -> dict:
             "radassets_s": ours_s, "radassets_per_s": n / ours_s, "reference_s": ref_s, "reference_per_s": n / ref_s,
             "mad_hu_mean": float(np.mean(same_seed)), "mad_hu_max": float(np.max(same_seed)),
             "offset_mm_mean": float(np.mean(offsets)), "offset_mm_max": float(np.max(offsets)),
-            "mad_same_grid_hu_mean": float(np.mean(same_grid)), "mad_same_grid_hu_max": float(np.max(same_grid))}
+            "mad_same_grid_hu_mean": float(np.mean(same_grid)), "mad_same_grid_hu_max": float(np.max(same_grid)),
+            "phases_ms": phases}
+
+
+def write_body_masks(volumes: dict[str, Path]) -> dict[str, Path]:
+    """A uint8 body mask (HU > -500) per volume, written as the pipeline writes its masks: the mask read of the
+    phase table reads a file like a real one (codec, size), though no lesion mask comes with these series."""
+    import SimpleITK as sitk
+    from radassets.imaging.volumes import write_image
+
+    return {name: write_image(sitk.Cast(sitk.ReadImage(str(path)) > -500, sitk.sitkUInt8),
+                              path.with_name(f"{path.stem}_mask.nrrd"))
+            for name, path in volumes.items()}
+
+
+PHASES = {  # name → what it is, in the order of the table
+    "header": "open: header (our parse + ITK ReadImageInformation)",
+    "bounds": "box of the volume the patch samples (4 corners → index)",
+    "read": "read the box (gzip: inflate up to its last slice)",
+    "resample": "ITK linear resample onto the 64^3 grid",
+    "round": "rint, clip, int16",
+    "padded": "padded_fraction",
+    "mask_read": "mask: open + read the box",
+    "mask_resample": "mask: nearest-neighbour resample",
+    "old_read": "(before) sitk.ReadImage of the whole volume",
+    "old_crop": "(before) image[slices] of the whole volume",
+    "old_padded": "(before) padded_fraction on the 64^3 grid of points",
+}
+
+
+def patch_phases(jobs: list[tuple[str, Path, tuple]], masks: dict[str, Path], spec, repeats: int = 3
+                 ) -> dict[str, float]:
+    """Milliseconds per patch of each step of the production path (``radassets.imaging.patches``), each the
+    minimum over ``repeats`` passes over every seed (the machine is shared: the minimum is the least disturbed);
+    then, for comparison, the steps of the path before region reads (whole volume, grid padded_fraction)."""
+    import numpy as np
+    import SimpleITK as sitk
+    from radassets.imaging import patches
+    from radassets.imaging.nrrd_region import open_volume
+
+    def old_padded(image: sitk.Image, center) -> float:  # padded_fraction before its per-axis path
+        axis = np.arange(spec.size) * spec.spacing_mm
+        origin = spec.origin(center)
+        grid = np.stack(np.meshgrid(axis + origin[0], axis + origin[1], axis + origin[2], indexing="ij"), axis=-1)
+        matrix = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+        index = (grid.reshape(-1, 3) - np.array(image.GetOrigin())) @ np.linalg.inv(matrix).T
+        return float(1.0 - ((index >= -0.5) & (index <= np.array(image.GetSize()) - 0.5)).all(axis=1).mean())
+
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        spent = dict.fromkeys(PHASES, 0.0)
+
+        @contextmanager
+        def timed(name: str, spent: dict[str, float] = spent) -> Iterator[None]:
+            started = time.perf_counter()
+            yield
+            spent[name] += time.perf_counter() - started
+
+        for name, path, seed in jobs:  # every seed as if its volume had no other (about so in the demo)
+            with timed("header"):
+                volume = open_volume(path)
+            with timed("bounds"):
+                bounds = patches.crop_bounds(volume, seed, spec)
+            assert bounds is not None, f"the seed {seed} is outside {path}"
+            lo, hi = bounds
+            with timed("read"):
+                box = volume.region(lo, hi)
+            with timed("resample"):
+                values = patches.resample(box, seed, spec, sitk.sitkLinear, float(spec.pad_hu), sitk.sitkFloat32)
+            with timed("round"):
+                patches.to_hu(values)
+            with timed("padded"):
+                patches.padded_fraction(volume, seed, spec)
+            with timed("mask_read"):
+                mask_box = open_volume(masks[name]).region(lo, hi)
+            with timed("mask_resample"):
+                patches.resample(mask_box, seed, spec, sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
+        # The path before, in a pass of its own: its padded_fraction's matrix product leaves BLAS threads spinning
+        # for a while, which would slow whatever comes next on a 2-core machine.
+        for _, path, seed in jobs:
+            with timed("old_read"):
+                image = sitk.ReadImage(str(path))
+            bounds = patches.crop_bounds(image, seed, spec)
+            assert bounds is not None
+            lo, hi = bounds
+            with timed("old_crop"):
+                image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            with timed("old_padded"):
+                old_padded(image, seed)
+        for key, seconds in spent.items():
+            best[key] = min(best.get(key, float("inf")), seconds / len(jobs) * 1e3)
+    return best
 
 
 # --------------------------------------------------------------------------------------------
@@ -649,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nPATCHES  {patches['patches']} GTV-1 seeds in {patches['volumes']} volumes, "
               f"{PATCH_SIZE}^3 at 1 mm (1 warm-up, not counted)")
         print(f"{'method':<58} {'seconds':>8} {'patches/s':>10}")
-        print(f"{'radassets: read volume once, crop then resample':<58} "
+        print(f"{'radassets: read the box each patch needs, then resample':<58} "
               f"{patches['radassets_s']:>8.2f} {patches['radassets_per_s']:>10.2f}")
         print(f"{'FMCIB reference: per seed, read + resample whole volume':<58} "
               f"{patches['reference_s']:>8.2f} {patches['reference_per_s']:>10.2f}")
@@ -660,6 +759,13 @@ def main(argv: list[str] | None = None) -> int:
               f"  <- that offset across the lesion's edge")
         print(f"  mean |dHU| on FMCIB's grid:    {patches['mad_same_grid_hu_mean']:6.1f} "
               f"(max {patches['mad_same_grid_hu_max']:.1f})  <- same points sampled: geometry agrees")
+        phases = patches["phases_ms"]
+        print(f"radassets per patch, ms (minimum of 3 passes; {THREADS} ITK threads):")
+        for key, label in PHASES.items():
+            print(f"  {label:<58} {phases[key]:7.2f}")
+        now = sum(phases[k] for k in ("header", "bounds", "read", "resample", "round", "padded"))
+        before = sum(phases[k] for k in ("old_read", "bounds", "old_crop", "resample", "round", "old_padded"))
+        print(f"  {'CT patch + padded_fraction: now / before the region read':<58} {now:7.2f} / {before:.2f}")
     else:
         print("\nPATCHES  no GTV-1 seeds for the selected series: skipped")
     print(f"\ntotal {total:.1f} s")

@@ -46,13 +46,15 @@ import SimpleITK as sitk
 
 from radassets.dataplane import IN_PROCESS, Compute, map_items
 from radassets.imaging import patch_store
+from radassets.imaging.nrrd_region import Volume, WholeImage, open_volume
 from radassets.layout import as_path
 from radassets.staging import local_file
-from radassets.storage import atomic_write_json, sha256_file, sha256_json
+from radassets.storage import atomic_write_json, is_local, sha256_file, sha256_json
 
 Point = Sequence[float] | np.ndarray  # x, y, z in LPS mm
 AIR_HU = -1024
 MARGIN_VOXELS = 3  # B-spline (order 3) support; linear needs 1
+PLANE_MARGIN_ULPS = 16  # see _padded_fraction_plane: how near a limit a point leaves the count to the grid path
 INTERPOLATORS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline, "nearest": sitk.sitkNearestNeighbor}
 PATCH_COLUMNS = {
     "index": pa.int64(), "seed_id": pa.string(), "PatientID": pa.string(), "SeriesInstanceUID": pa.string(),
@@ -85,24 +87,100 @@ class PatchSpec:
                     mask_interpolator="nearest", storage=patch_store.DESCRIPTION)
 
 
-def _to_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:
+Image = sitk.Image | Volume  # a volume in memory, or one read box by box (``radassets.imaging.nrrd_region``)
+
+
+def _to_index(image: Image, points: np.ndarray) -> np.ndarray:
     """Continuous (i, j, k) indices of LPS ``points`` (..., 3) in ``image``."""
+    return (points - np.array(image.GetOrigin())) @ _inverse_matrix(image).T
+
+
+def _inverse_matrix(image: Image) -> np.ndarray:
+    """inv(direction × diag(spacing)): LPS millimetres → index steps."""
     matrix = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
-    return (points - np.array(image.GetOrigin())) @ np.linalg.inv(matrix).T
+    return np.linalg.inv(matrix)
 
 
-def padded_fraction(image: sitk.Image, center: Point, spec: PatchSpec) -> float:
+def padded_fraction(image: Image, center: Point, spec: PatchSpec) -> float:
     """Fraction of patch voxels whose centre falls outside the volume (ITK's half-voxel rule)."""
+    inverse = _inverse_matrix(image)
     axis = np.arange(spec.size) * spec.spacing_mm
     origin = spec.origin(center)
+    if _is_permutation(inverse):
+        return _padded_fraction_axes(image, inverse, axis, origin)
+    fraction = _padded_fraction_plane(image, inverse, axis, origin)
+    if fraction is not None:
+        return fraction
     grid = np.stack(np.meshgrid(axis + origin[0], axis + origin[1], axis + origin[2], indexing="ij"), axis=-1)
-    index = _to_index(image, grid.reshape(-1, 3))
+    index = (grid.reshape(-1, 3) - np.array(image.GetOrigin())) @ inverse.T
     inside = ((index >= -0.5) & (index <= np.array(image.GetSize()) - 0.5)).all(axis=1)
     return float(1.0 - inside.mean())
 
 
-def crop_for_patch(image: sitk.Image, center: Point, spec: PatchSpec) -> sitk.Image | None:
-    """The part of ``image`` that a patch at ``center`` samples (None if the patch misses the volume)."""
+def _is_permutation(matrix: np.ndarray) -> bool:
+    """Exactly one non-zero entry in each row and each column (a volume's axes along L, P, S in some order)."""
+    nonzero = matrix != 0
+    return bool((nonzero.sum(axis=0) == 1).all() and (nonzero.sum(axis=1) == 1).all())
+
+
+def _padded_fraction_axes(image: Image, inverse: np.ndarray, axis: np.ndarray, origin: np.ndarray) -> float:
+    """``padded_fraction`` where index axis a depends on one LPS axis b only: the same float, without the grid.
+
+    Why it is the same: the general path's index a of a grid point is sum_b' (p_b' - o_b') * inverse[a, b'],
+    whose terms are exact zeros but one, so it is that one product, rounded once, whatever the summation order
+    (or a fused multiply-add). Here it is computed from the same operands. A point is inside when it is inside
+    along every index axis, and the grid is the product of its three LPS axes, so the inside count is the
+    product of the three per-axis counts: an exact integer, and 1 - count / N the same division as ``mean``."""
+    volume_origin = np.array(image.GetOrigin())
+    size = np.array(image.GetSize())
+    count = 1
+    for a in range(3):
+        b = int(np.flatnonzero(inverse[a])[0])
+        index = ((axis + origin[b]) - volume_origin[b]) * inverse[a, b]
+        count *= int(((index >= -0.5) & (index <= size[a] - 0.5)).sum())
+    return float(1.0 - np.float64(count) / np.float64(axis.size ** 3))
+
+
+def _padded_fraction_plane(image: Image, inverse: np.ndarray, axis: np.ndarray, origin: np.ndarray) -> float | None:
+    """``padded_fraction`` of a volume turned in one plane only (e.g. a gantry's table rotation about S: index k
+    from S alone, i and j from L and P): counted on the 64² plane grid and the 64 points of the third axis, not on
+    64³ points. None where that does not apply or cannot be sure to give the grid path's float.
+
+    Why it is the same float: the lone axis is exact as in ``_padded_fraction_axes``. In the plane, an index is a
+    sum of two products, which the grid path's matrix product may round differently (order, fused multiply-add),
+    by at most a few units in the last place of |t1| + |t2|; so every point farther than 16 such units from the
+    -0.5 and size - 0.5 limits is inside or outside for both, and where any point is nearer, None (the caller
+    takes the grid path). The counts are then the same exact integers."""
+    lone = [a for a in range(3) if np.count_nonzero(inverse[a]) == 1]
+    if len(lone) != 1:
+        return None
+    a0 = lone[0]
+    b0 = int(np.flatnonzero(inverse[a0])[0])
+    if np.count_nonzero(inverse[:, b0]) != 1:
+        return None
+    plane_a = [a for a in range(3) if a != a0]
+    plane_b = [b for b in range(3) if b != b0]
+    volume_origin = np.array(image.GetOrigin())
+    size = np.array(image.GetSize())
+    index = ((axis + origin[b0]) - volume_origin[b0]) * inverse[a0, b0]
+    count = int(((index >= -0.5) & (index <= size[a0] - 0.5)).sum())
+    u = ((axis + origin[plane_b[0]]) - volume_origin[plane_b[0]])[:, None]  # as the grid path subtracts, per axis
+    v = ((axis + origin[plane_b[1]]) - volume_origin[plane_b[1]])[None, :]
+    inside = np.ones((axis.size, axis.size), dtype=bool)
+    for a in plane_a:
+        t1, t2 = u * inverse[a, plane_b[0]], v * inverse[a, plane_b[1]]
+        plane_index = t1 + t2
+        margin = PLANE_MARGIN_ULPS * np.finfo(float).eps * float((np.abs(t1) + np.abs(t2)).max())
+        low, high = -0.5, size[a] - 0.5
+        if (np.abs(plane_index - low) <= margin).any() or (np.abs(plane_index - high) <= margin).any():
+            return None
+        inside &= (plane_index >= low) & (plane_index <= high)
+    count *= int(inside.sum())
+    return float(1.0 - np.float64(count) / np.float64(axis.size ** 3))
+
+
+def crop_bounds(image: Image, center: Point, spec: PatchSpec) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """The index box [lo, hi) of ``image`` that a patch at ``center`` samples (None if it misses the volume)."""
     half = (spec.size - 1) / 2 * spec.spacing_mm
     corners = np.asarray(center, float) + np.array(list(itertools.product((-half, half), repeat=3)))
     index = _to_index(image, corners)
@@ -111,27 +189,48 @@ def crop_for_patch(image: sitk.Image, center: Point, spec: PatchSpec) -> sitk.Im
     hi = np.clip(np.ceil(index.max(axis=0)).astype(int) + MARGIN_VOXELS + 1, 0, size)
     if (hi <= lo).any():
         return None
-    return image[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), int(lo[2]):int(hi[2])]
+    return (int(lo[0]), int(lo[1]), int(lo[2])), (int(hi[0]), int(hi[1]), int(hi[2]))
 
 
-def sample(image: sitk.Image, center: Point, spec: PatchSpec, interpolator: int, default: float,
-           pixel_type: int) -> np.ndarray:
-    """Resample ``image`` onto the patch grid at ``center``: an array [k, j, i]."""
-    source = crop_for_patch(image, center, spec)
-    if source is None:  # the patch misses the volume entirely: all padding
-        return np.full((spec.size,) * 3, default, dtype={sitk.sitkFloat32: np.float32, sitk.sitkUInt8: np.uint8}[pixel_type])
+def crop_for_patch(image: Image, center: Point, spec: PatchSpec) -> sitk.Image | None:
+    """The part of ``image`` that a patch at ``center`` samples (None if the patch misses the volume)."""
+    bounds = crop_bounds(image, center, spec)
+    if bounds is None:
+        return None
+    lo, hi = bounds
+    if isinstance(image, sitk.Image):
+        return image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    return image.region(lo, hi)
+
+
+def resample(source: sitk.Image, center: Point, spec: PatchSpec, interpolator: int, default: float,
+             pixel_type: int) -> np.ndarray:
+    """Resample the cropped ``source`` onto the patch grid at ``center``: an array [k, j, i]."""
     out = sitk.Resample(source, [spec.size] * 3, sitk.Transform(), interpolator, spec.origin(center).tolist(),
                         [spec.spacing_mm] * 3, np.eye(3).ravel().tolist(), default, pixel_type)
     return sitk.GetArrayFromImage(out)
 
 
-def extract_patch(image: sitk.Image, center: Point, spec: PatchSpec = PatchSpec()) -> np.ndarray:
-    """The int16 HU patch at ``center`` (crop, then resample; outside the volume is ``pad_hu``)."""
-    values = sample(image, center, spec, INTERPOLATORS[spec.interpolator], float(spec.pad_hu), sitk.sitkFloat32)
+def sample(image: Image, center: Point, spec: PatchSpec, interpolator: int, default: float,
+           pixel_type: int) -> np.ndarray:
+    """Resample ``image`` onto the patch grid at ``center``: an array [k, j, i]."""
+    source = crop_for_patch(image, center, spec)
+    if source is None:  # the patch misses the volume entirely: all padding
+        return np.full((spec.size,) * 3, default, dtype={sitk.sitkFloat32: np.float32, sitk.sitkUInt8: np.uint8}[pixel_type])
+    return resample(source, center, spec, interpolator, default, pixel_type)
+
+
+def to_hu(values: np.ndarray) -> np.ndarray:
+    """Resampled float32 values as whole HU in int16."""
     return np.clip(np.rint(values), -32768, 32767).astype(np.int16)
 
 
-def extract_mask_patch(mask: sitk.Image, center: Point, spec: PatchSpec = PatchSpec()) -> np.ndarray:
+def extract_patch(image: Image, center: Point, spec: PatchSpec = PatchSpec()) -> np.ndarray:
+    """The int16 HU patch at ``center`` (crop, then resample; outside the volume is ``pad_hu``)."""
+    return to_hu(sample(image, center, spec, INTERPOLATORS[spec.interpolator], float(spec.pad_hu), sitk.sitkFloat32))
+
+
+def extract_mask_patch(mask: Image, center: Point, spec: PatchSpec = PatchSpec()) -> np.ndarray:
     """The uint8 0/1 mask patch at ``center`` (nearest neighbour)."""
     return sample(mask, center, spec, sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
 
@@ -192,21 +291,41 @@ def _read_image(path: str | os.PathLike) -> sitk.Image:
         return sitk.ReadImage(str(local))
 
 
+def read_volume(path: str | os.PathLike) -> Image:
+    """A volume or mask to take patches from: a local NRRD file is read box by box, only where patches need it
+    (``radassets.imaging.nrrd_region``); anything else (an object store, another format) whole by SimpleITK."""
+    location = as_path(path)
+    if isinstance(location, Path) and is_local(location):
+        return open_volume(location)
+    return WholeImage(_read_image(path))
+
+
+def seed_patch(volume: Image, mask: Image | None, center: Point, spec: PatchSpec
+               ) -> tuple[np.ndarray, np.ndarray, float]:
+    """One seed's HU patch, mask patch (zeros without a mask) and padded fraction."""
+    patch = extract_patch(volume, center, spec)
+    mask_patch = extract_mask_patch(mask, center, spec) if mask is not None else np.zeros_like(patch, dtype=np.uint8)
+    return patch, mask_patch, padded_fraction(volume, center, spec)
+
+
 def extract_volume_patches(task: PatchTask) -> list[dict[str, Any]]:
     """Extract the patch and mask patch of every seed of ``task`` into chunk ``index`` of the store's arrays;
     the rows of ``patches.parquet`` for them. Run again, it writes the same bytes."""
     spec = task.spec
     arrays = patch_store.open_arrays(task.store, read_only=False)
-    image = _read_image(task.ct_path)
+    image = read_volume(task.ct_path)
+    masks: dict[str, Image] = {}  # each mask file opened once, however many of the volume's seeds use it
     rows = []
     for i, seed in task.seeds:
         center = (seed["coordX"], seed["coordY"], seed["coordZ"])
-        patch = extract_patch(image, center, spec)
         has_mask = bool(seed.get("mask_path"))
-        mask = (extract_mask_patch(_read_image(seed["mask_path"]), center, spec) if has_mask
-                else np.zeros_like(patch, dtype=np.uint8))
-        digest = patch_store.write_patch(arrays, i, patch, mask)
-        padded = padded_fraction(image, center, spec)
+        mask = None
+        if has_mask:
+            if str(seed["mask_path"]) not in masks:
+                masks[str(seed["mask_path"])] = read_volume(seed["mask_path"])
+            mask = masks[str(seed["mask_path"])]
+        patch, mask_patch, padded = seed_patch(image, mask, center, spec)
+        digest = patch_store.write_patch(arrays, i, patch, mask_patch)
         origin = spec.origin(center)
         rows.append({"index": i, "seed_id": seed["seed_id"], "PatientID": seed["PatientID"],
                      "SeriesInstanceUID": seed["SeriesInstanceUID"], "crdc_series_uuid": seed["crdc_series_uuid"],
@@ -214,7 +333,7 @@ def extract_volume_patches(task: PatchTask) -> list[dict[str, Any]]:
                      "coordX": center[0], "coordY": center[1], "coordZ": center[2],
                      "origin_x": float(origin[0]), "origin_y": float(origin[1]), "origin_z": float(origin[2]),
                      "at_border": padded > 0, "padded_fraction": round(padded, 5), "has_mask": has_mask,
-                     "mask_voxels": int(mask.sum()), "sha256": digest})
+                     "mask_voxels": int(mask_patch.sum()), "sha256": digest})
     return rows
 
 
