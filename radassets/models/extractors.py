@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -53,7 +53,8 @@ def prepare_for_cpu(module: torch.nn.Module) -> torch.nn.Module:
     exported graph is run as exported."""
     if isinstance(module, torch.jit.ScriptModule):
         return module
-    return fold_batch_norms(module).to(memory_format=torch.channels_last_3d)
+    # memory_format is a documented argument of Module.to, missing from its type stubs' overloads
+    return fold_batch_norms(module).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
 
 
 class PrepackedConv3d(torch.nn.Module):
@@ -68,10 +69,11 @@ class PrepackedConv3d(torch.nn.Module):
 
     def __init__(self, conv: torch.nn.Conv3d, input_size: Sequence[int]):
         super().__init__()
-        self.padding, self.stride = list(conv.padding), list(conv.stride)  # type: ignore[arg-type]  # ints here
+        self.padding, self.stride = list(conv.padding), list(conv.stride)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.bias = None if conv.bias is None else conv.bias.detach().clone()
-        self.weight = torch._C._nn.mkldnn_reorder_conv3d_weight(
+        # the aten operator: torch._C._nn's stub lacks input_size, which the operator takes
+        self.weight = torch.ops.aten.mkldnn_reorder_conv3d_weight(
             conv.weight.detach().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, list(input_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +91,7 @@ def prepack_convolutions(module: torch.nn.Module, x: torch.Tensor) -> torch.Tens
     replace it by a ``PrepackedConv3d`` packed for that size (other batch sizes run too: oneDNN reorders the
     packed weight if its kernel for them wants another layout). Without the operators, the module is left
     as it is."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch._C._nn, "mkldnn_reorder_conv3d_weight")
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.aten, "mkldnn_reorder_conv3d_weight")
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
         return module(x)
     sizes: dict[str, torch.Size] = {}
@@ -103,7 +105,7 @@ def prepack_convolutions(module: torch.nn.Module, x: torch.Tensor) -> torch.Tens
     for name, size in sizes.items():
         parent, _, attr = name.rpartition(".")
         owner = module.get_submodule(parent)
-        setattr(owner, attr, PrepackedConv3d(owner.get_submodule(attr), size))
+        setattr(owner, attr, PrepackedConv3d(cast(torch.nn.Conv3d, owner.get_submodule(attr)), size))
     return y
 
 
