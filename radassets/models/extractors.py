@@ -58,7 +58,7 @@ def prepare_for_cpu(module: torch.nn.Module) -> torch.nn.Module:
 
 
 class PrepackedConv3d(torch.nn.Module):
-    """A 3-D convolution whose weight oneDNN reordered once, at load, into the blocked layout its kernel reads.
+    """A 3-D convolution whose weight oneDNN reordered once (at the first batch) into the layout its kernel reads.
 
     Called with a plain weight, oneDNN reorders it on every forward: for FMCIB 0.7 GB per batch, which dominates
     layer4 (1024-4096 channels at 2^3 voxels: little work per weight). torch exposes no public API for a
