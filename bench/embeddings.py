@@ -3,21 +3,30 @@
 What is measured, on the CPU with 2 threads (``torch.set_num_threads(2)``):
 
 1. radassets' extraction path for the ``fmcib`` model: ``TorchExtractor.embed`` (the hot loop of
-   ``run_embeddings``: ``model_input`` on each patch, then one forward under ``inference_mode``)
+   ``run_embeddings``: ``model_input`` on each patch, then one forward under ``inference_mode``; on the
+   CPU the fast path: conv-BatchNorm pairs folded at load, channels-last weights and input; ``--eager``
+   also times the plain eager path, ``TorchExtractor(fast=False)``, in the same rounds)
    with the real FMCIB architecture, ``families.build("fmcib_resnet50")`` (MONAI ResNet-50, one
    input channel, widen factor 2, first convolution with stride 2, 4096-d output), at batch 1, 8
    and 32. Inputs: synthetic but realistic 64^3 int16 HU patches (lung at -850 HU with a soft-tissue
    nodule and noise, fixed seed); the model's input is their central 50^3, scaled (HU + 1024) / 3072
    (``model_input`` with the registry entry's preprocessing). For each batch size: one warm-up
-   batch, not counted, then batches until at least ``--seconds`` (default 8) have passed.
+   batch per path, not counted, then ``--repeats`` (default 3) rounds of [one matmul, one batch of
+   each path]; the best batch counts (the machine is shared: the minimum is the run least disturbed by
+   other work), the median is shown.
    Weights: the published FMCIB weights cannot be downloaded here, so the network is randomly
    initialised (fixed seed); the FLOPs and the speed do not depend on the weights' values.
 2. Efficiency: FLOPs per patch are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one
    forward of a (1, 1, 50, 50, 50) input (a multiply-add counts 2 FLOPs; convolutions and the
    matrix products, not batch norm, ReLU or pooling). Achieved GFLOP/s = FLOPs per patch x
    patches/s / 1e9, reported as a fraction of the GFLOP/s of a large float32 matmul (4096 x 4096
-   @ 4096 x 4096, 2 n^3 FLOPs, best of 3) with the same 2 threads, measured in the same run, at its
-   start and at its end (the better of the two is the reference).
+   @ 4096 x 4096, 2 n^3 FLOPs) with the same 2 threads, timed once before every round (interleaved
+   with the model's batches) and once at the end; the best is the reference. The same ratio is also
+   given per CPU-second of the process (``time.process_time``, both threads): other work on the
+   machine stretches wall time much more than CPU time, so that figure moves less between runs.
+   Then, unless ``--no-profile``, the fast path is cut into its stages (conv1 + bn + relu, maxpool,
+   layer1-4, avgpool), each folded and channels-last like the whole, and each stage's FLOPs, best
+   time at batch 8 and GFLOP/s against the matmul are printed: where the remaining time goes.
 3. The ``foundation-cancer-image-biomarker`` package (``fmcib``), when a virtualenv with it is
    available (``--fmcib-python``; default ``var/bench/fmcib_venv/bin/python`` if it exists): its own
    extraction path on the same patches, run by that environment's Python in a subprocess
@@ -40,7 +49,8 @@ What is measured, on the CPU with 2 threads (``torch.set_num_threads(2)``):
 Run it:
 
     .venv/bin/python bench/embeddings.py                          # 3-4 minutes on 2 cores
-    .venv/bin/python bench/embeddings.py --batches 1,8 --seconds 4 --json out.json
+    .venv/bin/python bench/embeddings.py --batches 1,8 --repeats 2 --json out.json
+    .venv/bin/python bench/embeddings.py --batches 8 --eager --no-fmcib    # fast vs plain eager path, one run
     .venv/bin/python bench/embeddings.py --no-fmcib               # radassets and matmul only
 
 The FMCIB environment (separate from the project's, its pins clash with radassets'):
@@ -61,8 +71,10 @@ Every file goes to a temporary folder, removed at the end. Timings belong here, 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,7 +99,9 @@ MAX_PATCHES = 256  # per batch size and path, warm-up included: a bound, rarely 
 CHECK_PATCHES = 2  # run through fmcib's get_features end to end for the sanity check
 SEED = 20240501
 MATMUL_N = 4096
-MATMUL_REPEATS = 3
+REPEATS = 3  # timed batches per batch size and path; the best counts
+PROFILE_BATCH = 8
+PROFILE_REPEATS = 2
 SEED_INDEX = 32.25  # FMCIB: int(32.25) = 32, crop [32 - 25, 32 + 25) = radassets' central 50^3
 DEFAULT_FMCIB_PYTHON = Path(__file__).resolve().parents[1] / "var" / "bench" / "fmcib_venv" / "bin" / "python"
 WORKER_TAG = "FMCIB-WORKER "
@@ -129,20 +143,41 @@ def make_patches(n: int, seed: int = SEED):
     return out
 
 
-def matmul_gflops(n: int = MATMUL_N, repeats: int = MATMUL_REPEATS) -> float:
-    """Best GFLOP/s of an n x n @ n x n float32 matmul (2 n^3 FLOPs), after one warm-up."""
-    import torch
+class Matmul:
+    """The reference: an n x n @ n x n float32 matmul (2 n^3 FLOPs), timed once per call, between the model's
+    batches, so that both see the same load on the machine; the run's best call is the reference."""
 
-    g = torch.Generator().manual_seed(SEED)
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    c = torch.empty(n, n)
-    torch.mm(a, b, out=c)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        torch.mm(a, b, out=c)
-        best = min(best, time.perf_counter() - started)
-    return 2 * n ** 3 / best / 1e9
+    def __init__(self, n: int = MATMUL_N):
+        import torch
+
+        g = torch.Generator().manual_seed(SEED)
+        self.n = n
+        self.a, self.b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+        self.c = torch.empty(n, n)
+        torch.mm(self.a, self.b, out=self.c)  # warm-up
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def time(self) -> None:
+        import torch
+
+        _, wall, cpu = timed(torch.mm, self.a, self.b, out=self.c)
+        self.wall.append(wall)
+        self.cpu.append(cpu)
+
+    def gflops(self) -> float:
+        return 2 * self.n ** 3 / min(self.wall) / 1e9
+
+    def gflops_per_cpu_s(self) -> float:
+        return 2 * self.n ** 3 / min(self.cpu) / 1e9
+
+
+def timed(call, *args, **kwargs):
+    """(result, wall seconds, CPU seconds) of one call. CPU is the process's time on the cores, both threads together: other work
+    on the machine stretches the wall time, barely the CPU time, so its ratio is the load-robust one."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = call(*args, **kwargs)
+    return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def count_flops(module) -> int:
@@ -172,8 +207,9 @@ def cpu_name() -> str:
 # radassets
 
 
-def time_radassets(extractor, patches, batch: int, min_seconds: float) -> dict:
-    """One warm-up batch, then batches (patches taken in a cycle) until ``min_seconds`` have passed."""
+def time_radassets(extractors: dict, patches, batch: int, repeats: int, matmul: Matmul) -> dict[str, dict]:
+    """Per path: one warm-up batch, then ``repeats`` rounds of [matmul, then one batch of each path] (patches
+    taken in a cycle); the best (and median) batch of each path."""
     import numpy as np
 
     n = len(patches)
@@ -183,17 +219,65 @@ def time_radassets(extractor, patches, batch: int, min_seconds: float) -> dict:
     def batch_at(k: int):
         return patches[[(k * batch + i) % n for i in range(batch)]]
 
-    extractor.embed(batch_at(0), masks, rows)  # warm-up, not counted
-    done, k, started = 0, 1, time.perf_counter()
-    while True:
-        vectors = extractor.embed(batch_at(k), masks, rows)
-        assert vectors.shape == (batch, extractor.dim)
-        done += batch
-        k += 1
-        seconds = time.perf_counter() - started
-        if seconds >= min_seconds or (k + 1) * batch > MAX_PATCHES:
-            break
-    return {"patches": done, "batches": k - 1, "seconds": seconds, "patches_per_s": done / seconds}
+    for extractor in extractors.values():
+        extractor.embed(batch_at(0), masks, rows)  # warm-up, not counted
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in extractors}
+    for k in range(1, repeats + 1):
+        matmul.time()
+        for name, extractor in extractors.items():
+            vectors, wall, cpu = timed(extractor.embed, batch_at(k), masks, rows)
+            times[name].append((wall, cpu))
+            assert vectors.shape == (batch, extractor.dim)
+    matmul.time()
+    out = {}
+    for name, t in times.items():
+        wall = sorted(w for w, _ in t)
+        out[name] = {"batches": len(t), "best_s": wall[0], "median_s": float(np.median(wall)),
+                     "best_cpu_s": min(c for _, c in t), "patches_per_s": batch / wall[0],
+                     "patches_per_s_median": batch / float(np.median(wall))}
+    return out
+
+
+def fmcib_stages(module) -> list:
+    """FMCIB's forward (MONAI ResNet: conv1, bn1, act, maxpool, layer1-4, avgpool) as the fast path runs it,
+    cut into stages that can be timed one by one: each stage folded (conv-BatchNorm) and channels-last (and
+    prepacked by ``profile_stages``)."""
+    import torch
+
+    from radassets.models.extractors import prepare_for_cpu
+
+    stages = [("conv1 (7^3, 1 -> 128, stride 2) + bn + relu",
+               torch.nn.Sequential(module.conv1, module.bn1, module.act)), ("maxpool", module.maxpool)]
+    stages += [(f"layer{i}", getattr(module, f"layer{i}")) for i in range(1, 5)]
+    stages += [("avgpool", module.avgpool)]
+    return [(name, prepare_for_cpu(stage.eval())) for name, stage in stages]
+
+
+def profile_stages(stages: list, x, repeats: int) -> list[dict]:
+    """Each stage's FLOPs (one patch), shape and best wall/CPU seconds at this batch, ``repeats`` runs of the chain."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from radassets.models.extractors import prepack_convolutions
+
+    rows = [{"stage": name, "flops": 0, "best_s": float("inf"), "best_cpu_s": float("inf")} for name, _ in stages]
+    with torch.inference_mode():
+        y = x[:1]
+        for row, (_, stage) in zip(rows, stages):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                y = stage(y)
+            row["flops"] = int(counter.get_total_flops())
+            row["out_shape"] = list(y.shape[1:])
+        y = x
+        for _, stage in stages:  # warm-up at this batch, and the convolutions prepacked as the extractor does
+            y = prepack_convolutions(stage, y)
+        for _ in range(repeats):
+            y = x
+            for row, (_, stage) in zip(rows, stages):
+                y, wall, cpu = timed(stage, y)
+                row["best_s"], row["best_cpu_s"] = min(row["best_s"], wall), min(row["best_cpu_s"], cpu)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,8 +430,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)),
                         help="comma-separated batch sizes (default 1,8,32)")
+    parser.add_argument("--repeats", type=int, default=REPEATS,
+                        help=f"timed batches per batch size and radassets path, each after a matmul; the best "
+                             f"counts (default {REPEATS})")
     parser.add_argument("--seconds", type=float, default=8.0,
-                        help="minimum timed seconds per batch size and path, after one warm-up batch (default 8)")
+                        help="fmcib package: minimum timed seconds per batch size, after one warm-up batch (default 8)")
+    parser.add_argument("--eager", action="store_true",
+                        help="also time the plain eager path (TorchExtractor(fast=False), the path before issue 18)")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the per-stage split (conv1 ... layer4) of the fast path at batch 8")
     parser.add_argument("--fmcib-python", type=Path, default=None,
                         help=f"Python of an environment with the fmcib package (default {DEFAULT_FMCIB_PYTHON} "
                              f"if it exists; see the module docstring to create it)")
@@ -365,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batches must be between 1 and {MAX_PATCHES // 2}")
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     if str(REPO) not in sys.path:  # run as a script from anywhere, with or without an installed package
         sys.path.insert(0, str(REPO))
@@ -376,10 +469,22 @@ def main(argv: list[str] | None = None) -> int:
     from radassets.models.extractors import TorchExtractor
 
     entry = registry.get("fmcib")
-    torch.manual_seed(SEED)
-    module = families.build(entry.family).eval()
-    extractor = TorchExtractor(entry, module, None, torch.device("cpu"))
-    flops = count_flops(extractor.module)
+
+    def plain_module():
+        torch.manual_seed(SEED)
+        return families.build(entry.family).eval()
+
+    module = plain_module()
+    flops = count_flops(module)
+    # as published (the fmcib package loads it): taken before the fast path folds the BatchNorms
+    trunk_state = None if args.no_fmcib else {k: v.clone() for k, v in module.state_dict().items()}
+    stages = None if args.no_profile else fmcib_stages(copy.deepcopy(module))
+    started = time.perf_counter()
+    extractor = TorchExtractor(entry, module, None, torch.device("cpu"))  # the fast path (BN folded, channels-last)
+    prepare_s = time.perf_counter() - started
+    extractors = {"radassets": extractor}
+    if args.eager:
+        extractors["radassets eager"] = TorchExtractor(entry, plain_module(), None, torch.device("cpu"), fast=False)
     patches = make_patches(N_PATCHES)
 
     # The fmcib environment: checked, started and its sanity run done before anything is timed,
@@ -399,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 check_fmcib_python(fmcib_python)
                 write_fmcib_inputs(patches, work, MAX_PATCHES)
-                torch.save({"trunk_state_dict": extractor.module.state_dict()}, work / "weights.torch")
+                torch.save({"trunk_state_dict": trunk_state}, work / "weights.torch")
                 print(f"fmcib package: starting its environment ({fmcib_python}) ...", flush=True)
                 worker = PeerWorker(fmcib_python, Path(__file__), "--fmcib-worker", str(work), work, WORKER_TAG,
                                     {"WANDB_MODE": "disabled"})
@@ -414,49 +519,84 @@ def main(argv: list[str] | None = None) -> int:
 
         load = os.getloadavg()
         print(f"timing on {cpu_name()}, {THREADS} threads ...", flush=True)
-        peak_start = matmul_gflops()
+        matmul = Matmul()
         results = []
         for batch in batches:
-            r = time_radassets(extractor, patches, batch, args.seconds)
-            results.append({"path": "radassets", "batch": batch, **r})
-            print(f"  radassets      batch {batch:>3}: {r['patches_per_s']:.2f} patches/s", flush=True)
+            for path, r in time_radassets(extractors, patches, batch, args.repeats, matmul).items():
+                results.append({"path": path, "batch": batch, **r})
+                print(f"  {path:<15} batch {batch:>3}: {r['patches_per_s']:.2f} patches/s (best of {r['batches']}), "
+                      f"{r['patches_per_s_median']:.2f} (median)", flush=True)
             if worker is not None:
                 try:
                     r = worker.request({"batch": batch, "seconds": args.seconds})
                     results.append({"path": "fmcib_package", **r})
-                    print(f"  fmcib package  batch {batch:>3}: {r['patches_per_s']:.2f} patches/s", flush=True)
+                    print(f"  fmcib package   batch {batch:>3}: {r['patches_per_s']:.2f} patches/s", flush=True)
                 except (FmcibUnavailable, OSError) as e:
                     fmcib_status = f"fmcib package: failed during timing, skipped: {e}"
                     worker.close()
                     worker = None
-        peak_end = matmul_gflops()
+        profile = None
+        if stages is not None:
+            print(f"  per-stage split at batch {PROFILE_BATCH} ...", flush=True)
+            x = extractor.batch_input(patches[:PROFILE_BATCH])
+            matmul.time()
+            profile = profile_stages(stages, x, PROFILE_REPEATS)
+            matmul.time()
+            del stages
     finally:
         if worker is not None:
             worker.close()
         tmp.cleanup()
     total = time.perf_counter() - wall
 
-    peak = max(peak_start, peak_end)
+    peak, peak_cpu = matmul.gflops(), matmul.gflops_per_cpu_s()
     for r in results:
         r["gflops"] = flops * r["patches_per_s"] / 1e9
         r["of_matmul"] = r["gflops"] / peak
+        if "best_cpu_s" in r:
+            r["of_matmul_cpu"] = flops * r["batch"] / r["best_cpu_s"] / 1e9 / peak_cpu
 
     print(f"\nEMBEDDINGS  fmcib: {entry.family} (MONAI ResNet-50, widen 2, conv1 stride 2), {entry.embedding_dim}-d; "
           f"input 1x{INPUT_SIZE}^3 cropped from {N_PATCHES} synthetic {PATCH_SIZE}^3 int16 HU patches")
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores, load average {load[0]:.2f} before timing: other work "
           f"on the machine slows both paths), torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"each batch size: 1 warm-up batch, not counted, then >= {args.seconds:g} s timed per path; the two paths "
-          f"alternate and take the same patches in the same order")
+    print(f"each batch size: 1 warm-up batch per path, not counted, then {args.repeats} rounds of [matmul, one batch "
+          f"of each radassets path]; the best batch counts (median shown); the fmcib package: >= {args.seconds:g} s "
+          f"timed after one warm-up batch, the mean")
+    print(f"fast path prepared (conv-BatchNorm folded, channels-last) in {prepare_s:.2f} s at load, its convolutions "
+          f"prepacked during its first batch")
     print("weights: random initialisation (the published FMCIB weights cannot be downloaded here); "
           "FLOPs and speed are the same as with them")
     print(f"FLOPs per patch: {flops / 1e9:.2f} GFLOP (FlopCounterMode; multiply-add = 2; convolutions and matmuls)")
-    print(f"matmul reference: {MATMUL_N}x{MATMUL_N} float32 @ {MATMUL_N}x{MATMUL_N}, best of {MATMUL_REPEATS}: "
-          f"{peak_start:.1f} GFLOP/s at start, {peak_end:.1f} at end; reference {peak:.1f}")
-    print(f"{'path':<15} {'batch':>5} {'patches':>8} {'seconds':>8} {'patches/s':>10} {'GFLOP/s':>8} {'of matmul':>10}")
+    print(f"matmul reference: {MATMUL_N}x{MATMUL_N} float32 @ {MATMUL_N}x{MATMUL_N}, once before each round, best of "
+          f"{len(matmul.wall)}: {peak:.1f} GFLOP/s (median {2 * MATMUL_N ** 3 / statistics.median(matmul.wall) / 1e9:.1f}); "
+          f"per CPU-second of both threads: {peak_cpu:.1f}")
+    print(f"{'path':<16} {'batch':>5} {'patches/s':>10} {'median':>7} {'GFLOP/s':>8} {'of matmul':>10} {'CPU-time':>9}")
     for r in results:
-        print(f"{r['path']:<15} {r['batch']:>5} {r['patches']:>8} {r['seconds']:>8.2f} {r['patches_per_s']:>10.2f} "
-              f"{r['gflops']:>8.1f} {r['of_matmul']:>10.2f}")
-    print("radassets: TorchExtractor.embed (model_input per patch, forward under inference_mode)")
+        median = f"{r['patches_per_s_median']:.2f}" if "patches_per_s_median" in r else "-"
+        cpu = f"{r['of_matmul_cpu']:.2f}" if "of_matmul_cpu" in r else "-"
+        print(f"{r['path']:<16} {r['batch']:>5} {r['patches_per_s']:>10.2f} {median:>7} {r['gflops']:>8.1f} "
+              f"{r['of_matmul']:>10.2f} {cpu:>9}")
+    print("radassets: TorchExtractor.embed (model_input per patch, forward under inference_mode) on the fast path: "
+          "conv-BatchNorm folded at load, channels-last weights and input"
+          + ("; radassets eager: TorchExtractor(fast=False), the plain path before" if args.eager else ""))
+    print("fast path: convolutions prepacked at the first batch (the warm-up of the first batch size); "
+          "of matmul: best batch's GFLOP/s / best matmul's (wall clock); CPU-time: the same per CPU-second of the "
+          "process (both threads), which other work on the machine inflates far less")
+    if profile:
+        total_s = sum(row["best_s"] for row in profile)
+        print(f"\nper stage, fast path, batch {PROFILE_BATCH}, best of {PROFILE_REPEATS} (wall; GFLOP/s per stage vs the "
+              f"matmul's {peak:.1f}):")
+        print(f"{'stage':<46} {'output':>18} {'GFLOP/patch':>11} {'seconds':>8} {'share':>6} {'GFLOP/s':>8} "
+              f"{'of matmul':>9} {'CPU-time':>8}")
+        for row in profile:
+            rate = row["flops"] * PROFILE_BATCH / row["best_s"] / 1e9
+            rate_cpu = row["flops"] * PROFILE_BATCH / row["best_cpu_s"] / 1e9
+            row.update(share=row["best_s"] / total_s, gflops=rate, of_matmul=rate / peak,
+                       of_matmul_cpu=rate_cpu / peak_cpu)
+            print(f"{row['stage']:<46} {'x'.join(map(str, row['out_shape'])):>18} {row['flops'] / 1e9:>11.2f} "
+                  f"{row['best_s']:>8.2f} {row['share']:>6.1%} {rate:>8.1f} {row['of_matmul']:>9.2f} "
+                  f"{row['of_matmul_cpu']:>8.2f}")
     if fmcib_info is not None:
         v = fmcib_info["versions"]
         print(f"fmcib package: foundation-cancer-image-biomarker {v['foundation-cancer-image-biomarker']} "
@@ -479,8 +619,14 @@ def main(argv: list[str] | None = None) -> int:
     for batch in batches:
         ratios[f"fmcib batch {batch} achieved/matmul"] = ours[batch]["of_matmul"]
     for batch in batches:
+        ratios[f"fmcib batch {batch} achieved/matmul CPU-time"] = ours[batch]["of_matmul_cpu"]
+    eager = {r["batch"]: r for r in results if r["path"] == "radassets eager"}
+    for batch in sorted(eager):
+        ratios[f"fmcib batch {batch} eager achieved/matmul"] = eager[batch]["of_matmul"]
+        ratios[f"fmcib batch {batch} fast/eager"] = ours[batch]["patches_per_s"] / eager[batch]["patches_per_s"]
+    for batch in batches:
         if batch in theirs:
-            speedup = ours[batch]["patches_per_s"] / theirs[batch]["patches_per_s"]
+            speedup = ours[batch]["patches_per_s_median"] / theirs[batch]["patches_per_s"]  # typical vs mean
             ratios[f"radassets/fmcib_package batch {batch}"] = speedup
     for name, value in ratios.items():
         print(f"RATIO {name} = {value:.2f}")
@@ -489,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "threads": THREADS, "cpu": cpu_name(), "load_average_before": load[0], "torch": torch.__version__,
             "model": entry.name, "family": entry.family, "weights": "random initialisation", "flops_per_patch": flops,
-            "matmul_gflops": {"start": peak_start, "end": peak_end, "reference": peak},
+            "matmul_gflops": {"reference": peak, "per_cpu_s": peak_cpu, "seconds": matmul.wall},
+            "prepare_s": prepare_s, "profile": profile,
             "results": results, "fmcib_package": fmcib_info, "fmcib_status": fmcib_status, "sanity": sanity,
             "ratios": ratios, "total_s": total}, indent=2) + "\n")
     return 0
