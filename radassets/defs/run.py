@@ -138,8 +138,9 @@ class _MergingLauncher(Launcher):
         super().__init__(instance, progress)
         self.layout = settings.layout()
 
-    def run(self, keys: Sequence[AssetKey], partition_key: str | None, label: str) -> tuple[bool, str]:
-        result = super().run(keys, partition_key, label)
+    def run(self, keys: Sequence[AssetKey], partition_key: str | None, label: str,
+            more: bool = False) -> tuple[bool, str]:
+        result = super().run(keys, partition_key, label, more=more)
         from radassets.lineage import store
 
         try:
