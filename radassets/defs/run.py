@@ -19,6 +19,7 @@ Reliability:
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from dagster import AssetKey, AssetSelection, BetaWarning, DagsterInstance, Mult
 from dagster._core.definitions.asset_selection import DagsterInvalidAssetSelectionError
 from filelock import FileLock, Timeout
 
+from radassets import profile
 from radassets.defs.launch import Launcher, describe
 from radassets.defs.evaluation import OPT_IN
 from radassets.errors import RadassetsError
@@ -130,24 +132,42 @@ def _parser_complaint(selection: str) -> str:
 
 
 class _MergingLauncher(Launcher):
-    """A launcher that merges the lineage events of each run once it ended, here in the command's process: the steps
-    do not merge (``radassets.defs.lineage``), and readers merge what is still pending. Without waiting: a store
-    another process holds or cannot open costs the command nothing, its events wait for the next merge."""
+    """A launcher that merges the lineage events of each run once it ended, in the command's process and in the
+    background, while the command follows the next run (issue 18: the merge's DuckDB connect, commit and
+    checkpoint were most of a quick step's recording): the steps do not merge (``radassets.defs.lineage``),
+    readers merge what is still pending, and ``close`` merges what the last runs left before the command
+    returns. Without waiting for the store's lock: a store another process holds or cannot open costs the
+    command nothing, its events wait for the next merge."""
 
     def __init__(self, instance: DagsterInstance, progress: Callable[[str], None], settings: Settings):
         super().__init__(instance, progress)
         self.layout = settings.layout()
+        self._merging: threading.Thread | None = None
 
     def run(self, keys: Sequence[AssetKey], partition_key: str | None, label: str,
             more: bool = False) -> tuple[bool, str]:
         result = super().run(keys, partition_key, label, more=more)
+        if self._merging is None or not self._merging.is_alive():  # else the one running, or close, takes these
+            self._merging = threading.Thread(target=self._merge, name="radassets lineage merge")
+            self._merging.start()
+        return result
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._merging is not None:
+                self._merging.join()
+            self._merge()  # what the last runs wrote after the background merge had begun
+
+    def _merge(self) -> None:
         from radassets.lineage import store
 
         try:
-            store.merge(self.layout.lineage_dir(), wait=False, events=self.layout.lineage_events_dir())
+            with profile.phase("command: lineage merge"):
+                store.merge(self.layout.lineage_dir(), wait=False, events=self.layout.lineage_events_dir())
         except Exception as e:  # noqa: BLE001 - the events are written: merged by the next merge or reader
             self.progress(f"lineage events written, not merged yet: {type(e).__name__}: {e}")
-        return result
 
 
 def materialize_dataset_versions(names: Sequence[str], *, settings: Settings, selection: str | None = None,
