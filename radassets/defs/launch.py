@@ -521,9 +521,9 @@ def run_worker() -> None:
         else:
             print(e.code, file=sys.stderr)
             status = 1
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # What the interpreter's exit does first: threading's own exit hooks (e.g. concurrent.futures telling its
+    # pools' threads to stop), then a join of every non-daemon thread; then the atexit handlers.
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()  # the handlers a normal exit runs; os._exit skips them
     sys.stdout.flush()
     sys.stderr.flush()

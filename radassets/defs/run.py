@@ -143,10 +143,12 @@ class _MergingLauncher(Launcher):
         super().__init__(instance, progress)
         self.layout = settings.layout()
         self._merging: threading.Thread | None = None
+        self._merge_problems: list[str] = []  # a background merge's failure, said in the command's own thread
 
     def run(self, keys: Sequence[AssetKey], partition_key: str | None, label: str,
             more: bool = False) -> tuple[bool, str]:
         result = super().run(keys, partition_key, label, more=more)
+        self._report()
         if self._merging is None or not self._merging.is_alive():  # else the one running, or close, takes these
             self._merging = threading.Thread(target=self._merge, name="radassets lineage merge")
             self._merging.start()
@@ -159,6 +161,7 @@ class _MergingLauncher(Launcher):
             if self._merging is not None:
                 self._merging.join()
             self._merge()  # what the last runs wrote after the background merge had begun
+            self._report()
 
     def _merge(self) -> None:
         from radassets.lineage import store
@@ -167,7 +170,11 @@ class _MergingLauncher(Launcher):
             with profile.phase("command: lineage merge"):
                 store.merge(self.layout.lineage_dir(), wait=False, events=self.layout.lineage_events_dir())
         except Exception as e:  # noqa: BLE001 - the events are written: merged by the next merge or reader
-            self.progress(f"lineage events written, not merged yet: {type(e).__name__}: {e}")
+            self._merge_problems.append(f"{type(e).__name__}: {e}")  # not printed here, over the progress bar
+
+    def _report(self) -> None:
+        while self._merge_problems:
+            self.progress(f"lineage events written, not merged yet: {self._merge_problems.pop(0)}")
 
 
 def materialize_dataset_versions(names: Sequence[str], *, settings: Settings, selection: str | None = None,

@@ -9,21 +9,13 @@ training patients once for every validation and test patient, and the predicted 
 each k is the positive fraction of the first k of that ranking, which is what
 ``KNeighborsClassifier(k, metric="cosine", algorithm="brute")`` predicts. No stochastic tuner is
 needed for a one-dimensional integer search. The cosine distances between all patients are computed
-once per partition (scikit-learn's ``cosine_distances``) and every split ranks its submatrix
-(``metric="precomputed"``, the same ranking code): the splits' searches shared one matrix product
-instead of two per split, the cost of the protocol on large embeddings.
+once per partition (scikit-learn's ``cosine_distances``, one row per distinct embedding) and every split
+ranks its part: the splits share one matrix product instead of two per split, the cost of the
+protocol on large embeddings. Equal distances are ranked by the training patient's position
+(a stable sort), so the neighbours of a patient are defined where distances tie (patients with the
+same embedding, which one distinct row makes exactly equal): scikit-learn leaves their order to its
+partial sort.
 
-Linear probe: standardised features, L2 logistic regression (scikit-learn), stratified 10-fold
-cross-validation with a recorded seed; the out-of-fold probability is each patient's score,
-with its AUC and bootstrap CI.
-
-Every probe score (the out-of-fold scores, the Kaplan–Meier split, the seed-perturbation
-stability) comes from ``probe_scores``, whose score of a row depends on that row alone, bit for
-bit: the standardisation and the products with the coefficients are element-wise IEEE operations
-and each row's sum is ``math.fsum`` (correctly rounded, whatever the order). scikit-learn's
-``predict_proba`` multiplies the whole batch through BLAS, whose kernels round a row differently
-depending on the batch's shape and the CPU, so a patient scored within its fold and alone could
-differ in the last bit, and a patient whose score is the median threshold could change class.
 """
 
 from __future__ import annotations
@@ -39,7 +31,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics.pairwise import cosine_distances
 from sklearn.model_selection import StratifiedKFold, train_test_split
-from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -60,18 +51,30 @@ class KnnResult:
                 "ci": "mean ± 1.96 SD/sqrt(n_splits), SD with ddof=1", "splits": self.splits}
 
 
-def knn_votes(search: NearestNeighbors, train_y: np.ndarray, query: np.ndarray, k_max: int) -> np.ndarray:
-    """(n_query, k_max) integers: column k-1 is the number of positives among the k nearest training patients of
-    ``search`` (fitted on them); ``query`` is what ``search.kneighbors`` takes (features, or the distances to
-    the training patients for a precomputed search)."""
-    _, idx = search.kneighbors(query, n_neighbors=k_max)
-    return np.cumsum(train_y[idx], axis=1)
+def cosine_distance_matrix(x: np.ndarray) -> np.ndarray:
+    """(n, n) cosine distances between the rows of ``x`` (scikit-learn's ``cosine_distances``), computed from one
+    row per distinct embedding: a matrix product rounds a dot product by its place in the matrix, so two
+    patients with the same embedding could otherwise differ in the last bit from a third one, and a tie become
+    an order."""
+    rows = np.ascontiguousarray(np.asarray(x, float) + 0.0)  # + 0.0: -0.0 becomes 0.0, the same embedding
+    first: dict[bytes, int] = {}  # a row's bytes -> its distinct row (hashing: np.unique(axis=0) sorts, slowly)
+    inverse = np.array([first.setdefault(row.tobytes(), len(first)) for row in rows], dtype=np.intp)
+    distinct = np.unique(inverse, return_index=True)[1]  # the first patient of each distinct embedding
+    return cosine_distances(rows[distinct])[np.ix_(inverse, inverse)]
+
+
+def knn_votes(distances: np.ndarray, train_y: np.ndarray, k_max: int) -> np.ndarray:
+    """(n_query, k_max) integers: column k-1 is the number of positives among the k nearest training patients,
+    ``distances`` being (n_query, n_train); equal distances rank by training position (a stable sort)."""
+    nearest = np.argsort(distances, axis=1, kind="stable")[:, :k_max]
+    return np.cumsum(train_y[nearest], axis=1)
 
 
 def knn_probabilities(train_x: np.ndarray, train_y: np.ndarray, query_x: np.ndarray, k_max: int) -> np.ndarray:
     """(k_max, n_query) probabilities: row k-1 is the positive fraction among the k nearest (cosine)."""
-    search = NearestNeighbors(n_neighbors=k_max, metric="cosine", algorithm="brute").fit(train_x)
-    return knn_votes(search, train_y, query_x, k_max).T / np.arange(1, k_max + 1)[:, None]
+    distances = cosine_distance_matrix(np.concatenate([np.asarray(query_x, float), np.asarray(train_x, float)]))
+    n = len(query_x)
+    return knn_votes(distances[:n, n:], train_y, k_max).T / np.arange(1, k_max + 1)[:, None]
 
 
 def twice_mann_whitney_u(y: np.ndarray, votes: np.ndarray) -> np.ndarray:
@@ -102,7 +105,7 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 
 def knn_protocol(x: np.ndarray, y: np.ndarray, n_splits: int = N_SPLITS, k_max: int = K_MAX) -> KnnResult:
     x, y = np.asarray(x, float), np.asarray(y, int)
-    distances = cosine_distances(x)  # every pair once; each split ranks its part
+    distances = cosine_distance_matrix(x)  # every pair once; each split ranks its part
     splits = []
     for seed in range(n_splits):
         # Integer sizes: a fractional test_size of 0.2 / 0.7 rounds up past 20 % for some n (float error).
@@ -111,12 +114,11 @@ def knn_protocol(x: np.ndarray, y: np.ndarray, n_splits: int = N_SPLITS, k_max: 
         train, val = train_test_split(train_val, test_size=n_val, stratify=y[train_val], random_state=seed)
         kk = min(k_max, len(train))
         # One ranking of the training patients serves every k, for the validation and the test patients.
-        search = NearestNeighbors(metric="precomputed").fit(distances[np.ix_(train, train)])
-        votes = knn_votes(search, y[train], distances[np.ix_(val, train)], kk)
+        votes = knn_votes(distances[np.ix_(val, train)], y[train], kk)
         if len(np.unique(y[val])) < 2:
             raise ValueError(f"split {seed}: the validation part has one class only; no k can be chosen")
         k, val_auc = best_k(y[val], votes)
-        test_p = knn_votes(search, y[train], distances[np.ix_(test, train)], k)[:, k - 1] / k
+        test_p = knn_votes(distances[np.ix_(test, train)], y[train], k)[:, k - 1] / k
         splits.append({"seed": seed, "k": k, "val_auc": val_auc, "test_auc": _auc(y[test], test_p),
                        "n_train": len(train), "n_val": len(val), "n_test": len(test)})
     aucs = np.array([s["test_auc"] for s in splits])

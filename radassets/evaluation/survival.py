@@ -55,11 +55,10 @@ def _bootstrap_aucs(label: np.ndarray, score: np.ndarray, rng: np.random.Generat
     ``_auc_mann_whitney``'s: rank sums are sums of half-integers far below 2**53, exact in any order, and the
     last subtraction and division are the same IEEE operations."""
     n = len(label)
-    draws = np.stack([rng.integers(0, n, n) for _ in range(n_boot)]) if n_boot else np.empty((0, n), int)
     aucs = []
     block = max(1, BOOTSTRAP_BLOCK_VALUES // max(n, 1))  # bounded memory for large cohorts
     for start in range(0, n_boot, block):
-        rows = draws[start:start + block]
+        rows = np.stack([rng.integers(0, n, n) for _ in range(min(block, n_boot - start))])
         positive = label[rows] == 1
         n1 = positive.sum(axis=1)
         both = (n1 > 0) & (n1 < n)  # a resample of one class has no AUC: skipped

@@ -453,6 +453,7 @@ def read_ct_series(files: Sequence[Path], tol: Tolerances = Tolerances()) -> CTV
         image = _as_itk_series_reads(hu, ordered)
         _check_itk_geometry(image, geometry, uid)
         return replace(to_volume(image, geometry, uid, started), frame_of_reference=frame)
+    pixels.clear()  # not needed by ITK's read: not held through it
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in ordered])
     try:
@@ -491,8 +492,11 @@ def _native_hu(ordered: Sequence[Path], headers: Sequence[pydicom.Dataset],
     rows, columns = int(first.Rows), int(first.Columns)
     if any(len(pixels[p]) != rows * columns * 2 for p in ordered):
         return None
-    slope, intercept = float(first.RescaleSlope), float(first.RescaleIntercept)
-    if not (slope.is_integer() and intercept.is_integer()):
+    try:
+        slope, intercept = float(first.RescaleSlope), float(first.RescaleIntercept)
+    except (AttributeError, TypeError, ValueError):  # absent, empty or several values: GDCM's defaults, in ITK
+        return None
+    if slope == 0 or not (slope.is_integer() and intercept.is_integer()):  # GDCM reads a slope of 0 as 1
         return None
     signed, bits = int(first.PixelRepresentation) == 1, int(first.BitsStored)
     stored = np.frombuffer(b"".join(pixels[p] for p in ordered), "<i2" if signed else "<u2")

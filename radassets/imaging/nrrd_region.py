@@ -5,8 +5,9 @@ all of them, then ``image[slices]`` copies the box out. Here the header is read 
 only what it needs:
 
 - ``encoding: raw``: a memory map of the data, sliced;
-- ``encoding: gzip`` (any standard gzip stream, several members too): inflated from the start only up to
-  the box's last slice (a deflate stream cannot be entered in the middle), then sliced.
+- ``encoding: gzip`` (any standard gzip stream, several members too): inflated whole, so that every member's
+  CRC is checked as ITK checks it (a box that ends before a damage must not hide it), and only the box's slices
+  are kept; a stream found damaged is handed to ITK, which says why.
 
 Bit-identical to ``sitk.ReadImage(path)[i0:i1, j0:j1, k0:k1]`` by construction: the voxels are the file's bytes;
 size, spacing, origin and direction are ITK's own (``ImageFileReader.ReadImageInformation`` parses the header,
@@ -197,16 +198,16 @@ class NrrdRegionReader:
             return np.array(mapped[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]])  # a copy: the map is closed with it
         slice_bytes = ni * nj * dtype.itemsize
         start, stop = lo[2] * slice_bytes, hi[2] * slice_bytes
-        data = np.frombuffer(_inflate(self.path, self.layout.data_offset, start, stop), dtype=dtype)
+        data = np.frombuffer(_inflate(self.path, self.layout.data_offset, start, stop, nk * slice_bytes), dtype=dtype)
         return data.reshape(hi[2] - lo[2], nj, ni)[:, lo[1]:hi[1], lo[0]:hi[0]]
 
 
-def _inflate(path: Path, offset: int, start: int, stop: int) -> bytearray:
-    """Bytes ``start:stop`` of the inflated gzip data that begins at byte ``offset`` of ``path``,
-    inflating no further than ``stop``. Members are followed (a concatenated gzip stream is one stream).
-    A damaged stream raises ``ValueError``."""
+def _inflate(path: Path, offset: int, start: int, stop: int, total: int) -> bytes:
+    """Bytes ``start:stop`` of the inflated gzip data that begins at byte ``offset`` of ``path`` and holds
+    ``total`` bytes. Members are followed (a concatenated gzip stream is one stream). A damaged or truncated
+    stream raises ``ValueError``."""
     try:
-        return _inflate_range(path, offset, start, stop)
+        return _inflate_range(path, offset, start, stop, total)
     except INFLATE_ERRORS as e:
         raise ValueError(f"{path}: {e}") from e
     finally:
@@ -214,31 +215,25 @@ def _inflate(path: Path, offset: int, start: int, stop: int) -> bytearray:
             _clear_avx_upper_state()
 
 
-def _inflate_range(path: Path, offset: int, start: int, stop: int) -> bytearray:
-    out = bytearray()
-    skipped = 0  # inflated bytes before ``start`` that were dropped, not kept
+def _inflate_range(path: Path, offset: int, start: int, stop: int, total: int) -> bytes:
+    # The whole stream is inflated, not only up to the box: only its end checks each member's CRC and length,
+    # so a damaged or truncated volume fails here as in ITK, not just when a box reaches the damage.
     with open(path, "rb") as f:
         f.seek(offset)
+        data = f.read()
+    kept, position = [], 0
+    while data:
         inflater: Any = _inflate_lib.decompressobj(GZIP_WBITS)
-        pending = b""
-        while skipped + len(out) < stop:
-            chunk = pending or f.read(READ_CHUNK)
-            pending = b""
-            if not chunk:
-                raise ValueError(f"{path}: the compressed data ends before byte {stop} of the voxels")
-            out += inflater.decompress(chunk, stop - skipped - len(out))
-            pending = inflater.unconsumed_tail
-            if inflater.eof:  # the end of a member: another may follow
-                pending = inflater.unused_data + pending
-                inflater = _inflate_lib.decompressobj(GZIP_WBITS)
-            if skipped + len(out) <= start:
-                skipped += len(out)
-                out.clear()
-            elif skipped < start:
-                del out[:start - skipped]
-                skipped = start
-    del out[stop - start:]
-    return out
+        piece = inflater.decompress(data)
+        if not inflater.eof:
+            raise ValueError(f"{path}: the compressed data ends inside its gzip stream")
+        if position < stop and position + len(piece) > start:
+            kept.append(piece[max(0, start - position):stop - position])
+        position += len(piece)
+        data = inflater.unused_data
+    if position != total:
+        raise ValueError(f"{path}: the gzip stream holds {position} bytes of voxels, not {total}")
+    return b"".join(kept)
 
 
 def open_nrrd(path: str | os.PathLike) -> NrrdRegionReader | None:

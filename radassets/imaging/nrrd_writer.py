@@ -43,7 +43,7 @@ def _number(value: float) -> str:
     """A double as teem prints it (``%.17g``): the exact value back on reading."""
     if not math.isfinite(value):
         raise ValueError(f"cannot write a non-finite geometry value ({value}) to NRRD")
-    return f"{value:.17g}"
+    return f"{value + 0.0:.17g}"  # + 0.0: -0.0 is written 0, as teem writes it
 
 
 def _vector(values: Any) -> str:

@@ -117,7 +117,7 @@ def test_the_exact_auc_of_every_k_is_roc_auc_score_and_the_chosen_k_is_nanargmax
     """2U / (2 n1 n0) of the votes equals roc_auc_score of the probabilities for every k, and best_k picks what
     nanargmax over the whole loop of roc_auc_score picks (the same k, the same float), on data with many ties
     (few patients, many k, ties between k)."""
-    from sklearn.neighbors import NearestNeighbors
+    from sklearn.metrics.pairwise import cosine_distances
 
     from radassets.evaluation.probes import best_k, knn_votes, twice_mann_whitney_u
 
@@ -125,9 +125,42 @@ def test_the_exact_auc_of_every_k_is_roc_auc_score_and_the_chosen_k_is_nanargmax
         x, y = data(n=n, signal=signal, seed=seed)
         train, val = np.arange(n // 2), np.arange(n // 2, n)
         kk = min(50, len(train))
-        votes = knn_votes(NearestNeighbors(metric="cosine", algorithm="brute").fit(x[train]), y[train], x[val], kk)
+        votes = knn_votes(cosine_distances(x[val], x[train]), y[train], kk)
         loop = [roc_auc_score(y[val], votes[:, k - 1] / k) for k in range(1, kk + 1)]
         n1, n0 = int(y[val].sum()), int((1 - y[val]).sum())
         assert np.allclose(twice_mann_whitney_u(y[val], votes) / (2 * n1 * n0), loop, rtol=0, atol=1e-14)
         k, auc = best_k(y[val], votes)
         assert (k, auc) == (int(np.nanargmax(loop)) + 1, loop[int(np.nanargmax(loop))])
+
+
+def test_patients_with_the_same_embedding_tie_exactly_and_rank_by_training_position():
+    """Duplicated embeddings (a table model, a patient entered twice) with different labels: their distances to
+    every patient are equal, and the protocol's k and AUCs are those of a reference that ranks by (distance, training
+    position), with each distance computed pair by pair (scipy), where equal embeddings give equal floats."""
+    from scipy.spatial.distance import cdist
+
+    from radassets.evaluation.probes import best_k, cosine_distance_matrix
+
+    rng = np.random.default_rng(11)
+    base, y = data(n=60, d=8, signal=1.0, seed=5)
+    copies = rng.integers(0, 60, 60)
+    x = np.concatenate([base, base[copies]])  # 60 patients more, each with another's embedding
+    y = np.concatenate([y, rng.integers(0, 2, 60)])  # and labels of their own
+    d = cosine_distance_matrix(x)
+    assert np.array_equal(d[60:], d[copies]) and np.array_equal(d[:, 60:], d[:, copies])
+    pairwise = np.round(cdist(x, x, "cosine"), 12)  # equal inputs, equal floats; others differ by far more
+    result = knn_protocol(x, y)
+    for split in result.splits:
+        n_test, n_val = round(0.3 * len(y)), round(0.2 * len(y))
+        train_val, test = train_test_split(np.arange(len(y)), test_size=n_test, stratify=y, random_state=split["seed"])
+        train, val = train_test_split(train_val, test_size=n_val, stratify=y[train_val], random_state=split["seed"])
+
+        k, val_auc = best_k(y[val], reference_votes(pairwise, y, train, val, min(50, len(train))))
+        assert (split["k"], split["val_auc"]) == (k, val_auc)
+        assert split["test_auc"] == roc_auc_score(y[test], reference_votes(pairwise, y, train, test, k)[:, k - 1] / k)
+
+
+def reference_votes(pairwise, y, train, query, k_max):
+    """Positives among the k nearest, training patients ranked by (distance, position in the training part)."""
+    order = [sorted(range(len(train)), key=lambda j: (pairwise[q, train[j]], j))[:k_max] for q in query]
+    return np.cumsum(y[train][np.array(order)], axis=1)

@@ -113,7 +113,16 @@ def test_integer_rescales_read_natively_equal_itk(tmp_path, monkeypatch, edit):
         assert sitk.GetArrayViewFromImage(ours.image).max() == 32767
 
 
-@pytest.mark.parametrize("edit", [_fractional, _outside_bits_stored, _one_compressed, _other_intercept])
+def _slope_zero(k, ds):
+    ds.RescaleSlope = "0"  # GDCM reads it as 1 ("can't have slope == 0"): stored + intercept, not the intercept
+
+
+def _empty_slope(k, ds):
+    ds.RescaleSlope = ""  # present and empty: GDCM's default
+
+
+@pytest.mark.parametrize("edit", [_fractional, _outside_bits_stored, _one_compressed, _other_intercept, _slope_zero,
+                                  _empty_slope])
 def test_other_series_go_through_itk(tmp_path, monkeypatch, edit):
     series = write_phantom(tmp_path / "in", geometry("axial"), "SEG", np.array([10.0, -20.0, -150.0]))
     files = _rewrite(series.ct_files, tmp_path / "edited", edit)

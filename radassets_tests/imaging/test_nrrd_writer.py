@@ -121,3 +121,12 @@ def test_a_regridded_volume_keeps_its_header_pairs(tmp_path):
     ours, theirs, _ = _both(image, tmp_path)
     assert _itk_header(ours) == _itk_header(theirs)
     assert_same_image(sitk.ReadImage(str(ours)), sitk.ReadImage(str(theirs)))
+
+
+def test_a_negative_zero_is_written_as_itk_writes_it(tmp_path):
+    """ImagePositionPatient "-0.000000" gives an origin of -0.0: teem prints 0, and so must the header."""
+    image = _awkward()
+    image.SetOrigin((-0.0, 0.0, -0.0))
+    ours, theirs, _ = _both(image, tmp_path)
+    assert _itk_header(ours) == _itk_header(theirs)
+    assert b"space origin: (0,0,0)" in _itk_header(ours)
