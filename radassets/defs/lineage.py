@@ -31,7 +31,7 @@ from dagster import (AssetKey, AssetRecordsFilter, DagsterInstance, Failure, Mat
                      MultiPartitionsDefinition, MetadataValue)
 
 import radassets
-from radassets import git_commit
+from radassets import git_commit, profile
 from radassets.defs.locks import exclusive_partition
 from radassets.dataplane import Compute
 from radassets.lineage import store
@@ -176,8 +176,10 @@ def recorded(fn):
             context.asset_key)}
         # What the asset reads, as it starts: a concurrent run that rematerializes an upstream partition
         # meanwhile does not change what this one read.
-        inputs = _inputs(context, partition)
-        store.write_event({"event_type": "START", "run": run, "job": job, "inputs": inputs}, root, events)
+        labels = {"asset": asset, "partition": partition_key}  # of the bench's phases (radassets.profile)
+        with profile.phase("lineage: inputs and start event", **labels):
+            inputs = _inputs(context, partition)
+            store.write_event({"event_type": "START", "run": run, "job": job, "inputs": inputs}, root, events)
         ended = False
 
         def end(event_type: str, run_facets: dict, outputs: list[dict] | None = None) -> None:
@@ -189,22 +191,25 @@ def recorded(fn):
 
         try:
             try:
-                result = fn(context, *args, **kwargs)
+                with profile.phase("asset function", **labels):
+                    result = fn(context, *args, **kwargs)
             except Exception as e:
                 end("FAIL", {"error": _error(e)})
                 raise
-            try:
-                # The items of an asset whose workers recorded them are in its chunks (step_compute).
-                settings, items = output_record(layout, asset, partition, with_items=asset not in ITEMS_OF_RESULTS)
-                facets = {"settings": settings, "metadata": _metadata(result)}
-            except Exception as e:  # noqa: BLE001 - the asset succeeded; a lineage reader's problem must not fail it
-                context.log.warning(f"lineage: the outputs of {asset} could not be read for their items: "
-                                    f"{type(e).__name__}: {e}")
-                items, facets = [], {"metadata": _metadata(result), "lineage_error": f"{type(e).__name__}: {e}"}
-            version = (result.data_version.value if isinstance(result, MaterializeResult) and result.data_version
-                       else None)
-            end("COMPLETE", {}, [{"asset": asset, "partition_key": partition_key, "version": version, "items": items,
-                                  "facets": facets}] if version else [])
+            with profile.phase("lineage: items and end event", **labels):
+                try:
+                    # The items of an asset whose workers recorded them are in its chunks (step_compute).
+                    settings, items = output_record(layout, asset, partition,
+                                                    with_items=asset not in ITEMS_OF_RESULTS)
+                    facets = {"settings": settings, "metadata": _metadata(result)}
+                except Exception as e:  # noqa: BLE001 - the asset succeeded; a lineage reader's problem must not fail it
+                    context.log.warning(f"lineage: the outputs of {asset} could not be read for their items: "
+                                        f"{type(e).__name__}: {e}")
+                    items, facets = [], {"metadata": _metadata(result), "lineage_error": f"{type(e).__name__}: {e}"}
+                version = (result.data_version.value if isinstance(result, MaterializeResult) and result.data_version
+                           else None)
+                end("COMPLETE", {}, [{"asset": asset, "partition_key": partition_key, "version": version,
+                                      "items": items, "facets": facets}] if version else [])
             return result
         except BaseException as e:
             # Anything but an Exception (an interrupt, Dagster terminating the run) is an abort, wherever it lands

@@ -12,6 +12,7 @@ import duckdb
 import pytest
 from dagster import materialize
 
+from radassets import profile
 from radassets.definitions import defs
 from radassets.defs import lineage as recorder
 from radassets.lineage import store
@@ -34,10 +35,19 @@ def test_a_materialization_writes_its_events_and_does_not_open_duckdb(home, smal
         return real(database, *args, **kwargs)
 
     monkeypatch.setattr(duckdb, "connect", connect)
-    result = materialize(list(defs.assets), selection=["cohort"], resources=defs.resources, partition_key="demo_v1",
-                         raise_on_error=False)
+    phases = home.parent / "phases.jsonl"
+    profile.enable(phases)  # what bench/demo.py reads per asset (off otherwise; nothing of it in the outputs)
+    try:
+        result = materialize(list(defs.assets), selection=["cohort"], resources=defs.resources,
+                             partition_key="demo_v1", raise_on_error=False)
+    finally:
+        profile.enable(None)
     assert result.success
     assert not opened
+    lines = [json.loads(line) for line in phases.read_text().splitlines()]
+    assert [(p["phase"], p["asset"], p["partition"]) for p in lines] == [
+        ("lineage: inputs and start event", "cohort", "demo_v1"), ("asset function", "cohort", "demo_v1"),
+        ("lineage: items and end event", "cohort", "demo_v1")]
     pending = home / "lineage" / "events" / "pending"
     assert len(list(pending.glob("*.json"))) == 2  # its START and COMPLETE, waiting for a merge
     assert not store.database_path(home / "lineage").exists()
