@@ -35,6 +35,7 @@ from radassets import git_commit, profile
 from radassets.defs.locks import exclusive_partition
 from radassets.dataplane import Compute
 from radassets.lineage import store
+from radassets.lineage.store import CHUNK_SUFFIX
 from radassets.lineage.chunks import ItemRecorder
 from radassets.lineage.items import ITEMS_OF_RESULTS, output_record
 from radassets.settings import Settings
@@ -108,15 +109,17 @@ def _metadata(result) -> dict:
 
 def _backlog(events) -> bool:
     """Whether the pending event files are many (over ``MERGE_BACKLOG``) or one of them old (over ``MERGE_AFTER_S``):
-    one listing of the folder. (On an object store, by their number only: a listing there gives no ages cheaply.)"""
+    one listing of the folder. (On an object store, by their number only: a listing there gives no ages cheaply.)
+    Only START/END events count, not the items chunks a step's own workers write (one per task: a step of many
+    series would otherwise merge its own chunks, seconds of its time, though its command merges them after it)."""
     pending = events / "pending"
     if not is_local(pending):
-        return len(list(pending.glob("*.json"))) > MERGE_BACKLOG
+        return len([p for p in pending.glob("*.json") if not p.name.endswith(CHUNK_SUFFIX)]) > MERGE_BACKLOG
     oldest, count = time.time(), 0
     try:
         with os.scandir(pending) as entries:
             for entry in entries:
-                if entry.name.endswith(".json"):
+                if entry.name.endswith(".json") and not entry.name.endswith(CHUNK_SUFFIX):
                     count += 1
                     oldest = min(oldest, entry.stat().st_mtime)
     except FileNotFoundError:
