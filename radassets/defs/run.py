@@ -19,10 +19,12 @@ Reliability:
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from dagster import AssetKey, AssetSelection, BetaWarning, DagsterInstance, MultiPartitionKey, MultiPartitionsDefinition
 from dagster._core.definitions.asset_selection import DagsterInvalidAssetSelectionError
@@ -153,6 +155,14 @@ class _MergingLauncher(Launcher):
             self._merging = threading.Thread(target=self._merge, name="radassets lineage merge")
             self._merging.start()
         return result
+
+    def _start_worker(self, argv: list[str], stdout: Any, stdin: Any) -> subprocess.Popen:  # type: ignore[override]
+        # A worker is forked with a preexec_fn, which is not safe while another thread of this process runs (the
+        # child could inherit a lock that thread holds): the merge ends first. It lasts well under a second, and a
+        # standby worker is usually started while a run goes on, not between runs.
+        if self._merging is not None:
+            self._merging.join()
+        return Launcher._start_worker(argv, stdout, stdin)
 
     def close(self) -> None:
         try:
