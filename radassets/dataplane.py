@@ -220,9 +220,10 @@ def _in_pool(task: Callable[[T], R], items: list[T], workers: int, retries: int,
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
                                  initializer=_init_pool_process,
                                  initargs=(storage_environment(), os.getpid())) as pool:
-            futures: dict[Future, int] = {pool.submit(_placed, task, items[i], record): i for i in todo}
+            futures: dict[Future, int] = {}
             try:
-                complete = _collect(futures, results, places, len(items), progress)
+                handed_out = _submit(pool, futures, task, items, todo, record)
+                complete = _collect(futures, results, places, len(items), progress) and handed_out
             except BaseException:  # the task's error or an interrupt: its siblings must not write on
                 _kill_pool(pool)
                 raise
@@ -238,6 +239,18 @@ def _in_pool(task: Callable[[T], R], items: list[T], workers: int, retries: int,
                                          "retries")
     retried = sum(tries.values())
     return Mapped([results[i] for i in range(len(items))], places, retried)
+
+
+def _submit(pool: ProcessPoolExecutor, futures: dict[Future, int], task: Callable[[T], R], items: list[T],
+            todo: list[int], record: Callable[[Any], None] | None) -> bool:
+    """Hand the ``todo`` items to the pool, filling ``futures``; False when the pool broke meanwhile (a process
+    that already died, e.g. killed by its first item, breaks the pool for the submissions after it)."""
+    try:
+        for i in todo:
+            futures[pool.submit(_placed, task, items[i], record)] = i
+    except BrokenProcessPool:
+        return False
+    return True
 
 
 def _collect(futures: dict[Future, int], results: dict, places: Counter[str], total: int,

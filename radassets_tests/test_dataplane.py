@@ -82,6 +82,31 @@ def test_a_task_that_keeps_killing_its_process_gives_up_naming_the_item(tmp_path
         run(tasks.always_dies, tmp_path / "pool", Compute(workers=2, retries=2))
 
 
+def test_a_pool_that_breaks_while_its_items_are_handed_out_is_retried(tmp_path, reference, monkeypatch):
+    """A process that dies at once (its first item kills it) breaks the pool while the later items are still
+    being submitted: ``submit`` then raises BrokenProcessPool, which is a lost pool like any other (it made the
+    CI fail once, on a loaded machine, where the death came before the last submit). Forced here on the third
+    submit of the first pool."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    results, written = reference
+    real_submit, calls = ProcessPoolExecutor.submit, []
+
+    def submit(pool, *args, **kwargs):
+        calls.append(pool)
+        if len(calls) == 3:
+            raise BrokenProcessPool("a child process terminated abruptly")
+        return real_submit(pool, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit)
+    mapped, _ = run(tasks.digest, tmp_path / "pool", Compute(workers=2))
+    assert len(set(map(id, calls))) == 2  # a second pool took the items over
+    assert mapped.results == results and mapped.retried >= 1
+    remove_stale_temporaries(tmp_path / "pool")
+    assert files(tmp_path / "pool") == written
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_task_error_is_raised_as_it_is_not_retried(tmp_path, workers):
     with pytest.raises(ValueError, match="item 2 is bad"):
