@@ -16,8 +16,8 @@
    inside each step (git commit, the upstream inputs, the two event files, items and settings, any
    merge) beside Dagster's step time (STEP_START to STEP_SUCCESS). Printed per step: its seconds,
    each phase and the hot path (what the step waits for), then the median share of a step, the
-   target's measure, and apart from it the merges into DuckDB that the command makes in the
-   background after each run, amortised over the materializations.
+   target's measure, and apart from it the merges into DuckDB that the command makes
+   after each run, between runs, amortised over the materializations.
 
 Run: ``python bench/lineage.py`` (``make bench`` runs it with the others).
 """
@@ -206,7 +206,7 @@ def recording_worker() -> None:
             result = materialize(assets, instance=instance, selection=keys, resources=defs.resources,
                                  partition_key=partition_key, raise_on_error=True)
             dagster_runs.append(result.run_id)
-            started = time.perf_counter()  # what the command does, in the background, once a run ended (radassets.defs.run)
+            started = time.perf_counter()  # what the command does once a run ended (radassets.defs.run)
             store.merge(layout.lineage_dir(), events=layout.lineage_events_dir())
             after_run_merges += time.perf_counter() - started
         steps = []  # (asset, start, end) of each step
@@ -240,7 +240,7 @@ def recording_worker() -> None:
     print(f"recording overhead: median {share:.1%} of a Dagster step's time (the hot path: what a step waits for), "
           f"max {max(shares):.1%}; target <= 5 %: {'met' if share <= 0.05 else 'NOT MET'}")
     print(f"  the merges too, as if a step waited for them: median {statistics.median(with_merge):.1%} (the command "
-          "merges in the background while it follows the next run, radassets.defs.run: no step waits for it)")
+          "merges between runs, radassets.defs.run: no step waits for it)")
     print(f"RATIO lineage_step_over_recording = {1 / share:.1f}")
 
 

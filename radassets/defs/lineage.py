@@ -14,8 +14,8 @@ pipeline run``, a test's ``materialize``) records the same way and no asset writ
   waits, saying which run holds it.
 
 Events are files (``radassets.lineage.store``). The wrapper does not merge them into DuckDB: that (statements,
-commit, checkpoint) cost a quick step most of its time. The command that ran the step merges in the background
-once its run ended (``radassets.defs.run``), and every reader merges first; a step merges, without waiting, only
+commit, checkpoint) cost a quick step most of its time. The command that ran the step merges once its run
+ended (``radassets.defs.run``), and every reader merges first; a step merges, without waiting, only
 a backlog (more than ``MERGE_BACKLOG`` pending files, or one older than ``MERGE_AFTER_S``: runs launched from the
 UI, which no command follows). No ``from __future__ import annotations``: Dagster inspects the wrapped signature.
 """

@@ -19,12 +19,9 @@ Reliability:
 from __future__ import annotations
 
 import os
-import subprocess
-import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from dagster import AssetKey, AssetSelection, BetaWarning, DagsterInstance, MultiPartitionKey, MultiPartitionsDefinition
 from dagster._core.definitions.asset_selection import DagsterInvalidAssetSelectionError
@@ -134,44 +131,22 @@ def _parser_complaint(selection: str) -> str:
 
 
 class _MergingLauncher(Launcher):
-    """A launcher that merges the lineage events of each run once it ended, in the command's process and in the
-    background, while the command follows the next run (issue 18: the merge's DuckDB connect, commit and
-    checkpoint were most of a quick step's recording): the steps do not merge (``radassets.defs.lineage``),
-    readers merge what is still pending, and ``close`` merges what the last runs left before the command
-    returns. Without waiting for the store's lock: a store another process holds or cannot open costs the
-    command nothing, its events wait for the next merge."""
+    """A launcher that merges the lineage events of each run once it ended, here in the command's process, between
+    runs (issue 18: the merge's DuckDB connect, commit and checkpoint were most of a quick step's recording): the
+    steps do not merge (``radassets.defs.lineage``), readers merge what is still pending. Not in a background
+    thread: an interrupt must find the command between runs, not creating one.
+    Without waiting for the store's lock: a store another process holds or cannot open costs the command nothing,
+    its events wait for the next merge."""
 
     def __init__(self, instance: DagsterInstance, progress: Callable[[str], None], settings: Settings):
         super().__init__(instance, progress)
         self.layout = settings.layout()
-        self._merging: threading.Thread | None = None
-        self._merge_problems: list[str] = []  # a background merge's failure, said in the command's own thread
 
     def run(self, keys: Sequence[AssetKey], partition_key: str | None, label: str,
             more: bool = False) -> tuple[bool, str]:
         result = super().run(keys, partition_key, label, more=more)
-        self._report()
-        if self._merging is None or not self._merging.is_alive():  # else the one running, or close, takes these
-            self._merging = threading.Thread(target=self._merge, name="radassets lineage merge")
-            self._merging.start()
+        self._merge()
         return result
-
-    def _start_worker(self, argv: list[str], stdout: Any, stdin: Any) -> subprocess.Popen:  # type: ignore[override]
-        # A worker is forked with a preexec_fn, which is not safe while another thread of this process runs (the
-        # child could inherit a lock that thread holds): the merge ends first. It lasts well under a second, and a
-        # standby worker is usually started while a run goes on, not between runs.
-        if self._merging is not None:
-            self._merging.join()
-        return Launcher._start_worker(argv, stdout, stdin)
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            if self._merging is not None:
-                self._merging.join()
-            self._merge()  # what the last runs wrote after the background merge had begun
-            self._report()
 
     def _merge(self) -> None:
         from radassets.lineage import store
@@ -180,11 +155,7 @@ class _MergingLauncher(Launcher):
             with profile.phase("command: lineage merge"):
                 store.merge(self.layout.lineage_dir(), wait=False, events=self.layout.lineage_events_dir())
         except Exception as e:  # noqa: BLE001 - the events are written: merged by the next merge or reader
-            self._merge_problems.append(f"{type(e).__name__}: {e}")  # not printed here, over the progress bar
-
-    def _report(self) -> None:
-        while self._merge_problems:
-            self.progress(f"lineage events written, not merged yet: {self._merge_problems.pop(0)}")
+            self.progress(f"lineage events written, not merged yet: {type(e).__name__}: {e}")
 
 
 def materialize_dataset_versions(names: Sequence[str], *, settings: Settings, selection: str | None = None,
