@@ -250,6 +250,20 @@ BAD_FILE_ERRORS = (ValueError, KeyError, TypeError, duckdb.ConstraintException, 
                    duckdb.InvalidInputException, duckdb.BinderException)
 
 
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One transaction: committed if the block ends, rolled back (and the error raised) if anything stops it,
+    an interrupt included."""
+    con.begin()
+    try:
+        yield
+        con.commit()
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):  # the error may have ended the transaction already
+            con.rollback()
+        raise
+
+
 def _reject(folder: Path, path: Path, e: BaseException) -> None:
     rejected = _events_dir(folder, "rejected")
     _move(path, rejected)
@@ -276,16 +290,11 @@ def _ingest_batch(con: duckdb.DuckDBPyConnection, folder: Path, paths: list[Path
         known = {row[0] for row in con.execute("SELECT event_id FROM events WHERE event_id IN (SELECT unnest(?))",
                                                [ids]).fetchall()}
         new = [(path, event) for path, event in events if event["event_id"] not in known]
-        con.begin()
-        done: set[tuple] = set()
-        for _, event in new:
-            ingest(con, event, done)
-        con.commit()
-    except BaseException as e:
-        with contextlib.suppress(duckdb.Error):
-            con.rollback()
-        if not isinstance(e, BAD_FILE_ERRORS):
-            raise
+        with _transaction(con):
+            done: set[tuple] = set()
+            for _, event in new:
+                ingest(con, event, done)
+    except BAD_FILE_ERRORS:
         return sum(_ingest_file(con, folder, path) for path, _ in events)
     merged = _events_dir(folder, "merged")
     for path, _ in events:  # known ones too (ingested before a kill among a merge's moves); a kill
@@ -302,14 +311,9 @@ def _ingest_file(con: duckdb.DuckDBPyConnection, folder: Path, path: Path, state
             if state == "pending":
                 _move(path, _events_dir(folder, "merged"))  # ingested before the last move
             return 0
-        con.begin()
-        ingest(con, event)
-        con.commit()
-    except BaseException as e:
-        with contextlib.suppress(duckdb.Error):  # the failure came before the transaction began
-            con.rollback()
-        if not isinstance(e, BAD_FILE_ERRORS):
-            raise
+        with _transaction(con):
+            ingest(con, event)
+    except BAD_FILE_ERRORS as e:
         _reject(folder, path, e)
         return 0
     if state == "pending":
@@ -360,14 +364,10 @@ def _ingest_chunks(con: duckdb.DuckDBPyConnection, folder: Path, paths: list[Pat
                 _reject(folder, path, ValueError(f"not an ITEMS chunk DuckDB can read: {str(e).splitlines()[0]}"))
     if state == "pending" and len(rows) > 1:  # one transaction (one commit) for them all, unless one is bad
         try:
-            con.begin()
-            ingested = sum(_ingest_chunk(con, *row[1:]) for row in rows)
-            con.commit()
-        except BaseException as e:
-            with contextlib.suppress(duckdb.Error):
-                con.rollback()
-            if not isinstance(e, BAD_FILE_ERRORS):
-                raise
+            with _transaction(con):
+                ingested = sum(_ingest_chunk(con, *row[1:]) for row in rows)
+        except BAD_FILE_ERRORS:
+            pass  # written file by file below
         else:
             for path, *_ in rows:  # as for events: a kill among the moves ingests nothing twice
                 _move(path, _events_dir(folder, "merged"))
@@ -375,16 +375,12 @@ def _ingest_chunks(con: duckdb.DuckDBPyConnection, folder: Path, paths: list[Pat
     ingested = 0
     for path, *row in rows:
         try:
-            con.begin()
-            ingested += _ingest_chunk(con, *row)
-            con.commit()
-        except BaseException as e:
-            with contextlib.suppress(duckdb.Error):
-                con.rollback()
-            if not isinstance(e, BAD_FILE_ERRORS):
-                raise
+            with _transaction(con):
+                written = _ingest_chunk(con, *row)
+        except BAD_FILE_ERRORS as e:
             _reject(folder, path, e)
             continue
+        ingested += written
         if state == "pending":
             _move(path, _events_dir(folder, "merged"))
     return ingested

@@ -7,16 +7,33 @@ that is not needed is stopped; a worker's exit status is Dagster's (1 for a fail
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from dagster import DagsterRunStatus
 
+import radassets.defs.launch as launch
 from radassets.defs.dead_runs import PID_TAG
 from radassets.defs.run import materialize_dataset_versions
 from radassets.settings import Settings
 
 pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture
+def started(monkeypatch) -> list[tuple[list[str], subprocess.Popen]]:
+    """The launcher's run workers as they are started: (argv, process), in order; the launcher is the real one."""
+    started: list[tuple[list[str], subprocess.Popen]] = []
+    real_start = launch.Launcher._start_worker
+
+    def recording_start(argv, stdout, stdin):
+        process = real_start(argv, stdout, stdin)
+        started.append((argv, process))
+        return process
+
+    monkeypatch.setattr(launch.Launcher, "_start_worker", staticmethod(recording_start))
+    return started
 
 
 def _alive(pid: int) -> bool:
@@ -30,18 +47,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_runs_after_the_first_go_to_a_standby_worker_with_the_same_results(small_demo_home, instance, monkeypatch):
-    import radassets.defs.launch as launch
-
-    started = []
-    real_start = launch.Launcher._start_worker
-
-    def recording_start(argv, stdout, stdin):
-        process = real_start(argv, stdout, stdin)
-        started.append((argv, process))
-        return process
-
-    monkeypatch.setattr(launch.Launcher, "_start_worker", staticmethod(recording_start))
+def test_runs_after_the_first_go_to_a_standby_worker_with_the_same_results(small_demo_home, instance, started):
     lines: list[str] = []
     assert materialize_dataset_versions(["demo_v1", "demo_v2"], settings=Settings.load(), selection="key:cohort",
                                         models=[], progress=lines.append)
@@ -65,19 +71,7 @@ def test_runs_after_the_first_go_to_a_standby_worker_with_the_same_results(small
     assert (small_demo_home / "cohort" / "demo_v2").is_dir()
 
 
-def test_a_standby_not_needed_is_stopped_and_a_failed_run_skips_its_model_runs(small_demo_home, instance,
-                                                                               monkeypatch):
-    import radassets.defs.launch as launch
-
-    started = []
-    real_start = launch.Launcher._start_worker
-
-    def recording_start(argv, stdout, stdin):
-        process = real_start(argv, stdout, stdin)
-        started.append((argv, process))
-        return process
-
-    monkeypatch.setattr(launch.Launcher, "_start_worker", staticmethod(recording_start))
+def test_a_standby_not_needed_is_stopped_and_a_failed_run_skips_its_model_runs(small_demo_home, instance, started):
     lines: list[str] = []
     # The seeds need volumes, which are not materialized: the run fails, so its model runs are skipped, and
     # the standby started for the next of them is stopped.
