@@ -163,7 +163,10 @@ class Launcher:
         """A run of ``keys`` for ``partition_key`` (a ``MultiPartitionKey`` for the dataset version × model)."""
         keys = sorted(keys, key=lambda k: k.to_user_string())
         job, plan = self._job_and_plan(tuple(keys))
-        tags = dict(job.tags)
+        # The command's identity until it launches a worker (whose identity replaces it): a run the command
+        # created but never launched (the command killed while the run waited in the queue) is then failed by
+        # the next command or the daemon's sensor (fail_dead_runs), not launched later by a daemon.
+        tags = {**job.tags, **owner_tags()}
         if partition_key is not None:
             tags[PARTITION_NAME_TAG] = str(partition_key)
             for dimension, key in getattr(partition_key, "keys_by_dimension", {}).items():
@@ -225,9 +228,11 @@ class Launcher:
     def _start_unless_a_daemon_does(self, run_id: str) -> None:
         """Wait for a place under the queue's ``max_concurrent_runs`` and start the run's worker, unless a
         daemon dequeues the instance's runs (now, or from some moment while this one waits): it launches it."""
-        coordinator = self.instance.run_coordinator
-        limit = (coordinator.get_run_queue_config().max_concurrent_runs
-                 if isinstance(coordinator, QueuedRunCoordinator) else -1)
+        # The limit the daemon's dequeuer honours (dagster.yaml's concurrency: runs:), not the coordinator's own
+        # run_queue_config, which keeps Dagster's default of 10 when only the former is set.
+        queue = self.instance.get_concurrency_config().run_queue_config
+        limit = (queue.max_concurrent_runs
+                 if isinstance(self.instance.run_coordinator, QueuedRunCoordinator) and queue is not None else -1)
         reported = False
         while True:
             if daemon_dequeues(self.instance):

@@ -275,6 +275,34 @@ def test_the_daemon_sensor_fails_a_dead_command_run_and_frees_its_slot(instance)
     assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
 
 
+def test_a_run_left_in_the_queue_by_a_killed_command_is_failed_not_launched_later(small_demo_home, instance,
+                                                                                   tmp_path, commands):
+    """A command killed (SIGKILL: no handler runs) while its run waits in the queue for a place leaves the run
+    QUEUED; the run carries the command's identity, so the next command (or the daemon's sensor) fails it
+    rather than a daemon launching it later, with nobody following it."""
+    from dagster import DagsterRun
+
+    from radassets.defs.dead_runs import LAUNCHED_BY_COMMAND, LAUNCHED_BY_TAG, fail_dead_runs, owner_tags
+
+    # Two runs in progress, owned by this (live) process: the queue's max_concurrent_runs (2) is reached.
+    busy = [DagsterRun(job_name="__ephemeral_asset_job__", status=DagsterRunStatus.STARTED,
+                       tags={**owner_tags(), LAUNCHED_BY_TAG: LAUNCHED_BY_COMMAND}) for _ in range(2)]
+    for run in busy:
+        instance.add_run(run)
+    command = Command(tmp_path, "queued", "pipeline", "run", "demo_v1", "--models", "radiomics", "--select",
+                      "key:cohort")
+    commands.append(command)
+    wait_for(lambda: "runs in progress, max_concurrent_runs 2" in command.text(), "the command's run to queue")
+    [run] = [r for r in instance.get_runs() if r.run_id not in {b.run_id for b in busy}]
+    assert run.status == DagsterRunStatus.QUEUED
+    assert int(run.tags[PID_TAG]) == command.process.pid and LAUNCHED_BY_TAG not in run.tags
+    command.kill()
+
+    assert fail_dead_runs(instance) == [run.run_id]  # the busy runs' owner lives: they are left alone
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+    assert [instance.get_run_by_id(b.run_id).status for b in busy] == [DagsterRunStatus.STARTED] * 2
+
+
 def test_pipeline_run_submits_its_runs_to_the_queue_and_reports_each_in_one_line(small_demo_home, instance, tmp_path,
                                                                                    commands):
     """No daemon: the command queues each run as a UI launch would, dequeues it and starts its worker (another
